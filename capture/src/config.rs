@@ -1,0 +1,161 @@
+//! Every setting of `sluice-capture`, each an environment variable listed by `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-capture", version, about = "Accepts PostHog SDK traffic and writes it to Kafka.")]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:3000")]
+    pub address: SocketAddr,
+
+    /// Log output format (json in production).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    // --- Kafka -----------------------------------------------------------------
+    /// Bootstrap brokers, comma separated.
+    #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
+    pub kafka_hosts: String,
+    #[arg(long, env = "KAFKA_TOPIC_MAIN", default_value = sluice_schema::topics::EVENTS)]
+    pub kafka_topic_main: String,
+    #[arg(long, env = "KAFKA_TOPIC_OVERFLOW", default_value = sluice_schema::topics::EVENTS_OVERFLOW)]
+    pub kafka_topic_overflow: String,
+    #[arg(long, env = "KAFKA_TOPIC_HISTORICAL", default_value = sluice_schema::topics::EVENTS_HISTORICAL)]
+    pub kafka_topic_historical: String,
+    #[arg(long, env = "KAFKA_TOPIC_REPLAY", default_value = sluice_schema::topics::REPLAY)]
+    pub kafka_topic_replay: String,
+    #[arg(long, env = "KAFKA_TOPIC_REPLAY_OVERFLOW", default_value = sluice_schema::topics::REPLAY_OVERFLOW)]
+    pub kafka_topic_replay_overflow: String,
+    /// Producer compression codec (lz4, zstd, gzip, snappy, none).
+    #[arg(long, env = "KAFKA_COMPRESSION", default_value = "lz4")]
+    pub kafka_compression: String,
+    /// How long the producer waits to fill a batch.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 20)]
+    pub kafka_linger_ms: u64,
+    /// Producer queue bound, in messages; past it requests get 503.
+    #[arg(long, env = "KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
+    pub kafka_queue_max_messages: u64,
+    /// Producer queue bound, in KiB; past it requests get 503.
+    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 65_536)]
+    pub kafka_queue_max_kbytes: u64,
+    /// How long a message may wait for the broker's acknowledgement before the request fails with 503.
+    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub kafka_message_timeout_ms: u64,
+    /// Largest message the broker accepts (key, value and headers); checked before producing.
+    #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
+    pub kafka_message_max_bytes: usize,
+
+    // --- Redis -----------------------------------------------------------------
+    /// Redis holding quota limits and overflow lists; capture fails open without it.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of the Redis keys (`<prefix>quota-limits/events`, `<prefix>capture-overflow/replay`, ...).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
+    pub redis_key_prefix: String,
+    /// How often the Redis lists are re-read in the background.
+    #[arg(long, env = "REDIS_REFRESH_INTERVAL_MS", default_value_t = 5_000)]
+    pub redis_refresh_interval_ms: u64,
+    /// Timeout of each Redis call.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+    /// A list not refreshed for this long is forgotten (fail open).
+    #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000)]
+    pub redis_stale_after_ms: u64,
+
+    // --- Overflow --------------------------------------------------------------
+    /// Reroute hot `token:distinct_id` keys to the overflow topic.
+    #[arg(long, env = "OVERFLOW_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub overflow_enabled: bool,
+    /// Sustained events per second allowed per `token:distinct_id` before overflow.
+    #[arg(long, env = "OVERFLOW_PER_SECOND", default_value_t = 100)]
+    pub overflow_per_second: u32,
+    /// Burst allowed per `token:distinct_id` before overflow.
+    #[arg(long, env = "OVERFLOW_BURST", default_value_t = 1_000)]
+    pub overflow_burst: u32,
+    /// Keys always sent to overflow: comma separated `token` or `token:distinct_id`.
+    #[arg(long, env = "OVERFLOW_FORCED_KEYS", default_value = "")]
+    pub overflow_forced_keys: String,
+    /// Keep the partition key on overflowed events (keeps per-person order, risks hot partitions).
+    #[arg(long, env = "OVERFLOW_PRESERVE_PARTITION_LOCALITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub overflow_preserve_partition_locality: bool,
+    /// Most keys the overflow limiter tracks; past it the limiter state is reset.
+    #[arg(long, env = "OVERFLOW_MAX_KEYS", default_value_t = 1_000_000)]
+    pub overflow_max_keys: usize,
+
+    // --- Requests --------------------------------------------------------------
+    /// Body limit (as received) on the event routes.
+    #[arg(long, env = "MAX_EVENT_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_event_body_bytes: usize,
+    /// Body limit (as received) on /batch.
+    #[arg(long, env = "MAX_BATCH_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_batch_body_bytes: usize,
+    /// Body limit (as received) on /s.
+    #[arg(long, env = "MAX_REPLAY_BODY_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub max_replay_body_bytes: usize,
+    /// Limit of a payload after decompression.
+    #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_decompressed_bytes: usize,
+    /// Time allowed to read a request's headers.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Time allowed between two chunks of a request body (408 past it).
+    #[arg(long, env = "BODY_CHUNK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_chunk_timeout_ms: u64,
+    /// Requests processed at once; more are answered 503 at once (SDKs retry).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1_024)]
+    pub max_concurrent_requests: usize,
+    /// Proxies in front of capture: 0 takes the leftmost X-Forwarded-For address,
+    /// N takes the address N hops from the right.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+
+    // --- Lifecycle -------------------------------------------------------------
+    /// After SIGTERM, how long /_readiness says 503 before the listener closes.
+    #[arg(long, env = "SHUTDOWN_READINESS_DELAY_MS", default_value_t = 0)]
+    pub shutdown_readiness_delay_ms: u64,
+    /// After SIGTERM, how long in-flight requests and the producer get to finish.
+    #[arg(long, env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_drain_timeout_ms: u64,
+    /// Liveness fails when the server loop or the producer has not ticked for this long.
+    #[arg(long, env = "LIVENESS_STALL_MS", default_value_t = 15_000)]
+    pub liveness_stall_ms: u64,
+}
+
+impl Config {
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// The defaults, as `--help` shows them; tests start from here.
+    pub fn defaults() -> Self {
+        Config::parse_from(["sluice-capture"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_setting_is_an_environment_variable() {
+        Config::command().debug_assert();
+        let cmd = Config::command();
+        for arg in cmd.get_arguments() {
+            if ["help", "version"].contains(&arg.get_id().as_str()) {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "setting {} has no environment variable", arg.get_id());
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The one place where what went wrong becomes an HTTP answer.
+//!
+//! Stages return their own typed errors; they convert into [`CaptureError`], and only
+//! [`CaptureError::status`] and its `IntoResponse` decide status codes and bodies.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::decode::DecodeError;
+use crate::parse::ParseError;
+use crate::produce::ProduceError;
+use crate::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body was not received in time")]
+    BodyTimeout,
+    #[error("could not read request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("no valid event in request: {0}")]
+    NoValidEvent(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    #[error("server is overloaded, retry later")]
+    Overloaded,
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+impl CaptureError {
+    pub fn status(&self) -> StatusCode {
+        use CaptureError::*;
+        match self {
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Decode(DecodeError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            BodyRead(_) | Decode(_) | Parse(_) | NoValidEvent(_) => StatusCode::BAD_REQUEST,
+            Token(_) => StatusCode::UNAUTHORIZED,
+            Produce(ProduceError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Produce(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable snake_case code for clients and dashboards.
+    pub fn code(&self) -> &'static str {
+        use CaptureError::*;
+        match self {
+            BodyTooLarge { .. } => "payload_too_large",
+            BodyTimeout => "request_timeout",
+            BodyRead(_) => "body_read_error",
+            Decode(e) => e.code(),
+            Parse(e) => e.code(),
+            NoValidEvent(_) => "no_valid_event",
+            Token(e) => e.code(),
+            Produce(ProduceError::TooLarge { .. }) => "event_too_large",
+            Produce(_) => "service_unavailable",
+            Overloaded => "overloaded",
+        }
+    }
+}
+
+impl IntoResponse for CaptureError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({"status": status.as_u16(), "code": self.code(), "error": self.to_string()});
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

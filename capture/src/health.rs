@@ -1,0 +1,120 @@
+//! Liveness and readiness, fed by the parts they describe.
+//!
+//! Liveness means "this process still makes progress": the server loop and the producer's
+//! own thread each tick a heartbeat, and a stale one fails the probe so the orchestrator
+//! restarts a wedged process. Readiness means "send me traffic": the broker is reachable
+//! and the process is not shutting down.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    epoch: Instant,
+    stall_after: Duration,
+    broker_up: AtomicBool,
+    shutting_down: AtomicBool,
+    server_tick_ms: AtomicU64,
+    producer_tick_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn new(stall_after: Duration) -> Self {
+        Health {
+            inner: Arc::new(Inner {
+                epoch: Instant::now(),
+                stall_after,
+                broker_up: AtomicBool::new(true),
+                shutting_down: AtomicBool::new(false),
+                server_tick_ms: AtomicU64::new(0),
+                producer_tick_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn tick_server(&self) {
+        self.inner.server_tick_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn tick_producer(&self) {
+        self.inner.producer_tick_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn set_broker_up(&self, up: bool) {
+        self.inner.broker_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn broker_up(&self) -> bool {
+        self.inner.broker_up.load(Ordering::Relaxed)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Why the process is not live, if it is not.
+    pub fn liveness(&self) -> Result<(), &'static str> {
+        let now = self.now_ms();
+        let stall = self.inner.stall_after.as_millis() as u64;
+        if now.saturating_sub(self.inner.server_tick_ms.load(Ordering::Relaxed)) > stall {
+            return Err("server loop stalled");
+        }
+        if now.saturating_sub(self.inner.producer_tick_ms.load(Ordering::Relaxed)) > stall {
+            return Err("kafka producer stalled");
+        }
+        Ok(())
+    }
+
+    /// Why the process should not get traffic, if it should not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.shutting_down() {
+            return Err("shutting down");
+        }
+        if !self.broker_up() {
+            return Err("kafka unreachable");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_heartbeats_fail_liveness() {
+        let h = Health::new(Duration::from_millis(20));
+        h.tick_server();
+        h.tick_producer();
+        assert_eq!(h.liveness(), Ok(()));
+        std::thread::sleep(Duration::from_millis(30));
+        h.tick_server();
+        assert_eq!(h.liveness(), Err("kafka producer stalled"));
+        h.tick_producer();
+        assert_eq!(h.liveness(), Ok(()));
+    }
+
+    #[test]
+    fn readiness_follows_broker_and_shutdown() {
+        let h = Health::new(Duration::from_secs(1));
+        assert_eq!(h.readiness(), Ok(()));
+        h.set_broker_up(false);
+        assert_eq!(h.readiness(), Err("kafka unreachable"));
+        h.set_broker_up(true);
+        h.begin_shutdown();
+        assert_eq!(h.readiness(), Err("shutting down"));
+    }
+}

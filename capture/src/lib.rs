@@ -1,0 +1,165 @@
+//! `sluice-capture`: PostHog SDK traffic in, Kafka messages out.
+//!
+//! A request flows through one module per stage:
+//! [`request`] (route, query, hints, ip) → [`decode`] (compression) → [`parse`] (JSON
+//! shapes) → [`normalize`] (per-event validation) → [`route`] (topic and key, with
+//! [`overflow`] and the Redis [`limits`]; [`replay`] for recordings) → [`produce`]
+//! (Kafka, answered only once acknowledged). [`pipeline`] wires the stages, [`server`]
+//! is the HTTP layer, and [`error`] is the single place errors become responses.
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod health;
+pub mod limits;
+pub mod normalize;
+pub mod overflow;
+pub mod parse;
+pub mod pipeline;
+pub mod produce;
+pub mod replay;
+pub mod request;
+pub mod route;
+pub mod server;
+pub mod telemetry;
+pub mod token;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::limits::{RedisLists, RefreshSettings};
+use crate::overflow::{OverflowLimiter, OverflowSettings};
+use crate::pipeline::Pipeline;
+use crate::produce::{KafkaSettings, KafkaSink, Sink};
+use crate::route::{Router, Topics};
+use crate::server::{AppState, BodyLimits};
+
+/// How often the overflow limiter forgets idle keys.
+const OVERFLOW_HOUSEKEEPING: Duration = Duration::from_secs(10);
+
+impl Config {
+    pub fn topics(&self) -> Topics {
+        Topics {
+            main: self.kafka_topic_main.clone(),
+            overflow: self.kafka_topic_overflow.clone(),
+            historical: self.kafka_topic_historical.clone(),
+            replay: self.kafka_topic_replay.clone(),
+            replay_overflow: self.kafka_topic_replay_overflow.clone(),
+        }
+    }
+}
+
+/// Runs capture on `listener` until `shutdown` resolves, then drains and flushes.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let health = Health::new(Config::ms(config.liveness_stall_ms));
+    health.tick_server();
+    let metrics = telemetry::metrics_handle();
+
+    let sink = KafkaSink::new(
+        KafkaSettings {
+            hosts: config.kafka_hosts.clone(),
+            topics: config.topics(),
+            compression: config.kafka_compression.clone(),
+            linger_ms: config.kafka_linger_ms,
+            queue_max_messages: config.kafka_queue_max_messages,
+            queue_max_kbytes: config.kafka_queue_max_kbytes,
+            message_timeout_ms: config.kafka_message_timeout_ms,
+            message_max_bytes: config.kafka_message_max_bytes,
+        },
+        health.clone(),
+    )?;
+    let sink = Arc::new(sink);
+    {
+        let sink = sink.clone();
+        match tokio::task::spawn_blocking(move || sink.probe(Duration::from_secs(5))).await? {
+            Ok(()) => info!(hosts = %config.kafka_hosts, "kafka reachable"),
+            Err(e) => warn!(hosts = %config.kafka_hosts, error = %e, "kafka not reachable yet; readiness stays false until it is"),
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lists = RedisLists::new(Config::ms(config.redis_stale_after_ms));
+    let refresher = limits::spawn_refresher(
+        lists.clone(),
+        RefreshSettings {
+            url: config.redis_url.clone(),
+            key_prefix: config.redis_key_prefix.clone(),
+            interval: Config::ms(config.redis_refresh_interval_ms),
+            timeout: Config::ms(config.redis_timeout_ms),
+        },
+        stop_rx.clone(),
+    );
+    let overflow = OverflowLimiter::new(
+        OverflowSettings {
+            enabled: config.overflow_enabled,
+            per_second: config.overflow_per_second,
+            burst: config.overflow_burst,
+            forced: OverflowSettings::parse_forced(&config.overflow_forced_keys),
+            max_keys: config.overflow_max_keys,
+        },
+        lists.overflow_events.clone(),
+    );
+
+    let state = Arc::new(AppState {
+        pipeline: Pipeline {
+            router: Router { lists, overflow, preserve_locality: config.overflow_preserve_partition_locality },
+            sink: sink.clone() as Arc<dyn Sink>,
+            max_decompressed_bytes: config.max_decompressed_bytes,
+            message_max_bytes: config.kafka_message_max_bytes,
+        },
+        health: health.clone(),
+        metrics: metrics.clone(),
+        body_limits: BodyLimits { events: config.max_event_body_bytes, batch: config.max_batch_body_bytes, replay: config.max_replay_body_bytes },
+        body_chunk_timeout: Config::ms(config.body_chunk_timeout_ms),
+        trusted_proxy_hops: config.trusted_proxy_hops,
+    });
+    let background = spawn_background(state.clone(), metrics, stop_rx);
+
+    let app = server::router(state.clone(), config.max_concurrent_requests);
+    info!(address = %listener.local_addr()?, "sluice-capture listening");
+    let readiness_delay = Config::ms(config.shutdown_readiness_delay_ms);
+    let health_for_shutdown = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        info!("shutdown requested: readiness now fails");
+        health_for_shutdown.begin_shutdown();
+        tokio::time::sleep(readiness_delay).await;
+    };
+    let drain = Config::ms(config.shutdown_drain_timeout_ms);
+    server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(refresher, background);
+    // Every 200 was sent after its acknowledgement; this flush is for requests the
+    // drain timeout cut off, so their messages still get a chance.
+    tokio::task::spawn_blocking(move || sink.flush(drain)).await?;
+    info!("sluice-capture stopped");
+    Ok(())
+}
+
+/// Heartbeat of the server loop, metrics upkeep and limiter housekeeping.
+fn spawn_background(state: Arc<AppState>, metrics: metrics_exporter_prometheus::PrometheusHandle, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_housekeeping = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            state.health.tick_server();
+            metrics.run_upkeep();
+            if last_housekeeping.elapsed() >= OVERFLOW_HOUSEKEEPING {
+                last_housekeeping = tokio::time::Instant::now();
+                state.pipeline.router.overflow.housekeep();
+            }
+        }
+    })
+}

@@ -1,0 +1,22 @@
+use clap::Parser;
+use sluice_capture::config::Config;
+use sluice_capture::telemetry;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init_logging(config.log_format);
+    let listener = TcpListener::bind(config.address).await?;
+    sluice_capture::run(config, listener, shutdown_signal()).await
+}
+
+/// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,18 @@
+//! Default topic names. Every binary lets the operator rename them; these are the
+//! names PostHog uses, so a mixed deployment needs no renaming.
+
+/// Ordinary analytics events.
+pub const EVENTS: &str = "events_plugin_ingestion";
+/// Events whose `token:distinct_id` went over the per-key rate, or were forced there.
+pub const EVENTS_OVERFLOW: &str = "events_plugin_ingestion_overflow";
+/// Batches flagged `historical_migration`: back-fills that must not delay live traffic.
+pub const EVENTS_HISTORICAL: &str = "events_plugin_ingestion_historical";
+/// Session replay, one `$snapshot_items` message per session (and window) per request.
+pub const REPLAY: &str = "session_recording_snapshot_item_events";
+/// Replay of sessions on the replay-overflow list.
+pub const REPLAY_OVERFLOW: &str = "session_recording_snapshot_item_overflow";
+/// What ingest could not process, with the reason.
+pub const DEAD_LETTER: &str = "events_dead_letter_queue";
+
+/// Every topic the pipeline uses, for tooling that creates them.
+pub const ALL: [&str; 6] = [EVENTS, EVENTS_OVERFLOW, EVENTS_HISTORICAL, REPLAY, REPLAY_OVERFLOW, DEAD_LETTER];
