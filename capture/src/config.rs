@@ -55,6 +55,10 @@ pub struct Config {
     #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
     pub kafka_message_max_bytes: usize,
 
+    /// librdkafka debug contexts (e.g. `broker,msg,eos`), empty for none.
+    #[arg(long, env = "KAFKA_DEBUG", default_value = "")]
+    pub kafka_debug: String,
+
     // --- Redis -----------------------------------------------------------------
     /// Redis holding quota limits and overflow lists; capture fails open without it.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]

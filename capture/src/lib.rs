@@ -43,6 +43,8 @@ use crate::server::{AppState, BodyLimits};
 
 /// How often the overflow limiter forgets idle keys.
 const OVERFLOW_HOUSEKEEPING: Duration = Duration::from_secs(10);
+const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Config {
     pub fn topics(&self) -> Topics {
@@ -72,6 +74,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             queue_max_kbytes: config.kafka_queue_max_kbytes,
             message_timeout_ms: config.kafka_message_timeout_ms,
             message_max_bytes: config.kafka_message_max_bytes,
+            debug: config.kafka_debug.clone(),
         },
         health.clone(),
     )?;
@@ -85,6 +88,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let prober = spawn_broker_probe(sink.clone(), stop_rx.clone());
     let lists = RedisLists::new(Config::ms(config.redis_stale_after_ms));
     let refresher = limits::spawn_refresher(
         lists.clone(),
@@ -136,12 +140,27 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
 
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(refresher, background);
+    let _ = tokio::join!(refresher, background, prober);
     // Every 200 was sent after its acknowledgement; this flush is for requests the
     // drain timeout cut off, so their messages still get a chance.
     tokio::task::spawn_blocking(move || sink.flush(drain)).await?;
     info!("sluice-capture stopped");
     Ok(())
+}
+
+/// Re-probes the broker every `BROKER_PROBE_INTERVAL` on a blocking thread (the metadata
+/// call blocks) until `stop` changes.
+fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(BROKER_PROBE_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            let sink = sink.clone();
+            let _ = tokio::task::spawn_blocking(move || sink.probe(BROKER_PROBE_TIMEOUT)).await;
+        }
+    })
 }
 
 /// Heartbeat of the server loop, metrics upkeep and limiter housekeeping.

@@ -1,5 +1,7 @@
 //! Stage 5: messages to Kafka, and the answer only once Kafka has acknowledged them all.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::{join_all, BoxFuture};
@@ -94,41 +96,60 @@ pub struct KafkaSettings {
     pub queue_max_kbytes: u64,
     pub message_timeout_ms: u64,
     pub message_max_bytes: usize,
+    pub debug: String,
 }
 
 /// Feeds the producer's statistics into health and metrics; librdkafka calls it from its
 /// own thread, which makes it the producer's heartbeat too.
 pub struct ProducerContext {
     health: Health,
+    fatal: Arc<AtomicBool>,
 }
 
 impl ClientContext for ProducerContext {
     fn stats(&self, stats: Statistics) {
         self.health.tick_producer();
-        // Bootstrap entries have node id -1; only real brokers count.
-        let up = stats.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.health.set_broker_up(up);
-        telemetry::producer_stats(stats.msg_cnt, stats.msg_size, up);
+        telemetry::producer_stats(stats.msg_cnt, stats.msg_size);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_broker_up(false);
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            tracing::error!(error = %error, reason, "fatal kafka producer error; the producer will be recreated");
+            self.fatal.store(true, Ordering::Relaxed);
+            return;
         }
-        tracing::warn!(error = %error, reason, "kafka client error");
+        // Brokers close idle connections and librdkafka reports that as "all brokers
+        // down" although it reconnects on the next message; the probe decides instead.
+        tracing::debug!(error = %error, reason, "kafka client error");
     }
 }
 
+type KafkaProducer = FutureProducer<ProducerContext>;
+
+/// Requests in a row that failed to be acknowledged, while the broker answers, before
+/// the producer is recreated.
+const RESET_AFTER_FAILED_REQUESTS: u32 = 3;
+/// How much longer than `message.timeout.ms` a request waits for its acknowledgements.
+const ACK_TIMEOUT_MARGIN_MS: u64 = 500;
+
 pub struct KafkaSink {
-    producer: FutureProducer<ProducerContext>,
+    config: ClientConfig,
+    producer: RwLock<Arc<KafkaProducer>>,
     topics: Topics,
     health: Health,
     message_max_bytes: usize,
+    failed_requests: AtomicU32,
+    fatal: Arc<AtomicBool>,
+    ack_timeout: Duration,
 }
 
 impl KafkaSink {
     pub fn new(settings: KafkaSettings, health: Health) -> Result<Self, KafkaError> {
-        let producer: FutureProducer<ProducerContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if !settings.debug.is_empty() {
+            config.set("debug", &settings.debug);
+        }
+        config
             .set("bootstrap.servers", &settings.hosts)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -139,17 +160,93 @@ impl KafkaSink {
             .set("message.timeout.ms", settings.message_timeout_ms.to_string())
             .set("message.max.bytes", settings.message_max_bytes.max(1000).to_string())
             .set("statistics.interval.ms", "1000")
-            .set("partitioner", "murmur2_random")
-            .create_with_context(ProducerContext { health: health.clone() })?;
-        Ok(KafkaSink { producer, topics: settings.topics, health, message_max_bytes: settings.message_max_bytes })
+            .set("partitioner", "murmur2_random");
+        let fatal = Arc::new(AtomicBool::new(false));
+        telemetry::producer_stats(0, 0);
+        let producer = config.create_with_context(ProducerContext { health: health.clone(), fatal: fatal.clone() })?;
+        Ok(KafkaSink {
+            config,
+            producer: RwLock::new(Arc::new(producer)),
+            topics: settings.topics,
+            health,
+            message_max_bytes: settings.message_max_bytes,
+            failed_requests: AtomicU32::new(0),
+            fatal,
+            ack_timeout: Duration::from_millis(settings.message_timeout_ms + ACK_TIMEOUT_MARGIN_MS),
+        })
     }
 
-    /// Waits up to `timeout` for the cluster to answer, so readiness starts out true.
+    fn producer(&self) -> Arc<KafkaProducer> {
+        self.producer.read().expect("producer lock poisoned").clone()
+    }
+
+    /// Asks the cluster for the main topic's metadata and records whether it answered.
+    /// Run at start and then periodically: it is what readiness and the early 503 rely
+    /// on, and the request itself makes librdkafka reconnect after an outage.
+    ///
+    /// An idempotent producer whose broker lost its state (a restarted single broker, an
+    /// expired producer id) can stay stuck on "unknown producer id" forever, bumping its
+    /// epoch locally; when the broker answers but deliveries keep failing, or librdkafka
+    /// reported a fatal error, the producer is replaced by a fresh one.
     pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let result = self.producer.client().fetch_metadata(None, timeout).map(|_| ());
-        self.health.set_broker_up(result.is_ok());
-        self.health.tick_producer();
+        let result = self.producer().client().fetch_metadata(Some(&self.topics.main), timeout).map(|_| ());
+        let up = result.is_ok();
+        if up != self.health.broker_up() {
+            if up {
+                tracing::info!("kafka reachable again");
+            } else {
+                tracing::warn!(error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "kafka unreachable");
+            }
+        }
+        self.health.set_broker_up(up);
+        telemetry::broker_up(up);
+        let stuck = self.failed_requests.load(Ordering::Relaxed) >= RESET_AFTER_FAILED_REQUESTS;
+        if up && (stuck || self.fatal.load(Ordering::Relaxed)) {
+            self.recreate_producer()?;
+        }
         result
+    }
+
+    fn recreate_producer(&self) -> Result<(), KafkaError> {
+        let producer = self.config.create_with_context(ProducerContext { health: self.health.clone(), fatal: self.fatal.clone() })?;
+        *self.producer.write().expect("producer lock poisoned") = Arc::new(producer);
+        self.fatal.store(false, Ordering::Relaxed);
+        self.failed_requests.store(0, Ordering::Relaxed);
+        telemetry::producer_recreated();
+        tracing::warn!("recreated the kafka producer after repeated delivery failures");
+        Ok(())
+    }
+
+    async fn deliver(&self, messages: &[OutMessage]) -> Result<(), ProduceError> {
+        let producer = self.producer();
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+            for (k, v) in &m.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            let mut record = FutureRecord::to(self.topics.name(m.lane)).payload(&m.payload).headers(headers);
+            if let Some(key) = &m.key {
+                record = record.key(key.as_str());
+            }
+            match producer.send_result(record) {
+                Ok(ack) => acks.push(ack),
+                Err((e, _)) => return Err(map_enqueue_error(e)),
+            }
+        }
+        // librdkafka may hold an in-flight message past `message.timeout.ms` (idempotent
+        // retries, reconnect back-off); the client is owed an answer in bounded time.
+        let acks = tokio::time::timeout(self.ack_timeout, join_all(acks))
+            .await
+            .map_err(|_| ProduceError::Delivery("kafka did not acknowledge in time".into()))?;
+        for ack in acks {
+            match ack {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(ProduceError::Delivery(e.to_string())),
+                Err(_canceled) => return Err(ProduceError::Delivery("producer shut down".into())),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -170,34 +267,20 @@ impl Sink for KafkaSink {
             if !self.health.broker_up() {
                 return Err(ProduceError::BrokerDown);
             }
-            let mut acks = Vec::with_capacity(messages.len());
-            for m in &messages {
-                let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-                for (k, v) in &m.headers {
-                    headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            let result = self.deliver(&messages).await;
+            match &result {
+                Ok(()) => self.failed_requests.store(0, Ordering::Relaxed),
+                Err(ProduceError::Delivery(_)) => {
+                    self.failed_requests.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut record = FutureRecord::to(self.topics.name(m.lane)).payload(&m.payload).headers(headers);
-                if let Some(key) = &m.key {
-                    record = record.key(key.as_str());
-                }
-                match self.producer.send_result(record) {
-                    Ok(ack) => acks.push(ack),
-                    Err((e, _)) => return Err(map_enqueue_error(e)),
-                }
+                Err(_) => {}
             }
-            for ack in join_all(acks).await {
-                match ack {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(ProduceError::Delivery(e.to_string())),
-                    Err(_canceled) => return Err(ProduceError::Delivery("producer shut down".into())),
-                }
-            }
-            Ok(())
+            result
         })
     }
 
     fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer().flush(timeout) {
             tracing::error!(error = %e, "producer flush did not finish; unacknowledged messages were not answered 200");
         }
     }

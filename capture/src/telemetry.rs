@@ -22,6 +22,7 @@ const OVERFLOW_REROUTES: &str = "capture_overflow_reroutes_total";
 const PRODUCER_QUEUE_MESSAGES: &str = "capture_producer_queue_messages";
 const PRODUCER_QUEUE_BYTES: &str = "capture_producer_queue_bytes";
 const BROKER_UP: &str = "capture_kafka_broker_up";
+const PRODUCER_RECREATED: &str = "capture_producer_recreated_total";
 const REDIS_REFRESHES: &str = "capture_redis_refreshes_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -78,12 +79,19 @@ pub fn overflow_reroute(reason: OverflowReason) {
     counter!(OVERFLOW_REROUTES, "reason" => reason.as_str()).increment(1);
 }
 
-pub fn producer_stats(queue_messages: u64, queue_bytes: u64, broker_up: bool) {
+pub fn producer_stats(queue_messages: u64, queue_bytes: u64) {
     gauge!(PRODUCER_QUEUE_MESSAGES).set(queue_messages as f64);
     gauge!(PRODUCER_QUEUE_BYTES).set(queue_bytes as f64);
-    gauge!(BROKER_UP).set(if broker_up { 1.0 } else { 0.0 });
+}
+
+pub fn broker_up(up: bool) {
+    gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 pub fn redis_refresh(ok: bool) {
     counter!(REDIS_REFRESHES, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn producer_recreated() {
+    counter!(PRODUCER_RECREATED).increment(1);
 }

@@ -1,1 +1,322 @@
-//! Helpers for the end-to-end tests: see `tests/`.
+//! Helpers for the end-to-end tests in `tests/`: start the real binaries against the
+//! real servers that `scripts/services.sh up` runs, give each test its own topics and
+//! Redis keys so tests run in parallel, and read back what landed in Kafka.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
+}
+
+pub fn kafka_hosts() -> String {
+    std::env::var("KAFKA_HOSTS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// Where cargo put the workspace binaries: beside the test executable's `deps/` folder,
+/// unless `SLUICE_BIN_DIR` says otherwise.
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("SLUICE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Runs a future to completion from a synchronous test.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+/// The five topics of one test.
+#[derive(Debug, Clone)]
+pub struct TestTopics {
+    pub main: String,
+    pub overflow: String,
+    pub historical: String,
+    pub replay: String,
+    pub replay_overflow: String,
+}
+
+impl TestTopics {
+    pub fn create(kafka: &str, test: &str) -> TestTopics {
+        let base = unique(test);
+        let topics = TestTopics {
+            main: format!("{base}-main"),
+            overflow: format!("{base}-overflow"),
+            historical: format!("{base}-historical"),
+            replay: format!("{base}-replay"),
+            replay_overflow: format!("{base}-replay-overflow"),
+        };
+        create_topics(kafka, &topics.all(), 2);
+        topics
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        vec![self.main.clone(), self.overflow.clone(), self.historical.clone(), self.replay.clone(), self.replay_overflow.clone()]
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_TOPIC_MAIN".into(), self.main.clone()),
+            ("KAFKA_TOPIC_OVERFLOW".into(), self.overflow.clone()),
+            ("KAFKA_TOPIC_HISTORICAL".into(), self.historical.clone()),
+            ("KAFKA_TOPIC_REPLAY".into(), self.replay.clone()),
+            ("KAFKA_TOPIC_REPLAY_OVERFLOW".into(), self.replay_overflow.clone()),
+        ]
+    }
+}
+
+pub fn create_topics(kafka: &str, names: &[String], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka).create().expect("kafka admin client");
+    let new: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    let results = block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
+        .expect("create topics request");
+    for r in results {
+        if let Err((name, e)) = r {
+            assert!(e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating topic {name}: {e}");
+        }
+    }
+}
+
+/// One message as read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub value: Value,
+}
+
+impl Record {
+    /// The event as the client sent it (the message's `data`), parsed.
+    pub fn data(&self) -> Value {
+        serde_json::from_str(self.value["data"].as_str().expect("data is a string")).expect("data is JSON")
+    }
+}
+
+/// Reads `topic` from the beginning until at least `min` messages arrived and the topic
+/// has been quiet for a moment, or `timeout` passed.
+pub fn read_topic(kafka: &str, topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition offset");
+        }
+    }
+    consumer.assign(&tpl).expect("assign partitions");
+    let quiet = Duration::from_millis(700);
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < timeout && (out.len() < min || last.elapsed() < quiet) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default();
+                out.push(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    headers,
+                    value: serde_json::from_slice(m.payload().unwrap_or_default()).expect("message value is JSON"),
+                });
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A running `sluice-capture`, stopped when dropped.
+pub struct Capture {
+    pub child: Child,
+    pub url: String,
+    pub topics: TestTopics,
+    pub redis_prefix: String,
+    pub log: PathBuf,
+    pub kafka: String,
+}
+
+impl Capture {
+    pub fn start(test: &str, env: &[(&str, &str)]) -> Capture {
+        let kafka = env.iter().find(|(k, _)| *k == "KAFKA_HOSTS").map_or_else(kafka_hosts, |(_, v)| v.to_string());
+        let topics = TestTopics::create(&kafka, test);
+        Self::start_with_topics(test, topics, &kafka, env)
+    }
+
+    pub fn start_with_topics(test: &str, topics: TestTopics, kafka: &str, env: &[(&str, &str)]) -> Capture {
+        let port = free_port();
+        let redis_prefix = format!("{}/", unique(test));
+        let log = std::env::temp_dir().join(format!("{}.capture.log", unique(test)));
+        let mut cmd = Command::new(bin_path("sluice-capture"));
+        cmd.env("ADDRESS", format!("127.0.0.1:{port}"))
+            .env("KAFKA_HOSTS", kafka)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_KEY_PREFIX", &redis_prefix)
+            .env("REDIS_REFRESH_INTERVAL_MS", "100")
+            .env("LOG_FORMAT", "text")
+            .envs(topics.env())
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).expect("log file"))
+            .stderr(File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start sluice-capture");
+        let capture = Capture { child, url: format!("http://127.0.0.1:{port}"), topics, redis_prefix, log, kafka: kafka.to_string() };
+        capture.wait_ready(Duration::from_secs(30));
+        capture
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(r) = http().get(format!("{}/_readiness", self.url)).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("capture not ready after {timeout:?}; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
+        Response::from(http().post(format!("{}{path}", self.url)).header("content-type", content_type).body(body).send().expect("POST"))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        Response::from(http().get(format!("{}{path}", self.url)).send().expect("GET"))
+    }
+
+    pub fn read(&self, topic: &str, min: usize) -> Vec<Record> {
+        read_topic(&self.kafka, topic, min, Duration::from_secs(20))
+    }
+
+    /// Sends SIGTERM to this process (by its pid) and waits for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.wait_exit(timeout)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(start.elapsed() < timeout, "capture did not exit within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A counter's value from `/metrics`, summed over series whose labels include `labels`.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text))
+    }
+}
+
+impl From<reqwest::blocking::Response> for Response {
+    fn from(r: reqwest::blocking::Response) -> Self {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        Response { status, headers, text: r.text().expect("response body") }
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Adds `member` to a Redis sorted set with a score `seconds` from now.
+pub fn redis_zadd(key: &str, member: &str, seconds_from_now: i64) {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client.get_connection().expect("redis connection");
+    let until = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64 + seconds_from_now;
+    redis::cmd("ZADD").arg(key).arg(until).arg(member).exec(&mut conn).expect("ZADD");
+}

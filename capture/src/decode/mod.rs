@@ -86,7 +86,12 @@ pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize) -> Result<Decoded, 
                 _ => {}
             }
         }
-        Bytes::from(data.unwrap_or_default().into_bytes())
+        // A "form" without a `data` field is a client (curl -d, say) that labelled a raw
+        // body as a form: read the body for what it is.
+        match data {
+            Some(d) => Bytes::from(d.into_bytes()),
+            None => body,
+        }
     } else {
         body
     };
@@ -339,6 +344,7 @@ mod tests {
             assert_eq!(run(&meta(Route::Events, "", true, None), body.replace(' ', "+")), JSON);
             let raw = format!("data={}", form_urlencoded::byte_serialize(JSON.as_bytes()).collect::<String>());
             assert_eq!(run(&meta(Route::Events, "", true, None), raw), JSON, "url-encoded JSON in a form");
+            assert_eq!(run(&meta(Route::Events, "", true, None), JSON), JSON, "a raw body mislabelled as a form");
         }
 
         #[test]
