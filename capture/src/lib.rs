@@ -59,7 +59,11 @@ impl Config {
 }
 
 /// Runs capture on `listener` until `shutdown` resolves, then drains and flushes.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let health = Health::new(Config::ms(config.liveness_stall_ms));
     health.tick_server();
     let metrics = telemetry::metrics_handle();
@@ -83,7 +87,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         let sink = sink.clone();
         match tokio::task::spawn_blocking(move || sink.probe(Duration::from_secs(5))).await? {
             Ok(()) => info!(hosts = %config.kafka_hosts, "kafka reachable"),
-            Err(e) => warn!(hosts = %config.kafka_hosts, error = %e, "kafka not reachable yet; readiness stays false until it is"),
+            Err(e) => {
+                warn!(hosts = %config.kafka_hosts, error = %e, "kafka not reachable yet; readiness stays false until it is")
+            }
         }
     }
 
@@ -113,14 +119,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let state = Arc::new(AppState {
         pipeline: Pipeline {
-            router: Router { lists, overflow, preserve_locality: config.overflow_preserve_partition_locality },
+            router: Router {
+                lists,
+                overflow,
+                preserve_locality: config.overflow_preserve_partition_locality,
+            },
             sink: sink.clone() as Arc<dyn Sink>,
             max_decompressed_bytes: config.max_decompressed_bytes,
             message_max_bytes: config.kafka_message_max_bytes,
         },
         health: health.clone(),
         metrics: metrics.clone(),
-        body_limits: BodyLimits { events: config.max_event_body_bytes, batch: config.max_batch_body_bytes, replay: config.max_replay_body_bytes },
+        body_limits: BodyLimits {
+            events: config.max_event_body_bytes,
+            batch: config.max_batch_body_bytes,
+            replay: config.max_replay_body_bytes,
+        },
         body_chunk_timeout: Config::ms(config.body_chunk_timeout_ms),
         trusted_proxy_hops: config.trusted_proxy_hops,
     });
@@ -137,7 +151,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tokio::time::sleep(readiness_delay).await;
     };
     let drain = Config::ms(config.shutdown_drain_timeout_ms);
-    server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
+    server::serve(
+        listener,
+        app,
+        Config::ms(config.header_read_timeout_ms),
+        drain,
+        shutdown,
+    )
+    .await;
 
     let _ = stop_tx.send(true);
     let _ = tokio::join!(refresher, background, prober);
@@ -150,7 +171,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
 /// Re-probes the broker every `BROKER_PROBE_INTERVAL` on a blocking thread (the metadata
 /// call blocks) until `stop` changes.
-fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_broker_probe(
+    sink: Arc<KafkaSink>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -164,7 +188,11 @@ fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> 
 }
 
 /// Heartbeat of the server loop, metrics upkeep and limiter housekeeping.
-fn spawn_background(state: Arc<AppState>, metrics: metrics_exporter_prometheus::PrometheusHandle, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_background(
+    state: Arc<AppState>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_housekeeping = tokio::time::Instant::now();

@@ -51,24 +51,46 @@ impl Topics {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    Produce { lane: Lane, key: Option<String>, overflow: Option<OverflowReason> },
+    Produce {
+        lane: Lane,
+        key: Option<String>,
+        overflow: Option<OverflowReason>,
+    },
     /// Over quota: dropped, the client still gets 200 so it does not retry forever.
     QuotaLimited,
 }
 
 /// The pure part of routing an analytics event, given what the limiters said.
-pub fn decide(key: String, historical: bool, quota_limited: bool, overflow: Option<OverflowReason>, preserve_locality: bool) -> Route {
+pub fn decide(
+    key: String,
+    historical: bool,
+    quota_limited: bool,
+    overflow: Option<OverflowReason>,
+    preserve_locality: bool,
+) -> Route {
     if quota_limited {
         return Route::QuotaLimited;
     }
     if historical {
         // Back-fills have their own topic and consumers; overflowing them would only
         // mix them into live traffic.
-        return Route::Produce { lane: Lane::Historical, key: Some(key), overflow: None };
+        return Route::Produce {
+            lane: Lane::Historical,
+            key: Some(key),
+            overflow: None,
+        };
     }
     match overflow {
-        Some(reason) => Route::Produce { lane: Lane::Overflow, key: preserve_locality.then_some(key), overflow: Some(reason) },
-        None => Route::Produce { lane: Lane::Main, key: Some(key), overflow: None },
+        Some(reason) => Route::Produce {
+            lane: Lane::Overflow,
+            key: preserve_locality.then_some(key),
+            overflow: Some(reason),
+        },
+        None => Route::Produce {
+            lane: Lane::Main,
+            key: Some(key),
+            overflow: None,
+        },
     }
 }
 
@@ -82,8 +104,18 @@ impl Router {
     pub fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
         let key = kafka_key(&ev.token, &ev.distinct_id);
         let quota_limited = self.lists.quota_events.contains(&ev.token);
-        let overflow = if historical || quota_limited { None } else { self.overflow.check(&ev.token, &key) };
-        decide(key, historical, quota_limited, overflow, self.preserve_locality)
+        let overflow = if historical || quota_limited {
+            None
+        } else {
+            self.overflow.check(&ev.token, &key)
+        };
+        decide(
+            key,
+            historical,
+            quota_limited,
+            overflow,
+            self.preserve_locality,
+        )
     }
 
     pub fn recordings_limited(&self, token: &str) -> bool {
@@ -109,22 +141,52 @@ mod tests {
 
     #[test]
     fn decisions() {
-        assert_eq!(decide(k(), false, false, None, false), Route::Produce { lane: Lane::Main, key: Some(k()), overflow: None });
+        assert_eq!(
+            decide(k(), false, false, None, false),
+            Route::Produce {
+                lane: Lane::Main,
+                key: Some(k()),
+                overflow: None
+            }
+        );
         assert_eq!(decide(k(), false, true, None, false), Route::QuotaLimited);
-        assert_eq!(decide(k(), true, true, None, false), Route::QuotaLimited, "quota applies to back-fills too");
-        assert_eq!(decide(k(), true, false, None, false), Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None });
+        assert_eq!(
+            decide(k(), true, true, None, false),
+            Route::QuotaLimited,
+            "quota applies to back-fills too"
+        );
+        assert_eq!(
+            decide(k(), true, false, None, false),
+            Route::Produce {
+                lane: Lane::Historical,
+                key: Some(k()),
+                overflow: None
+            }
+        );
         assert_eq!(
             decide(k(), true, false, Some(OverflowReason::Rate), false),
-            Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None },
+            Route::Produce {
+                lane: Lane::Historical,
+                key: Some(k()),
+                overflow: None
+            },
             "historical is never overflowed"
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Rate), false),
-            Route::Produce { lane: Lane::Overflow, key: None, overflow: Some(OverflowReason::Rate) }
+            Route::Produce {
+                lane: Lane::Overflow,
+                key: None,
+                overflow: Some(OverflowReason::Rate)
+            }
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Forced), true),
-            Route::Produce { lane: Lane::Overflow, key: Some(k()), overflow: Some(OverflowReason::Forced) }
+            Route::Produce {
+                lane: Lane::Overflow,
+                key: Some(k()),
+                overflow: Some(OverflowReason::Forced)
+            }
         );
     }
 }

@@ -7,15 +7,25 @@ use std::process::Command;
 use sluice_tests::{repo_root, unique, Capture, Record};
 
 fn python() -> std::path::PathBuf {
-    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
+    let venv = std::env::var("SLUICE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv"));
     let py = venv.join("bin/python");
-    assert!(py.exists(), "{} missing: the test command (./dev test) creates the virtualenv", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: the test command (./dev test) creates the virtualenv",
+        py.display()
+    );
     py
 }
 
 fn node_dir() -> std::path::PathBuf {
     let dir = repo_root().join("tests/sdk/node");
-    assert!(dir.join("node_modules/posthog-node").exists(), "posthog-node not installed: ./dev test runs npm install in {}", dir.display());
+    assert!(
+        dir.join("node_modules/posthog-node").exists(),
+        "posthog-node not installed: ./dev test runs npm install in {}",
+        dir.display()
+    );
     dir
 }
 
@@ -23,11 +33,25 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     let anon = format!("anon-{run}");
     let user = format!("user-{run}");
     let find = |event: &str| {
-        records.iter().find(|r| r.value["event"] == event).unwrap_or_else(|| panic!("{event} missing; got {:#?}", records.iter().map(|r| &r.value["event"]).collect::<Vec<_>>()))
+        records
+            .iter()
+            .find(|r| r.value["event"] == event)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{event} missing; got {:#?}",
+                    records
+                        .iter()
+                        .map(|r| &r.value["event"])
+                        .collect::<Vec<_>>()
+                )
+            })
     };
     for r in records {
         assert_eq!(r.value["token"], token);
-        assert_eq!(r.key.as_deref(), Some(format!("{token}:{}", r.value["distinct_id"].as_str().unwrap()).as_str()));
+        assert_eq!(
+            r.key.as_deref(),
+            Some(format!("{token}:{}", r.value["distinct_id"].as_str().unwrap()).as_str())
+        );
         assert!(r.value["sent_at"].is_string() || r.value["sent_at"].is_null());
     }
 
@@ -37,7 +61,10 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     assert_eq!(data["properties"]["run"], run);
     assert_eq!(data["properties"]["n"], 1);
     assert_eq!(data["properties"]["$set_once"]["first_seen_run"], run);
-    assert!(data["properties"]["$lib"].is_string(), "the SDK names itself");
+    assert!(
+        data["properties"]["$lib"].is_string(),
+        "the SDK names itself"
+    );
     assert_eq!(first.value["uuid"], data["uuid"]);
 
     let identify = find("$identify");
@@ -50,7 +77,13 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     // The SDKs disagree on direction (python: previous id is the event's distinct_id;
     // node: the new one is); both mean "these two ids are one person".
     let alias = find("$create_alias");
-    let mut pair = [alias.value["distinct_id"].as_str().unwrap().to_string(), alias.data()["properties"]["alias"].as_str().unwrap().to_string()];
+    let mut pair = [
+        alias.value["distinct_id"].as_str().unwrap().to_string(),
+        alias.data()["properties"]["alias"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
     pair.sort();
     assert_eq!(pair, [anon.clone(), user.clone()]);
 
@@ -61,13 +94,22 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     assert_eq!(props["$group_set"]["name"], "Acme");
 
     let grouped = find("grouped");
-    assert_eq!(grouped.data()["properties"]["$groups"]["company"], format!("acme-{run}"));
+    assert_eq!(
+        grouped.data()["properties"]["$groups"]["company"],
+        format!("acme-{run}")
+    );
     assert_eq!(records.len(), 5, "exactly the five events, once each");
 }
 
 fn run_sdk(cap: &Capture, program: &mut Command, what: &str) {
     let out = program.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed:\n{}\n{}\ncapture log:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), cap.log_text());
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}\ncapture log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cap.log_text()
+    );
 }
 
 #[test]
@@ -77,8 +119,18 @@ fn posthog_python_with_and_without_gzip() {
         let token = unique("phc-py");
         let run = unique("py");
         let script = repo_root().join("tests/sdk/python/send.py");
-        run_sdk(&cap, Command::new(python()).arg(script).args([&cap.url, &token, &run, gzip]), "posthog-python");
-        let records: Vec<Record> = cap.read(&cap.topics.main, 5 * (i + 1)).into_iter().filter(|r| r.value["token"] == token.as_str()).collect();
+        run_sdk(
+            &cap,
+            Command::new(python())
+                .arg(script)
+                .args([&cap.url, &token, &run, gzip]),
+            "posthog-python",
+        );
+        let records: Vec<Record> = cap
+            .read(&cap.topics.main, 5 * (i + 1))
+            .into_iter()
+            .filter(|r| r.value["token"] == token.as_str())
+            .collect();
         check_sequence(&records, &token, &run);
     }
 }
@@ -89,8 +141,18 @@ fn posthog_node_with_and_without_gzip() {
     for (i, gzip) in ["0", "1"].into_iter().enumerate() {
         let token = unique("phc-node");
         let run = unique("node");
-        run_sdk(&cap, Command::new("node").current_dir(node_dir()).args(["send.mjs", &cap.url, &token, &run, gzip]), "posthog-node");
-        let records: Vec<Record> = cap.read(&cap.topics.main, 5 * (i + 1)).into_iter().filter(|r| r.value["token"] == token.as_str()).collect();
+        run_sdk(
+            &cap,
+            Command::new("node")
+                .current_dir(node_dir())
+                .args(["send.mjs", &cap.url, &token, &run, gzip]),
+            "posthog-node",
+        );
+        let records: Vec<Record> = cap
+            .read(&cap.topics.main, 5 * (i + 1))
+            .into_iter()
+            .filter(|r| r.value["token"] == token.as_str())
+            .collect();
         check_sequence(&records, &token, &run);
     }
 }
