@@ -12,11 +12,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "sluice-capture",
-    version,
-    about = "Accepts PostHog SDK traffic and writes it to Kafka."
-)]
+#[command(name = "sluice-capture", version, about = "Accepts PostHog SDK traffic and writes it to Kafka.")]
 pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:3000")]
@@ -163,11 +159,7 @@ mod tests {
             if ["help", "version"].contains(&arg.get_id().as_str()) {
                 continue;
             }
-            assert!(
-                arg.get_env().is_some(),
-                "setting {} has no environment variable",
-                arg.get_id()
-            );
+            assert!(arg.get_env().is_some(), "setting {} has no environment variable", arg.get_id());
         }
     }
 }

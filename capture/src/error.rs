@@ -73,14 +73,10 @@ impl CaptureError {
 impl IntoResponse for CaptureError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body =
-            json!({"status": status.as_u16(), "code": self.code(), "error": self.to_string()});
+        let body = json!({"status": status.as_u16(), "code": self.code(), "error": self.to_string()});
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         response
     }

@@ -42,15 +42,11 @@ impl Health {
     }
 
     pub fn tick_server(&self) {
-        self.inner
-            .server_tick_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        self.inner.server_tick_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn tick_producer(&self) {
-        self.inner
-            .producer_tick_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        self.inner.producer_tick_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn set_broker_up(&self, up: bool) {

@@ -59,11 +59,7 @@ impl Config {
 }
 
 /// Runs capture on `listener` until `shutdown` resolves, then drains and flushes.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let health = Health::new(Config::ms(config.liveness_stall_ms));
     health.tick_server();
     let metrics = telemetry::metrics_handle();
@@ -119,11 +115,7 @@ pub async fn run(
 
     let state = Arc::new(AppState {
         pipeline: Pipeline {
-            router: Router {
-                lists,
-                overflow,
-                preserve_locality: config.overflow_preserve_partition_locality,
-            },
+            router: Router { lists, overflow, preserve_locality: config.overflow_preserve_partition_locality },
             sink: sink.clone() as Arc<dyn Sink>,
             max_decompressed_bytes: config.max_decompressed_bytes,
             message_max_bytes: config.kafka_message_max_bytes,
@@ -151,14 +143,7 @@ pub async fn run(
         tokio::time::sleep(readiness_delay).await;
     };
     let drain = Config::ms(config.shutdown_drain_timeout_ms);
-    server::serve(
-        listener,
-        app,
-        Config::ms(config.header_read_timeout_ms),
-        drain,
-        shutdown,
-    )
-    .await;
+    server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
 
     let _ = stop_tx.send(true);
     let _ = tokio::join!(refresher, background, prober);
@@ -171,10 +156,7 @@ pub async fn run(
 
 /// Re-probes the broker every `BROKER_PROBE_INTERVAL` on a blocking thread (the metadata
 /// call blocks) until `stop` changes.
-fn spawn_broker_probe(
-    sink: Arc<KafkaSink>,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -27,10 +27,7 @@ struct ListState {
 
 impl LimitList {
     pub fn new(stale_after: Duration) -> Self {
-        LimitList {
-            state: Arc::default(),
-            stale_after,
-        }
+        LimitList { state: Arc::default(), stale_after }
     }
 
     pub fn contains(&self, member: &str) -> bool {
@@ -43,10 +40,7 @@ impl LimitList {
 
     pub fn is_empty(&self) -> bool {
         let state = self.state.read().expect("limit list lock poisoned");
-        state.members.is_empty()
-            || state
-                .refreshed
-                .is_none_or(|at| at.elapsed() > self.stale_after)
+        state.members.is_empty() || state.refreshed.is_none_or(|at| at.elapsed() > self.stale_after)
     }
 
     pub fn replace(&self, members: HashSet<String>) {
@@ -83,18 +77,9 @@ impl RedisLists {
     fn keyed(&self, prefix: &str) -> [(String, &LimitList); 4] {
         [
             (format!("{prefix}quota-limits/events"), &self.quota_events),
-            (
-                format!("{prefix}quota-limits/recordings"),
-                &self.quota_recordings,
-            ),
-            (
-                format!("{prefix}capture-overflow/events"),
-                &self.overflow_events,
-            ),
-            (
-                format!("{prefix}capture-overflow/replay"),
-                &self.overflow_replay,
-            ),
+            (format!("{prefix}quota-limits/recordings"), &self.quota_recordings),
+            (format!("{prefix}capture-overflow/events"), &self.overflow_events),
+            (format!("{prefix}capture-overflow/replay"), &self.overflow_replay),
         ]
     }
 }
@@ -151,21 +136,12 @@ async fn refresh_once(
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(settings.timeout)
             .set_response_timeout(settings.timeout);
-        *conn = Some(
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
-        );
+        *conn = Some(client.get_multiplexed_async_connection_with_config(&config).await?);
     }
     let c = conn.as_mut().expect("connection set above");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for (key, list) in lists.keyed(&settings.key_prefix) {
-        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(now)
-            .arg("+inf")
-            .query_async(c)
-            .await?;
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE").arg(&key).arg(now).arg("+inf").query_async(c).await?;
         list.replace(members.into_iter().collect());
     }
     Ok(())

@@ -65,11 +65,7 @@ impl Invalid {
     }
 }
 
-pub fn normalize(
-    value: Value,
-    batch_token: Option<&Value>,
-    route: Route,
-) -> Result<NormalizedEvent, Invalid> {
+pub fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Result<NormalizedEvent, Invalid> {
     let Value::Object(mut data) = value else {
         return Err(Invalid::NotAnObject);
     };
@@ -95,11 +91,7 @@ pub fn normalize(
     let raw_id = ["distinct_id", "$distinct_id"]
         .iter()
         .find_map(|k| data.get(*k).filter(|v| !v.is_null()))
-        .or_else(|| {
-            data["properties"]
-                .get("distinct_id")
-                .filter(|v| !v.is_null())
-        })
+        .or_else(|| data["properties"].get("distinct_id").filter(|v| !v.is_null()))
         .ok_or(Invalid::MissingDistinctId)?;
     let distinct_id = normalize_distinct_id(raw_id)?;
 
@@ -107,10 +99,7 @@ pub fn normalize(
 
     let uuid = match data.get("uuid") {
         None | Some(Value::Null) => Uuid::now_v7(),
-        Some(Value::String(s)) => Uuid::parse_str(s.trim())
-            .ok()
-            .filter(|u| !u.is_nil())
-            .ok_or(Invalid::InvalidUuid)?,
+        Some(Value::String(s)) => Uuid::parse_str(s.trim()).ok().filter(|u| !u.is_nil()).ok_or(Invalid::InvalidUuid)?,
         Some(_) => return Err(Invalid::InvalidUuid),
     };
     data.insert("uuid".into(), Value::String(uuid.to_string()));
@@ -121,14 +110,7 @@ pub fn normalize(
         _ => None,
     };
 
-    Ok(NormalizedEvent {
-        uuid,
-        distinct_id,
-        token,
-        event,
-        timestamp,
-        data,
-    })
+    Ok(NormalizedEvent { uuid, distinct_id, token, event, timestamp, data })
 }
 
 /// Strings are kept; other JSON values become their JSON text (objects with sorted
@@ -179,39 +161,21 @@ mod tests {
         assert_eq!(normalize_distinct_id(&json!(23)).unwrap(), "23");
         assert_eq!(normalize_distinct_id(&json!(1.5)).unwrap(), "1.5");
         assert_eq!(normalize_distinct_id(&json!(true)).unwrap(), "true");
-        assert_eq!(
-            normalize_distinct_id(&json!({"b":1,"a":[2]})).unwrap(),
-            r#"{"a":[2],"b":1}"#
-        );
+        assert_eq!(normalize_distinct_id(&json!({"b":1,"a":[2]})).unwrap(), r#"{"a":[2],"b":1}"#);
         assert_eq!(normalize_distinct_id(&json!("a\0b")).unwrap(), "a\u{fffd}b");
         let long = "é".repeat(250);
-        assert_eq!(
-            normalize_distinct_id(&json!(long)).unwrap().chars().count(),
-            200
-        );
-        assert_eq!(
-            normalize_distinct_id(&json!("   ")).unwrap_err(),
-            Invalid::EmptyDistinctId
-        );
-        assert_eq!(
-            normalize_distinct_id(&json!("")).unwrap_err(),
-            Invalid::EmptyDistinctId
-        );
+        assert_eq!(normalize_distinct_id(&json!(long)).unwrap().chars().count(), 200);
+        assert_eq!(normalize_distinct_id(&json!("   ")).unwrap_err(), Invalid::EmptyDistinctId);
+        assert_eq!(normalize_distinct_id(&json!("")).unwrap_err(), Invalid::EmptyDistinctId);
     }
 
     #[test]
     fn distinct_id_sources() {
         let e = norm(json!({"event":"e","$distinct_id":"top","token":"t"})).unwrap();
         assert_eq!(e.distinct_id, "top");
-        let e = norm(
-            json!({"event":"e","distinct_id":null,"properties":{"distinct_id":"prop","token":"t"}}),
-        )
-        .unwrap();
+        let e = norm(json!({"event":"e","distinct_id":null,"properties":{"distinct_id":"prop","token":"t"}})).unwrap();
         assert_eq!(e.distinct_id, "prop");
-        assert_eq!(
-            norm(json!({"event":"e","token":"t"})).unwrap_err(),
-            Invalid::MissingDistinctId
-        );
+        assert_eq!(norm(json!({"event":"e","token":"t"})).unwrap_err(), Invalid::MissingDistinctId);
     }
 
     #[test]
@@ -230,24 +194,10 @@ mod tests {
 
     #[test]
     fn event_name_required_except_on_engage() {
-        assert_eq!(
-            norm(json!({"distinct_id":"d","token":"t"})).unwrap_err(),
-            Invalid::MissingEventName
-        );
-        assert_eq!(
-            norm(json!({"event":"","distinct_id":"d","token":"t"})).unwrap_err(),
-            Invalid::MissingEventName
-        );
-        assert_eq!(
-            norm(json!({"event":7,"distinct_id":"d","token":"t"})).unwrap_err(),
-            Invalid::MissingEventName
-        );
-        let e = normalize(
-            json!({"$distinct_id":"d","$token":"t","$set":{"a":1}}),
-            None,
-            Route::Engage,
-        )
-        .unwrap();
+        assert_eq!(norm(json!({"distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
+        assert_eq!(norm(json!({"event":"","distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
+        assert_eq!(norm(json!({"event":7,"distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
+        let e = normalize(json!({"$distinct_id":"d","$token":"t","$set":{"a":1}}), None, Route::Engage).unwrap();
         assert_eq!(e.event, "$identify");
         assert_eq!(e.data["event"], "$identify");
         assert_eq!(e.data["$set"], json!({"a":1}), "$set passes through");
@@ -261,11 +211,7 @@ mod tests {
         let e = norm(json!({"event":"e","distinct_id":"d","token":"t"})).unwrap();
         assert_eq!(e.uuid.get_version_num(), 7);
         assert_eq!(e.data["uuid"], e.uuid.to_string());
-        for bad in [
-            json!("nope"),
-            json!(12),
-            json!("00000000-0000-0000-0000-000000000000"),
-        ] {
+        for bad in [json!("nope"), json!(12), json!("00000000-0000-0000-0000-000000000000")] {
             assert_eq!(
                 norm(json!({"event":"e","distinct_id":"d","token":"t","uuid":bad})).unwrap_err(),
                 Invalid::InvalidUuid
@@ -275,14 +221,9 @@ mod tests {
 
     #[test]
     fn timestamps_string_or_number() {
-        let e = norm(
-            json!({"event":"e","distinct_id":"d","token":"t","timestamp":"2024-01-01T00:00:00+02"}),
-        )
-        .unwrap();
+        let e = norm(json!({"event":"e","distinct_id":"d","token":"t","timestamp":"2024-01-01T00:00:00+02"})).unwrap();
         assert_eq!(e.timestamp.as_deref(), Some("2024-01-01T00:00:00+02"));
-        let e =
-            norm(json!({"event":"e","distinct_id":"d","token":"t","timestamp":1700000000123u64}))
-                .unwrap();
+        let e = norm(json!({"event":"e","distinct_id":"d","token":"t","timestamp":1700000000123u64})).unwrap();
         assert_eq!(e.timestamp.as_deref(), Some("1700000000123"));
         let e = norm(json!({"event":"e","distinct_id":"d","token":"t","timestamp":{}})).unwrap();
         assert_eq!(e.timestamp, None);

@@ -39,11 +39,7 @@ pub struct OverflowSettings {
 
 impl OverflowSettings {
     pub fn parse_forced(list: &str) -> HashSet<String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
+        list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
     }
 }
 
@@ -59,12 +55,7 @@ impl OverflowLimiter {
         let per_second = NonZeroU32::new(settings.per_second.max(1)).expect("max(1) is non-zero");
         let burst = NonZeroU32::new(settings.burst.max(1)).expect("max(1) is non-zero");
         let quota = Quota::per_second(per_second).allow_burst(burst);
-        OverflowLimiter {
-            settings,
-            quota,
-            limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota))),
-            forced_redis,
-        }
+        OverflowLimiter { settings, quota, limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota))), forced_redis }
     }
 
     /// `key` is `token:distinct_id`. Forced keys are checked first so they do not use up rate.
@@ -77,17 +68,13 @@ impl OverflowLimiter {
         }
         let limiter = self.limiter.read().expect("limiter lock poisoned").clone();
         // The key is cloned only for keys governor has not seen, which it needs to own.
-        limiter
-            .check_key(&key.to_string())
-            .is_err()
-            .then_some(OverflowReason::Rate)
+        limiter.check_key(&key.to_string()).is_err().then_some(OverflowReason::Rate)
     }
 
     fn is_forced(&self, token: &str, key: &str) -> bool {
         let forced = &self.settings.forced;
         (!forced.is_empty() && (forced.contains(token) || forced.contains(key)))
-            || (!self.forced_redis.is_empty()
-                && (self.forced_redis.contains(token) || self.forced_redis.contains(key)))
+            || (!self.forced_redis.is_empty() && (self.forced_redis.contains(token) || self.forced_redis.contains(key)))
     }
 
     /// Forgets keys back at full burst; past `max_keys`, starts over with an empty table
@@ -97,8 +84,7 @@ impl OverflowLimiter {
         limiter.retain_recent();
         limiter.shrink_to_fit();
         if limiter.len() > self.settings.max_keys {
-            *self.limiter.write().expect("limiter lock poisoned") =
-                Arc::new(RateLimiter::keyed(self.quota));
+            *self.limiter.write().expect("limiter lock poisoned") = Arc::new(RateLimiter::keyed(self.quota));
             return 0;
         }
         limiter.len()

@@ -10,9 +10,7 @@ pub enum ParseError {
     NotUtf8,
     #[error("payload is not valid JSON: {0}")]
     Json(String),
-    #[error(
-        "payload must be an event object, an array of events, or {{\"api_key\", \"batch\": [...]}}"
-    )]
+    #[error("payload must be an event object, an array of events, or {{\"api_key\", \"batch\": [...]}}")]
     Shape,
 }
 
@@ -43,17 +41,12 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedRequest, ParseError> {
     let text = replace_lone_surrogates(text);
     let value: Value = serde_json::from_str(&text).map_err(|e| ParseError::Json(e.to_string()))?;
     match value {
-        Value::Array(events) => Ok(ParsedRequest {
-            events,
-            ..Default::default()
-        }),
+        Value::Array(events) => Ok(ParsedRequest { events, ..Default::default() }),
         Value::Object(mut obj) => match obj.remove("batch") {
             Some(Value::Array(events)) => Ok(ParsedRequest {
                 token: take_first(&mut obj, &["api_key", "token"]),
                 sent_at: take_first(&mut obj, &["sent_at", "sentAt"]),
-                historical_migration: obj
-                    .get("historical_migration")
-                    .is_some_and(|v| v.as_bool() == Some(true)),
+                historical_migration: obj.get("historical_migration").is_some_and(|v| v.as_bool() == Some(true)),
                 events,
             }),
             Some(_) => Err(ParseError::Shape),
@@ -70,8 +63,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedRequest, ParseError> {
 }
 
 fn take_first(obj: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
-    keys.iter()
-        .find_map(|k| obj.remove(*k).filter(|v| !v.is_null()))
+    keys.iter().find_map(|k| obj.remove(*k).filter(|v| !v.is_null()))
 }
 
 /// JavaScript strings may hold unpaired UTF-16 surrogates, and SDKs serialize them as
@@ -97,9 +89,8 @@ pub fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
         };
         let lone = match unit {
             0xD800..=0xDBFF => {
-                let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u'))
-                    .then(|| hex4(b, i + 8))
-                    .flatten();
+                let low =
+                    (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u')).then(|| hex4(b, i + 8)).flatten();
                 if matches!(low, Some(0xDC00..=0xDFFF)) {
                     i += 12;
                     continue;
@@ -146,15 +137,11 @@ mod tests {
 
     #[test]
     fn batch_envelope_with_either_spelling() {
-        let p = parse(
-            br#"{"api_key":"phc_1","batch":[{"event":"a"}],"sent_at":"2024-01-01T00:00:00Z"}"#,
-        )
-        .unwrap();
+        let p = parse(br#"{"api_key":"phc_1","batch":[{"event":"a"}],"sent_at":"2024-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(p.token, Some(json!("phc_1")));
         assert_eq!(p.sent_at, Some(json!("2024-01-01T00:00:00Z")));
         assert!(!p.historical_migration);
-        let p = parse(br#"{"token":"phc_2","batch":[],"sentAt":"x","historical_migration":true}"#)
-            .unwrap();
+        let p = parse(br#"{"token":"phc_2","batch":[],"sentAt":"x","historical_migration":true}"#).unwrap();
         assert_eq!(p.token, Some(json!("phc_2")));
         assert_eq!(p.sent_at, Some(json!("x")));
         assert!(p.historical_migration);
@@ -163,50 +150,32 @@ mod tests {
     #[test]
     fn single_event_object() {
         let p = parse(br#"{"event":"a","properties":null,"timestamp":1700000000000}"#).unwrap();
-        assert_eq!(
-            p.events,
-            vec![json!({"event":"a","properties":null,"timestamp":1700000000000u64})]
-        );
+        assert_eq!(p.events, vec![json!({"event":"a","properties":null,"timestamp":1700000000000u64})]);
     }
 
     #[test]
     fn other_shapes_are_rejected() {
         assert_eq!(parse(b"42").unwrap_err(), ParseError::Shape);
-        assert_eq!(
-            parse(br#"{"batch":"nope"}"#).unwrap_err(),
-            ParseError::Shape
-        );
+        assert_eq!(parse(br#"{"batch":"nope"}"#).unwrap_err(), ParseError::Shape);
         assert_eq!(parse(br#"{"event":"#).unwrap_err().code(), "invalid_json");
         assert_eq!(parse(b"\xff\xfe").unwrap_err(), ParseError::NotUtf8);
     }
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {
-        let p = parse(br#"[{"event":"a\ud800b","properties":{"k":"\udc00","pair":"\ud83d\ude00","esc":"\\ud800"}}]"#).unwrap();
+        let p = parse(br#"[{"event":"a\ud800b","properties":{"k":"\udc00","pair":"\ud83d\ude00","esc":"\\ud800"}}]"#)
+            .unwrap();
         let e = &p.events[0];
         assert_eq!(e["event"], "a\u{fffd}b");
         assert_eq!(e["properties"]["k"], "\u{fffd}");
         assert_eq!(e["properties"]["pair"], "😀");
-        assert_eq!(
-            e["properties"]["esc"], "\\ud800",
-            "an escaped backslash is not an escape"
-        );
+        assert_eq!(e["properties"]["esc"], "\\ud800", "an escaped backslash is not an escape");
     }
 
     #[test]
     fn surrogate_fix_borrows_when_nothing_to_fix() {
-        assert!(matches!(
-            replace_lone_surrogates(r#"{"a":"\u00e9 \ud83d\ude00"}"#),
-            Cow::Borrowed(_)
-        ));
-        assert_eq!(
-            replace_lone_surrogates(r#""\uD800\uD800""#),
-            r#""\ufffd\ufffd""#
-        );
-        assert_eq!(
-            replace_lone_surrogates(r#""\ud800"#),
-            r#""\ufffd"#,
-            "at the very end"
-        );
+        assert!(matches!(replace_lone_surrogates(r#"{"a":"\u00e9 \ud83d\ude00"}"#), Cow::Borrowed(_)));
+        assert_eq!(replace_lone_surrogates(r#""\uD800\uD800""#), r#""\ufffd\ufffd""#);
+        assert_eq!(replace_lone_surrogates(r#""\ud800"#), r#""\ufffd"#, "at the very end");
     }
 }

@@ -49,10 +49,7 @@ impl Pipeline {
                 Err(invalid) => {
                     telemetry::events_dropped(invalid.cause(), 1);
                     // A token problem explains a rejection better than any other.
-                    if first_invalid
-                        .as_ref()
-                        .is_none_or(|f| !matches!(f, Invalid::Token(_)))
-                    {
+                    if first_invalid.as_ref().is_none_or(|f| !matches!(f, Invalid::Token(_))) {
                         first_invalid = Some(invalid);
                     }
                 }
@@ -69,10 +66,7 @@ impl Pipeline {
         let sent_at = normalize::sent_at(parsed.sent_at.as_ref(), meta.query.sent_at_ms);
         let envelope = Envelope {
             ip: meta.ip.to_string(),
-            now_text: meta
-                .now
-                .format(&Rfc3339)
-                .expect("UTC times format as RFC 3339"),
+            now_text: meta.now.format(&Rfc3339).expect("UTC times format as RFC 3339"),
             meta,
             sent_at,
             historical: parsed.historical_migration,
@@ -82,11 +76,7 @@ impl Pipeline {
         for ev in analytics {
             match self.router.route(&ev, envelope.historical) {
                 Route::QuotaLimited => telemetry::events_dropped("quota_limited", 1),
-                Route::Produce {
-                    lane,
-                    key,
-                    overflow,
-                } => {
+                Route::Produce { lane, key, overflow } => {
                     if let Some(reason) = overflow {
                         telemetry::overflow_reroute(reason);
                     }
@@ -108,9 +98,7 @@ impl Pipeline {
                 telemetry::events_dropped(i.cause(), 1);
             }
             if groups.is_empty() && messages.is_empty() && !outcome.recordings_quota_limited {
-                let reason = invalid
-                    .first()
-                    .map_or_else(|| "no snapshot data".to_string(), ToString::to_string);
+                let reason = invalid.first().map_or_else(|| "no snapshot data".to_string(), ToString::to_string);
                 return Err(CaptureError::NoValidEvent(reason));
             }
             for g in groups {
@@ -127,12 +115,7 @@ impl Pipeline {
                     timestamp: g.timestamp,
                     historical_migration: false,
                 };
-                messages.push(OutMessage::new(
-                    lane,
-                    Some(g.session_id),
-                    &event,
-                    &envelope.now_text,
-                ));
+                messages.push(OutMessage::new(lane, Some(g.session_id), &event, &envelope.now_text));
             }
         }
 

@@ -11,9 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
-use sluice_schema::{
-    CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW, HEADER_TOKEN, HEADER_UUID,
-};
+use sluice_schema::{CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW, HEADER_TOKEN, HEADER_UUID};
 use uuid::Uuid;
 
 use crate::health::Health;
@@ -26,11 +24,7 @@ const RECORD_OVERHEAD: usize = 128;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProduceError {
     #[error("event {uuid} is {size} bytes once encoded, over the {limit} byte message limit")]
-    TooLarge {
-        uuid: Uuid,
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { uuid: Uuid, size: usize, limit: usize },
     #[error("the producer queue is full, retry later")]
     QueueFull,
     #[error("kafka is unreachable, retry later")]
@@ -70,11 +64,7 @@ impl OutMessage {
         RECORD_OVERHEAD
             + self.payload.len()
             + self.key.as_ref().map_or(0, String::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     }
 }
 
@@ -84,11 +74,7 @@ pub fn check_sizes(messages: &[OutMessage], limit: usize) -> Result<(), ProduceE
     for m in messages {
         let size = m.encoded_size();
         if size > limit {
-            return Err(ProduceError::TooLarge {
-                uuid: m.uuid,
-                size,
-                limit,
-            });
+            return Err(ProduceError::TooLarge { uuid: m.uuid, size, limit });
         }
     }
     Ok(())
@@ -169,30 +155,15 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("compression.codec", &settings.compression)
             .set("linger.ms", settings.linger_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                settings.queue_max_messages.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                settings.queue_max_kbytes.to_string(),
-            )
-            .set(
-                "message.timeout.ms",
-                settings.message_timeout_ms.to_string(),
-            )
-            .set(
-                "message.max.bytes",
-                settings.message_max_bytes.max(1000).to_string(),
-            )
+            .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
+            .set("queue.buffering.max.kbytes", settings.queue_max_kbytes.to_string())
+            .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+            .set("message.max.bytes", settings.message_max_bytes.max(1000).to_string())
             .set("statistics.interval.ms", "1000")
             .set("partitioner", "murmur2_random");
         let fatal = Arc::new(AtomicBool::new(false));
         telemetry::producer_stats(0, 0);
-        let producer = config.create_with_context(ProducerContext {
-            health: health.clone(),
-            fatal: fatal.clone(),
-        })?;
+        let producer = config.create_with_context(ProducerContext { health: health.clone(), fatal: fatal.clone() })?;
         Ok(KafkaSink {
             config,
             producer: RwLock::new(Arc::new(producer)),
@@ -206,10 +177,7 @@ impl KafkaSink {
     }
 
     fn producer(&self) -> Arc<KafkaProducer> {
-        self.producer
-            .read()
-            .expect("producer lock poisoned")
-            .clone()
+        self.producer.read().expect("producer lock poisoned").clone()
     }
 
     /// Asks the cluster for the main topic's metadata and records whether it answered.
@@ -221,11 +189,7 @@ impl KafkaSink {
     /// epoch locally; when the broker answers but deliveries keep failing, or librdkafka
     /// reported a fatal error, the producer is replaced by a fresh one.
     pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let result = self
-            .producer()
-            .client()
-            .fetch_metadata(Some(&self.topics.main), timeout)
-            .map(|_| ());
+        let result = self.producer().client().fetch_metadata(Some(&self.topics.main), timeout).map(|_| ());
         let up = result.is_ok();
         if up != self.health.broker_up() {
             if up {
@@ -244,10 +208,9 @@ impl KafkaSink {
     }
 
     fn recreate_producer(&self) -> Result<(), KafkaError> {
-        let producer = self.config.create_with_context(ProducerContext {
-            health: self.health.clone(),
-            fatal: self.fatal.clone(),
-        })?;
+        let producer = self
+            .config
+            .create_with_context(ProducerContext { health: self.health.clone(), fatal: self.fatal.clone() })?;
         *self.producer.write().expect("producer lock poisoned") = Arc::new(producer);
         self.fatal.store(false, Ordering::Relaxed);
         self.failed_requests.store(0, Ordering::Relaxed);
@@ -262,14 +225,9 @@ impl KafkaSink {
         for m in messages {
             let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
             for (k, v) in &m.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
+                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
-            let mut record = FutureRecord::to(self.topics.name(m.lane))
-                .payload(&m.payload)
-                .headers(headers);
+            let mut record = FutureRecord::to(self.topics.name(m.lane)).payload(&m.payload).headers(headers);
             if let Some(key) = &m.key {
                 record = record.key(key.as_str());
             }

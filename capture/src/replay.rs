@@ -38,9 +38,7 @@ impl ReplayInvalid {
 }
 
 pub fn valid_session_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_SESSION_ID_CHARS
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    !id.is_empty() && id.len() <= MAX_SESSION_ID_CHARS && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// One `$snapshot_items` message to produce.
@@ -69,10 +67,7 @@ struct Group {
 
 /// Groups snapshot events and splits groups to fit `max_message_bytes`. Events that
 /// cannot be replay are returned with their reason, to be counted.
-pub fn group(
-    events: Vec<NormalizedEvent>,
-    max_message_bytes: usize,
-) -> (Vec<ReplayMessage>, Vec<ReplayInvalid>) {
+pub fn group(events: Vec<NormalizedEvent>, max_message_bytes: usize) -> (Vec<ReplayMessage>, Vec<ReplayInvalid>) {
     let mut groups: Vec<Group> = Vec::new();
     let mut invalid = Vec::new();
     for ev in events {
@@ -95,10 +90,7 @@ pub fn group(
             Some(Value::String(w)) if !w.is_empty() => w,
             _ => session_id.clone(),
         };
-        let items = match props
-            .remove("$snapshot_data")
-            .or_else(|| props.remove("$snapshot_items"))
-        {
+        let items = match props.remove("$snapshot_data").or_else(|| props.remove("$snapshot_items")) {
             Some(Value::Array(items)) => items,
             Some(Value::Null) | None => {
                 invalid.push(ReplayInvalid::MissingSnapshotData);
@@ -140,11 +132,7 @@ pub fn group(
     let mut messages = Vec::new();
     for g in groups {
         let budget = max_message_bytes.saturating_sub(
-            ENVELOPE_RESERVE
-                + 3 * (g.token.len()
-                    + g.distinct_id.len()
-                    + g.session_id.len()
-                    + g.window_id.len()),
+            ENVELOPE_RESERVE + 3 * (g.token.len() + g.distinct_id.len() + g.session_id.len() + g.window_id.len()),
         );
         let mut chunk: Vec<Value> = Vec::new();
         let mut chunk_bytes = 0;
@@ -167,11 +155,7 @@ pub fn group(
         }
         for (i, items) in chunks.into_iter().enumerate() {
             // Deterministic per chunk, so a retried request produces the same uuids.
-            let uuid = if i == 0 {
-                g.uuid
-            } else {
-                Uuid::new_v5(&g.uuid, format!("chunk-{i}").as_bytes())
-            };
+            let uuid = if i == 0 { g.uuid } else { Uuid::new_v5(&g.uuid, format!("chunk-{i}").as_bytes()) };
             let mut properties = g.extra.clone();
             properties.insert("distinct_id".into(), json!(g.distinct_id));
             properties.insert("$session_id".into(), json!(g.session_id));
@@ -217,21 +201,22 @@ mod tests {
     use crate::request::Route;
 
     fn snap(session: &str, window: Option<&str>, data: Value) -> NormalizedEvent {
-        let mut props =
-            json!({"$session_id": session, "$snapshot_data": data, "$snapshot_source": "web"});
+        let mut props = json!({"$session_id": session, "$snapshot_data": data, "$snapshot_source": "web"});
         if let Some(w) = window {
             props["$window_id"] = json!(w);
         }
         let uuid = "0190a7e8-1d2b-7c3d-8e4f-123456789abc";
-        normalize(json!({"event":"$snapshot","distinct_id":"d","token":"t","uuid":uuid,"properties":props}), None, Route::Replay).unwrap()
+        normalize(
+            json!({"event":"$snapshot","distinct_id":"d","token":"t","uuid":uuid,"properties":props}),
+            None,
+            Route::Replay,
+        )
+        .unwrap()
     }
 
     fn items_of(m: &ReplayMessage) -> Vec<Value> {
         let v: Value = serde_json::from_str(&m.data).unwrap();
-        v["properties"]["$snapshot_items"]
-            .as_array()
-            .unwrap()
-            .clone()
+        v["properties"]["$snapshot_items"].as_array().unwrap().clone()
     }
 
     #[test]
@@ -247,40 +232,25 @@ mod tests {
         assert!(bad.is_empty());
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[0].session_id, "s1");
-        assert_eq!(
-            items_of(&msgs[0]),
-            vec![json!({"a":1}), json!({"c":3}), json!({"d":4})]
-        );
+        assert_eq!(items_of(&msgs[0]), vec![json!({"a":1}), json!({"c":3}), json!({"d":4})]);
         assert_eq!(msgs[1].session_id, "s2");
         assert_eq!(items_of(&msgs[1]), vec![json!({"b":2})]);
         let v: Value = serde_json::from_str(&msgs[0].data).unwrap();
         assert_eq!(v["event"], "$snapshot_items");
-        assert_eq!(
-            v["properties"]["$window_id"], "s1",
-            "window defaults to the session"
-        );
+        assert_eq!(v["properties"]["$window_id"], "s1", "window defaults to the session");
         assert_eq!(v["properties"]["$snapshot_source"], "web");
     }
 
     #[test]
     fn windows_of_one_session_stay_apart() {
-        let (msgs, _) = group(
-            vec![
-                snap("s1", Some("w1"), json!([1])),
-                snap("s1", Some("w2"), json!([2])),
-            ],
-            1_000_000,
-        );
+        let (msgs, _) = group(vec![snap("s1", Some("w1"), json!([1])), snap("s1", Some("w2"), json!([2]))], 1_000_000);
         assert_eq!(msgs.len(), 2);
     }
 
     #[test]
     fn invalid_sessions_are_reported() {
         let mut no_session = snap("s", None, json!([1]));
-        no_session.data["properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("$session_id");
+        no_session.data["properties"].as_object_mut().unwrap().remove("$session_id");
         let (msgs, bad) = group(
             vec![
                 snap("bad id!", None, json!([1])),
@@ -304,9 +274,7 @@ mod tests {
 
     #[test]
     fn large_groups_are_split_in_order_with_distinct_uuids() {
-        let items: Vec<Value> = (0..100)
-            .map(|i| json!({"i": i, "pad": "\"q\"".repeat(200)}))
-            .collect();
+        let items: Vec<Value> = (0..100).map(|i| json!({"i": i, "pad": "\"q\"".repeat(200)})).collect();
         let limit = 40_000;
         let (msgs, bad) = group(vec![snap("s", None, Value::Array(items.clone()))], limit);
         assert!(bad.is_empty());
@@ -328,14 +296,7 @@ mod tests {
 
     #[test]
     fn an_item_larger_than_a_message_is_reported() {
-        let (msgs, bad) = group(
-            vec![snap(
-                "s",
-                None,
-                json!([{"big": "x".repeat(50_000)}, {"small": 1}]),
-            )],
-            20_000,
-        );
+        let (msgs, bad) = group(vec![snap("s", None, json!([{"big": "x".repeat(50_000)}, {"small": 1}]))], 20_000);
         assert_eq!(bad, vec![ReplayInvalid::ItemTooLarge]);
         assert_eq!(msgs.len(), 1);
         assert_eq!(items_of(&msgs[0]), vec![json!({"small": 1})]);

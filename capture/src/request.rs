@@ -58,14 +58,7 @@ impl Query {
                 "data" if !v.is_empty() => q.data = Some(v.into_owned()),
                 "compression" if !v.is_empty() => q.compression = Some(v.into_owned()),
                 "beacon" => q.beacon = v == "1" || v.eq_ignore_ascii_case("true"),
-                "_" => {
-                    q.sent_at_ms = v
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|f| f.is_finite())
-                        .map(|f| f as i64)
-                }
+                "_" => q.sent_at_ms = v.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64),
                 _ => {}
             }
         }
@@ -113,35 +106,20 @@ fn is_form(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| {
-            essence
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// The client's address: `X-Forwarded-For` (leftmost, or `trusted_hops` from the right
 /// when capture sits behind that many proxies of its own), then `Forwarded`, then
 /// `X-Real-IP`, then the peer.
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
-    let header = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let header =
+        |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
 
     let xff = header("x-forwarded-for");
     let hops: Vec<IpAddr> = xff.split(',').filter_map(parse_ip).collect();
-    let from_xff = if trusted_hops == 0 {
-        hops.first()
-    } else {
-        hops.len()
-            .checked_sub(trusted_hops)
-            .and_then(|i| hops.get(i))
-    };
+    let from_xff =
+        if trusted_hops == 0 { hops.first() } else { hops.len().checked_sub(trusted_hops).and_then(|i| hops.get(i)) };
     if let Some(ip) = from_xff {
         return *ip;
     }
@@ -169,9 +147,7 @@ fn parse_ip(raw: &str) -> Option<IpAddr> {
     if let Ok(sock) = s.parse::<SocketAddr>() {
         return Some(sock.ip());
     }
-    s.strip_prefix('[')
-        .and_then(|r| r.split(']').next())
-        .and_then(|r| r.parse().ok())
+    s.strip_prefix('[').and_then(|r| r.split(']').next()).and_then(|r| r.parse().ok())
 }
 
 #[cfg(test)]
@@ -181,10 +157,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
     }
@@ -192,9 +165,7 @@ mod tests {
 
     #[test]
     fn query_is_lenient() {
-        let q = Query::parse(Some(
-            "ip=1&_=1700000000123&ver=1.2&compression=gzip-js&beacon=1&%zz=%%&data=",
-        ));
+        let q = Query::parse(Some("ip=1&_=1700000000123&ver=1.2&compression=gzip-js&beacon=1&%zz=%%&data="));
         assert_eq!(q.compression.as_deref(), Some("gzip-js"));
         assert_eq!(q.sent_at_ms, Some(1_700_000_000_123));
         assert!(q.beacon);
@@ -206,38 +177,22 @@ mod tests {
 
     #[test]
     fn form_detection_compares_the_essence() {
-        assert!(is_form(&headers(&[(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=UTF-8"
-        )])));
-        assert!(is_form(&headers(&[(
-            "content-type",
-            "Application/X-WWW-Form-Urlencoded"
-        )])));
+        assert!(is_form(&headers(&[("content-type", "application/x-www-form-urlencoded; charset=UTF-8")])));
+        assert!(is_form(&headers(&[("content-type", "Application/X-WWW-Form-Urlencoded")])));
         assert!(!is_form(&headers(&[("content-type", "text/plain")])));
         assert!(!is_form(&HeaderMap::new()));
     }
 
     #[test]
     fn ip_sources_in_order() {
-        let h = headers(&[
-            ("x-forwarded-for", "203.0.113.7, 10.1.1.1"),
-            ("x-real-ip", "198.51.100.1"),
-        ]);
+        let h = headers(&[("x-forwarded-for", "203.0.113.7, 10.1.1.1"), ("x-real-ip", "198.51.100.1")]);
         assert_eq!(client_ip(&h, PEER, 0).to_string(), "203.0.113.7");
         assert_eq!(client_ip(&h, PEER, 1).to_string(), "10.1.1.1");
         assert_eq!(client_ip(&h, PEER, 2).to_string(), "203.0.113.7");
-        assert_eq!(
-            client_ip(&h, PEER, 3).to_string(),
-            "198.51.100.1",
-            "more hops than addresses falls through"
-        );
+        assert_eq!(client_ip(&h, PEER, 3).to_string(), "198.51.100.1", "more hops than addresses falls through");
         let h = headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https")]);
         assert_eq!(client_ip(&h, PEER, 0).to_string(), "2001:db8::1");
-        let h = headers(&[
-            ("x-forwarded-for", "garbage"),
-            ("x-real-ip", "198.51.100.1"),
-        ]);
+        let h = headers(&[("x-forwarded-for", "garbage"), ("x-real-ip", "198.51.100.1")]);
         assert_eq!(client_ip(&h, PEER, 0).to_string(), "198.51.100.1");
         assert_eq!(client_ip(&HeaderMap::new(), PEER, 0), PEER);
     }

@@ -74,23 +74,13 @@ pub fn decide(
     if historical {
         // Back-fills have their own topic and consumers; overflowing them would only
         // mix them into live traffic.
-        return Route::Produce {
-            lane: Lane::Historical,
-            key: Some(key),
-            overflow: None,
-        };
+        return Route::Produce { lane: Lane::Historical, key: Some(key), overflow: None };
     }
     match overflow {
-        Some(reason) => Route::Produce {
-            lane: Lane::Overflow,
-            key: preserve_locality.then_some(key),
-            overflow: Some(reason),
-        },
-        None => Route::Produce {
-            lane: Lane::Main,
-            key: Some(key),
-            overflow: None,
-        },
+        Some(reason) => {
+            Route::Produce { lane: Lane::Overflow, key: preserve_locality.then_some(key), overflow: Some(reason) }
+        }
+        None => Route::Produce { lane: Lane::Main, key: Some(key), overflow: None },
     }
 }
 
@@ -104,18 +94,8 @@ impl Router {
     pub fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
         let key = kafka_key(&ev.token, &ev.distinct_id);
         let quota_limited = self.lists.quota_events.contains(&ev.token);
-        let overflow = if historical || quota_limited {
-            None
-        } else {
-            self.overflow.check(&ev.token, &key)
-        };
-        decide(
-            key,
-            historical,
-            quota_limited,
-            overflow,
-            self.preserve_locality,
-        )
+        let overflow = if historical || quota_limited { None } else { self.overflow.check(&ev.token, &key) };
+        decide(key, historical, quota_limited, overflow, self.preserve_locality)
     }
 
     pub fn recordings_limited(&self, token: &str) -> bool {
@@ -143,50 +123,26 @@ mod tests {
     fn decisions() {
         assert_eq!(
             decide(k(), false, false, None, false),
-            Route::Produce {
-                lane: Lane::Main,
-                key: Some(k()),
-                overflow: None
-            }
+            Route::Produce { lane: Lane::Main, key: Some(k()), overflow: None }
         );
         assert_eq!(decide(k(), false, true, None, false), Route::QuotaLimited);
-        assert_eq!(
-            decide(k(), true, true, None, false),
-            Route::QuotaLimited,
-            "quota applies to back-fills too"
-        );
+        assert_eq!(decide(k(), true, true, None, false), Route::QuotaLimited, "quota applies to back-fills too");
         assert_eq!(
             decide(k(), true, false, None, false),
-            Route::Produce {
-                lane: Lane::Historical,
-                key: Some(k()),
-                overflow: None
-            }
+            Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None }
         );
         assert_eq!(
             decide(k(), true, false, Some(OverflowReason::Rate), false),
-            Route::Produce {
-                lane: Lane::Historical,
-                key: Some(k()),
-                overflow: None
-            },
+            Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None },
             "historical is never overflowed"
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Rate), false),
-            Route::Produce {
-                lane: Lane::Overflow,
-                key: None,
-                overflow: Some(OverflowReason::Rate)
-            }
+            Route::Produce { lane: Lane::Overflow, key: None, overflow: Some(OverflowReason::Rate) }
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Forced), true),
-            Route::Produce {
-                lane: Lane::Overflow,
-                key: Some(k()),
-                overflow: Some(OverflowReason::Forced)
-            }
+            Route::Produce { lane: Lane::Overflow, key: Some(k()), overflow: Some(OverflowReason::Forced) }
         );
     }
 }

@@ -61,16 +61,13 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>, max_concurrent_requests: usize) -> Router {
     let capture_routes = Router::new()
-        .merge(event_routes(
-            &["/e", "/i/v0/e", "/capture", "/track"],
-            |path| {
-                if path == "/i/v0/e" {
-                    Route::Events
-                } else {
-                    Route::LegacyEvents
-                }
-            },
-        ))
+        .merge(event_routes(&["/e", "/i/v0/e", "/capture", "/track"], |path| {
+            if path == "/i/v0/e" {
+                Route::Events
+            } else {
+                Route::LegacyEvents
+            }
+        }))
         .merge(event_routes(&["/engage"], |_| Route::Engage))
         .merge(post_routes(&["/batch"], Route::Batch))
         .merge(post_routes(&["/s"], Route::Replay))
@@ -78,9 +75,7 @@ pub fn router(state: Arc<AppState>, max_concurrent_requests: usize) -> Router {
         // here only adds memory and latency, and every SDK retries 503.
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    CaptureError::Overloaded.into_response()
-                }))
+                .layer(HandleErrorLayer::new(|_: BoxError| async { CaptureError::Overloaded.into_response() }))
                 .load_shed()
                 .concurrency_limit(max_concurrent_requests),
         );
@@ -104,64 +99,39 @@ pub fn router(state: Arc<AppState>, max_concurrent_requests: usize) -> Router {
 }
 
 fn with_trailing_slash(paths: &[&'static str]) -> Vec<(String, &'static str)> {
-    paths
-        .iter()
-        .flat_map(|p| [(p.to_string(), *p), (format!("{p}/"), *p)])
-        .collect()
+    paths.iter().flat_map(|p| [(p.to_string(), *p), (format!("{p}/"), *p)]).collect()
 }
 
 fn capture_handler(route: Route) -> MethodRouter<Arc<AppState>> {
-    axum::routing::post(move |State(state): State<Arc<AppState>>, req: Request| {
-        capture(state, route, req)
-    })
-    .options(|| async { StatusCode::OK })
+    axum::routing::post(move |State(state): State<Arc<AppState>>, req: Request| capture(state, route, req))
+        .options(|| async { StatusCode::OK })
 }
 
 fn event_routes(paths: &[&'static str], route_of: fn(&str) -> Route) -> Router<Arc<AppState>> {
-    with_trailing_slash(paths)
-        .into_iter()
-        .fold(Router::new(), |r, (path, base)| {
-            let route = route_of(base);
-            r.route(
-                &path,
-                capture_handler(route)
-                    .get(move |State(state): State<Arc<AppState>>, req: Request| {
-                        capture(state, route, req)
-                    })
-                    .head(|| async { StatusCode::OK }),
-            )
-        })
+    with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, base)| {
+        let route = route_of(base);
+        r.route(
+            &path,
+            capture_handler(route)
+                .get(move |State(state): State<Arc<AppState>>, req: Request| capture(state, route, req))
+                .head(|| async { StatusCode::OK }),
+        )
+    })
 }
 
 fn post_routes(paths: &[&'static str], route: Route) -> Router<Arc<AppState>> {
-    with_trailing_slash(paths)
-        .into_iter()
-        .fold(Router::new(), |r, (path, _)| {
-            r.route(&path, capture_handler(route))
-        })
+    with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, _)| r.route(&path, capture_handler(route)))
 }
 
 async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let meta = RequestMeta::new(
-        route,
-        parts.uri.query(),
-        &parts.headers,
-        peer,
-        state.trusted_proxy_hops,
-    );
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer, state.trusted_proxy_hops);
     let limit = state.body_limits.for_route(route);
 
     let result = async {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(CaptureError::BodyTooLarge { limit });
         }
@@ -179,11 +149,7 @@ async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
             e.into_response()
         }
     };
-    telemetry::request_done(
-        route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    telemetry::request_done(route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
@@ -201,11 +167,7 @@ fn success(meta: &RequestMeta, outcome: Outcome) -> Response {
 
 /// Reads the body as it arrives, stopping at `limit`, and giving up on a client that
 /// leaves more than `chunk_timeout` between two chunks.
-async fn read_body(
-    mut body: Body,
-    limit: usize,
-    chunk_timeout: Duration,
-) -> Result<Bytes, CaptureError> {
+async fn read_body(mut body: Body, limit: usize, chunk_timeout: Duration) -> Result<Bytes, CaptureError> {
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     loop {
@@ -251,11 +213,7 @@ async fn readiness(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and gives the
@@ -268,10 +226,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -288,27 +243,20 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            },
-        );
+        let svc = tower::ServiceExt::map_request(app.clone(), move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
             let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);
     info!("stopped accepting connections; draining");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
         warn!("drain timeout reached with connections still open");
     }
 }

@@ -33,18 +33,12 @@ pub fn metrics_handle() -> PrometheusHandle {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(REQUEST_DURATION.into()),
-                    &[
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
-                    ],
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(PAYLOAD_BYTES.into()),
-                        &[
-                            256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-                            4194304.0, 16777216.0,
-                        ],
+                        &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0],
                     )
                 })
                 .and_then(|b| {
@@ -61,8 +55,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -78,8 +71,7 @@ pub fn request_done(route: Route, status: u16, seconds: f64) {
 pub fn payload(route: Route, received_bytes: usize, decoded_bytes: usize) {
     histogram!(PAYLOAD_BYTES, "route" => route.as_str()).record(received_bytes as f64);
     if received_bytes > 0 {
-        histogram!(DECOMPRESSION_RATIO, "route" => route.as_str())
-            .record(decoded_bytes as f64 / received_bytes as f64);
+        histogram!(DECOMPRESSION_RATIO, "route" => route.as_str()).record(decoded_bytes as f64 / received_bytes as f64);
     }
 }
 

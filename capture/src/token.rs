@@ -55,22 +55,10 @@ pub fn validate(token: &str) -> Result<&str, TokenError> {
 /// then `properties.token`. The first one present decides; a bad one is not skipped,
 /// because falling through to another would file the event under a token the client
 /// did not mean.
-pub fn find<'a>(
-    batch: Option<&'a Value>,
-    event: &'a Map<String, Value>,
-) -> Result<&'a str, TokenError> {
+pub fn find<'a>(batch: Option<&'a Value>, event: &'a Map<String, Value>) -> Result<&'a str, TokenError> {
     let found = batch
-        .or_else(|| {
-            ["token", "$token", "api_key"]
-                .iter()
-                .find_map(|k| event.get(*k).filter(|v| !v.is_null()))
-        })
-        .or_else(|| {
-            event
-                .get("properties")
-                .and_then(|p| p.get("token"))
-                .filter(|v| !v.is_null())
-        });
+        .or_else(|| ["token", "$token", "api_key"].iter().find_map(|k| event.get(*k).filter(|v| !v.is_null())))
+        .or_else(|| event.get("properties").and_then(|p| p.get("token")).filter(|v| !v.is_null()));
     match found {
         None => Err(TokenError::Missing),
         Some(Value::String(s)) => validate(s),
@@ -103,30 +91,11 @@ mod tests {
         let ev = obj(json!({"token":"ev","api_key":"ak","properties":{"token":"prop"}}));
         assert_eq!(find(Some(&json!("batch")), &ev), Ok("batch"));
         assert_eq!(find(None, &ev), Ok("ev"));
-        assert_eq!(
-            find(None, &obj(json!({"$token":"dollar","api_key":"ak"}))),
-            Ok("dollar")
-        );
+        assert_eq!(find(None, &obj(json!({"$token":"dollar","api_key":"ak"}))), Ok("dollar"));
         assert_eq!(find(None, &obj(json!({"api_key":"ak"}))), Ok("ak"));
-        assert_eq!(
-            find(
-                None,
-                &obj(json!({"token":null,"properties":{"token":"prop"}}))
-            ),
-            Ok("prop")
-        );
-        assert_eq!(
-            find(None, &obj(json!({"properties":{}}))),
-            Err(TokenError::Missing)
-        );
-        assert_eq!(
-            find(None, &obj(json!({"token":12}))),
-            Err(TokenError::NotString)
-        );
-        assert_eq!(
-            find(Some(&json!("phx_1")), &ev),
-            Err(TokenError::PersonalKey),
-            "a bad batch token is not skipped"
-        );
+        assert_eq!(find(None, &obj(json!({"token":null,"properties":{"token":"prop"}}))), Ok("prop"));
+        assert_eq!(find(None, &obj(json!({"properties":{}}))), Err(TokenError::Missing));
+        assert_eq!(find(None, &obj(json!({"token":12}))), Err(TokenError::NotString));
+        assert_eq!(find(Some(&json!("phx_1")), &ev), Err(TokenError::PersonalKey), "a bad batch token is not skipped");
     }
 }

@@ -7,7 +7,4 @@
 pub mod message;
 pub mod topics;
 
-pub use message::{
-    kafka_key, CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW, HEADER_TOKEN,
-    HEADER_UUID,
-};
+pub use message::{kafka_key, CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW, HEADER_TOKEN, HEADER_UUID};

@@ -24,11 +24,7 @@ pub struct CapturedEvent {
     #[serde(with = "time::serde::rfc3339")]
     pub now: OffsetDateTime,
     /// The client's idea of when it sent the request; ingest uses it to correct clock skew.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<OffsetDateTime>,
     pub token: String,
     pub event: String,
@@ -75,10 +71,7 @@ mod tests {
         let text = serde_json::to_string(&ev).unwrap();
         assert!(!text.contains("sent_at"), "{text}");
         assert!(!text.contains("historical_migration"), "{text}");
-        assert!(
-            text.contains(r#""now":"2024-05-01T10:00:00.123Z""#),
-            "{text}"
-        );
+        assert!(text.contains(r#""now":"2024-05-01T10:00:00.123Z""#), "{text}");
         let back: CapturedEvent = serde_json::from_str(&text).unwrap();
         assert_eq!(back, ev);
     }

@@ -15,11 +15,4 @@ pub const REPLAY_OVERFLOW: &str = "session_recording_snapshot_item_overflow";
 pub const DEAD_LETTER: &str = "events_dead_letter_queue";
 
 /// Every topic the pipeline uses, for tooling that creates them.
-pub const ALL: [&str; 6] = [
-    EVENTS,
-    EVENTS_OVERFLOW,
-    EVENTS_HISTORICAL,
-    REPLAY,
-    REPLAY_OVERFLOW,
-    DEAD_LETTER,
-];
+pub const ALL: [&str; 6] = [EVENTS, EVENTS_OVERFLOW, EVENTS_HISTORICAL, REPLAY, REPLAY_OVERFLOW, DEAD_LETTER];

@@ -18,10 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repo")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
 }
 
 pub fn kafka_hosts() -> String {
@@ -34,15 +31,8 @@ pub fn redis_url() -> String {
 
 /// A name no other test (or earlier run) uses.
 pub fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
 /// Where cargo put the workspace binaries: beside the test executable's `deps/` folder,
@@ -52,33 +42,19 @@ pub fn bin_path(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first", path.display());
     path
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// Runs a future to completion from a synchronous test.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
 }
 
 /// The five topics of one test.
@@ -121,34 +97,21 @@ impl TestTopics {
             ("KAFKA_TOPIC_OVERFLOW".into(), self.overflow.clone()),
             ("KAFKA_TOPIC_HISTORICAL".into(), self.historical.clone()),
             ("KAFKA_TOPIC_REPLAY".into(), self.replay.clone()),
-            (
-                "KAFKA_TOPIC_REPLAY_OVERFLOW".into(),
-                self.replay_overflow.clone(),
-            ),
+            ("KAFKA_TOPIC_REPLAY_OVERFLOW".into(), self.replay_overflow.clone()),
         ]
     }
 }
 
 pub fn create_topics(kafka: &str, names: &[String], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .create()
-        .expect("kafka admin client");
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = block_on(admin.create_topics(
-        &new,
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-    ))
-    .expect("create topics request");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka).create().expect("kafka admin client");
+    let new: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    let results =
+        block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
+            .expect("create topics request");
     for r in results {
         if let Err((name, e)) = r {
-            assert!(
-                e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "creating topic {name}: {e}"
-            );
+            assert!(e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating topic {name}: {e}");
         }
     }
 }
@@ -166,8 +129,7 @@ pub struct Record {
 impl Record {
     /// The event as the client sent it (the message's `data`), parsed.
     pub fn data(&self) -> Value {
-        serde_json::from_str(self.value["data"].as_str().expect("data is a string"))
-            .expect("data is JSON")
+        serde_json::from_str(self.value["data"].as_str().expect("data is a string")).expect("data is JSON")
     }
 }
 
@@ -180,14 +142,11 @@ pub fn read_topic(kafka: &str, topic: &str, min: usize, timeout: Duration) -> Ve
         .set("enable.auto.commit", "false")
         .create()
         .expect("kafka consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
     let mut tpl = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("partition offset");
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition offset");
         }
     }
     consumer.assign(&tpl).expect("assign partitions");
@@ -204,11 +163,7 @@ pub fn read_topic(kafka: &str, topic: &str, min: usize, timeout: Duration) -> Ve
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })
@@ -218,8 +173,7 @@ pub fn read_topic(kafka: &str, topic: &str, min: usize, timeout: Duration) -> Ve
                     partition: m.partition(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     headers,
-                    value: serde_json::from_slice(m.payload().unwrap_or_default())
-                        .expect("message value is JSON"),
+                    value: serde_json::from_slice(m.payload().unwrap_or_default()).expect("message value is JSON"),
                 });
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
@@ -241,20 +195,12 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(test: &str, env: &[(&str, &str)]) -> Capture {
-        let kafka = env
-            .iter()
-            .find(|(k, _)| *k == "KAFKA_HOSTS")
-            .map_or_else(kafka_hosts, |(_, v)| v.to_string());
+        let kafka = env.iter().find(|(k, _)| *k == "KAFKA_HOSTS").map_or_else(kafka_hosts, |(_, v)| v.to_string());
         let topics = TestTopics::create(&kafka, test);
         Self::start_with_topics(test, topics, &kafka, env)
     }
 
-    pub fn start_with_topics(
-        test: &str,
-        topics: TestTopics,
-        kafka: &str,
-        env: &[(&str, &str)],
-    ) -> Capture {
+    pub fn start_with_topics(test: &str, topics: TestTopics, kafka: &str, env: &[(&str, &str)]) -> Capture {
         let port = free_port();
         let redis_prefix = format!("{}/", unique(test));
         let log = std::env::temp_dir().join(format!("{}.capture.log", unique(test)));
@@ -295,22 +241,14 @@ impl Capture {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "capture not ready after {timeout:?}; log:\n{}",
-            self.log_text()
-        );
+        panic!("capture not ready after {timeout:?}; log:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::blocking::Body>,
-    ) -> Response {
+    pub fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
         Response::from(
             http()
                 .post(format!("{}{path}", self.url))
@@ -322,12 +260,7 @@ impl Capture {
     }
 
     pub fn get(&self, path: &str) -> Response {
-        Response::from(
-            http()
-                .get(format!("{}{path}", self.url))
-                .send()
-                .expect("GET"),
-        )
+        Response::from(http().get(format!("{}{path}", self.url)).send().expect("GET"))
     }
 
     pub fn read(&self, topic: &str, min: usize) -> Vec<Record> {
@@ -337,10 +270,7 @@ impl Capture {
     /// Sends SIGTERM to this process (by its pid) and waits for it to exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         self.wait_exit(timeout)
     }
 
@@ -350,10 +280,7 @@ impl Capture {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "capture did not exit within {timeout:?} of SIGTERM"
-            );
+            assert!(start.elapsed() < timeout, "capture did not exit within {timeout:?} of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -362,9 +289,7 @@ impl Capture {
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
         let text = self.get("/metrics").text;
         text.lines()
-            .filter(|l| {
-                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
-            })
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -378,10 +303,7 @@ impl Drop for Capture {
 }
 
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("http client")
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
 }
 
 /// A response with its body read.
@@ -394,8 +316,7 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text))
     }
 }
 
@@ -403,11 +324,7 @@ impl From<reqwest::blocking::Response> for Response {
     fn from(r: reqwest::blocking::Response) -> Self {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        Response {
-            status,
-            headers,
-            text: r.text().expect("response body"),
-        }
+        Response { status, headers, text: r.text().expect("response body") }
     }
 }
 
@@ -427,15 +344,6 @@ pub fn base64(bytes: &[u8]) -> String {
 pub fn redis_zadd(key: &str, member: &str, seconds_from_now: i64) {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let mut conn = client.get_connection().expect("redis connection");
-    let until = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-        + seconds_from_now;
-    redis::cmd("ZADD")
-        .arg(key)
-        .arg(until)
-        .arg(member)
-        .exec(&mut conn)
-        .expect("ZADD");
+    let until = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64 + seconds_from_now;
+    redis::cmd("ZADD").arg(key).arg(until).arg(member).exec(&mut conn).expect("ZADD");
 }

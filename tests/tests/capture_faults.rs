@@ -36,10 +36,7 @@ impl OwnBroker {
             .expect("start tansu");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "own broker did not start"
-            );
+            assert!(start.elapsed() < Duration::from_secs(20), "own broker did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         OwnBroker { child, port }
@@ -75,8 +72,7 @@ fn which_tansu() -> String {
 }
 
 fn one_event(token: &str, uuid: &str) -> String {
-    json!({"api_key": token, "batch": [{"event": "e", "distinct_id": "d", "uuid": uuid}]})
-        .to_string()
+    json!({"api_key": token, "batch": [{"event": "e", "distinct_id": "d", "uuid": uuid}]}).to_string()
 }
 
 #[test]
@@ -92,40 +88,22 @@ fn broker_down_gives_503_and_nothing_acknowledged_after_it_returns_is_missing() 
     );
     let token = unique("phc");
     assert_eq!(
-        cap.post(
-            "/batch",
-            "application/json",
-            one_event(&token, &uuid::Uuid::now_v7().to_string())
-        )
-        .status,
+        cap.post("/batch", "application/json", one_event(&token, &uuid::Uuid::now_v7().to_string())).status,
         200
     );
 
     broker.stop();
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let r = cap.post(
-        "/batch",
-        "application/json",
-        one_event(&token, &uuid::Uuid::now_v7().to_string()),
-    );
+    let r = cap.post("/batch", "application/json", one_event(&token, &uuid::Uuid::now_v7().to_string()));
     assert_eq!(r.status, 503, "{}", r.text);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "answered within the message timeout"
-    );
-    assert_eq!(
-        r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
-        Some("5")
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "answered within the message timeout");
+    assert_eq!(r.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("5"));
     assert_eq!(r.json()["code"], "service_unavailable");
     // Readiness follows the broker once the client notices.
     let deadline = Instant::now() + Duration::from_secs(10);
     while cap.get("/_readiness").status != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness still 200 with the broker down"
-        );
+        assert!(Instant::now() < deadline, "readiness still 200 with the broker down");
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -135,11 +113,7 @@ fn broker_down_gives_503_and_nothing_acknowledged_after_it_returns_is_missing() 
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "capture never recovered; log:\n{}",
-            cap.log_text()
-        );
+        assert!(Instant::now() < deadline, "capture never recovered; log:\n{}", cap.log_text());
         let uuid = uuid::Uuid::now_v7().to_string();
         let r = cap.post("/batch", "application/json", one_event(&token, &uuid));
         match r.status {
@@ -148,15 +122,11 @@ fn broker_down_gives_503_and_nothing_acknowledged_after_it_returns_is_missing() 
             other => panic!("unexpected {other}: {}", r.text),
         }
     }
-    let landed: HashSet<String> = read_topic(
-        &format!("127.0.0.1:{port}"),
-        &topics.main,
-        acked.len(),
-        Duration::from_secs(30),
-    )
-    .iter()
-    .map(|r| r.value["uuid"].as_str().unwrap().to_string())
-    .collect();
+    let landed: HashSet<String> =
+        read_topic(&format!("127.0.0.1:{port}"), &topics.main, acked.len(), Duration::from_secs(30))
+            .iter()
+            .map(|r| r.value["uuid"].as_str().unwrap().to_string())
+            .collect();
     let missing: Vec<_> = acked.iter().filter(|u| !landed.contains(*u)).collect();
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     assert_eq!(cap.get("/_readiness").status, 200);
@@ -177,7 +147,10 @@ fn sigterm_during_load_loses_no_acknowledged_event() {
                 let mut sent = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let uuids: Vec<String> = (0..5).map(|_| uuid::Uuid::now_v7().to_string()).collect();
-                    let batch: Vec<_> = uuids.iter().map(|u| json!({"event": "load", "distinct_id": format!("user-{t}-{sent}"), "uuid": u})).collect();
+                    let batch: Vec<_> = uuids
+                        .iter()
+                        .map(|u| json!({"event": "load", "distinct_id": format!("user-{t}-{sent}"), "uuid": u}))
+                        .collect();
                     sent += 1;
                     match client.post(format!("{url}/batch")).json(&json!({"api_key": token, "batch": batch})).send() {
                         Ok(r) if r.status() == 200 => acked.lock().unwrap().extend(uuids),
@@ -195,37 +168,18 @@ fn sigterm_during_load_loses_no_acknowledged_event() {
     let pid = cap.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        cap.get("/_readiness").status,
-        503,
-        "readiness fails from SIGTERM on"
-    );
+    assert_eq!(cap.get("/_readiness").status, 503, "readiness fails from SIGTERM on");
     let status = cap.wait_exit(Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.join().unwrap();
     }
-    assert!(
-        status.success(),
-        "clean exit: {status:?}\n{}",
-        cap.log_text()
-    );
+    assert!(status.success(), "clean exit: {status:?}\n{}", cap.log_text());
 
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > before,
-        "requests were still answered during the drain window"
-    );
-    let landed: HashSet<String> = cap
-        .read(&cap.topics.main, acked.len())
-        .iter()
-        .map(|r| r.value["uuid"].as_str().unwrap().to_string())
-        .collect();
+    assert!(acked.len() > before, "requests were still answered during the drain window");
+    let landed: HashSet<String> =
+        cap.read(&cap.topics.main, acked.len()).iter().map(|r| r.value["uuid"].as_str().unwrap().to_string()).collect();
     let missing: Vec<_> = acked.iter().filter(|u| !landed.contains(*u)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged events missing",
-        missing.len(),
-        acked.len()
-    );
+    assert!(missing.is_empty(), "{} of {} acknowledged events missing", missing.len(), acked.len());
 }

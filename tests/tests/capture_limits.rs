@@ -69,7 +69,11 @@ fn requests_past_the_concurrency_limit_get_503_at_once() {
     let holder = stalled_request(&cap); // takes the only slot
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
-    let r = cap.post("/batch", "application/json", json!({"api_key": "phc_x", "batch": [{"event": "e", "distinct_id": "d"}]}).to_string());
+    let r = cap.post(
+        "/batch",
+        "application/json",
+        json!({"api_key": "phc_x", "batch": [{"event": "e", "distinct_id": "d"}]}).to_string(),
+    );
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json()["code"], "overloaded");
     assert!(r.headers.contains_key("retry-after"));
@@ -77,7 +81,11 @@ fn requests_past_the_concurrency_limit_get_503_at_once() {
     drop(holder);
     std::thread::sleep(Duration::from_millis(3500)); // the held slot times out and frees
     let token = unique("phc");
-    let r = cap.post("/batch", "application/json", json!({"api_key": token, "batch": [{"event": "e", "distinct_id": "d"}]}).to_string());
+    let r = cap.post(
+        "/batch",
+        "application/json",
+        json!({"api_key": token, "batch": [{"event": "e", "distinct_id": "d"}]}).to_string(),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
 }
 

@@ -7,11 +7,7 @@ use sluice_tests::{base64, gzip, unique, Capture, Record};
 /// Checks every field of a main-topic message against what the client sent.
 fn assert_message(rec: &Record, token: &str, distinct_id: &str, event: &str) {
     let v = &rec.value;
-    assert_eq!(
-        rec.key.as_deref(),
-        Some(format!("{token}:{distinct_id}").as_str()),
-        "key of {v}"
-    );
+    assert_eq!(rec.key.as_deref(), Some(format!("{token}:{distinct_id}").as_str()), "key of {v}");
     assert_eq!(v["token"], token);
     assert_eq!(v["distinct_id"], distinct_id);
     assert_eq!(v["event"], event);
@@ -19,26 +15,15 @@ fn assert_message(rec: &Record, token: &str, distinct_id: &str, event: &str) {
     let uuid = v["uuid"].as_str().expect("uuid");
     uuid::Uuid::parse_str(uuid).expect("uuid parses");
     let now = v["now"].as_str().expect("now");
-    assert!(
-        now.ends_with('Z') && now.contains('T'),
-        "now is RFC 3339 UTC: {now}"
-    );
+    assert!(now.ends_with('Z') && now.contains('T'), "now is RFC 3339 UTC: {now}");
     let data = rec.data();
     assert_eq!(data["uuid"], uuid, "the uuid used is written into data");
     assert_eq!(data["event"], event);
     assert!(data["properties"].is_object());
-    for (h, expected) in [
-        ("token", token),
-        ("distinct_id", distinct_id),
-        ("event", event),
-        ("uuid", uuid),
-        ("now", now),
-    ] {
-        assert_eq!(
-            rec.headers.get(h).map(String::as_str),
-            Some(expected),
-            "header {h}"
-        );
+    for (h, expected) in
+        [("token", token), ("distinct_id", distinct_id), ("event", event), ("uuid", uuid), ("now", now)]
+    {
+        assert_eq!(rec.headers.get(h).map(String::as_str), Some(expected), "header {h}");
     }
 }
 
@@ -54,33 +39,17 @@ fn each_route_and_body_style_lands_in_kafka() {
 
     // posthog-js today: gzip body labelled text/plain, hint in the query.
     let body = json!([event("gzip-js", &id("1"), &token)]).to_string();
-    let r = cap.post(
-        "/e/?ip=1&_=1700000000123&ver=1.150.0&compression=gzip-js",
-        "text/plain",
-        gzip(body.as_bytes()),
-    );
+    let r = cap.post("/e/?ip=1&_=1700000000123&ver=1.150.0&compression=gzip-js", "text/plain", gzip(body.as_bytes()));
     assert_eq!((r.status, r.json()), (200, json!({"status": "Ok"})));
 
     // gzip with no hint at all, on the modern route, without trailing slash.
     let body = json!(event("gzip-sniffed", &id("2"), &token)).to_string();
-    assert_eq!(
-        cap.post("/i/v0/e", "application/json", gzip(body.as_bytes()))
-            .status,
-        200
-    );
+    assert_eq!(cap.post("/i/v0/e", "application/json", gzip(body.as_bytes())).status, 200);
 
     // posthog-js base64 form, `+` sent unescaped.
     let body = json!([event("base64-form ???>>>", &id("3"), &token)]).to_string();
     let form = format!("data={}&compression=base64", base64(body.as_bytes()));
-    assert_eq!(
-        cap.post(
-            "/e/",
-            "application/x-www-form-urlencoded; charset=UTF-8",
-            form
-        )
-        .status,
-        200
-    );
+    assert_eq!(cap.post("/e/", "application/x-www-form-urlencoded; charset=UTF-8", form).status, 200);
 
     // GET with data= (base64, sniffed on a legacy route).
     let body = json!(event("get-data", &id("4"), &token)).to_string();
@@ -89,19 +58,11 @@ fn each_route_and_body_style_lands_in_kafka() {
 
     // Old posthog-js: lz64 in a form.
     let body = json!([event("lz64", &id("5"), &token)]).to_string();
-    let form = format!(
-        "data={}&compression=lz64",
-        form_encode(&lz_str::compress_to_base64(&body))
-    );
-    assert_eq!(
-        cap.post("/track", "application/x-www-form-urlencoded", form)
-            .status,
-        200
-    );
+    let form = format!("data={}&compression=lz64", form_encode(&lz_str::compress_to_base64(&body)));
+    assert_eq!(cap.post("/track", "application/x-www-form-urlencoded", form).status, 200);
 
     // /engage: a nameless person update becomes $identify.
-    let body =
-        json!({"$token": token, "$distinct_id": id("6"), "$set": {"plan": "pro"}}).to_string();
+    let body = json!({"$token": token, "$distinct_id": id("6"), "$set": {"plan": "pro"}}).to_string();
     assert_eq!(cap.post("/engage/", "application/json", body).status, 200);
 
     // Server SDK batch, gzip by Content-Encoding.
@@ -121,24 +82,12 @@ fn each_route_and_body_style_lands_in_kafka() {
 
     let records = cap.read(&cap.topics.main, 8);
     let find = |name: &str| {
-        records
-            .iter()
-            .find(|r| r.value["event"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from {records:#?}"))
+        records.iter().find(|r| r.value["event"] == name).unwrap_or_else(|| panic!("{name} missing from {records:#?}"))
     };
     assert_message(find("gzip-js"), &token, &id("1"), "gzip-js");
-    assert_eq!(
-        find("gzip-js").value["sent_at"],
-        "2023-11-14T22:13:20.123Z",
-        "sent_at from the query's `_`"
-    );
+    assert_eq!(find("gzip-js").value["sent_at"], "2023-11-14T22:13:20.123Z", "sent_at from the query's `_`");
     assert_message(find("gzip-sniffed"), &token, &id("2"), "gzip-sniffed");
-    assert_message(
-        find("base64-form ???>>>"),
-        &token,
-        &id("3"),
-        "base64-form ???>>>",
-    );
+    assert_message(find("base64-form ???>>>"), &token, &id("3"), "base64-form ???>>>");
     assert_message(find("get-data"), &token, &id("4"), "get-data");
     assert_message(find("lz64"), &token, &id("5"), "lz64");
     assert_message(find("$identify"), &token, &id("6"), "$identify");
@@ -149,15 +98,8 @@ fn each_route_and_body_style_lands_in_kafka() {
     assert_eq!(b1.value["timestamp"], "2024-05-01T09:59:59Z");
     let b2 = find("batch-2");
     assert_message(b2, &token, "42", "batch-2");
-    assert_eq!(
-        b2.value["timestamp"], "1714557599000",
-        "numeric timestamps kept as text"
-    );
-    assert_eq!(
-        b2.data()["properties"],
-        json!({}),
-        "properties: null becomes {{}}"
-    );
+    assert_eq!(b2.value["timestamp"], "1714557599000", "numeric timestamps kept as text");
+    assert_eq!(b2.data()["properties"], json!({}), "properties: null becomes {{}}");
     assert_eq!(records.len(), 8, "nothing else: {records:#?}");
 }
 
@@ -186,11 +128,7 @@ fn client_uuid_is_kept_and_ip_comes_from_forwarded_headers() {
     let rec = &cap.read(&cap.topics.main, 1)[0];
     assert_eq!(rec.value["uuid"], uuid);
     assert_eq!(rec.value["ip"], "203.0.113.9");
-    assert_eq!(
-        rec.data()["extra_top_level"],
-        json!([1, 2]),
-        "unknown keys are kept in data"
-    );
+    assert_eq!(rec.data()["extra_top_level"], json!([1, 2]), "unknown keys are kept in data");
 }
 
 #[test]
@@ -202,27 +140,15 @@ fn surrogates_and_events_with_their_own_tokens() {
     );
     assert_eq!(cap.post("/e/", "text/plain", body).status, 200);
     let records = cap.read(&cap.topics.main, 2);
-    let lone = records
-        .iter()
-        .find(|r| r.value["token"] == t1.as_str())
-        .expect("first token's event");
+    let lone = records.iter().find(|r| r.value["token"] == t1.as_str()).expect("first token's event");
     assert_eq!(lone.value["event"], "lone \u{fffd} here");
-    let other = records
-        .iter()
-        .find(|r| r.value["token"] == t2.as_str())
-        .expect("second token's event");
+    let other = records.iter().find(|r| r.value["token"] == t2.as_str()).expect("second token's event");
     assert_eq!(other.key.as_deref(), Some(format!("{t2}:d2").as_str()));
 }
 
 #[test]
 fn error_answers_are_json_and_say_what_is_wrong() {
-    let cap = Capture::start(
-        "errors",
-        &[
-            ("MAX_EVENT_BODY_BYTES", "10000"),
-            ("MAX_DECOMPRESSED_BYTES", "50000"),
-        ],
-    );
+    let cap = Capture::start("errors", &[("MAX_EVENT_BODY_BYTES", "10000"), ("MAX_DECOMPRESSED_BYTES", "50000")]);
     let check = |r: sluice_tests::Response, status: u16, code: &str| {
         assert_eq!(r.status, status, "{}", r.text);
         let v = r.json();
@@ -231,11 +157,7 @@ fn error_answers_are_json_and_say_what_is_wrong() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
     };
     check(
-        cap.post(
-            "/e/",
-            "application/json",
-            r#"[{"event":"e","properties":{"distinct_id":"d"}}]"#,
-        ),
+        cap.post("/e/", "application/json", r#"[{"event":"e","properties":{"distinct_id":"d"}}]"#),
         401,
         "missing_token",
     );
@@ -252,10 +174,7 @@ fn error_answers_are_json_and_say_what_is_wrong() {
         cap.post(
             "/batch/",
             "application/json",
-            format!(
-                r#"{{"api_key":"{}","batch":[{{"event":"e","distinct_id":"d"}}]}}"#,
-                "x".repeat(65)
-            ),
+            format!(r#"{{"api_key":"{}","batch":[{{"event":"e","distinct_id":"d"}}]}}"#, "x".repeat(65)),
         ),
         401,
         "token_too_long",
@@ -263,38 +182,18 @@ fn error_answers_are_json_and_say_what_is_wrong() {
     let mut bad_gzip = gzip(br#"[{"event":"e"}]"#);
     bad_gzip.truncate(12);
     check(cap.post("/e/", "text/plain", bad_gzip), 400, "invalid_gzip");
-    check(
-        cap.post("/e/?compression=lz64", "text/plain", "%%%%"),
-        400,
-        "invalid_lz64",
-    );
-    check(
-        cap.post("/e/", "text/plain", "{not json"),
-        400,
-        "invalid_json",
-    );
+    check(cap.post("/e/?compression=lz64", "text/plain", "%%%%"), 400, "invalid_lz64");
+    check(cap.post("/e/", "text/plain", "{not json"), 400, "invalid_json");
     check(cap.post("/e/", "text/plain", ""), 400, "empty_payload");
     check(
-        cap.post(
-            "/batch/",
-            "application/json",
-            r#"{"api_key":"phc_x","batch":[{"distinct_id":"d"}]}"#,
-        ),
+        cap.post("/batch/", "application/json", r#"{"api_key":"phc_x","batch":[{"distinct_id":"d"}]}"#),
         400,
         "no_valid_event",
     );
-    check(
-        cap.post("/e/", "text/plain", vec![b'x'; 20_000]),
-        413,
-        "payload_too_large",
-    );
+    check(cap.post("/e/", "text/plain", vec![b'x'; 20_000]), 413, "payload_too_large");
     let bomb = gzip(format!(r#"[{{"event":"{}"}}]"#, " ".repeat(1_000_000)).as_bytes());
     assert!(bomb.len() < 10_000);
-    check(
-        cap.post("/e/", "text/plain", bomb),
-        413,
-        "payload_too_large",
-    );
+    check(cap.post("/e/", "text/plain", bomb), 413, "payload_too_large");
     // Unknown compression and junk query parameters are not errors.
     let ok = cap.post(
         "/e/?compression=brotli-2099&%zz=%&_=abc",
@@ -320,10 +219,7 @@ fn cors_beacon_options_and_operational_routes() {
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
     assert_eq!(h["access-control-allow-credentials"], "true");
     assert_eq!(h["access-control-allow-headers"], "content-type,x-custom");
-    assert!(h["access-control-allow-methods"]
-        .to_str()
-        .unwrap()
-        .contains("POST"));
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
 
     let r = client
         .post(format!("{}/e/?beacon=1", cap.url))
@@ -332,27 +228,10 @@ fn cors_beacon_options_and_operational_routes() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 204, "beacon sends get 204");
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "https://app.example.com"
-    );
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example.com");
 
-    assert_eq!(
-        client
-            .request(reqwest::Method::OPTIONS, format!("{}/batch", cap.url))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client
-            .head(format!("{}/e", cap.url))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client.request(reqwest::Method::OPTIONS, format!("{}/batch", cap.url)).send().unwrap().status(), 200);
+    assert_eq!(client.head(format!("{}/e", cap.url)).send().unwrap().status(), 200);
     assert_eq!(cap.get("/").text, "sluice-capture");
     assert_eq!(cap.get("/_liveness").status, 200);
     assert_eq!(cap.get("/_readiness").status, 200);
@@ -368,19 +247,13 @@ fn cors_beacon_options_and_operational_routes() {
         "capture_producer_queue_bytes",
         "capture_kafka_broker_up",
     ] {
-        assert!(
-            metrics.contains(name),
-            "{name} missing from /metrics:\n{metrics}"
-        );
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
 }
 
 #[test]
 fn help_lists_every_setting_with_its_variable() {
-    let out = std::process::Command::new(sluice_tests::bin_path("sluice-capture"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(sluice_tests::bin_path("sluice-capture")).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for var in [
@@ -393,9 +266,6 @@ fn help_lists_every_setting_with_its_variable() {
         "TRUSTED_PROXY_HOPS",
         "SHUTDOWN_DRAIN_TIMEOUT_MS",
     ] {
-        assert!(
-            help.contains(&format!("env: {var}=")),
-            "--help does not show {var}"
-        );
+        assert!(help.contains(&format!("env: {var}=")), "--help does not show {var}");
     }
 }

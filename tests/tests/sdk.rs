@@ -7,15 +7,9 @@ use std::process::Command;
 use sluice_tests::{repo_root, unique, Capture, Record};
 
 fn python() -> std::path::PathBuf {
-    let venv = std::env::var("SLUICE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".venv"));
+    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
     let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} missing: the test command (./dev test) creates the virtualenv",
-        py.display()
-    );
+    assert!(py.exists(), "{} missing: the test command (./dev test) creates the virtualenv", py.display());
     py
 }
 
@@ -33,25 +27,13 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     let anon = format!("anon-{run}");
     let user = format!("user-{run}");
     let find = |event: &str| {
-        records
-            .iter()
-            .find(|r| r.value["event"] == event)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{event} missing; got {:#?}",
-                    records
-                        .iter()
-                        .map(|r| &r.value["event"])
-                        .collect::<Vec<_>>()
-                )
-            })
+        records.iter().find(|r| r.value["event"] == event).unwrap_or_else(|| {
+            panic!("{event} missing; got {:#?}", records.iter().map(|r| &r.value["event"]).collect::<Vec<_>>())
+        })
     };
     for r in records {
         assert_eq!(r.value["token"], token);
-        assert_eq!(
-            r.key.as_deref(),
-            Some(format!("{token}:{}", r.value["distinct_id"].as_str().unwrap()).as_str())
-        );
+        assert_eq!(r.key.as_deref(), Some(format!("{token}:{}", r.value["distinct_id"].as_str().unwrap()).as_str()));
         assert!(r.value["sent_at"].is_string() || r.value["sent_at"].is_null());
     }
 
@@ -61,10 +43,7 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     assert_eq!(data["properties"]["run"], run);
     assert_eq!(data["properties"]["n"], 1);
     assert_eq!(data["properties"]["$set_once"]["first_seen_run"], run);
-    assert!(
-        data["properties"]["$lib"].is_string(),
-        "the SDK names itself"
-    );
+    assert!(data["properties"]["$lib"].is_string(), "the SDK names itself");
     assert_eq!(first.value["uuid"], data["uuid"]);
 
     let identify = find("$identify");
@@ -79,10 +58,7 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     let alias = find("$create_alias");
     let mut pair = [
         alias.value["distinct_id"].as_str().unwrap().to_string(),
-        alias.data()["properties"]["alias"]
-            .as_str()
-            .unwrap()
-            .to_string(),
+        alias.data()["properties"]["alias"].as_str().unwrap().to_string(),
     ];
     pair.sort();
     assert_eq!(pair, [anon.clone(), user.clone()]);
@@ -94,10 +70,7 @@ fn check_sequence(records: &[Record], token: &str, run: &str) {
     assert_eq!(props["$group_set"]["name"], "Acme");
 
     let grouped = find("grouped");
-    assert_eq!(
-        grouped.data()["properties"]["$groups"]["company"],
-        format!("acme-{run}")
-    );
+    assert_eq!(grouped.data()["properties"]["$groups"]["company"], format!("acme-{run}"));
     assert_eq!(records.len(), 5, "exactly the five events, once each");
 }
 
@@ -112,20 +85,15 @@ fn run_sdk(cap: &Capture, program: &mut Command, what: &str) {
     );
 }
 
-#[test]
-fn posthog_python_with_and_without_gzip() {
-    let cap = Capture::start("sdk-python", &[]);
+/// Runs one SDK's sequence with gzip off then on, each under a token of its own, and
+/// checks what arrived.
+fn sdk_sequence(test: &str, command: impl Fn(&Capture, &str, &str, &str) -> Command) {
+    let cap = Capture::start(test, &[]);
     for (i, gzip) in ["0", "1"].into_iter().enumerate() {
-        let token = unique("phc-py");
-        let run = unique("py");
-        let script = repo_root().join("tests/sdk/python/send.py");
-        run_sdk(
-            &cap,
-            Command::new(python())
-                .arg(script)
-                .args([&cap.url, &token, &run, gzip]),
-            "posthog-python",
-        );
+        let token = unique(&format!("phc-{test}"));
+        let run = unique(test);
+        let mut program = command(&cap, &token, &run, gzip);
+        run_sdk(&cap, &mut program, test);
         let records: Vec<Record> = cap
             .read(&cap.topics.main, 5 * (i + 1))
             .into_iter()
@@ -136,23 +104,19 @@ fn posthog_python_with_and_without_gzip() {
 }
 
 #[test]
+fn posthog_python_with_and_without_gzip() {
+    sdk_sequence("sdk-python", |cap, token, run, gzip| {
+        let mut c = Command::new(python());
+        c.arg(repo_root().join("tests/sdk/python/send.py")).args([&cap.url, token, run, gzip]);
+        c
+    });
+}
+
+#[test]
 fn posthog_node_with_and_without_gzip() {
-    let cap = Capture::start("sdk-node", &[]);
-    for (i, gzip) in ["0", "1"].into_iter().enumerate() {
-        let token = unique("phc-node");
-        let run = unique("node");
-        run_sdk(
-            &cap,
-            Command::new("node")
-                .current_dir(node_dir())
-                .args(["send.mjs", &cap.url, &token, &run, gzip]),
-            "posthog-node",
-        );
-        let records: Vec<Record> = cap
-            .read(&cap.topics.main, 5 * (i + 1))
-            .into_iter()
-            .filter(|r| r.value["token"] == token.as_str())
-            .collect();
-        check_sequence(&records, &token, &run);
-    }
+    sdk_sequence("sdk-node", |cap, token, run, gzip| {
+        let mut c = Command::new("node");
+        c.current_dir(node_dir()).args(["send.mjs", &cap.url, token, run, gzip]);
+        c
+    });
 }

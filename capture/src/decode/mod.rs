@@ -95,19 +95,12 @@ pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize) -> Result<Decoded, 
     } else {
         body
     };
-    let hint = [
-        meta.query.compression.as_deref(),
-        form_compression.as_deref(),
-        meta.content_encoding.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(Encoding::from_hint);
+    let hint = [meta.query.compression.as_deref(), form_compression.as_deref(), meta.content_encoding.as_deref()]
+        .into_iter()
+        .flatten()
+        .find_map(Encoding::from_hint);
     let json = decode_payload(payload, hint, meta.route.sniffs_base64(), limit)?;
-    Ok(Decoded {
-        json,
-        received_bytes,
-    })
+    Ok(Decoded { json, received_bytes })
 }
 
 /// Decodes one payload given the hint; pure, so every rule is testable on bytes.
@@ -146,14 +139,8 @@ pub fn decode_payload(
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -174,14 +161,7 @@ fn base64_engine(url_safe: bool) -> GeneralPurpose {
     let config = GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
         .with_decode_allow_trailing_bits(true);
-    GeneralPurpose::new(
-        if url_safe {
-            &alphabet::URL_SAFE
-        } else {
-            &alphabet::STANDARD
-        },
-        config,
-    )
+    GeneralPurpose::new(if url_safe { &alphabet::URL_SAFE } else { &alphabet::STANDARD }, config)
 }
 
 fn base64_then_maybe_gunzip(payload: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
@@ -196,9 +176,7 @@ fn base64_then_maybe_gunzip(payload: &[u8], limit: usize) -> Result<Bytes, Decod
         .collect();
     let cleaned = trim_ascii(&cleaned);
     let url_safe = cleaned.iter().any(|c| matches!(c, b'-' | b'_'));
-    let decoded = base64_engine(url_safe)
-        .decode(cleaned)
-        .map_err(|e| DecodeError::Base64(e.to_string()))?;
+    let decoded = base64_engine(url_safe).decode(cleaned).map_err(|e| DecodeError::Base64(e.to_string()))?;
     if decoded.starts_with(&GZIP_MAGIC) {
         return gunzip(&decoded, limit);
     }
@@ -217,10 +195,8 @@ fn looks_like_base64(payload: &[u8]) -> bool {
         && !t.starts_with(b"true")
         && !t.starts_with(b"false")
         && !t.starts_with(b"null")
-        && t.iter().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_' | b' ' | b'\n' | b'\r')
-        })
+        && t.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_' | b' ' | b'\n' | b'\r'))
 }
 
 #[cfg(test)]
@@ -231,8 +207,7 @@ mod tests {
     use std::io::Write;
 
     const LIMIT: usize = 1024 * 1024;
-    const JSON: &str =
-        r#"[{"event":"$pageview","properties":{"distinct_id":"u1","token":"phc_abc"}}]"#;
+    const JSON: &str = r#"[{"event":"$pageview","properties":{"distinct_id":"u1","token":"phc_abc"}}]"#;
 
     fn gzip(b: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), Compression::fast());
@@ -242,13 +217,8 @@ mod tests {
     fn b64(b: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(b)
     }
-    fn dec(
-        payload: impl Into<Vec<u8>>,
-        hint: Option<Encoding>,
-        sniff: bool,
-    ) -> Result<String, DecodeError> {
-        decode_payload(Bytes::from(payload.into()), hint, sniff, LIMIT)
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    fn dec(payload: impl Into<Vec<u8>>, hint: Option<Encoding>, sniff: bool) -> Result<String, DecodeError> {
+        decode_payload(Bytes::from(payload.into()), hint, sniff, LIMIT).map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]
@@ -264,26 +234,13 @@ mod tests {
     #[test]
     fn plain_json_passes_through() {
         assert_eq!(dec(JSON, None, true).unwrap(), JSON);
-        assert_eq!(
-            dec(JSON, Some(Encoding::Gzip), false).unwrap(),
-            JSON,
-            "a wrong gzip hint is not fatal"
-        );
+        assert_eq!(dec(JSON, Some(Encoding::Gzip), false).unwrap(), JSON, "a wrong gzip hint is not fatal");
     }
 
     #[test]
     fn gzip_is_sniffed_whatever_the_hint() {
-        for hint in [
-            None,
-            Some(Encoding::Gzip),
-            Some(Encoding::Base64),
-            Some(Encoding::LzString),
-        ] {
-            assert_eq!(
-                dec(gzip(JSON.as_bytes()), hint, false).unwrap(),
-                JSON,
-                "{hint:?}"
-            );
+        for hint in [None, Some(Encoding::Gzip), Some(Encoding::Base64), Some(Encoding::LzString)] {
+            assert_eq!(dec(gzip(JSON.as_bytes()), hint, false).unwrap(), JSON, "{hint:?}");
         }
     }
 
@@ -309,48 +266,28 @@ mod tests {
     fn gzip_bomb_hits_the_cap() {
         let bomb = gzip(&vec![b' '; 20 * LIMIT]);
         assert!(bomb.len() < 100_000);
-        assert_eq!(
-            dec(bomb, None, false).unwrap_err(),
-            DecodeError::TooLarge { limit: LIMIT }
-        );
+        assert_eq!(dec(bomb, None, false).unwrap_err(), DecodeError::TooLarge { limit: LIMIT });
     }
 
     #[test]
     fn base64_when_hinted_padded_or_not_and_with_spaces() {
         let encoded = b64(JSON.as_bytes());
-        assert_eq!(
-            dec(encoded.clone(), Some(Encoding::Base64), false).unwrap(),
-            JSON
-        );
-        assert_eq!(
-            dec(encoded.trim_end_matches('='), Some(Encoding::Base64), false).unwrap(),
-            JSON
-        );
+        assert_eq!(dec(encoded.clone(), Some(Encoding::Base64), false).unwrap(), JSON);
+        assert_eq!(dec(encoded.trim_end_matches('='), Some(Encoding::Base64), false).unwrap(), JSON);
         let with_plus = b64(b"[{\"event\":\">>>???\"}]");
-        assert!(
-            with_plus.contains('+') || with_plus.contains('/'),
-            "{with_plus}"
-        );
+        assert!(with_plus.contains('+') || with_plus.contains('/'), "{with_plus}");
         assert_eq!(
             dec(with_plus.replace('+', " "), Some(Encoding::Base64), false).unwrap(),
             "[{\"event\":\">>>???\"}]"
         );
-        assert_eq!(
-            dec(b64(&gzip(JSON.as_bytes())), Some(Encoding::Base64), false).unwrap(),
-            JSON,
-            "base64 of gzip"
-        );
+        assert_eq!(dec(b64(&gzip(JSON.as_bytes())), Some(Encoding::Base64), false).unwrap(), JSON, "base64 of gzip");
     }
 
     #[test]
     fn base64_is_sniffed_only_on_legacy_routes() {
         let encoded = b64(JSON.as_bytes());
         assert_eq!(dec(encoded.clone(), None, true).unwrap(), JSON);
-        assert_eq!(
-            dec(encoded.clone(), None, false).unwrap(),
-            encoded,
-            "left as is; parsing will reject it"
-        );
+        assert_eq!(dec(encoded.clone(), None, false).unwrap(), encoded, "left as is; parsing will reject it");
     }
 
     #[test]
@@ -363,28 +300,21 @@ mod tests {
     fn lz64_decodes_and_rejects_garbage() {
         let encoded = lz_str::compress_to_base64(JSON);
         assert_eq!(dec(encoded, Some(Encoding::LzString), false).unwrap(), JSON);
-        assert_eq!(
-            dec("%%%%", Some(Encoding::LzString), false).unwrap_err(),
-            DecodeError::LzString
-        );
+        assert_eq!(dec("%%%%", Some(Encoding::LzString), false).unwrap_err(), DecodeError::LzString);
     }
 
     #[test]
     fn lz64_bomb_hits_the_cap() {
-        let encoded = lz_str::compress_to_base64(&" ".repeat(3 * LIMIT));
-        assert_eq!(
-            dec(encoded, Some(Encoding::LzString), false).unwrap_err(),
-            DecodeError::TooLarge { limit: LIMIT }
-        );
+        let encoded = lz_str::compress_to_base64(&" ".repeat(LIMIT / 2));
+        assert!(encoded.len() < LIMIT / 100, "a bomb: {} bytes in", encoded.len());
+        let err = decode_payload(Bytes::from(encoded), Some(Encoding::LzString), false, LIMIT / 4).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { limit: LIMIT / 4 });
     }
 
     #[test]
     fn uncompressed_over_the_limit_is_too_large() {
         let big = format!("[{{\"event\":\"{}\"}}]", "x".repeat(LIMIT));
-        assert_eq!(
-            dec(big, None, false).unwrap_err(),
-            DecodeError::TooLarge { limit: LIMIT }
-        );
+        assert_eq!(dec(big, None, false).unwrap_err(), DecodeError::TooLarge { limit: LIMIT });
     }
 
     #[test]
@@ -398,12 +328,7 @@ mod tests {
         use crate::request::{Query, RequestMeta, Route};
         use std::net::{IpAddr, Ipv4Addr};
 
-        fn meta(
-            route: Route,
-            query: &str,
-            form: bool,
-            content_encoding: Option<&str>,
-        ) -> RequestMeta {
+        fn meta(route: Route, query: &str, form: bool, content_encoding: Option<&str>) -> RequestMeta {
             RequestMeta {
                 route,
                 query: Query::parse(Some(query)),
@@ -414,21 +339,14 @@ mod tests {
             }
         }
         fn run(m: &RequestMeta, body: impl Into<Vec<u8>>) -> String {
-            String::from_utf8(
-                decode(m, Bytes::from(body.into()), LIMIT)
-                    .unwrap()
-                    .json
-                    .to_vec(),
-            )
-            .unwrap()
+            String::from_utf8(decode(m, Bytes::from(body.into()), LIMIT).unwrap().json.to_vec()).unwrap()
         }
 
         #[test]
         fn query_data_wins_over_body() {
             let q = format!(
                 "data={}&compression=base64",
-                form_urlencoded::byte_serialize(b64(JSON.as_bytes()).as_bytes())
-                    .collect::<String>()
+                form_urlencoded::byte_serialize(b64(JSON.as_bytes()).as_bytes()).collect::<String>()
             );
             assert_eq!(run(&meta(Route::Events, &q, false, None), "ignored"), JSON);
         }
@@ -436,58 +354,23 @@ mod tests {
         #[test]
         fn form_data_with_compression_field_and_space_fix() {
             // posthog-js: `data=<base64>&compression=base64` with `+` left unescaped.
-            let body = format!(
-                "data={}&compression=base64",
-                b64(JSON.as_bytes()).replace('+', " ")
-            );
-            assert_eq!(
-                run(&meta(Route::Events, "", true, None), body.replace(' ', "+")),
-                JSON
-            );
-            let raw = format!(
-                "data={}",
-                form_urlencoded::byte_serialize(JSON.as_bytes()).collect::<String>()
-            );
-            assert_eq!(
-                run(&meta(Route::Events, "", true, None), raw),
-                JSON,
-                "url-encoded JSON in a form"
-            );
-            assert_eq!(
-                run(&meta(Route::Events, "", true, None), JSON),
-                JSON,
-                "a raw body mislabelled as a form"
-            );
+            let body = format!("data={}&compression=base64", b64(JSON.as_bytes()).replace('+', " "));
+            assert_eq!(run(&meta(Route::Events, "", true, None), body.replace(' ', "+")), JSON);
+            let raw = format!("data={}", form_urlencoded::byte_serialize(JSON.as_bytes()).collect::<String>());
+            assert_eq!(run(&meta(Route::Events, "", true, None), raw), JSON, "url-encoded JSON in a form");
+            assert_eq!(run(&meta(Route::Events, "", true, None), JSON), JSON, "a raw body mislabelled as a form");
         }
 
         #[test]
         fn hint_order_query_then_form_then_content_encoding() {
             let lz = lz_str::compress_to_base64(JSON);
             // Query says lz64, Content-Encoding says base64: query wins.
-            assert_eq!(
-                run(
-                    &meta(Route::Events, "compression=lz64", false, Some("base64")),
-                    lz.clone()
-                ),
-                JSON
-            );
+            assert_eq!(run(&meta(Route::Events, "compression=lz64", false, Some("base64")), lz.clone()), JSON);
             // Unknown query hint is skipped, Content-Encoding is used.
-            assert_eq!(
-                run(
-                    &meta(Route::Events, "compression=zzz", false, Some("base64")),
-                    b64(JSON.as_bytes())
-                ),
-                JSON
-            );
-            let body = format!(
-                "data={}&compression=lz64",
-                form_urlencoded::byte_serialize(lz.as_bytes()).collect::<String>()
-            );
-            assert_eq!(
-                run(&meta(Route::Events, "", true, Some("base64")), body),
-                JSON,
-                "form field before header"
-            );
+            assert_eq!(run(&meta(Route::Events, "compression=zzz", false, Some("base64")), b64(JSON.as_bytes())), JSON);
+            let body =
+                format!("data={}&compression=lz64", form_urlencoded::byte_serialize(lz.as_bytes()).collect::<String>());
+            assert_eq!(run(&meta(Route::Events, "", true, Some("base64")), body), JSON, "form field before header");
         }
     }
 }
