@@ -88,9 +88,9 @@ log "warm-up"
 "$OHA" --no-tui -z 3s -c 32 "${SINGLE[@]}" >/dev/null
 
 log "1/5 single gzip events, saturating"
-run single -c 64 "${SINGLE[@]}"
+run single -c 256 "${SINGLE[@]}"
 log "2/5 50-event batches, saturating"
-run batch -c 16 "${BATCH[@]}"
+run batch -c 32 "${BATCH[@]}"
 log "3/5 single events at a fixed 1,000 requests/s"
 run fixed -c 64 -q 1000 --latency-correction "${SINGLE[@]}"
 

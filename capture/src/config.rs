@@ -40,7 +40,7 @@ pub struct Config {
     #[arg(long, env = "KAFKA_COMPRESSION", default_value = "lz4")]
     pub kafka_compression: String,
     /// How long the producer waits to fill a batch.
-    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 20)]
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 5)]
     pub kafka_linger_ms: u64,
     /// Producer queue bound, in messages; past it requests get 503.
     #[arg(long, env = "KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
