@@ -76,6 +76,24 @@ pub struct Config {
     #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000)]
     pub redis_stale_after_ms: u64,
 
+    // --- Team tokens (optional) ---------------------------------------------------
+    /// Reject tokens no team has, from a list read from Postgres in the background.
+    /// Fails open: while the list cannot be read, every well-formed token is accepted.
+    #[arg(long, env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub team_token_check: bool,
+    /// Postgres holding the teams.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice")]
+    pub database_url: String,
+    /// Query returning every valid token in its first column.
+    #[arg(long, env = "TEAM_TOKEN_QUERY", default_value = "SELECT api_token FROM teams")]
+    pub team_token_query: String,
+    /// How often the token list is re-read.
+    #[arg(long, env = "TEAM_TOKEN_REFRESH_INTERVAL_MS", default_value_t = 10_000)]
+    pub team_token_refresh_interval_ms: u64,
+    /// A token list not refreshed for this long is ignored (fail open).
+    #[arg(long, env = "TEAM_TOKEN_STALE_AFTER_MS", default_value_t = 120_000)]
+    pub team_token_stale_after_ms: u64,
+
     // --- Overflow --------------------------------------------------------------
     /// Reroute hot `token:distinct_id` keys to the overflow topic.
     #[arg(long, env = "OVERFLOW_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]

@@ -21,6 +21,7 @@ pub mod replay;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod team_tokens;
 pub mod telemetry;
 pub mod token;
 
@@ -40,6 +41,7 @@ use crate::pipeline::Pipeline;
 use crate::produce::{KafkaSettings, KafkaSink, Sink};
 use crate::route::{Router, Topics};
 use crate::server::{AppState, BodyLimits};
+use crate::team_tokens::{TeamTokens, TokenRefresh};
 
 /// How often the overflow limiter forgets idle keys.
 const OVERFLOW_HOUSEKEEPING: Duration = Duration::from_secs(10);
@@ -102,6 +104,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         },
         stop_rx.clone(),
     );
+    let team_tokens = TeamTokens::new(config.team_token_check, Config::ms(config.team_token_stale_after_ms));
+    let token_refresher = team_tokens::spawn_refresher(
+        team_tokens.clone(),
+        TokenRefresh {
+            database_url: config.database_url.clone(),
+            query: config.team_token_query.clone(),
+            interval: Config::ms(config.team_token_refresh_interval_ms),
+            timeout: Config::ms(config.redis_timeout_ms.max(1_000)),
+        },
+        stop_rx.clone(),
+    );
     let overflow = OverflowLimiter::new(
         OverflowSettings {
             enabled: config.overflow_enabled,
@@ -115,7 +128,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let state = Arc::new(AppState {
         pipeline: Pipeline {
-            router: Router { lists, overflow, preserve_locality: config.overflow_preserve_partition_locality },
+            router: Router {
+                lists,
+                overflow,
+                preserve_locality: config.overflow_preserve_partition_locality,
+                team_tokens,
+            },
             sink: sink.clone() as Arc<dyn Sink>,
             max_decompressed_bytes: config.max_decompressed_bytes,
             message_max_bytes: config.kafka_message_max_bytes,
@@ -146,7 +164,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
 
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(refresher, background, prober);
+    let _ = tokio::join!(refresher, token_refresher, background, prober);
     // Every 200 was sent after its acknowledgement; this flush is for requests the
     // drain timeout cut off, so their messages still get a chance.
     tokio::task::spawn_blocking(move || sink.flush(drain)).await?;

@@ -38,6 +38,12 @@ impl LimitList {
         }
     }
 
+    /// Whether the list was read recently enough to be believed.
+    pub fn is_fresh(&self) -> bool {
+        let state = self.state.read().expect("limit list lock poisoned");
+        state.refreshed.is_some_and(|at| at.elapsed() <= self.stale_after)
+    }
+
     pub fn is_empty(&self) -> bool {
         let state = self.state.read().expect("limit list lock poisoned");
         state.members.is_empty() || state.refreshed.is_none_or(|at| at.elapsed() > self.stale_after)

@@ -18,6 +18,7 @@ use crate::replay;
 use crate::request::{RequestMeta, Route as HttpRoute};
 use crate::route::{Lane, Route, Router};
 use crate::telemetry;
+use crate::token::TokenError;
 
 pub struct Pipeline {
     pub router: Router,
@@ -43,7 +44,14 @@ impl Pipeline {
         let mut snapshots = Vec::new();
         let mut first_invalid: Option<Invalid> = None;
         for value in parsed.events {
-            match normalize::normalize(value, parsed.token.as_ref(), meta.route) {
+            let normalized = normalize::normalize(value, parsed.token.as_ref(), meta.route).and_then(|ev| {
+                if self.router.token_allowed(&ev.token) {
+                    Ok(ev)
+                } else {
+                    Err(Invalid::Token(TokenError::Unknown))
+                }
+            });
+            match normalized {
                 Ok(ev) if meta.route == HttpRoute::Replay || ev.is_snapshot() => snapshots.push(ev),
                 Ok(ev) => analytics.push(ev),
                 Err(invalid) => {

@@ -5,6 +5,7 @@ use sluice_schema::kafka_key;
 use crate::limits::RedisLists;
 use crate::normalize::NormalizedEvent;
 use crate::overflow::{OverflowLimiter, OverflowReason};
+use crate::team_tokens::TeamTokens;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
@@ -88,9 +89,14 @@ pub struct Router {
     pub lists: RedisLists,
     pub overflow: OverflowLimiter,
     pub preserve_locality: bool,
+    pub team_tokens: TeamTokens,
 }
 
 impl Router {
+    pub fn token_allowed(&self, token: &str) -> bool {
+        self.team_tokens.allows(token)
+    }
+
     pub fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
         let key = kafka_key(&ev.token, &ev.distinct_id);
         let quota_limited = self.lists.quota_events.contains(&ev.token);

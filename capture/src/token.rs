@@ -22,6 +22,8 @@ pub enum TokenError {
     NotAscii,
     #[error("api token is a personal API key (phx_...); use the project API key")]
     PersonalKey,
+    #[error("no team has this api token")]
+    Unknown,
 }
 
 impl TokenError {
@@ -33,6 +35,7 @@ impl TokenError {
             TokenError::TooLong => "token_too_long",
             TokenError::NotAscii => "token_not_ascii",
             TokenError::PersonalKey => "personal_api_key",
+            TokenError::Unknown => "unknown_token",
         }
     }
 }

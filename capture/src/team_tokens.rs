@@ -1,0 +1,91 @@
+//! Optional: which tokens some team has, read from Postgres in the background.
+//!
+//! Off by default, because capture's promise is to take events without touching a
+//! database on the request path; operators who would rather turn away unknown tokens at
+//! the door than count them as drops in ingest turn it on. It fails open: a list that
+//! could not be read recently is not used, and every well-formed token passes.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::limits::LimitList;
+
+#[derive(Clone)]
+pub struct TeamTokens {
+    enabled: bool,
+    known: LimitList,
+}
+
+impl TeamTokens {
+    pub fn new(enabled: bool, stale_after: Duration) -> Self {
+        TeamTokens { enabled, known: LimitList::new(stale_after) }
+    }
+
+    pub fn disabled() -> Self {
+        Self::new(false, Duration::ZERO)
+    }
+
+    pub fn allows(&self, token: &str) -> bool {
+        !self.enabled || !self.known.is_fresh() || self.known.contains(token)
+    }
+}
+
+pub struct TokenRefresh {
+    pub database_url: String,
+    pub query: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Re-reads the token list every `interval` until `stop` changes; does nothing when the
+/// check is off.
+pub fn spawn_refresher(tokens: TeamTokens, settings: TokenRefresh, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !tokens.enabled {
+            return;
+        }
+        let pool = match PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.timeout)
+            .connect_lazy(&settings.database_url)
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                warn!(error = %e, "DATABASE_URL is not usable; the team token check stays open");
+                return;
+            }
+        };
+        let mut ticker = tokio::time::interval(settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let read = sqlx::query_scalar::<_, String>(&settings.query).fetch_all(&pool);
+            match tokio::time::timeout(settings.timeout, read).await {
+                Ok(Ok(list)) => tokens.known.replace(list.into_iter().collect()),
+                Ok(Err(e)) => debug!(error = %e, "team token refresh failed"),
+                Err(_) => debug!("team token refresh timed out"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fails_open_until_a_list_is_read() {
+        let t = TeamTokens::new(true, Duration::from_secs(60));
+        assert!(t.allows("anything"), "nothing read yet");
+        t.known.replace(["phc_a".to_string()].into());
+        assert!(t.allows("phc_a"));
+        assert!(!t.allows("phc_b"));
+        assert!(TeamTokens::disabled().allows("phc_b"));
+    }
+}
