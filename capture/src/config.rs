@@ -136,6 +136,12 @@ pub struct Config {
     /// Requests processed at once; more are answered 503 at once (SDKs retry).
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1_024)]
     pub max_concurrent_requests: usize,
+    /// Events per second this instance accepts in all (429 past it); 0 turns the limit off.
+    #[arg(long, env = "GLOBAL_RATE_LIMIT_PER_SECOND", default_value_t = 0)]
+    pub global_rate_limit_per_second: u32,
+    /// Burst of the global limit, in events.
+    #[arg(long, env = "GLOBAL_RATE_LIMIT_BURST", default_value_t = 10_000)]
+    pub global_rate_limit_burst: u32,
     /// Proxies in front of capture: 0 takes the leftmost X-Forwarded-For address,
     /// N takes the address N hops from the right.
     #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]

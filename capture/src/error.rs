@@ -33,6 +33,8 @@ pub enum CaptureError {
     Produce(#[from] ProduceError),
     #[error("server is overloaded, retry later")]
     Overloaded,
+    #[error("this capture instance is over its global event rate, retry later")]
+    RateLimited,
 }
 
 /// Seconds a client should wait before retrying a 503.
@@ -49,6 +51,7 @@ impl CaptureError {
             Token(_) => StatusCode::UNAUTHORIZED,
             Produce(ProduceError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Produce(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -66,6 +69,7 @@ impl CaptureError {
             Produce(ProduceError::TooLarge { .. }) => "event_too_large",
             Produce(_) => "service_unavailable",
             Overloaded => "overloaded",
+            RateLimited => "rate_limited",
         }
     }
 }
@@ -75,7 +79,7 @@ impl IntoResponse for CaptureError {
         let status = self.status();
         let body = json!({"status": status.as_u16(), "code": self.code(), "error": self.to_string()});
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         response

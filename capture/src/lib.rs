@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::health::Health;
 use crate::limits::{RedisLists, RefreshSettings};
-use crate::overflow::{OverflowLimiter, OverflowSettings};
+use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowSettings};
 use crate::pipeline::Pipeline;
 use crate::produce::{KafkaSettings, KafkaSink, Sink};
 use crate::route::{Router, Topics};
@@ -134,6 +134,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 preserve_locality: config.overflow_preserve_partition_locality,
                 team_tokens,
             },
+            global_limit: GlobalLimiter::new(config.global_rate_limit_per_second, config.global_rate_limit_burst),
             sink: sink.clone() as Arc<dyn Sink>,
             max_decompressed_bytes: config.max_decompressed_bytes,
             message_max_bytes: config.kafka_message_max_bytes,

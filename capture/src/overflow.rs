@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::limits::LimitList;
 
@@ -150,5 +150,45 @@ mod tests {
         }
         assert_eq!(l.housekeep(), 0, "reset past max_keys");
         assert_eq!(l.check("t", "t:1"), None, "state forgotten");
+    }
+}
+
+/// Optional limit on the events one capture instance accepts per second, for operators
+/// who would rather shed load with 429 than let a flood reach Kafka.
+pub struct GlobalLimiter {
+    limiter: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+}
+
+impl GlobalLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
+            (RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)), burst)
+        });
+        GlobalLimiter { limiter }
+    }
+
+    /// Takes `events` from the budget; a request larger than the burst takes the whole
+    /// burst, so it can still pass once the bucket is full.
+    pub fn allows(&self, events: usize) -> bool {
+        let Some((limiter, burst)) = &self.limiter else { return true };
+        let n =
+            NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX).clamp(1, burst.get())).expect("clamped to >= 1");
+        matches!(limiter.check_n(n), Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod global_tests {
+    use super::*;
+
+    #[test]
+    fn global_limit_sheds_past_the_burst() {
+        let g = GlobalLimiter::new(1, 5);
+        assert!(g.allows(3));
+        assert!(g.allows(2));
+        assert!(!g.allows(1));
+        assert!(GlobalLimiter::new(0, 5).allows(1_000_000), "0 is off");
+        assert!(GlobalLimiter::new(1, 5).allows(50), "larger than the burst still passes on a full bucket");
     }
 }

@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::decode;
 use crate::error::CaptureError;
 use crate::normalize::{self, Invalid, NormalizedEvent};
+use crate::overflow::GlobalLimiter;
 use crate::parse;
 use crate::produce::{OutMessage, Sink};
 use crate::replay;
@@ -22,6 +23,7 @@ use crate::token::TokenError;
 
 pub struct Pipeline {
     pub router: Router,
+    pub global_limit: GlobalLimiter,
     pub sink: Arc<dyn Sink>,
     pub max_decompressed_bytes: usize,
     pub message_max_bytes: usize,
@@ -39,6 +41,9 @@ impl Pipeline {
         telemetry::payload(meta.route, decoded.received_bytes, decoded.json.len());
         let parsed = parse::parse(&decoded.json)?;
         telemetry::events_received(meta.route, parsed.events.len());
+        if !self.global_limit.allows(parsed.events.len()) {
+            return Err(CaptureError::RateLimited);
+        }
 
         let mut analytics = Vec::new();
         let mut snapshots = Vec::new();

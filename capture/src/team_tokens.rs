@@ -42,7 +42,11 @@ pub struct TokenRefresh {
 
 /// Re-reads the token list every `interval` until `stop` changes; does nothing when the
 /// check is off.
-pub fn spawn_refresher(tokens: TeamTokens, settings: TokenRefresh, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_refresher(
+    tokens: TeamTokens,
+    settings: TokenRefresh,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !tokens.enabled {
             return;

@@ -99,3 +99,23 @@ fn a_full_producer_queue_gives_503() {
     assert!(r.json()["error"].as_str().unwrap().contains("queue is full"), "{}", r.text);
     assert!(r.headers.contains_key("retry-after"));
 }
+
+#[test]
+fn the_optional_global_rate_limit_answers_429() {
+    let cap =
+        Capture::start("global-limit", &[("GLOBAL_RATE_LIMIT_PER_SECOND", "1"), ("GLOBAL_RATE_LIMIT_BURST", "3")]);
+    let token = unique("phc");
+    let events: Vec<_> = (0..3).map(|i| json!({"event": "e", "distinct_id": format!("d{i}")})).collect();
+    assert_eq!(
+        cap.post("/batch", "application/json", json!({"api_key": token, "batch": events}).to_string()).status,
+        200
+    );
+    let r = cap.post(
+        "/batch",
+        "application/json",
+        json!({"api_key": token, "batch": [{"event": "e", "distinct_id": "d"}]}).to_string(),
+    );
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.json()["code"], "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+}
