@@ -15,7 +15,7 @@ use crate::normalize::{self, Invalid, NormalizedEvent};
 use crate::overflow::GlobalLimiter;
 use crate::parse;
 use crate::produce::{OutMessage, Sink};
-use crate::replay;
+use crate::replay::{self, ReplayMessage};
 use crate::request::{RequestMeta, Route as HttpRoute};
 use crate::route::{Lane, Route, Router};
 use crate::telemetry;
@@ -76,12 +76,11 @@ impl Pipeline {
             });
         }
 
-        let sent_at = normalize::sent_at(parsed.sent_at.as_ref(), meta.query.sent_at_ms);
         let envelope = Envelope {
             ip: meta.ip.to_string(),
+            now: meta.now,
             now_text: meta.now.format(&Rfc3339).expect("UTC times format as RFC 3339"),
-            meta,
-            sent_at,
+            sent_at: normalize::sent_at(parsed.sent_at.as_ref(), meta.query.sent_at_ms),
             historical: parsed.historical_migration,
         };
 
@@ -116,19 +115,7 @@ impl Pipeline {
             }
             for g in groups {
                 let lane = self.router.replay_lane(&g.session_id);
-                let event = CapturedEvent {
-                    uuid: g.uuid,
-                    distinct_id: g.distinct_id,
-                    ip: envelope.ip.clone(),
-                    data: g.data,
-                    now: meta.now,
-                    sent_at,
-                    token: g.token,
-                    event: "$snapshot_items".into(),
-                    timestamp: g.timestamp,
-                    historical_migration: false,
-                };
-                messages.push(OutMessage::new(lane, Some(g.session_id), &event, &envelope.now_text));
+                messages.push(envelope.replay_message(lane, g));
             }
         }
 
@@ -150,22 +137,22 @@ impl Pipeline {
 }
 
 /// Request-wide fields every message of the request carries.
-struct Envelope<'a> {
-    meta: &'a RequestMeta,
+struct Envelope {
     ip: String,
+    now: time::OffsetDateTime,
     now_text: String,
     sent_at: Option<time::OffsetDateTime>,
     historical: bool,
 }
 
-impl Envelope<'_> {
+impl Envelope {
     fn message(&self, lane: Lane, key: Option<String>, ev: NormalizedEvent) -> OutMessage {
         let event = CapturedEvent {
             uuid: ev.uuid,
             data: serde_json::to_string(&ev.data).expect("a JSON map always serializes"),
             distinct_id: ev.distinct_id,
             ip: self.ip.clone(),
-            now: self.meta.now,
+            now: self.now,
             sent_at: self.sent_at,
             token: ev.token,
             event: ev.event,
@@ -173,5 +160,114 @@ impl Envelope<'_> {
             historical_migration: self.historical,
         };
         OutMessage::new(lane, key, &event, &self.now_text)
+    }
+
+    /// Replay is keyed by session, so one session's chunks stay in order.
+    fn replay_message(&self, lane: Lane, group: ReplayMessage) -> OutMessage {
+        let event = CapturedEvent {
+            uuid: group.uuid,
+            distinct_id: group.distinct_id,
+            ip: self.ip.clone(),
+            data: group.data,
+            now: self.now,
+            sent_at: self.sent_at,
+            token: group.token,
+            event: "$snapshot_items".into(),
+            timestamp: group.timestamp,
+            historical_migration: false,
+        };
+        OutMessage::new(lane, Some(group.session_id), &event, &self.now_text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{LimitList, RedisLists};
+    use crate::overflow::{OverflowLimiter, OverflowSettings};
+    use crate::produce::{MemorySink, ProduceError};
+    use crate::request::Query;
+    use crate::team_tokens::TeamTokens;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn pipeline(message_max_bytes: usize) -> (Pipeline, Arc<MemorySink>) {
+        let sink = Arc::new(MemorySink { message_max_bytes, ..Default::default() });
+        let lists = RedisLists::new(Duration::from_secs(60));
+        let overflow = OverflowLimiter::new(
+            OverflowSettings { enabled: true, per_second: 100, burst: 100, forced: Default::default(), max_keys: 100 },
+            LimitList::new(Duration::from_secs(60)),
+        );
+        let p = Pipeline {
+            router: Router { lists, overflow, preserve_locality: false, team_tokens: TeamTokens::disabled() },
+            global_limit: GlobalLimiter::new(0, 0),
+            sink: sink.clone(),
+            max_decompressed_bytes: 10 << 20,
+            message_max_bytes,
+        };
+        (p, sink)
+    }
+
+    fn meta(route: HttpRoute) -> RequestMeta {
+        RequestMeta {
+            route,
+            query: Query::default(),
+            is_form: false,
+            content_encoding: None,
+            ip: "198.51.100.7".parse().unwrap(),
+            now: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    async fn handle(p: &Pipeline, body: serde_json::Value) -> Result<Outcome, CaptureError> {
+        p.handle(&meta(HttpRoute::Batch), Bytes::from(body.to_string())).await
+    }
+
+    #[tokio::test]
+    async fn analytics_and_replay_of_one_request_go_to_their_lanes() {
+        let (p, sink) = pipeline(1_000_000);
+        let body = json!({"api_key": "phc_t", "sent_at": "2024-05-01T10:00:00Z", "batch": [
+            {"event": "a", "distinct_id": "d"},
+            {"event": "$snapshot", "distinct_id": "d", "properties": {"$session_id": "s1", "$snapshot_data": [1]}},
+            {"event": "b", "distinct_id": "d"},
+        ]});
+        assert_eq!(handle(&p, body).await.unwrap(), Outcome::default());
+        let sent = sink.messages.lock().unwrap();
+        let lanes: Vec<Lane> = sent.iter().map(|m| m.lane).collect();
+        assert_eq!(lanes, vec![Lane::Main, Lane::Main, Lane::Replay]);
+        assert_eq!(sent[2].key.as_deref(), Some("s1"));
+        let first: CapturedEvent = serde_json::from_slice(&sent[0].payload).unwrap();
+        assert_eq!(first.ip, "198.51.100.7");
+        assert_eq!(first.sent_at.map(|t| t.unix_timestamp()), Some(1_714_557_600));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_produced_when_one_message_is_too_large() {
+        let (p, sink) = pipeline(2_000);
+        let body = json!({"api_key": "phc_t", "batch": [
+            {"event": "small", "distinct_id": "d"},
+            {"event": "big", "distinct_id": "d", "properties": {"pad": "x".repeat(5_000)}},
+        ]});
+        let err = handle(&p, body).await.unwrap_err();
+        assert!(matches!(err, CaptureError::Produce(ProduceError::TooLarge { .. })), "{err:?}");
+        assert!(sink.messages.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn quota_limited_tokens_are_accepted_and_not_produced() {
+        let (p, sink) = pipeline(1_000_000);
+        p.router.lists.quota_events.replace(["phc_over".to_string()].into());
+        let body = json!({"api_key": "phc_over", "batch": [{"event": "a", "distinct_id": "d"}]});
+        assert_eq!(handle(&p, body).await.unwrap(), Outcome::default());
+        assert!(sink.messages.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_fails_the_request() {
+        let (p, sink) = pipeline(1_000_000);
+        *sink.fail_with.lock().unwrap() = Some(ProduceError::QueueFull);
+        let err =
+            handle(&p, json!({"api_key": "phc_t", "batch": [{"event": "a", "distinct_id": "d"}]})).await.unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     }
 }
