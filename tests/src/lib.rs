@@ -173,7 +173,10 @@ pub fn read_topic(kafka: &str, topic: &str, min: usize, timeout: Duration) -> Ve
                     partition: m.partition(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     headers,
-                    value: serde_json::from_slice(m.payload().unwrap_or_default()).expect("message value is JSON"),
+                    // JSON when it is JSON; anything else (a dead-lettered message) as text.
+                    value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+                    }),
                 });
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
@@ -346,4 +349,110 @@ pub fn redis_zadd(key: &str, member: &str, seconds_from_now: i64) {
     let mut conn = client.get_connection().expect("redis connection");
     let until = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64 + seconds_from_now;
     redis::cmd("ZADD").arg(key).arg(until).arg(member).exec(&mut conn).expect("ZADD");
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// Rows of a ClickHouse query (`FORMAT JSONEachRow` is appended).
+pub fn clickhouse_rows(sql: &str) -> Vec<Value> {
+    let r = http().post(clickhouse_url()).body(format!("{sql} FORMAT JSONEachRow")).send().expect("clickhouse query");
+    let status = r.status();
+    let text = r.text().expect("clickhouse answer");
+    assert!(status.is_success(), "clickhouse: {text}");
+    text.lines().map(|l| serde_json::from_str(l).expect("JSONEachRow line")).collect()
+}
+
+/// Polls `sql` until it returns at least `min` rows or `timeout` passes.
+pub fn wait_for_rows(sql: &str, min: usize, timeout: Duration) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let rows = clickhouse_rows(sql);
+        if rows.len() >= min || start.elapsed() > timeout {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs an operator command of `sluice-ingest` and returns its stdout.
+pub fn ingest_command(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out =
+        Command::new(bin_path("sluice-ingest")).args(args).envs(env.iter().copied()).output().expect("sluice-ingest");
+    assert!(out.status.success(), "sluice-ingest {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Creates a team and returns its token.
+pub fn create_team(name: &str) -> String {
+    ingest_command(&["teams", "create", "--name", name], &[]).lines().last().expect("token line").trim().to_string()
+}
+
+/// A running `sluice-ingest` consuming `topic` into a ClickHouse database of its own.
+pub struct Ingest {
+    pub child: Child,
+    pub database: String,
+    pub dlq_topic: String,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Ingest {
+    /// Migrates a fresh ClickHouse database (and Postgres) and starts consuming `topic`.
+    pub fn start(test: &str, topic: &str, extra: &[(&str, &str)]) -> Ingest {
+        let database = unique(&format!("test_{test}")).replace('-', "_");
+        let dlq_topic = format!("{}-dlq", unique(test));
+        create_topics(&kafka_hosts(), std::slice::from_ref(&dlq_topic), 1);
+        let mut env: Vec<(String, String)> = vec![
+            ("CLICKHOUSE_DATABASE".into(), database.clone()),
+            ("KAFKA_TOPIC".into(), topic.into()),
+            ("KAFKA_GROUP_ID".into(), unique(test)),
+            ("KAFKA_DLQ_TOPIC".into(), dlq_topic.clone()),
+            ("BATCH_MAX_WAIT_MS".into(), "200".into()),
+            ("LOG_FORMAT".into(), "text".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ingest_command(&["migrate"], &pairs);
+        let log = std::env::temp_dir().join(format!("{}.ingest.log", unique(test)));
+        let mut ingest =
+            Ingest { child: Command::new("true").spawn().expect("placeholder"), database, dlq_topic, log, env };
+        ingest.child = ingest.spawn();
+        ingest
+    }
+
+    fn spawn(&self) -> Child {
+        Command::new(bin_path("sluice-ingest"))
+            .env("ADDRESS", format!("127.0.0.1:{}", free_port()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .spawn()
+            .expect("start sluice-ingest")
+    }
+
+    /// `kill -9` (by this process's pid) and start again on the same group and database.
+    pub fn kill_and_restart(&mut self) {
+        Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status().expect("kill -9");
+        let _ = self.child.wait();
+        self.child = self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{name}", self.database)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = http().post(clickhouse_url()).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send();
+    }
 }

@@ -1,0 +1,60 @@
+//! Operator commands: they say what they did in plain words, and fail with a clear
+//! message and a non-zero exit on bad input.
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::write::ClickHouse;
+
+pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .with_context(|| format!("cannot connect to Postgres at DATABASE_URL={}", config.database_url))
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    sluice_schema::postgres::MIGRATOR.run(&pool).await.context("applying the Postgres migrations")?;
+    println!("postgres: migrations applied ({} known)", sluice_schema::postgres::MIGRATOR.iter().count());
+    let ch =
+        ClickHouse::connect(&config.clickhouse_url, &config.clickhouse_database, std::time::Duration::from_secs(30))
+            .await
+            .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
+    let n = ch.migrate().await.context("applying the ClickHouse DDL")?;
+    println!("clickhouse: {n} statements applied to database {} ({:?} column types)", ch.database, ch.flavor);
+    Ok(())
+}
+
+pub async fn create_team(config: &Config, name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(!name.trim().is_empty(), "a team needs a non-empty --name");
+    let pool = pool(config).await?;
+    let token = format!("phc_{}", uuid::Uuid::new_v4().simple());
+    let id: i64 = sqlx::query_scalar("INSERT INTO teams (name, api_token) VALUES ($1, $2) RETURNING id")
+        .bind(name.trim())
+        .bind(&token)
+        .fetch_one(&pool)
+        .await
+        .context("creating the team (did you run `sluice-ingest migrate`?)")?;
+    println!("created team {id} \"{}\"; its api token is:", name.trim());
+    println!("{token}");
+    Ok(())
+}
+
+pub async fn list_teams(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let teams: Vec<(i64, String, String)> = sqlx::query_as("SELECT id, name, api_token FROM teams ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .context("listing teams (did you run `sluice-ingest migrate`?)")?;
+    if teams.is_empty() {
+        println!("no teams yet: create one with `sluice-ingest teams create --name NAME`");
+    }
+    for (id, name, token) in teams {
+        println!("{id}\t{token}\t{name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Every setting of `sluice-ingest`, each an environment variable listed by `--help`,
+//! and its operator commands.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lane {
+    Main,
+    Overflow,
+    Historical,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Main => "main",
+            Lane::Overflow => "overflow",
+            Lane::Historical => "historical",
+        }
+    }
+
+    pub fn default_topic(self) -> &'static str {
+        match self {
+            Lane::Main => sluice_schema::topics::EVENTS,
+            Lane::Overflow => sluice_schema::topics::EVENTS_OVERFLOW,
+            Lane::Historical => sluice_schema::topics::EVENTS_HISTORICAL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice-ingest", version, about = "Turns captured events into ClickHouse rows.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the lane's topic and write rows (the default).
+    Run,
+    /// Apply the Postgres migrations and the ClickHouse DDL.
+    Migrate,
+    /// Manage teams.
+    Teams {
+        #[command(subcommand)]
+        command: TeamsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamsCommand {
+    /// Create a team and print its api token.
+    Create {
+        /// The team's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List teams with their tokens.
+    List,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the health and metrics server.
+    #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:3001", global = true)]
+    pub address: SocketAddr,
+    /// Log output format (json in production).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// Which lane this process consumes.
+    #[arg(long, env = "LANE", value_enum, default_value = "main", global = true)]
+    pub lane: Lane,
+    /// Bootstrap brokers, comma separated.
+    #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092", global = true)]
+    pub kafka_hosts: String,
+    /// Topic to consume; defaults to the lane's topic.
+    #[arg(long, env = "KAFKA_TOPIC", global = true)]
+    pub kafka_topic: Option<String>,
+    /// Consumer group; defaults to `sluice-ingest-<lane>`.
+    #[arg(long, env = "KAFKA_GROUP_ID", global = true)]
+    pub kafka_group_id: Option<String>,
+    /// Dead-letter topic.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
+    pub kafka_dlq_topic: String,
+    /// Most events in one batch.
+    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = 2_000, global = true)]
+    pub batch_max_events: usize,
+    /// Most message bytes in one batch.
+    #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub batch_max_bytes: usize,
+    /// Longest wait to fill a batch.
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500, global = true)]
+    pub batch_max_wait_ms: u64,
+
+    /// Postgres holding teams (and persons).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice", global = true)]
+    pub database_url: String,
+    /// Most Postgres connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, global = true)]
+    pub database_max_connections: u32,
+    /// How long a resolved token (or its absence) is trusted before it is looked up again.
+    #[arg(long, env = "TEAM_CACHE_TTL_MS", default_value_t = 30_000, global = true)]
+    pub team_cache_ttl_ms: u64,
+    /// Most tokens the team cache holds.
+    #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
+    pub team_cache_max_entries: usize,
+
+    /// ClickHouse HTTP interface.
+    #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", global = true)]
+    pub clickhouse_url: String,
+    /// ClickHouse database holding Sluice's tables.
+    #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "sluice", global = true)]
+    pub clickhouse_database: String,
+    /// Timeout of one ClickHouse request.
+    #[arg(long, env = "CLICKHOUSE_TIMEOUT_MS", default_value_t = 30_000, global = true)]
+    pub clickhouse_timeout_ms: u64,
+
+    /// Longest pause between retries while a dependency is down.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000, global = true)]
+    pub retry_max_backoff_ms: u64,
+}
+
+impl Config {
+    pub fn topic(&self) -> String {
+        self.kafka_topic.clone().unwrap_or_else(|| self.lane.default_topic().to_string())
+    }
+
+    pub fn group_id(&self) -> String {
+        self.kafka_group_id.clone().unwrap_or_else(|| format!("sluice-ingest-{}", self.lane.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_setting_is_an_environment_variable() {
+        Cli::command().debug_assert();
+        for arg in Cli::command().get_arguments() {
+            if ["help", "version"].contains(&arg.get_id().as_str()) {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "setting {} has no environment variable", arg.get_id());
+        }
+    }
+}

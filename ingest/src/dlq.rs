@@ -1,0 +1,66 @@
+//! Dead letters: what one event could not get through, kept whole with the reason.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub stage: &'static str,
+    pub error: String,
+    pub error_class: &'static str,
+    pub team_id: Option<i64>,
+}
+
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    lane: &'static str,
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, topic: String, lane: &'static str) -> Self {
+        DeadLetters { producer, topic, lane }
+    }
+
+    /// Publishes the original message (key, value, headers) with the reason in `dlq_*`
+    /// headers, so a replay can re-publish it unchanged.
+    pub async fn send(
+        &self,
+        original: &OwnedMessage,
+        dead: &DeadLetter,
+        attempts: u32,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = original.headers() {
+            for h in h.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let failed_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("UTC times format");
+        let team = dead.team_id.map(|t| t.to_string()).unwrap_or_default();
+        let attempts = attempts.to_string();
+        for (k, v) in [
+            ("dlq_stage", dead.stage),
+            ("dlq_error", dead.error.as_str()),
+            ("dlq_error_class", dead.error_class),
+            ("dlq_team_id", team.as_str()),
+            ("dlq_attempts", attempts.as_str()),
+            ("dlq_failed_at", failed_at.as_str()),
+            ("dlq_lane", self.lane),
+            ("dlq_source_topic", original.topic()),
+        ] {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut record = FutureRecord::to(&self.topic).payload(original.payload().unwrap_or_default()).headers(headers);
+        if let Some(key) = original.key() {
+            record = record.key(key);
+        }
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+    }
+}

@@ -1,0 +1,32 @@
+use clap::Parser;
+use sluice_ingest::config::{Cli, Command, TeamsCommand};
+use sluice_ingest::{commands, telemetry};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.config.log_format);
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => sluice_ingest::run(cli.config, shutdown_signal()).await,
+        Command::Migrate => commands::migrate(&cli.config).await,
+        Command::Teams { command: TeamsCommand::Create { name } } => commands::create_team(&cli.config, &name).await,
+        Command::Teams { command: TeamsCommand::List } => commands::list_teams(&cli.config).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

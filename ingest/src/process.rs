@@ -1,0 +1,136 @@
+//! The per-event steps, in the spec's order, for one captured message.
+//!
+//! Implemented: 1 parse, 2 resolve team, 4 person-processing flag, 6 normalize,
+//! 7 timestamp, 10 anonymize ip, 11 row. Persons (8), groups (9), restrictions (3) and
+//! plugins (5, 12) are still to come: every event is written personless, with the
+//! deterministic person uuid a later person will share.
+
+use serde_json::{json, Map, Value};
+use sluice_schema::clickhouse::Flavor;
+use sluice_schema::{person_uuid, CapturedEvent};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::dlq::DeadLetter;
+use crate::normalize;
+use crate::resolve::TeamCache;
+use crate::timestamp;
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Row {
+        event: Value,
+        warnings: Vec<Value>,
+        captured_at: OffsetDateTime,
+    },
+    /// Dropped on purpose, counted with this cause; the warnings still get written.
+    Drop {
+        cause: &'static str,
+        warnings: Vec<Value>,
+    },
+    Dead(DeadLetter),
+}
+
+/// A dependency could not answer: the batch is retried, nothing is dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("postgres unavailable: {0}")]
+pub struct DependencyDown(#[from] pub sqlx::Error);
+
+fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, team_id: Option<i64>) -> Outcome {
+    Outcome::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
+}
+
+pub async fn process(payload: &[u8], teams: &TeamCache, flavor: Flavor) -> Result<Outcome, DependencyDown> {
+    // 1. Parse: the outer message, then the client's event in `data`.
+    let captured: CapturedEvent = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => return Ok(dead("parse", "invalid_message", e, None)),
+    };
+    let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {
+        Ok(Value::Object(d)) => d,
+        Ok(_) => return Ok(dead("parse", "invalid_data", "data is not a JSON object", None)),
+        Err(e) => return Ok(dead("parse", "invalid_data", e, None)),
+    };
+    if captured.event.is_empty() || captured.distinct_id.trim().is_empty() {
+        return Ok(dead("parse", "missing_field", "event name or distinct_id is empty", None));
+    }
+
+    // 2. Team.
+    let Some(team) = teams.get(&captured.token).await? else {
+        return Ok(Outcome::Drop { cause: "invalid_token", warnings: Vec::new() });
+    };
+
+    // 4. Person processing (persons themselves are not processed yet).
+    let props_in = data.get("properties");
+    let personless = team.person_processing_opt_out
+        || props_in.and_then(|p| p.get("$process_person_profile")) == Some(&Value::Bool(false));
+    let person_event =
+        matches!(captured.event.as_str(), "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify");
+    let mut warnings = Vec::new();
+    if personless && person_event {
+        warnings.push(warning(
+            team.id,
+            "personless_person_event",
+            json!({"event": captured.event, "uuid": captured.uuid}),
+            flavor,
+            captured.now,
+        ));
+        return Ok(Outcome::Drop { cause: "personless_person_event", warnings });
+    }
+
+    // 6. Normalize.
+    let sent_at_text = captured.sent_at.map(|t| t.format(&Rfc3339).expect("UTC times format"));
+    let mut properties = normalize::properties(
+        &mut data,
+        &normalize::Context { ip: Some(&captured.ip), sent_at: sent_at_text.as_deref() },
+    );
+
+    // 7. Timestamp.
+    let resolved = timestamp::resolve(timestamp::Inputs {
+        now: captured.now,
+        sent_at: captured.sent_at,
+        timestamp: captured.timestamp.as_deref(),
+        offset_ms: data.get("offset").and_then(Value::as_f64),
+        ignore_sent_at: properties.get("$ignore_sent_at") == Some(&Value::Bool(true)),
+    });
+    if resolved.clamped_from_future {
+        warnings.push(warning(
+            team.id,
+            "event_timestamp_in_future",
+            json!({"event": captured.event, "uuid": captured.uuid, "timestamp": captured.timestamp}),
+            flavor,
+            captured.now,
+        ));
+    }
+
+    // 10. Anonymize ip, after plugins (which may need it).
+    if team.anonymize_ips {
+        properties.remove("$ip");
+    }
+
+    // 11. The row.
+    let elements_chain = properties.get("$elements_chain").and_then(Value::as_str).unwrap_or_default().to_string();
+    let ts = flavor.format(resolved.timestamp);
+    let event = json!({
+        "uuid": captured.uuid,
+        "event": captured.event,
+        "properties": Value::Object(properties).to_string(),
+        "timestamp": ts,
+        "team_id": team.id,
+        "distinct_id": captured.distinct_id,
+        "elements_chain": elements_chain,
+        "created_at": flavor.format(OffsetDateTime::now_utc()),
+        "captured_at": flavor.format(captured.now),
+        "person_id": person_uuid(team.id, &captured.distinct_id),
+        "person_properties": "{}",
+        "person_created_at": ts,
+        "person_mode": "propertyless",
+        "$group_0": "", "$group_1": "", "$group_2": "", "$group_3": "", "$group_4": "",
+    });
+    Ok(Outcome::Row { event, warnings, captured_at: captured.now })
+}
+
+fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {
+    json!({"team_id": team_id, "type": kind, "details": details.to_string(), "timestamp": flavor.format(at)})
+}

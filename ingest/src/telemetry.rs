@@ -1,0 +1,55 @@
+//! Every metric of ingest, and the log setup.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("recorder installs once")).clone()
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn consumed(lane: &'static str, n: usize) {
+    counter!("ingest_events_consumed_total", "lane" => lane).increment(n as u64);
+}
+
+pub fn processed(lane: &'static str, n: usize) {
+    counter!("ingest_events_processed_total", "lane" => lane).increment(n as u64);
+}
+
+pub fn dropped(cause: &'static str) {
+    counter!("ingest_events_dropped_total", "cause" => cause).increment(1);
+}
+
+pub fn dead_lettered(stage: &'static str) {
+    counter!("ingest_events_dead_lettered_total", "stage" => stage).increment(1);
+}
+
+pub fn batch(size: usize, seconds: f64) {
+    histogram!("ingest_batch_size").record(size as f64);
+    histogram!("ingest_batch_duration_seconds").record(seconds);
+}
+
+pub fn end_to_end_lag(seconds: f64) {
+    histogram!("ingest_end_to_end_lag_seconds").record(seconds);
+}
+
+pub fn dependency_retry(dependency: &'static str) {
+    counter!("ingest_dependency_retries_total", "dependency" => dependency).increment(1);
+}
+
+pub fn clickhouse_rows(table: &'static str, n: usize) {
+    counter!("ingest_clickhouse_rows_total", "table" => table).increment(n as u64);
+}

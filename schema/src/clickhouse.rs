@@ -1,0 +1,122 @@
+//! ClickHouse DDL and the column types that depend on the server's version.
+//!
+//! Production runs modern ClickHouse (`DateTime64(6, 'UTC')`); the test machines have
+//! Debian's 18.16, which has no `DateTime64`. The server's version picks the flavor at
+//! start, and rows are formatted to match.
+
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Before 20.1: second-precision `DateTime`.
+    Legacy,
+    /// 20.1 and later: `DateTime64(6, 'UTC')`, insert deduplication by token.
+    Modern,
+}
+
+impl Flavor {
+    /// From `SELECT version()`, e.g. `18.16.1` or `24.3.2.23`.
+    pub fn from_version(version: &str) -> Flavor {
+        match version.trim().split('.').next().and_then(|m| m.parse::<u32>().ok()) {
+            Some(major) if major >= 20 => Flavor::Modern,
+            _ => Flavor::Legacy,
+        }
+    }
+
+    pub fn datetime(self) -> &'static str {
+        match self {
+            Flavor::Legacy => "DateTime",
+            Flavor::Modern => "DateTime64(6, 'UTC')",
+        }
+    }
+
+    /// A UTC time as the column type reads it in `JSONEachRow`.
+    pub fn format(self, t: OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let text = match self {
+            Flavor::Legacy => t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")),
+            Flavor::Modern => {
+                t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"))
+            }
+        };
+        text.expect("a UTC time always formats")
+    }
+}
+
+/// `CREATE` statements for every table, in order.
+pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
+    let dt = flavor.datetime();
+    // Retried inserts of a batch must not show twice: rows are replaced by uuid, and
+    // modern servers also drop a repeated insert by its deduplication token.
+    let dedup = match flavor {
+        Flavor::Legacy => "",
+        Flavor::Modern => " SETTINGS non_replicated_deduplication_window = 10000",
+    };
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {database}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.events (
+                uuid UUID,
+                event String,
+                properties String,
+                timestamp {dt},
+                team_id Int64,
+                distinct_id String,
+                elements_chain String,
+                created_at {dt},
+                captured_at {dt},
+                person_id UUID,
+                person_properties String,
+                person_created_at {dt},
+                person_mode String,
+                `$group_0` String,
+                `$group_1` String,
+                `$group_2` String,
+                `$group_3` String,
+                `$group_4` String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (team_id, toDate(timestamp), event, uuid){dedup}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.ingestion_warnings (
+                team_id Int64,
+                type String,
+                details String,
+                timestamp {dt}
+            ) ENGINE = MergeTree
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (team_id, timestamp)"
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn flavor_from_version() {
+        assert_eq!(Flavor::from_version("18.16.1"), Flavor::Legacy);
+        assert_eq!(Flavor::from_version("19.17.6.36"), Flavor::Legacy);
+        assert_eq!(Flavor::from_version("24.3.2.23"), Flavor::Modern);
+        assert_eq!(Flavor::from_version("garbage"), Flavor::Legacy);
+    }
+
+    #[test]
+    fn times_format_per_flavor() {
+        let t = datetime!(2024-05-01 10:00:00.123456 +02:00);
+        assert_eq!(Flavor::Legacy.format(t), "2024-05-01 08:00:00");
+        assert_eq!(Flavor::Modern.format(t), "2024-05-01 08:00:00.123456");
+    }
+
+    #[test]
+    fn ddl_uses_the_flavor_types() {
+        let legacy = create_statements(Flavor::Legacy, "db").join("\n");
+        assert!(legacy.contains("timestamp DateTime,") && !legacy.contains("DateTime64"));
+        let modern = create_statements(Flavor::Modern, "db").join("\n");
+        assert!(modern.contains("DateTime64(6, 'UTC')") && modern.contains("non_replicated_deduplication_window"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Capture and ingest together, against the real broker, Postgres and ClickHouse:
+//! events sent by real SDKs become rows; clock skew and future timestamps are handled;
+//! what cannot be processed is dead-lettered; a `kill -9` loses and duplicates nothing.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::json;
+use sluice_tests::{create_team, repo_root, unique, wait_for_rows, Capture, Ingest};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+fn python() -> std::path::PathBuf {
+    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
+    venv.join("bin/python")
+}
+
+/// ClickHouse 18.16 prints DateTime as `YYYY-MM-DD hh:mm:ss` in the server's zone (UTC here).
+fn parse_ch_time(s: &str) -> OffsetDateTime {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(&s[..19], f).expect("clickhouse time").assume_utc()
+}
+
+#[test]
+fn sdk_events_become_rows_with_their_team() {
+    let cap = Capture::start("ingest-sdk", &[]);
+    let ingest = Ingest::start("ingest_sdk", &cap.topics.main, &[]);
+    let token = create_team(&unique("sdk team"));
+    let run = unique("run");
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/sdk/python/send.py"))
+        .args([&cap.url, &token, &run, "1"])
+        .output()
+        .expect("posthog-python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let sql = format!(
+        "SELECT event, team_id, distinct_id, person_id, properties, timestamp FROM {} FINAL",
+        ingest.table("events")
+    );
+    let rows = wait_for_rows(&sql, 5, Duration::from_secs(30));
+    assert_eq!(rows.len(), 5, "{rows:#?}\ningest log:\n{}", ingest.log_text());
+    let team_id: i64 = rows[0]["team_id"].as_str().expect("Int64 as text").parse().unwrap();
+    let events: HashSet<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, HashSet::from(["sdk test event", "$identify", "$create_alias", "$groupidentify", "grouped"]));
+    let now = OffsetDateTime::now_utc();
+    for r in &rows {
+        assert_eq!(r["team_id"].as_str().unwrap().parse::<i64>().unwrap(), team_id, "one team");
+        let distinct_id = r["distinct_id"].as_str().unwrap();
+        assert_eq!(
+            r["person_id"],
+            sluice_schema::person_uuid(team_id, distinct_id).to_string(),
+            "deterministic person uuid"
+        );
+        let ts = parse_ch_time(r["timestamp"].as_str().unwrap());
+        assert!((now - ts).abs() < time::Duration::minutes(2), "timestamp {ts} near now {now}");
+    }
+    let first = rows.iter().find(|r| r["event"] == "sdk test event").unwrap();
+    let props: serde_json::Value = serde_json::from_str(first["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(props["run"], run.as_str());
+    assert_eq!(props["$ip"], "127.0.0.1");
+    assert_eq!(props["$set_once"]["first_seen_run"], run.as_str());
+}
+
+#[test]
+fn clock_skew_is_corrected_and_future_events_are_clamped_with_a_warning() {
+    let cap = Capture::start("ingest-time", &[]);
+    let ingest = Ingest::start("ingest_time", &cap.topics.main, &[]);
+    let token = create_team(&unique("time team"));
+    let now = OffsetDateTime::now_utc();
+    let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap();
+    // The client's clock is 2 h fast; its event happened 30 s before it sent the batch.
+    let client_now = now + time::Duration::hours(2);
+    let body = json!({"api_key": token, "sent_at": fmt(client_now), "batch": [
+        {"event": "skewed", "distinct_id": "d", "timestamp": fmt(client_now - time::Duration::seconds(30))},
+    ]});
+    assert_eq!(cap.post("/batch", "application/json", body.to_string()).status, 200);
+    // No sent_at and two days ahead: clamped to now.
+    let body = json!({"api_key": token, "batch": [{"event": "future", "distinct_id": "d", "timestamp": fmt(now + time::Duration::days(2))}]});
+    assert_eq!(cap.post("/batch", "application/json", body.to_string()).status, 200);
+
+    let rows = wait_for_rows(
+        &format!("SELECT event, timestamp FROM {} FINAL", ingest.table("events")),
+        2,
+        Duration::from_secs(30),
+    );
+    let at = |name: &str| {
+        parse_ch_time(rows.iter().find(|r| r["event"] == name).expect(name)["timestamp"].as_str().unwrap())
+    };
+    let skewed = at("skewed");
+    assert!(
+        (skewed - (now - time::Duration::seconds(30))).abs() <= time::Duration::seconds(3),
+        "skewed at {skewed}, now {now}"
+    );
+    assert!((at("future") - now).abs() <= time::Duration::seconds(3));
+    let warnings = wait_for_rows(
+        &format!(
+            "SELECT type, details FROM {} WHERE type = 'event_timestamp_in_future'",
+            ingest.table("ingestion_warnings")
+        ),
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
+
+#[test]
+fn malformed_messages_are_dead_lettered_and_unknown_tokens_dropped() {
+    let cap = Capture::start("ingest-dlq", &[]);
+    let ingest = Ingest::start("ingest_dlq", &cap.topics.main, &[]);
+    let token = create_team(&unique("dlq team"));
+
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", cap.kafka.as_str()).create().unwrap();
+    producer.send(BaseRecord::to(&cap.topics.main).key("k").payload("this is not json")).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let unknown = json!({"api_key": unique("phc-nobody"), "batch": [{"event": "lost", "distinct_id": "d"}]});
+    assert_eq!(cap.post("/batch", "application/json", unknown.to_string()).status, 200);
+    let marker = json!({"api_key": token, "batch": [{"event": "marker", "distinct_id": "d"}]});
+    assert_eq!(cap.post("/batch", "application/json", marker.to_string()).status, 200);
+
+    let rows =
+        wait_for_rows(&format!("SELECT event FROM {} FINAL", ingest.table("events")), 1, Duration::from_secs(30));
+    assert_eq!(
+        rows.iter().map(|r| r["event"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec!["marker"],
+        "{}",
+        ingest.log_text()
+    );
+
+    let dead = sluice_tests::read_topic(&cap.kafka, &ingest.dlq_topic, 1, Duration::from_secs(20));
+    assert_eq!(dead.len(), 1, "only the malformed message");
+    assert_eq!(dead[0].key.as_deref(), Some("k"));
+    assert_eq!(dead[0].value, "this is not json", "the original message, unchanged");
+    assert_eq!(dead[0].headers.get("dlq_stage").map(String::as_str), Some("parse"));
+    assert_eq!(dead[0].headers.get("dlq_error_class").map(String::as_str), Some("invalid_message"));
+    assert!(dead[0].headers.get("dlq_error").is_some_and(|e| !e.is_empty()));
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_stream_gives_every_event_exactly_once() {
+    let cap = Capture::start("ingest-kill", &[("OVERFLOW_ENABLED", "false")]);
+    let mut ingest = Ingest::start("ingest_kill", &cap.topics.main, &[("BATCH_MAX_EVENTS", "25")]);
+    let token = create_team(&unique("kill team"));
+    let total = 600;
+    for chunk in 0..(total / 50) {
+        let batch: Vec<_> =
+            (0..50).map(|i| json!({"event": "stream", "distinct_id": format!("u{}", (chunk * 50 + i) % 37)})).collect();
+        assert_eq!(
+            cap.post("/batch", "application/json", json!({"api_key": token, "batch": batch}).to_string()).status,
+            200
+        );
+    }
+    let events = ingest.table("events");
+    let count = |final_: bool| -> usize {
+        let sql = format!("SELECT count() AS n FROM {events} {}", if final_ { "FINAL" } else { "" });
+        sluice_tests::clickhouse_rows(&sql)[0]["n"].as_str().unwrap().parse().unwrap()
+    };
+    let start = std::time::Instant::now();
+    while count(false) < 100 {
+        assert!(start.elapsed() < Duration::from_secs(30), "ingest did not start: {}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ingest.kill_and_restart();
+    let start = std::time::Instant::now();
+    while count(true) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {} of {total} after restart: {}",
+            count(true),
+            ingest.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(true), total, "every event exactly once (FINAL)");
+    assert!(count(false) >= total);
+}
