@@ -91,6 +91,18 @@ pub struct Config {
     /// Consumer group; defaults to `sluice-ingest-<lane>`.
     #[arg(long, env = "KAFKA_GROUP_ID", global = true)]
     pub kafka_group_id: Option<String>,
+    /// How long the group waits for a silent member (a crashed process) before giving its
+    /// partitions to others.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000, global = true)]
+    pub kafka_session_timeout_ms: u64,
+    /// On assignment, start this many messages before the committed offset and skip up to
+    /// it: a guard against brokers that answer a fetch inside a record batch with the
+    /// next batch (Tansu 0.6). 0 with Apache Kafka or Redpanda.
+    #[arg(long, env = "KAFKA_RESUME_REWIND_MESSAGES", default_value_t = 0, global = true)]
+    pub kafka_resume_rewind_messages: i64,
+    /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
+    #[arg(long, env = "KAFKA_DEBUG", default_value = "", global = true)]
+    pub kafka_debug: String,
     /// Dead-letter topic.
     #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
     pub kafka_dlq_topic: String,

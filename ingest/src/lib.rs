@@ -10,6 +10,7 @@ pub mod config;
 pub mod consume;
 pub mod dlq;
 pub mod normalize;
+pub mod persons;
 pub mod process;
 pub mod resolve;
 pub mod telemetry;
@@ -25,15 +26,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::consume::BatchLimits;
+use crate::consume::{BatchLimits, LaneConsumer, ResumeContext};
 use crate::dlq::DeadLetters;
-use crate::process::Outcome;
+use crate::persons::PersonStore;
+use crate::process::{Deps, Outcome};
 use crate::resolve::TeamCache;
 use crate::write::ClickHouse;
 
@@ -74,17 +76,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&config.database_url)?;
-    let teams = TeamCache::new(pool, Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
+    let teams =
+        TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
+    let persons = PersonStore::new(pool);
     let ch = connect_clickhouse(&config, &health).await;
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut consumer_config = ClientConfig::new();
+    if !config.kafka_debug.is_empty() {
+        consumer_config.set("debug", &config.kafka_debug);
+    }
+    let consumer: LaneConsumer = consumer_config
         .set("bootstrap.servers", &config.kafka_hosts)
         .set("group.id", config.group_id())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?;
+        .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
+        .create_with_context(ResumeContext::new(config.kafka_resume_rewind_messages))?;
     consumer.subscribe(&[&config.topic()])?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_hosts)
@@ -123,7 +132,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let mut backoff = Duration::from_millis(100);
         loop {
             health.tick();
-            match handle_batch(&batch, &teams, &ch, &dead_letters, lane).await {
+            let deps = Deps { teams: &teams, persons: &persons, flavor: ch.flavor };
+            match handle_batch(&batch, &deps, &ch, &dead_letters, lane).await {
                 Ok(()) => break,
                 Err(e) => {
                     health.dependencies_ok.store(false, Ordering::Relaxed);
@@ -140,6 +150,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         telemetry::batch(batch.len(), started.elapsed().as_secs_f64());
+        debug!(
+            events = batch.len(),
+            first = ?batch.first().map(|m| (m.partition(), m.offset())),
+            last = ?batch.last().map(|m| (m.partition(), m.offset())),
+            "batch written and committed"
+        );
     }
     info!("sluice-ingest stopped after committing its last batch");
     Ok(())
@@ -149,22 +165,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// means "retry the whole batch": the writes are idempotent.
 async fn handle_batch(
     batch: &[rdkafka::message::OwnedMessage],
-    teams: &TeamCache,
+    deps: &Deps<'_>,
     ch: &ClickHouse,
     dead_letters: &DeadLetters,
     lane: &'static str,
 ) -> anyhow::Result<()> {
     let mut events = Vec::with_capacity(batch.len());
+    let mut persons = Vec::new();
+    let mut distinct_ids = Vec::new();
     let mut warnings = Vec::new();
     let mut dead = Vec::new();
     let mut lags = Vec::new();
     for m in batch {
-        let outcome = process::process(m.payload().unwrap_or_default(), teams, ch.flavor).await.inspect_err(|_| {
+        let outcome = process::process(m.payload().unwrap_or_default(), deps).await.inspect_err(|_| {
             telemetry::dependency_retry("postgres");
         })?;
         match outcome {
-            Outcome::Row { event, warnings: w, captured_at } => {
+            Outcome::Row { event, rows, warnings: w, captured_at } => {
                 events.push(event);
+                persons.extend(rows.persons);
+                distinct_ids.extend(rows.distinct_ids);
                 warnings.extend(w);
                 lags.push(captured_at);
             }
@@ -178,6 +198,8 @@ async fn handle_batch(
     let first = batch.first().map(|m| (m.partition(), m.offset())).unwrap_or_default();
     let token = format!("{lane}-{}-{}-{}", batch[0].topic(), first.0, first.1);
     ch.insert("events", &events, &token).await.inspect_err(|_| telemetry::dependency_retry("clickhouse"))?;
+    ch.insert("persons", &persons, &format!("{token}-persons")).await?;
+    ch.insert("person_distinct_ids", &distinct_ids, &format!("{token}-distinct-ids")).await?;
     ch.insert("ingestion_warnings", &warnings, &format!("{token}-warnings")).await?;
     for (m, d) in &dead {
         dead_letters.send(m, d, 1).await?;

@@ -1,9 +1,9 @@
 //! The per-event steps, in the spec's order, for one captured message.
 //!
 //! Implemented: 1 parse, 2 resolve team, 4 person-processing flag, 6 normalize,
-//! 7 timestamp, 10 anonymize ip, 11 row. Persons (8), groups (9), restrictions (3) and
-//! plugins (5, 12) are still to come: every event is written personless, with the
-//! deterministic person uuid a later person will share.
+//! 7 timestamp, 8 persons, 10 anonymize ip, 11 row. Groups (9), restrictions (3) and
+//! plugins (5, 12) are still to come. Personless events carry the deterministic person
+//! uuid a later person will share.
 
 use serde_json::{json, Map, Value};
 use sluice_schema::clickhouse::Flavor;
@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::dlq::DeadLetter;
 use crate::normalize;
+use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
 use crate::timestamp;
 
@@ -21,6 +22,7 @@ use crate::timestamp;
 pub enum Outcome {
     Row {
         event: Value,
+        rows: PersonRows,
         warnings: Vec<Value>,
         captured_at: OffsetDateTime,
     },
@@ -32,6 +34,20 @@ pub enum Outcome {
     Dead(DeadLetter),
 }
 
+/// Person and distinct-id rows an event produced, for ClickHouse.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersonRows {
+    pub persons: Vec<Value>,
+    pub distinct_ids: Vec<Value>,
+}
+
+/// What the steps need from outside.
+pub struct Deps<'a> {
+    pub teams: &'a TeamCache,
+    pub persons: &'a PersonStore,
+    pub flavor: Flavor,
+}
+
 /// A dependency could not answer: the batch is retried, nothing is dropped.
 #[derive(Debug, thiserror::Error)]
 #[error("postgres unavailable: {0}")]
@@ -41,7 +57,8 @@ fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, te
     Outcome::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
 }
 
-pub async fn process(payload: &[u8], teams: &TeamCache, flavor: Flavor) -> Result<Outcome, DependencyDown> {
+pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
+    let flavor = deps.flavor;
     // 1. Parse: the outer message, then the client's event in `data`.
     let captured: CapturedEvent = match serde_json::from_slice(payload) {
         Ok(c) => c,
@@ -57,7 +74,7 @@ pub async fn process(payload: &[u8], teams: &TeamCache, flavor: Flavor) -> Resul
     }
 
     // 2. Team.
-    let Some(team) = teams.get(&captured.token).await? else {
+    let Some(team) = deps.teams.get(&captured.token).await? else {
         return Ok(Outcome::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
 
@@ -104,6 +121,39 @@ pub async fn process(payload: &[u8], teams: &TeamCache, flavor: Flavor) -> Resul
         ));
     }
 
+    // 8. Persons.
+    let mut rows = PersonRows::default();
+    let person = if personless {
+        None
+    } else {
+        let (person, changes) = deps
+            .persons
+            .process(&PersonEvent {
+                team_id: team.id,
+                event: &captured.event,
+                distinct_id: &captured.distinct_id,
+                properties: &properties,
+                timestamp: resolved.timestamp,
+            })
+            .await?;
+        for (p, deleted) in &changes.persons {
+            rows.persons.push(json!({
+                "id": p.uuid, "team_id": team.id, "properties": Value::Object(p.properties.clone()).to_string(),
+                "is_identified": u8::from(p.is_identified), "created_at": flavor.format(p.created_at),
+                "version": p.version, "is_deleted": u8::from(*deleted),
+            }));
+        }
+        for (distinct_id, person_id, version) in &changes.distinct_ids {
+            rows.distinct_ids.push(json!({
+                "team_id": team.id, "distinct_id": distinct_id, "person_id": person_id, "version": version, "is_deleted": 0,
+            }));
+        }
+        for (kind, details) in changes.warnings {
+            warnings.push(warning(team.id, kind, details, flavor, captured.now));
+        }
+        Some(person)
+    };
+
     // 10. Anonymize ip, after plugins (which may need it).
     if team.anonymize_ips {
         properties.remove("$ip");
@@ -122,13 +172,13 @@ pub async fn process(payload: &[u8], teams: &TeamCache, flavor: Flavor) -> Resul
         "elements_chain": elements_chain,
         "created_at": flavor.format(OffsetDateTime::now_utc()),
         "captured_at": flavor.format(captured.now),
-        "person_id": person_uuid(team.id, &captured.distinct_id),
-        "person_properties": "{}",
-        "person_created_at": ts,
-        "person_mode": "propertyless",
+        "person_id": person.as_ref().map_or_else(|| person_uuid(team.id, &captured.distinct_id), |p| p.uuid),
+        "person_properties": person.as_ref().map_or_else(|| "{}".to_string(), |p| Value::Object(p.properties.clone()).to_string()),
+        "person_created_at": person.as_ref().map_or_else(|| ts.clone(), |p| flavor.format(p.created_at)),
+        "person_mode": if person.is_some() { "full" } else { "propertyless" },
         "$group_0": "", "$group_1": "", "$group_2": "", "$group_3": "", "$group_4": "",
     });
-    Ok(Outcome::Row { event, warnings, captured_at: captured.now })
+    Ok(Outcome::Row { event, rows, warnings, captured_at: captured.now })
 }
 
 fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {

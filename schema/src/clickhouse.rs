@@ -80,6 +80,28 @@ pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
             ORDER BY (team_id, toDate(timestamp), event, uuid){dedup}"
         ),
         format!(
+            "CREATE TABLE IF NOT EXISTS {database}.persons (
+                id UUID,
+                team_id Int64,
+                properties String,
+                is_identified UInt8,
+                created_at {dt},
+                version UInt64,
+                is_deleted UInt8
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (team_id, id)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.person_distinct_ids (
+                team_id Int64,
+                distinct_id String,
+                person_id UUID,
+                version Int64,
+                is_deleted UInt8
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (team_id, distinct_id)"
+        ),
+        format!(
             "CREATE TABLE IF NOT EXISTS {database}.ingestion_warnings (
                 team_id Int64,
                 type String,

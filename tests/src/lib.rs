@@ -69,6 +69,10 @@ pub struct TestTopics {
 
 impl TestTopics {
     pub fn create(kafka: &str, test: &str) -> TestTopics {
+        Self::create_with_partitions(kafka, test, 2)
+    }
+
+    pub fn create_with_partitions(kafka: &str, test: &str, partitions: i32) -> TestTopics {
         let base = unique(test);
         let topics = TestTopics {
             main: format!("{base}-main"),
@@ -77,7 +81,7 @@ impl TestTopics {
             replay: format!("{base}-replay"),
             replay_overflow: format!("{base}-replay-overflow"),
         };
-        create_topics(kafka, &topics.all(), 2);
+        create_topics(kafka, &topics.all(), partitions);
         topics
     }
 
@@ -410,6 +414,8 @@ impl Ingest {
             ("KAFKA_GROUP_ID".into(), unique(test)),
             ("KAFKA_DLQ_TOPIC".into(), dlq_topic.clone()),
             ("BATCH_MAX_WAIT_MS".into(), "200".into()),
+            // The local broker is Tansu; see KAFKA_RESUME_REWIND_MESSAGES in ingest's --help.
+            ("KAFKA_RESUME_REWIND_MESSAGES".into(), "100000".into()),
             ("LOG_FORMAT".into(), "text".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -455,4 +461,19 @@ impl Drop for Ingest {
         let _ = self.child.wait();
         let _ = http().post(clickhouse_url()).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send();
     }
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sluice".into())
+}
+
+/// Runs a query against the project's Postgres (for checking what ingest wrote).
+pub fn postgres<T, F>(f: F) -> T
+where
+    F: for<'c> FnOnce(&'c sqlx::PgPool) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'c>>,
+{
+    block_on(async {
+        let pool = sqlx::PgPool::connect(&database_url()).await.expect("postgres");
+        f(&pool).await
+    })
 }

@@ -46,14 +46,15 @@ fn sdk_events_become_rows_with_their_team() {
     let events: HashSet<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
     assert_eq!(events, HashSet::from(["sdk test event", "$identify", "$create_alias", "$groupidentify", "grouped"]));
     let now = OffsetDateTime::now_utc();
+    // anon → $identify → alias: one person throughout, created by whichever of the two
+    // ids ingest saw first (the two ids' events are on different partitions).
+    let person = rows[0]["person_id"].as_str().unwrap();
+    let candidates =
+        [format!("anon-{run}"), format!("user-{run}")].map(|d| sluice_schema::person_uuid(team_id, &d).to_string());
+    assert!(candidates.contains(&person.to_string()), "{person} is the uuid of one of the two ids");
     for r in &rows {
         assert_eq!(r["team_id"].as_str().unwrap().parse::<i64>().unwrap(), team_id, "one team");
-        let distinct_id = r["distinct_id"].as_str().unwrap();
-        assert_eq!(
-            r["person_id"],
-            sluice_schema::person_uuid(team_id, distinct_id).to_string(),
-            "deterministic person uuid"
-        );
+        assert_eq!(r["person_id"], person, "{} is on the same person", r["event"]);
         let ts = parse_ch_time(r["timestamp"].as_str().unwrap());
         assert!((now - ts).abs() < time::Duration::minutes(2), "timestamp {ts} near now {now}");
     }
@@ -142,7 +143,11 @@ fn malformed_messages_are_dead_lettered_and_unknown_tokens_dropped() {
 #[test]
 fn kill_9_in_the_middle_of_a_stream_gives_every_event_exactly_once() {
     let cap = Capture::start("ingest-kill", &[("OVERFLOW_ENABLED", "false")]);
-    let mut ingest = Ingest::start("ingest_kill", &cap.topics.main, &[("BATCH_MAX_EVENTS", "25")]);
+    let mut ingest = Ingest::start(
+        "ingest_kill",
+        &cap.topics.main,
+        &[("BATCH_MAX_EVENTS", "25"), ("KAFKA_SESSION_TIMEOUT_MS", "6000")],
+    );
     let token = create_team(&unique("kill team"));
     let total = 600;
     for chunk in 0..(total / 50) {
@@ -165,16 +170,24 @@ fn kill_9_in_the_middle_of_a_stream_gives_every_event_exactly_once() {
     }
     ingest.kill_and_restart();
     let start = std::time::Instant::now();
-    while count(true) < total {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "only {} of {total} after restart: {}",
-            count(true),
-            ingest.log_text()
-        );
+    while count(true) < total && start.elapsed() < Duration::from_secs(90) {
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_secs(1));
+    if count(true) != total {
+        let landed: std::collections::HashSet<String> =
+            sluice_tests::clickhouse_rows(&format!("SELECT toString(uuid) AS u FROM {events}"))
+                .iter()
+                .map(|r| r["u"].as_str().unwrap().to_string())
+                .collect();
+        let all = sluice_tests::read_topic(&cap.kafka, &cap.topics.main, total, Duration::from_secs(10));
+        for r in &all {
+            let u = r.value["uuid"].as_str().unwrap();
+            if !landed.contains(u) {
+                eprintln!("MISSING partition {} uuid {u}", r.partition);
+            }
+        }
+    }
     assert_eq!(count(true), total, "every event exactly once (FINAL)");
     assert!(count(false) >= total);
 }

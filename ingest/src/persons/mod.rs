@@ -1,0 +1,283 @@
+//! Step 8: persons in Postgres.
+//!
+//! Each event is one transaction: the person rows it touches are locked (`FOR UPDATE`),
+//! so two ingest processes merging the same people serialize; a unique-key race (two
+//! processes creating the same distinct id at once) is retried a bounded number of
+//! times. The decisions themselves are pure ([`merge`], [`properties`]).
+
+pub mod merge;
+pub mod properties;
+
+use serde_json::{json, Map, Value};
+use sluice_schema::person_uuid;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use self::merge::{Decision, PersonRef};
+use self::properties::Updates;
+
+/// Attempts of one event's transaction when it loses a unique-key race.
+const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Person {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub properties: Map<String, Value>,
+    pub is_identified: bool,
+    pub created_at: OffsetDateTime,
+    pub version: i64,
+}
+
+impl Person {
+    fn as_ref(&self) -> PersonRef {
+        PersonRef { id: self.id, is_identified: self.is_identified }
+    }
+}
+
+/// Everything an event changed, for ClickHouse and the warnings table.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Persons written, with `is_deleted`.
+    pub persons: Vec<(Person, bool)>,
+    /// `(distinct_id, person uuid, version)` rows.
+    pub distinct_ids: Vec<(String, Uuid, i64)>,
+    pub warnings: Vec<(&'static str, Value)>,
+}
+
+/// What the person step reads from an event.
+pub struct PersonEvent<'a> {
+    pub team_id: i64,
+    pub event: &'a str,
+    pub distinct_id: &'a str,
+    pub properties: &'a Map<String, Value>,
+    pub timestamp: OffsetDateTime,
+}
+
+impl PersonEvent<'_> {
+    /// The id this event merges into its own distinct_id, if it is a merge.
+    fn merge_source(&self) -> Option<&str> {
+        let key = match self.event {
+            "$identify" => "$anon_distinct_id",
+            "$create_alias" | "$merge_dangerously" => "alias",
+            _ => return None,
+        };
+        self.properties.get(key).and_then(Value::as_str)
+    }
+}
+
+pub struct PersonStore {
+    pool: PgPool,
+}
+
+impl PersonStore {
+    pub fn new(pool: PgPool) -> Self {
+        PersonStore { pool }
+    }
+
+    /// Applies one event; returns the event's person (after the event) and what changed.
+    pub async fn process(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
+        let mut attempt = 1;
+        loop {
+            match self.try_process(ev).await {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < MAX_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_process(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut changes = Changes::default();
+        let updates = Updates::from_properties(ev.properties);
+        let mut identified_now = false;
+
+        if let Some(source) = ev.merge_source() {
+            let target_person = find(&mut tx, ev.team_id, ev.distinct_id).await?;
+            let source_person = find(&mut tx, ev.team_id, source).await?;
+            let dangerous = ev.event == "$merge_dangerously";
+            match merge::decide(
+                ev.distinct_id,
+                source,
+                target_person.as_ref().map(Person::as_ref),
+                source_person.as_ref().map(Person::as_ref),
+                dangerous,
+            ) {
+                Decision::Nothing => identified_now = ev.distinct_id != source,
+                Decision::IllegalId => changes.warnings.push((
+                    "cannot_merge_with_illegal_distinct_id",
+                    json!({"event": ev.event, "distinct_id": ev.distinct_id, "other": source}),
+                )),
+                Decision::RefuseAlreadyIdentified => changes.warnings.push((
+                    "cannot_merge_already_identified",
+                    json!({"event": ev.event, "distinct_id": ev.distinct_id, "other": source}),
+                )),
+                Decision::AttachSourceToTarget { person } => {
+                    let p = target_person.expect("decided on its presence");
+                    add_distinct_id(&mut tx, ev.team_id, source, person.id, p.uuid, &mut changes).await?;
+                    identified_now = true;
+                }
+                Decision::AttachTargetToSource { person } => {
+                    let p = source_person.expect("decided on its presence");
+                    add_distinct_id(&mut tx, ev.team_id, ev.distinct_id, person.id, p.uuid, &mut changes).await?;
+                    identified_now = true;
+                }
+                Decision::CreateWithBoth => {
+                    let p = create(&mut tx, ev, updates.initial(), true, &mut changes).await?;
+                    add_distinct_id(&mut tx, ev.team_id, source, p.id, p.uuid, &mut changes).await?;
+                    identified_now = true;
+                }
+                Decision::Merge { .. } => {
+                    let (source_p, target_p) = (source_person.expect("present"), target_person.expect("present"));
+                    merge_persons(&mut tx, ev.team_id, source_p, target_p, &mut changes).await?;
+                    identified_now = true;
+                }
+            }
+        }
+
+        let person = match find(&mut tx, ev.team_id, ev.distinct_id).await? {
+            None => create(&mut tx, ev, updates.initial(), identified_now, &mut changes).await?,
+            Some(mut p) => {
+                let mut changed = updates.apply(&mut p.properties);
+                if identified_now && !p.is_identified {
+                    p.is_identified = true;
+                    changed = true;
+                }
+                // A person merged into just now was already written by the merge.
+                let merged = changes.persons.iter().any(|(q, deleted)| q.id == p.id && !deleted);
+                if changed {
+                    if !merged {
+                        p.version += 1;
+                    }
+                    save(&mut tx, &p).await?;
+                    changes.persons.retain(|(q, _)| q.id != p.id);
+                    changes.persons.push((p.clone(), false));
+                }
+                p
+            }
+        };
+        tx.commit().await?;
+        Ok((person, changes))
+    }
+}
+
+async fn find(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: i64,
+    distinct_id: &str,
+) -> Result<Option<Person>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version
+         FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+         WHERE d.team_id = $1 AND d.distinct_id = $2
+         FOR UPDATE OF p",
+    )
+    .bind(team_id)
+    .bind(distinct_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| Person {
+        id: r.get("id"),
+        uuid: r.get("uuid"),
+        properties: match r.get::<sqlx::types::Json<Value>, _>("properties").0 {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        is_identified: r.get("is_identified"),
+        created_at: r.get("created_at"),
+        version: r.get("version"),
+    }))
+}
+
+async fn create(
+    tx: &mut Transaction<'_, Postgres>,
+    ev: &PersonEvent<'_>,
+    properties: Map<String, Value>,
+    is_identified: bool,
+    changes: &mut Changes,
+) -> Result<Person, sqlx::Error> {
+    let uuid = person_uuid(ev.team_id, ev.distinct_id);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO persons (uuid, team_id, properties, is_identified, created_at, version)
+         VALUES ($1, $2, $3, $4, $5, 0) RETURNING id",
+    )
+    .bind(uuid)
+    .bind(ev.team_id)
+    .bind(sqlx::types::Json(Value::Object(properties.clone())))
+    .bind(is_identified)
+    .bind(ev.timestamp)
+    .fetch_one(&mut **tx)
+    .await?;
+    let person = Person { id, uuid, properties, is_identified, created_at: ev.timestamp, version: 0 };
+    add_distinct_id(tx, ev.team_id, ev.distinct_id, id, uuid, changes).await?;
+    changes.persons.push((person.clone(), false));
+    Ok(person)
+}
+
+async fn save(tx: &mut Transaction<'_, Postgres>, p: &Person) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE persons SET properties = $2, is_identified = $3, created_at = $4, version = $5 WHERE id = $1")
+        .bind(p.id)
+        .bind(sqlx::types::Json(Value::Object(p.properties.clone())))
+        .bind(p.is_identified)
+        .bind(p.created_at)
+        .bind(p.version)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn add_distinct_id(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: i64,
+    distinct_id: &str,
+    person_id: i64,
+    person_uuid: Uuid,
+    changes: &mut Changes,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO person_distinct_ids (team_id, distinct_id, person_id, version) VALUES ($1, $2, $3, 0)")
+        .bind(team_id)
+        .bind(distinct_id)
+        .bind(person_id)
+        .execute(&mut **tx)
+        .await?;
+    changes.distinct_ids.push((distinct_id.to_string(), person_uuid, 0));
+    Ok(())
+}
+
+/// Moves every distinct id of `source` to `target`, merges properties (target wins),
+/// keeps the earlier creation time, and deletes `source`.
+async fn merge_persons(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: i64,
+    source: Person,
+    mut target: Person,
+    changes: &mut Changes,
+) -> Result<(), sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE person_distinct_ids SET person_id = $2, version = version + 1
+         WHERE team_id = $3 AND person_id = $1 RETURNING distinct_id, version",
+    )
+    .bind(source.id)
+    .bind(target.id)
+    .bind(team_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in moved {
+        changes.distinct_ids.push((row.get("distinct_id"), target.uuid, row.get("version")));
+    }
+    let mut properties = source.properties.clone();
+    for (k, v) in std::mem::take(&mut target.properties) {
+        properties.insert(k, v);
+    }
+    target.properties = properties;
+    target.created_at = target.created_at.min(source.created_at);
+    target.version = target.version.max(source.version) + 1;
+    target.is_identified = true;
+    save(tx, &target).await?;
+    sqlx::query("DELETE FROM persons WHERE id = $1").bind(source.id).execute(&mut **tx).await?;
+    let deleted = Person { version: source.version + 1, ..source };
+    changes.persons.push((deleted, true));
+    changes.persons.push((target, false));
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! How one event changes a person's properties: `$set_once` (only keys not present),
+//! then `$set` (overrides), then `$unset`. Pure, so the order is tested on values.
+
+use serde_json::{Map, Value};
+
+/// The updates an event carries, read from its properties.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Updates {
+    pub set_once: Map<String, Value>,
+    pub set: Map<String, Value>,
+    pub unset: Vec<String>,
+}
+
+impl Updates {
+    pub fn from_properties(props: &Map<String, Value>) -> Updates {
+        let object = |k: &str| props.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+        let unset = match props.get("$unset") {
+            Some(Value::Array(keys)) => keys.iter().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+            Some(Value::Object(keys)) => keys.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        Updates { set_once: object("$set_once"), set: object("$set"), unset }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set_once.is_empty() && self.set.is_empty() && self.unset.is_empty()
+    }
+
+    /// Properties of a person created by this event: `$set_once` ∪ `$set`, set wins.
+    pub fn initial(&self) -> Map<String, Value> {
+        let mut props = self.set_once.clone();
+        for (k, v) in &self.set {
+            props.insert(k.clone(), v.clone());
+        }
+        props
+    }
+
+    /// Applies the updates in order; returns whether anything changed.
+    pub fn apply(&self, props: &mut Map<String, Value>) -> bool {
+        let mut changed = false;
+        for (k, v) in &self.set_once {
+            if !props.contains_key(k) {
+                props.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        for (k, v) in &self.set {
+            if props.get(k) != Some(v) {
+                props.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        for k in &self.unset {
+            changed |= props.remove(k).is_some();
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn updates(v: Value) -> Updates {
+        Updates::from_properties(v.as_object().unwrap())
+    }
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn order_set_once_then_set_then_unset() {
+        let u = updates(json!({"$set_once": {"a": 1, "b": 1, "c": 1}, "$set": {"b": 2}, "$unset": ["c"]}));
+        let mut p = map(json!({"a": 0}));
+        assert!(u.apply(&mut p));
+        assert_eq!(Value::Object(p), json!({"a": 0, "b": 2}));
+    }
+
+    #[test]
+    fn unchanged_is_reported() {
+        let u = updates(json!({"$set_once": {"a": 5}, "$set": {"b": 2}, "$unset": {"zz": null}}));
+        let mut p = map(json!({"a": 1, "b": 2}));
+        assert!(!u.apply(&mut p));
+    }
+
+    #[test]
+    fn initial_properties_let_set_win() {
+        assert_eq!(
+            Value::Object(updates(json!({"$set_once": {"a": 1, "b": 1}, "$set": {"b": 2}})).initial()),
+            json!({"a": 1, "b": 2})
+        );
+        assert!(updates(json!({"$set": "nope"})).is_empty());
+    }
+}
