@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod groups;
 pub mod normalize;
 pub mod persons;
 pub mod process;
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::consume::{BatchLimits, LaneConsumer, ResumeContext};
 use crate::dlq::DeadLetters;
+use crate::groups::GroupStore;
 use crate::persons::PersonStore;
 use crate::process::{Deps, Outcome};
 use crate::resolve::TeamCache;
@@ -78,7 +80,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .connect_lazy(&config.database_url)?;
     let teams =
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
-    let persons = PersonStore::new(pool);
+    let persons = PersonStore::new(pool.clone());
+    let groups = GroupStore::new(pool);
     let ch = connect_clickhouse(&config, &health).await;
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
@@ -132,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let mut backoff = Duration::from_millis(100);
         loop {
             health.tick();
-            let deps = Deps { teams: &teams, persons: &persons, flavor: ch.flavor };
+            let deps = Deps { teams: &teams, persons: &persons, groups: &groups, flavor: ch.flavor };
             match handle_batch(&batch, &deps, &ch, &dead_letters, lane).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -173,6 +176,7 @@ async fn handle_batch(
     let mut events = Vec::with_capacity(batch.len());
     let mut persons = Vec::new();
     let mut distinct_ids = Vec::new();
+    let mut groups = Vec::new();
     let mut warnings = Vec::new();
     let mut dead = Vec::new();
     let mut lags = Vec::new();
@@ -185,6 +189,7 @@ async fn handle_batch(
                 events.push(event);
                 persons.extend(rows.persons);
                 distinct_ids.extend(rows.distinct_ids);
+                groups.extend(rows.groups);
                 warnings.extend(w);
                 lags.push(captured_at);
             }
@@ -200,6 +205,7 @@ async fn handle_batch(
     ch.insert("events", &events, &token).await.inspect_err(|_| telemetry::dependency_retry("clickhouse"))?;
     ch.insert("persons", &persons, &format!("{token}-persons")).await?;
     ch.insert("person_distinct_ids", &distinct_ids, &format!("{token}-distinct-ids")).await?;
+    ch.insert("groups", &groups, &format!("{token}-groups")).await?;
     ch.insert("ingestion_warnings", &warnings, &format!("{token}-warnings")).await?;
     for (m, d) in &dead {
         dead_letters.send(m, d, 1).await?;

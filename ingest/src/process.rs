@@ -1,7 +1,7 @@
 //! The per-event steps, in the spec's order, for one captured message.
 //!
 //! Implemented: 1 parse, 2 resolve team, 4 person-processing flag, 6 normalize,
-//! 7 timestamp, 8 persons, 10 anonymize ip, 11 row. Groups (9), restrictions (3) and
+//! 7 timestamp, 8 persons, 9 groups, 10 anonymize ip, 11 row. Restrictions (3) and
 //! plugins (5, 12) are still to come. Personless events carry the deterministic person
 //! uuid a later person will share.
 
@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::dlq::DeadLetter;
+use crate::groups::GroupStore;
 use crate::normalize;
 use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
@@ -22,7 +23,7 @@ use crate::timestamp;
 pub enum Outcome {
     Row {
         event: Value,
-        rows: PersonRows,
+        rows: SideRows,
         warnings: Vec<Value>,
         captured_at: OffsetDateTime,
     },
@@ -34,17 +35,19 @@ pub enum Outcome {
     Dead(DeadLetter),
 }
 
-/// Person and distinct-id rows an event produced, for ClickHouse.
+/// Person, distinct-id and group rows an event produced, for ClickHouse.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PersonRows {
+pub struct SideRows {
     pub persons: Vec<Value>,
     pub distinct_ids: Vec<Value>,
+    pub groups: Vec<Value>,
 }
 
 /// What the steps need from outside.
 pub struct Deps<'a> {
     pub teams: &'a TeamCache,
     pub persons: &'a PersonStore,
+    pub groups: &'a GroupStore,
     pub flavor: Flavor,
 }
 
@@ -122,7 +125,7 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
     }
 
     // 8. Persons.
-    let mut rows = PersonRows::default();
+    let mut rows = SideRows::default();
     let person = if personless {
         None
     } else {
@@ -154,6 +157,34 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
         Some(person)
     };
 
+    // 9. Groups.
+    let mut group_columns: [String; 5] = Default::default();
+    if let Some(Value::Object(groups)) = properties.get("$groups").cloned() {
+        for (group_type, key) in groups {
+            let Some(key) = group_key(&key) else { continue };
+            if let Some(i) = deps.groups.type_index(team.id, &group_type).await? {
+                properties.insert(format!("$group_{i}"), Value::String(key.clone()));
+                group_columns[i as usize] = key;
+            }
+        }
+    }
+    if captured.event == "$groupidentify" {
+        let group_type = properties.get("$group_type").and_then(Value::as_str).map(str::to_string);
+        let key = properties.get("$group_key").and_then(group_key);
+        let set = properties.get("$group_set").and_then(Value::as_object).cloned().unwrap_or_default();
+        if let (Some(group_type), Some(key)) = (group_type, key) {
+            if let Some(i) = deps.groups.type_index(team.id, &group_type).await? {
+                if let Some(g) = deps.groups.upsert(team.id, i, &key, &set, resolved.timestamp).await? {
+                    rows.groups.push(json!({
+                        "team_id": team.id, "group_type_index": g.type_index, "group_key": g.key,
+                        "group_properties": Value::Object(g.properties).to_string(),
+                        "created_at": flavor.format(g.created_at), "version": g.version,
+                    }));
+                }
+            }
+        }
+    }
+
     // 10. Anonymize ip, after plugins (which may need it).
     if team.anonymize_ips {
         properties.remove("$ip");
@@ -176,9 +207,19 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
         "person_properties": person.as_ref().map_or_else(|| "{}".to_string(), |p| Value::Object(p.properties.clone()).to_string()),
         "person_created_at": person.as_ref().map_or_else(|| ts.clone(), |p| flavor.format(p.created_at)),
         "person_mode": if person.is_some() { "full" } else { "propertyless" },
-        "$group_0": "", "$group_1": "", "$group_2": "", "$group_3": "", "$group_4": "",
+        "$group_0": group_columns[0], "$group_1": group_columns[1], "$group_2": group_columns[2],
+        "$group_3": group_columns[3], "$group_4": group_columns[4],
     });
     Ok(Outcome::Row { event, rows, warnings, captured_at: captured.now })
+}
+
+/// Group keys are strings; SDKs sometimes send numbers.
+fn group_key(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {

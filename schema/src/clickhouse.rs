@@ -102,6 +102,17 @@ pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
             ORDER BY (team_id, distinct_id)"
         ),
         format!(
+            "CREATE TABLE IF NOT EXISTS {database}.groups (
+                team_id Int64,
+                group_type_index UInt8,
+                group_key String,
+                group_properties String,
+                created_at {dt},
+                version Int64
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (team_id, group_type_index, group_key)"
+        ),
+        format!(
             "CREATE TABLE IF NOT EXISTS {database}.ingestion_warnings (
                 team_id Int64,
                 type String,

@@ -396,6 +396,8 @@ pub fn create_team(name: &str) -> String {
 /// A running `sluice-ingest` consuming `topic` into a ClickHouse database of its own.
 pub struct Ingest {
     pub child: Child,
+    /// Health and metrics address, kept across restarts.
+    address: String,
     pub database: String,
     pub dlq_topic: String,
     pub log: PathBuf,
@@ -422,19 +424,19 @@ impl Ingest {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         ingest_command(&["migrate"], &pairs);
         let log = std::env::temp_dir().join(format!("{}.ingest.log", unique(test)));
-        let mut ingest =
-            Ingest { child: Command::new("true").spawn().expect("placeholder"), database, dlq_topic, log, env };
-        ingest.child = ingest.spawn();
-        ingest
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Self::spawn(&address, &env, &log);
+        Ingest { child, address, database, dlq_topic, log, env }
     }
 
-    fn spawn(&self) -> Child {
+    fn spawn(address: &str, env: &[(String, String)], log: &PathBuf) -> Child {
+        let log_file = || std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
         Command::new(bin_path("sluice-ingest"))
-            .env("ADDRESS", format!("127.0.0.1:{}", free_port()))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("ADDRESS", address)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .stdout(log_file())
+            .stderr(log_file())
             .spawn()
             .expect("start sluice-ingest")
     }
@@ -443,11 +445,15 @@ impl Ingest {
     pub fn kill_and_restart(&mut self) {
         Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status().expect("kill -9");
         let _ = self.child.wait();
-        self.child = self.spawn();
+        self.child = Self::spawn(&self.address, &self.env, &self.log);
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn table(&self, name: &str) -> String {
@@ -460,6 +466,56 @@ impl Drop for Ingest {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = http().post(clickhouse_url()).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send();
+    }
+}
+
+/// A TCP forwarder the test can cut and restore, to take a dependency away from one
+/// process without stopping the server every other test uses.
+pub struct Proxy {
+    pub port: u16,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        let port = listener.local_addr().expect("proxy address").port();
+        let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (en, op, target) = (enabled.clone(), open.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !en.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+                op.lock().expect("lock").extend([client, server]);
+                for (from, to) in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        Proxy { port, enabled, open }
+    }
+
+    /// Closes every open connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.enabled.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -58,6 +58,24 @@ fn sdk_events_become_rows_with_their_team() {
         let ts = parse_ch_time(r["timestamp"].as_str().unwrap());
         assert!((now - ts).abs() < time::Duration::minutes(2), "timestamp {ts} near now {now}");
     }
+    // Groups: the first group type of the team gets index 0, and $groupidentify set its properties.
+    let grouped = wait_for_rows(
+        &format!("SELECT `$group_0` AS g FROM {} WHERE event = 'grouped'", ingest.table("events")),
+        1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(grouped[0]["g"], format!("acme-{run}"));
+    let groups = wait_for_rows(
+        &format!("SELECT group_type_index, group_key, group_properties FROM {} FINAL", ingest.table("groups")),
+        1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["group_key"], format!("acme-{run}"));
+    assert_eq!(groups[0]["group_type_index"], 0);
+    let group_props: serde_json::Value = serde_json::from_str(groups[0]["group_properties"].as_str().unwrap()).unwrap();
+    assert_eq!(group_props["name"], "Acme");
+
     let first = rows.iter().find(|r| r["event"] == "sdk test event").unwrap();
     let props: serde_json::Value = serde_json::from_str(first["properties"].as_str().unwrap()).unwrap();
     assert_eq!(props["run"], run.as_str());
