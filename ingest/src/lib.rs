@@ -14,6 +14,7 @@ pub mod normalize;
 pub mod persons;
 pub mod process;
 pub mod resolve;
+pub mod rows;
 pub mod telemetry;
 pub mod timestamp;
 pub mod write;

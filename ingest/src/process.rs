@@ -16,6 +16,7 @@ use crate::groups::GroupStore;
 use crate::normalize;
 use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
+use crate::rows::EventRow;
 use crate::timestamp;
 
 /// What became of one event.
@@ -192,24 +193,23 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
 
     // 11. The row.
     let elements_chain = properties.get("$elements_chain").and_then(Value::as_str).unwrap_or_default().to_string();
-    let ts = flavor.format(resolved.timestamp);
-    let event = json!({
-        "uuid": captured.uuid,
-        "event": captured.event,
-        "properties": Value::Object(properties).to_string(),
-        "timestamp": ts,
-        "team_id": team.id,
-        "distinct_id": captured.distinct_id,
-        "elements_chain": elements_chain,
-        "created_at": flavor.format(OffsetDateTime::now_utc()),
-        "captured_at": flavor.format(captured.now),
-        "person_id": person.as_ref().map_or_else(|| person_uuid(team.id, &captured.distinct_id), |p| p.uuid),
-        "person_properties": person.as_ref().map_or_else(|| "{}".to_string(), |p| Value::Object(p.properties.clone()).to_string()),
-        "person_created_at": person.as_ref().map_or_else(|| ts.clone(), |p| flavor.format(p.created_at)),
-        "person_mode": if person.is_some() { "full" } else { "propertyless" },
-        "$group_0": group_columns[0], "$group_1": group_columns[1], "$group_2": group_columns[2],
-        "$group_3": group_columns[3], "$group_4": group_columns[4],
-    });
+    let event = EventRow {
+        uuid: captured.uuid,
+        person_id: person.as_ref().map_or_else(|| person_uuid(team.id, &captured.distinct_id), |p| p.uuid),
+        person_properties: person.as_ref().map(|p| p.properties.clone()).unwrap_or_default(),
+        person_created_at: person.as_ref().map_or(resolved.timestamp, |p| p.created_at),
+        person_mode: if person.is_some() { "full" } else { "propertyless" },
+        event: captured.event,
+        properties,
+        timestamp: resolved.timestamp,
+        team_id: team.id,
+        distinct_id: captured.distinct_id,
+        elements_chain,
+        created_at: OffsetDateTime::now_utc(),
+        captured_at: captured.now,
+        groups: group_columns,
+    }
+    .to_json(flavor);
     Ok(Outcome::Row { event, rows, warnings, captured_at: captured.now })
 }
 
