@@ -56,6 +56,39 @@ pub enum Command {
         #[command(subcommand)]
         command: TeamsCommand,
     },
+    /// Inspect and replay the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters with their stage and error.
+    List {
+        /// Only those that failed since: RFC 3339, or a duration back (30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those of this team id.
+        #[arg(long)]
+        team: Option<i64>,
+    },
+    /// Publish dead letters again, unchanged, to the topic they came from.
+    Replay {
+        /// Only those that failed since: RFC 3339, or a duration back (30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those of this team id.
+        #[arg(long)]
+        team: Option<i64>,
+        /// Publish to this topic instead of the one each came from.
+        #[arg(long)]
+        to: Option<String>,
+        /// Say what would be replayed, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

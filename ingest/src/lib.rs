@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod dlq_commands;
 pub mod groups;
 pub mod normalize;
 pub mod persons;

@@ -1,5 +1,6 @@
 use clap::Parser;
-use sluice_ingest::config::{Cli, Command, TeamsCommand};
+use sluice_ingest::config::{Cli, Command, DlqCommand, TeamsCommand};
+use sluice_ingest::dlq_commands::{self, Selection};
 use sluice_ingest::{commands, telemetry};
 
 #[global_allocator]
@@ -14,11 +15,23 @@ async fn main() {
         Command::Migrate => commands::migrate(&cli.config).await,
         Command::Teams { command: TeamsCommand::Create { name } } => commands::create_team(&cli.config, &name).await,
         Command::Teams { command: TeamsCommand::List } => commands::list_teams(&cli.config).await,
+        Command::Dlq { command: DlqCommand::List { since, team } } => match selection(since, team) {
+            Ok(s) => dlq_commands::list(&cli.config, &s).await,
+            Err(e) => Err(e),
+        },
+        Command::Dlq { command: DlqCommand::Replay { since, team, to, dry_run } } => match selection(since, team) {
+            Ok(s) => dlq_commands::replay(&cli.config, &s, to.as_deref(), dry_run).await,
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn selection(since: Option<String>, team: Option<i64>) -> anyhow::Result<Selection> {
+    Ok(Selection { since: since.as_deref().map(dlq_commands::parse_since).transpose()?, team })
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).

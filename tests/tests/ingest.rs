@@ -156,6 +156,62 @@ fn malformed_messages_are_dead_lettered_and_unknown_tokens_dropped() {
     assert_eq!(dead[0].headers.get("dlq_stage").map(String::as_str), Some("parse"));
     assert_eq!(dead[0].headers.get("dlq_error_class").map(String::as_str), Some("invalid_message"));
     assert!(dead[0].headers.get("dlq_error").is_some_and(|e| !e.is_empty()));
+
+    // The operator sees it...
+    let dlq_env = [("KAFKA_DLQ_TOPIC", ingest.dlq_topic.as_str())];
+    let listed = sluice_tests::ingest_command(&["dlq", "list"], &dlq_env);
+    assert!(listed.starts_with("1 of 1 dead letters"), "{listed}");
+    assert!(listed.contains("stage=parse") && listed.contains("class=invalid_message"), "{listed}");
+
+    // ...and replays what a since-fixed failure dead-lettered: here a valid event of this
+    // team, as an ingest with a bug would have left it.
+    let team_id: i64 = rows_team_id(&ingest);
+    let event = sluice_schema::CapturedEvent {
+        uuid: uuid::Uuid::now_v7(),
+        distinct_id: "d".into(),
+        ip: "127.0.0.1".into(),
+        data: json!({"event": "recovered", "distinct_id": "d", "properties": {}}).to_string(),
+        now: OffsetDateTime::now_utc(),
+        sent_at: None,
+        token: token.clone(),
+        event: "recovered".into(),
+        timestamp: None,
+        historical_migration: false,
+    };
+    let failed_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "dlq_stage", value: Some("persons") })
+        .insert(rdkafka::message::Header { key: "dlq_team_id", value: Some(team_id.to_string().as_str()) })
+        .insert(rdkafka::message::Header { key: "dlq_failed_at", value: Some(failed_at.as_str()) })
+        .insert(rdkafka::message::Header { key: "dlq_source_topic", value: Some(cap.topics.main.as_str()) });
+    let payload = serde_json::to_vec(&event).unwrap();
+    producer
+        .send(BaseRecord::to(&ingest.dlq_topic).key("t:d").payload(&payload).headers(headers))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let team = team_id.to_string();
+    let dry = sluice_tests::ingest_command(&["dlq", "replay", "--team", &team, "--since", "1h", "--dry-run"], &dlq_env);
+    assert_eq!(dry.trim(), "dry run: would replay 1 of 2 dead letters");
+    let replayed = sluice_tests::ingest_command(&["dlq", "replay", "--team", &team, "--since", "1h"], &dlq_env);
+    assert_eq!(replayed.trim(), "replayed 1 of 2 dead letters");
+    let rows = wait_for_rows(
+        &format!("SELECT event FROM {} FINAL WHERE event = 'recovered'", ingest.table("events")),
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(rows.len(), 1, "the replayed event is ingested: {}", ingest.log_text());
+    let bad = std::process::Command::new(sluice_tests::bin_path("sluice-ingest"))
+        .args(["dlq", "list", "--since", "soon"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "bad input exits non-zero");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"), "and says what is wrong");
+}
+
+fn rows_team_id(ingest: &Ingest) -> i64 {
+    let rows = sluice_tests::clickhouse_rows(&format!("SELECT team_id FROM {} LIMIT 1", ingest.table("events")));
+    rows[0]["team_id"].as_str().unwrap().parse().unwrap()
 }
 
 #[test]
