@@ -78,6 +78,21 @@ impl PersonStore {
 
     /// Applies one event; returns the event's person (after the event) and what changed.
     pub async fn process(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
+        // Most events are a known person's and change nothing (the same $set again): one
+        // plain read answers them, without a transaction or a lock.
+        if ev.merge_source().is_none() {
+            let row = sqlx::query(PERSON_BY_DISTINCT_ID)
+                .bind(ev.team_id)
+                .bind(ev.distinct_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(person) = row.map(person_from_row) {
+                let mut probe = person.properties.clone();
+                if !Updates::from_properties(ev.properties).apply(&mut probe) {
+                    return Ok((person, Changes::default()));
+                }
+            }
+        }
         let mut attempt = 1;
         loop {
             match self.try_process(ev).await {
@@ -162,22 +177,12 @@ impl PersonStore {
     }
 }
 
-async fn find(
-    tx: &mut Transaction<'_, Postgres>,
-    team_id: i64,
-    distinct_id: &str,
-) -> Result<Option<Person>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version
-         FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-         WHERE d.team_id = $1 AND d.distinct_id = $2
-         FOR UPDATE OF p",
-    )
-    .bind(team_id)
-    .bind(distinct_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|r| Person {
+const PERSON_BY_DISTINCT_ID: &str = "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version
+     FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+     WHERE d.team_id = $1 AND d.distinct_id = $2";
+
+fn person_from_row(r: sqlx::postgres::PgRow) -> Person {
+    Person {
         id: r.get("id"),
         uuid: r.get("uuid"),
         properties: match r.get::<sqlx::types::Json<Value>, _>("properties").0 {
@@ -187,7 +192,21 @@ async fn find(
         is_identified: r.get("is_identified"),
         created_at: r.get("created_at"),
         version: r.get("version"),
-    }))
+    }
+}
+
+/// The person of `distinct_id`, locked until the transaction ends.
+async fn find(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: i64,
+    distinct_id: &str,
+) -> Result<Option<Person>, sqlx::Error> {
+    let row = sqlx::query(&format!("{PERSON_BY_DISTINCT_ID} FOR UPDATE OF p"))
+        .bind(team_id)
+        .bind(distinct_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(person_from_row))
 }
 
 async fn create(

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Ingest benchmark: pre-fills a topic of its own through a release sluice-capture, runs
+# a release sluice-ingest on it, and reports events/s and events per CPU-second of the
+# ingest process (from /proc/<pid>/stat), for (A) 1,000 returning persons sending events
+# with unchanged properties and (B) every event creating a new person; then end-to-end
+# lag p50/p99 (ingest's own metric) at a steady 5,000 events/s. Prints figures; never
+# fails on them.
+#
+#   bench/ingest.sh          (BENCH_EVENTS=100000 per scenario by default)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+EVENTS="${BENCH_EVENTS:-100000}"
+OUT="$ROOT/.sluice/bench"
+mkdir -p "$OUT"
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+scripts/services.sh up >/dev/null
+cargo build --release --bins --quiet
+BIN="$CARGO_TARGET_DIR/release"
+TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
+[ -x "$OHA" ] || cargo install oha --locked >"$OUT/oha-build.log" 2>&1
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+RUN="bench$(date +%s)"
+export CLICKHOUSE_DATABASE="$RUN"
+"$BIN/sluice-ingest" migrate >/dev/null
+TOKEN="$("$BIN/sluice-ingest" teams create --name "$RUN" | tail -1)"
+
+# body NAME MODE: 500-event /batch bodies; MODE returning = 1,000 ids, same properties;
+# new = a fresh id per event.
+python3 - "$OUT" "$TOKEN" <<'EOF'
+import json, sys
+out, token = sys.argv[1], sys.argv[2]
+props = {"$current_url": "https://app.example.com/dashboard", "$browser": "Chrome", "$os": "Mac OS X", "plan": "pro"}
+for mode in ("returning", "new"):
+    with open(f"{out}/ingest-{mode}.jsonl", "w") as f:
+        for b in range(400):
+            batch = []
+            for i in range(500):
+                n = b * 500 + i
+                did = f"user-{n % 1000}" if mode == "returning" else f"{mode}-{n}"
+                batch.append({"event": "$pageview", "distinct_id": did, "properties": props})
+            f.write(json.dumps({"api_key": token, "batch": batch}) + "\n")
+json.dump({"api_key": token, "batch": [{"event": "steady", "distinct_id": f"user-{i}", "properties": props} for i in range(50)]},
+          open(f"{out}/ingest-steady.json", "w"))
+EOF
+
+count() { curl -s "$CLICKHOUSE_URL/" --data-binary "SELECT count() FROM $RUN.events WHERE event = '$1'" 2>/dev/null || echo 0; }
+CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
+TICKS="$(getconf CLK_TCK)"
+
+scenario() { # MODE
+  local mode="$1" topic="${RUN}-$1" cport iport cap ing
+  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
+  cport="$(free_port)"
+  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
+    "$BIN/sluice-capture" >"$OUT/ingest-capture-$mode.log" 2>&1 &
+  cap=$!; PIDS+=("$cap")
+  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  log "$mode: pre-filling $EVENTS events"
+  head -n "$((EVENTS / 500))" "$OUT/ingest-$mode.jsonl" | while read -r body; do
+    curl -sf "http://127.0.0.1:$cport/batch" -H 'content-type: application/json' -d "$body" >/dev/null
+  done
+  iport="$(free_port)"
+  local started; started="$(date +%s.%N)"
+  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
+    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/ingest-$mode.log" 2>&1 &
+  ing=$!; PIDS+=("$ing")
+  until [ "$(count '$pageview' | tr -d '[:space:]')" -ge "$((PREVIOUS + EVENTS))" ] 2>/dev/null; do sleep 0.2; done
+  local ended ticks; ended="$(date +%s.%N)"; ticks="$(awk '{print $14 + $15}' "/proc/$ing/stat")"
+  python3 -c "
+w = $ended - $started; cpu = $ticks / $TICKS
+print(f'| {\"$mode\"}: events/s (wall, from start to last row) | {$EVENTS / w:,.0f} |')
+print(f'| {\"$mode\"}: events per ingest CPU-second | {$EVENTS / cpu:,.0f} |')" >>"$OUT/ingest-figures.md"
+  PREVIOUS=$((PREVIOUS + EVENTS))
+  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+}
+
+steady() { # lag at a steady 5,000 events/s on an empty topic, ingest already running
+  local topic="${RUN}-steady" cport iport cap ing
+  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
+  cport="$(free_port)"; iport="$(free_port)"
+  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
+    "$BIN/sluice-capture" >"$OUT/ingest-capture-steady.log" 2>&1 &
+  cap=$!; PIDS+=("$cap")
+  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
+    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/ingest-steady.log" 2>&1 &
+  ing=$!; PIDS+=("$ing")
+  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  sleep 2
+  log "steady 5,000 events/s for 20 s (100 requests/s of 50 events)"
+  "$OHA" --no-tui -z 20s -q 100 -c 8 -m POST -H 'Content-Type: application/json' -D "$OUT/ingest-steady.json" \
+    "http://127.0.0.1:$cport/batch" >/dev/null
+  sleep 2
+  curl -s "http://127.0.0.1:$iport/metrics" | python3 -c "
+import sys
+q = {}
+for line in sys.stdin:
+    if line.startswith('ingest_end_to_end_lag_seconds{quantile='):
+        q[line.split('\"')[1]] = float(line.rsplit(' ', 1)[1])
+print(f'| end-to-end lag at a steady 5,000 events/s (capture receive → ClickHouse insert): p50 / p99 | {q.get(\"0.5\", 0):.3f} s / {q.get(\"0.99\", 0):.3f} s |')" >>"$OUT/ingest-figures.md"
+  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+}
+
+PREVIOUS=0
+printf '| measure | figure |\n|---|---|\n' >"$OUT/ingest-figures.md"
+scenario returning
+scenario new
+steady
+echo
+cat "$OUT/ingest-figures.md"
+curl -s "$CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null
