@@ -445,6 +445,11 @@ impl Ingest {
     pub fn kill_and_restart(&mut self) {
         Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status().expect("kill -9");
         let _ = self.child.wait();
+        self.restart();
+    }
+
+    /// Starts the process again (after it exited) on the same group and database.
+    pub fn restart(&mut self) {
         self.child = Self::spawn(&self.address, &self.env, &self.log);
     }
 
