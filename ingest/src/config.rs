@@ -162,6 +162,13 @@ pub struct Config {
     #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
     pub team_cache_max_entries: usize,
 
+    /// Drop the events of these, comma separated `token` or `token:distinct_id`.
+    #[arg(long, env = "RESTRICT_DROP_EVENTS", default_value = "", global = true)]
+    pub restrict_drop_events: String,
+    /// Skip person processing for these, comma separated `token` or `token:distinct_id`.
+    #[arg(long, env = "RESTRICT_SKIP_PERSONS", default_value = "", global = true)]
+    pub restrict_skip_persons: String,
+
     /// ClickHouse HTTP interface.
     #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", global = true)]
     pub clickhouse_url: String,

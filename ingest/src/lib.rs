@@ -15,6 +15,7 @@ pub mod normalize;
 pub mod persons;
 pub mod process;
 pub mod resolve;
+pub mod restrict;
 pub mod rows;
 pub mod telemetry;
 pub mod timestamp;
@@ -41,6 +42,7 @@ use crate::groups::GroupStore;
 use crate::persons::PersonStore;
 use crate::process::{Deps, Outcome};
 use crate::resolve::TeamCache;
+use crate::restrict::Restrictions;
 use crate::write::ClickHouse;
 
 /// Liveness fails when the consume loop has not gone round for this long.
@@ -84,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
     let persons = PersonStore::new(pool.clone());
     let groups = GroupStore::new(pool);
+    let restrictions = Restrictions::parse(&config.restrict_drop_events, &config.restrict_skip_persons);
     let ch = connect_clickhouse(&config, &health).await;
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
@@ -137,7 +140,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let mut backoff = Duration::from_millis(100);
         loop {
             health.tick();
-            let deps = Deps { teams: &teams, persons: &persons, groups: &groups, flavor: ch.flavor };
+            let deps = Deps {
+                teams: &teams,
+                persons: &persons,
+                groups: &groups,
+                restrictions: &restrictions,
+                flavor: ch.flavor,
+            };
             match handle_batch(&batch, &deps, &ch, &dead_letters, lane).await {
                 Ok(()) => break,
                 Err(e) => {

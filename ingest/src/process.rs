@@ -1,9 +1,9 @@
 //! The per-event steps, in the spec's order, for one captured message.
 //!
-//! Implemented: 1 parse, 2 resolve team, 4 person-processing flag, 6 normalize,
-//! 7 timestamp, 8 persons, 9 groups, 10 anonymize ip, 11 row. Restrictions (3) and
-//! plugins (5, 12) are still to come. Personless events carry the deterministic person
-//! uuid a later person will share.
+//! Implemented: 1 parse, 2 resolve team, 3 restrictions (from configuration; not yet
+//! from Redis), 4 person-processing flag, 6 normalize, 7 timestamp, 8 persons,
+//! 9 groups, 10 anonymize ip, 11 row. Plugins (5, 12) are still to come. Personless
+//! events carry the deterministic person uuid a later person will share.
 
 use serde_json::{json, Map, Value};
 use sluice_schema::clickhouse::Flavor;
@@ -16,6 +16,7 @@ use crate::groups::GroupStore;
 use crate::normalize;
 use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
+use crate::restrict::Restrictions;
 use crate::rows::EventRow;
 use crate::timestamp;
 
@@ -49,6 +50,7 @@ pub struct Deps<'a> {
     pub teams: &'a TeamCache,
     pub persons: &'a PersonStore,
     pub groups: &'a GroupStore,
+    pub restrictions: &'a Restrictions,
     pub flavor: Flavor,
 }
 
@@ -82,9 +84,15 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
         return Ok(Outcome::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
 
-    // 4. Person processing (persons themselves are not processed yet).
+    // 3. Restrictions.
+    if deps.restrictions.drops(&captured.token, &captured.distinct_id) {
+        return Ok(Outcome::Drop { cause: "restricted", warnings: Vec::new() });
+    }
+
+    // 4. Person processing.
     let props_in = data.get("properties");
     let personless = team.person_processing_opt_out
+        || deps.restrictions.skips_persons(&captured.token, &captured.distinct_id)
         || props_in.and_then(|p| p.get("$process_person_profile")) == Some(&Value::Bool(false));
     let person_event =
         matches!(captured.event.as_str(), "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify");
