@@ -36,7 +36,18 @@ impl ResumeContext {
     }
 }
 
-impl ClientContext for ResumeContext {}
+impl ClientContext for ResumeContext {
+    /// librdkafka's statistics carry each assigned partition's lag behind its end.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    crate::telemetry::consumer_lag(topic, *id, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ResumeContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

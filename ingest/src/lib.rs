@@ -101,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
+        .set("statistics.interval.ms", "5000")
         .create_with_context(ResumeContext::new(config.kafka_resume_rewind_messages))?;
     consumer.subscribe(&[&config.topic()])?;
     let producer: FutureProducer = ClientConfig::new()

@@ -18,7 +18,7 @@ use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
 use crate::restrict::Restrictions;
 use crate::rows::EventRow;
-use crate::timestamp;
+use crate::{telemetry, timestamp};
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +80,10 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
     }
 
     // 2. Team.
-    let Some(team) = deps.teams.get(&captured.token).await? else {
+    let step = std::time::Instant::now();
+    let team = deps.teams.get(&captured.token).await?;
+    telemetry::step("resolve_team", step.elapsed().as_secs_f64());
+    let Some(team) = team else {
         return Ok(Outcome::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
 
@@ -138,6 +141,7 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
     let person = if personless {
         None
     } else {
+        let step = std::time::Instant::now();
         let (person, changes) = deps
             .persons
             .process(&PersonEvent {
@@ -148,6 +152,10 @@ pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, Depende
                 timestamp: resolved.timestamp,
             })
             .await?;
+        telemetry::step("persons", step.elapsed().as_secs_f64());
+        telemetry::person_writes("person_rows", changes.persons.len());
+        telemetry::person_writes("distinct_id_rows", changes.distinct_ids.len());
+        telemetry::person_writes("merges", changes.persons.iter().filter(|(_, deleted)| *deleted).count());
         for (p, deleted) in &changes.persons {
             rows.persons.push(json!({
                 "id": p.uuid, "team_id": team.id, "properties": Value::Object(p.properties.clone()).to_string(),

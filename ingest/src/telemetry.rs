@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
@@ -52,4 +52,18 @@ pub fn dependency_retry(dependency: &'static str) {
 
 pub fn clickhouse_rows(table: &'static str, n: usize) {
     counter!("ingest_clickhouse_rows_total", "table" => table).increment(n as u64);
+}
+
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!("ingest_consumer_lag", "topic" => topic.to_string(), "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Time spent in one per-event step.
+pub fn step(step: &'static str, seconds: f64) {
+    histogram!("ingest_step_duration_seconds", "step" => step).record(seconds);
+}
+
+/// Person-side writes by kind: `person_rows`, `distinct_id_rows`, `merges`.
+pub fn person_writes(kind: &'static str, n: usize) {
+    counter!("ingest_person_writes_total", "kind" => kind).increment(n as u64);
 }

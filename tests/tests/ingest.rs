@@ -76,6 +76,30 @@ fn sdk_events_become_rows_with_their_team() {
     let group_props: serde_json::Value = serde_json::from_str(groups[0]["group_properties"].as_str().unwrap()).unwrap();
     assert_eq!(group_props["name"], "Acme");
 
+    // The metrics the operator watches.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics =
+            sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+        let missing: Vec<&str> = [
+            "ingest_events_consumed_total",
+            "ingest_events_processed_total",
+            "ingest_end_to_end_lag_seconds",
+            "ingest_step_duration_seconds{step=\"persons\"",
+            "ingest_person_writes_total",
+            "ingest_clickhouse_rows_total",
+            "ingest_consumer_lag{",
+        ]
+        .into_iter()
+        .filter(|m| !metrics.contains(m))
+        .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing from /metrics: {missing:?}\n{metrics}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     let first = rows.iter().find(|r| r["event"] == "sdk test event").unwrap();
     let props: serde_json::Value = serde_json::from_str(first["properties"].as_str().unwrap()).unwrap();
     assert_eq!(props["run"], run.as_str());
