@@ -185,6 +185,7 @@ async fn handle_batch(
     dead_letters: &DeadLetters,
     lane: &'static str,
 ) -> anyhow::Result<()> {
+    prefetch_persons(batch, deps).await?;
     let mut events = Vec::with_capacity(batch.len());
     let mut persons = Vec::new();
     let mut distinct_ids = Vec::new();
@@ -229,6 +230,30 @@ async fn handle_batch(
     }
     telemetry::clickhouse_rows("events", events.len());
     telemetry::processed(lane, events.len());
+    Ok(())
+}
+
+/// Reads the persons of the batch's distinct ids in one query per team, so that events
+/// of returning persons cost no round trip of their own.
+async fn prefetch_persons(batch: &[rdkafka::message::OwnedMessage], deps: &Deps<'_>) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        token: String,
+        distinct_id: String,
+    }
+    let mut ids: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+    for m in batch {
+        // Unparseable messages are the steps' business (dead letters), not this read's.
+        let Ok(key) = serde_json::from_slice::<Key>(m.payload().unwrap_or_default()) else { continue };
+        if let Some(team) = deps.teams.get(&key.token).await? {
+            ids.entry(team.id).or_default().push(key.distinct_id);
+        }
+    }
+    for list in ids.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    deps.persons.prefetch(&ids).await?;
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 pub mod merge;
 pub mod properties;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use serde_json::{json, Map, Value};
 use sluice_schema::person_uuid;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -67,26 +70,64 @@ impl PersonEvent<'_> {
     }
 }
 
+/// What the batch being processed knows of its persons: `None` is a distinct id known to
+/// have no person.
+type BatchPersons = HashMap<(i64, String), Option<Person>>;
+
 pub struct PersonStore {
     pool: PgPool,
+    /// Filled once per batch by [`PersonStore::prefetch`] and kept current by this
+    /// process's own writes, so most events cost no query. Cleared with each batch: a
+    /// merge made by another ingest process is seen from the next batch on.
+    batch: Mutex<BatchPersons>,
 }
 
 impl PersonStore {
     pub fn new(pool: PgPool) -> Self {
-        PersonStore { pool }
+        PersonStore { pool, batch: Mutex::default() }
+    }
+
+    /// Reads, in one query per team, the persons of every distinct id of a batch.
+    pub async fn prefetch(&self, ids: &HashMap<i64, Vec<String>>) -> Result<(), sqlx::Error> {
+        let mut known: BatchPersons = HashMap::new();
+        for (team_id, distinct_ids) in ids {
+            for d in distinct_ids {
+                known.insert((*team_id, d.clone()), None);
+            }
+            let rows = sqlx::query(&format!(
+                "{PERSON_COLUMNS}, d.distinct_id {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = ANY($2)"
+            ))
+            .bind(team_id)
+            .bind(distinct_ids)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                let distinct_id: String = row.get("distinct_id");
+                known.insert((*team_id, distinct_id), Some(person_from_row(row)));
+            }
+        }
+        *self.batch.lock().expect("batch lock") = known;
+        Ok(())
     }
 
     /// Applies one event; returns the event's person (after the event) and what changed.
     pub async fn process(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
-        // Most events are a known person's and change nothing (the same $set again): one
-        // plain read answers them, without a transaction or a lock.
+        // Most events are a known person's and change nothing (the same $set again): the
+        // batch's prefetch (or one plain read) answers them, without a transaction or lock.
         if ev.merge_source().is_none() {
-            let row = sqlx::query(PERSON_BY_DISTINCT_ID)
-                .bind(ev.team_id)
-                .bind(ev.distinct_id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(person) = row.map(person_from_row) {
+            let cached = self.batch.lock().expect("batch lock").get(&(ev.team_id, ev.distinct_id.to_string())).cloned();
+            let current = match cached {
+                Some(known) => known,
+                None => {
+                    sqlx::query(&format!("{PERSON_COLUMNS} {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = $2"))
+                        .bind(ev.team_id)
+                        .bind(ev.distinct_id)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(person_from_row)
+                }
+            };
+            if let Some(person) = current {
                 let mut probe = person.properties.clone();
                 if !Updates::from_properties(ev.properties).apply(&mut probe) {
                     return Ok((person, Changes::default()));
@@ -97,9 +138,27 @@ impl PersonStore {
         loop {
             match self.try_process(ev).await {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < MAX_ATTEMPTS => attempt += 1,
+                Ok((person, changes)) => {
+                    self.remember(ev, &person, &changes);
+                    return Ok((person, changes));
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Keeps the batch's view current after a write of this process.
+    fn remember(&self, ev: &PersonEvent<'_>, person: &Person, changes: &Changes) {
+        let mut batch = self.batch.lock().expect("batch lock");
+        // Entries of a person deleted by a merge, or of the person just changed, are stale.
+        let stale: Vec<i64> = changes.persons.iter().map(|(p, _)| p.id).chain([person.id]).collect();
+        batch.retain(|_, p| p.as_ref().is_none_or(|p| !stale.contains(&p.id)));
+        for (distinct_id, uuid, _) in &changes.distinct_ids {
+            if *uuid == person.uuid {
+                batch.insert((ev.team_id, distinct_id.clone()), Some(person.clone()));
+            }
+        }
+        batch.insert((ev.team_id, ev.distinct_id.to_string()), Some(person.clone()));
     }
 
     async fn try_process(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
@@ -177,9 +236,8 @@ impl PersonStore {
     }
 }
 
-const PERSON_BY_DISTINCT_ID: &str = "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version
-     FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-     WHERE d.team_id = $1 AND d.distinct_id = $2";
+const PERSON_COLUMNS: &str = "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version";
+const PERSON_JOIN: &str = "FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id";
 
 fn person_from_row(r: sqlx::postgres::PgRow) -> Person {
     Person {
@@ -201,11 +259,13 @@ async fn find(
     team_id: i64,
     distinct_id: &str,
 ) -> Result<Option<Person>, sqlx::Error> {
-    let row = sqlx::query(&format!("{PERSON_BY_DISTINCT_ID} FOR UPDATE OF p"))
-        .bind(team_id)
-        .bind(distinct_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "{PERSON_COLUMNS} {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = $2 FOR UPDATE OF p"
+    ))
+    .bind(team_id)
+    .bind(distinct_id)
+    .fetch_optional(&mut **tx)
+    .await?;
     Ok(row.map(person_from_row))
 }
 
