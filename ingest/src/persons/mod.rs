@@ -127,11 +127,24 @@ impl PersonStore {
                         .map(person_from_row)
                 }
             };
-            if let Some(person) = current {
-                let mut probe = person.properties.clone();
-                if !Updates::from_properties(ev.properties).apply(&mut probe) {
-                    return Ok((person, Changes::default()));
+            match current {
+                Some(person) => {
+                    let mut probe = person.properties.clone();
+                    if !Updates::from_properties(ev.properties).apply(&mut probe) {
+                        return Ok((person, Changes::default()));
+                    }
                 }
+                // A new person: one statement creates it with its distinct id. Losing a
+                // race to another process fails on the unique keys, and the locked path
+                // below then finds what the other one created.
+                None => match self.create_alone(ev).await {
+                    Ok((person, changes)) => {
+                        self.remember(ev, &person, &changes);
+                        return Ok((person, changes));
+                    }
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                    Err(e) => return Err(e),
+                },
             }
         }
         let mut attempt = 1;
@@ -145,6 +158,33 @@ impl PersonStore {
                 other => return other,
             }
         }
+    }
+
+    async fn create_alone(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
+        let uuid = person_uuid(ev.team_id, ev.distinct_id);
+        let properties = Updates::from_properties(ev.properties).initial();
+        let id: i64 = sqlx::query_scalar(
+            "WITH p AS (
+                INSERT INTO persons (uuid, team_id, properties, is_identified, created_at, version)
+                VALUES ($1, $2, $3, false, $4, 0) RETURNING id
+             )
+             INSERT INTO person_distinct_ids (team_id, distinct_id, person_id, version)
+             SELECT $2, $5, id, 0 FROM p RETURNING person_id",
+        )
+        .bind(uuid)
+        .bind(ev.team_id)
+        .bind(sqlx::types::Json(Value::Object(properties.clone())))
+        .bind(ev.timestamp)
+        .bind(ev.distinct_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let person = Person { id, uuid, properties, is_identified: false, created_at: ev.timestamp, version: 0 };
+        let changes = Changes {
+            persons: vec![(person.clone(), false)],
+            distinct_ids: vec![(ev.distinct_id.to_string(), uuid, 0)],
+            warnings: Vec::new(),
+        };
+        Ok((person, changes))
     }
 
     /// Keeps the batch's view current after a write of this process.
