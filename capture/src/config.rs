@@ -163,11 +163,6 @@ impl Config {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
-
-    /// The defaults, as `--help` shows them; tests start from here.
-    pub fn defaults() -> Self {
-        Config::parse_from(["sluice-capture"])
-    }
 }
 
 #[cfg(test)]

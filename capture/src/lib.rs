@@ -10,6 +10,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod every;
 pub mod health;
 pub mod limits;
 pub mod normalize;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::every::Every;
 use crate::health::Health;
 use crate::limits::{RedisLists, RefreshSettings};
 use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowSettings};
@@ -175,13 +177,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
 /// Re-probes the broker every `BROKER_PROBE_INTERVAL` on a blocking thread (the metadata
 /// call blocks) until `stop` changes.
-fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_broker_probe(sink: Arc<KafkaSink>, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(BROKER_PROBE_INTERVAL) => {}
-                _ = stop.changed() => return,
-            }
+        // The first probe ran at start.
+        let mut every = Every::after(BROKER_PROBE_INTERVAL, stop);
+        while every.tick().await {
             let sink = sink.clone();
             let _ = tokio::task::spawn_blocking(move || sink.probe(BROKER_PROBE_TIMEOUT)).await;
         }
@@ -192,16 +192,12 @@ fn spawn_broker_probe(sink: Arc<KafkaSink>, mut stop: watch::Receiver<bool>) -> 
 fn spawn_background(
     state: Arc<AppState>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut every = Every::now(Duration::from_secs(1), stop);
         let mut last_housekeeping = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
+        while every.tick().await {
             state.health.tick_server();
             metrics.run_upkeep();
             if last_housekeeping.elapsed() >= OVERFLOW_HOUSEKEEPING {

@@ -10,6 +10,7 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::every::Every;
 use crate::telemetry;
 
 /// One list's members as last read, valid for `stale_after`.
@@ -101,7 +102,7 @@ pub struct RefreshSettings {
 pub fn spawn_refresher(
     lists: RedisLists,
     settings: RefreshSettings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = match redis::Client::open(settings.url.as_str()) {
@@ -112,13 +113,8 @@ pub fn spawn_refresher(
             }
         };
         let mut conn = None;
-        let mut ticker = tokio::time::interval(settings.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+        let mut every = Every::now(settings.interval, stop);
+        while every.tick().await {
             let Some(client) = &client else { continue };
             match refresh_once(client, &mut conn, &lists, &settings).await {
                 Ok(()) => telemetry::redis_refresh(true),

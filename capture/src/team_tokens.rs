@@ -11,6 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::every::Every;
 use crate::limits::LimitList;
 
 #[derive(Clone)]
@@ -45,7 +46,7 @@ pub struct TokenRefresh {
 pub fn spawn_refresher(
     tokens: TeamTokens,
     settings: TokenRefresh,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !tokens.enabled {
@@ -62,13 +63,8 @@ pub fn spawn_refresher(
                 return;
             }
         };
-        let mut ticker = tokio::time::interval(settings.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+        let mut every = Every::now(settings.interval, stop);
+        while every.tick().await {
             let read = sqlx::query_scalar::<_, String>(&settings.query).fetch_all(&pool);
             match tokio::time::timeout(settings.timeout, read).await {
                 Ok(Ok(list)) => tokens.known.replace(list.into_iter().collect()),

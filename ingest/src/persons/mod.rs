@@ -94,13 +94,8 @@ impl PersonStore {
             for d in distinct_ids {
                 known.insert((*team_id, d.clone()), None);
             }
-            let rows = sqlx::query(&format!(
-                "{PERSON_COLUMNS}, d.distinct_id {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = ANY($2)"
-            ))
-            .bind(team_id)
-            .bind(distinct_ids)
-            .fetch_all(&self.pool)
-            .await?;
+            let rows =
+                sqlx::query(PERSONS_OF_DISTINCT_IDS).bind(team_id).bind(distinct_ids).fetch_all(&self.pool).await?;
             for row in rows {
                 let distinct_id: String = row.get("distinct_id");
                 known.insert((*team_id, distinct_id), Some(person_from_row(row)));
@@ -118,14 +113,12 @@ impl PersonStore {
             let cached = self.batch.lock().expect("batch lock").get(&(ev.team_id, ev.distinct_id.to_string())).cloned();
             let current = match cached {
                 Some(known) => known,
-                None => {
-                    sqlx::query(&format!("{PERSON_COLUMNS} {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = $2"))
-                        .bind(ev.team_id)
-                        .bind(ev.distinct_id)
-                        .fetch_optional(&self.pool)
-                        .await?
-                        .map(person_from_row)
-                }
+                None => sqlx::query(PERSON_OF_DISTINCT_ID)
+                    .bind(ev.team_id)
+                    .bind(ev.distinct_id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(person_from_row),
             };
             match current {
                 Some(person) => {
@@ -276,8 +269,20 @@ impl PersonStore {
     }
 }
 
-const PERSON_COLUMNS: &str = "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version";
-const PERSON_JOIN: &str = "FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id";
+/// The three person reads differ only in their tail; built at compile time because they
+/// run for nearly every event.
+macro_rules! person_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at, p.version, d.distinct_id
+             FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id ",
+            $tail
+        )
+    };
+}
+const PERSON_OF_DISTINCT_ID: &str = person_query!("WHERE d.team_id = $1 AND d.distinct_id = $2");
+const PERSON_OF_DISTINCT_ID_LOCKED: &str = person_query!("WHERE d.team_id = $1 AND d.distinct_id = $2 FOR UPDATE OF p");
+const PERSONS_OF_DISTINCT_IDS: &str = person_query!("WHERE d.team_id = $1 AND d.distinct_id = ANY($2)");
 
 fn person_from_row(r: sqlx::postgres::PgRow) -> Person {
     Person {
@@ -299,13 +304,8 @@ async fn find(
     team_id: i64,
     distinct_id: &str,
 ) -> Result<Option<Person>, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "{PERSON_COLUMNS} {PERSON_JOIN} WHERE d.team_id = $1 AND d.distinct_id = $2 FOR UPDATE OF p"
-    ))
-    .bind(team_id)
-    .bind(distinct_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let row =
+        sqlx::query(PERSON_OF_DISTINCT_ID_LOCKED).bind(team_id).bind(distinct_id).fetch_optional(&mut **tx).await?;
     Ok(row.map(person_from_row))
 }
 

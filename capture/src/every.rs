@@ -1,0 +1,55 @@
+//! The one loop shape of capture's background tasks: do something every period until
+//! shutdown is signalled.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+pub struct Every {
+    ticks: Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Every {
+    /// Ticks at once, then every `period`.
+    pub fn now(period: Duration, stop: watch::Receiver<bool>) -> Every {
+        Self::starting(Instant::now(), period, stop)
+    }
+
+    /// First tick after one `period` (for work already done once at start).
+    pub fn after(period: Duration, stop: watch::Receiver<bool>) -> Every {
+        Self::starting(Instant::now() + period, period, stop)
+    }
+
+    fn starting(start: Instant, period: Duration, stop: watch::Receiver<bool>) -> Every {
+        let mut ticks = interval_at(start, period);
+        // A slow round (a Redis timeout, a blocked probe) delays the next one instead of
+        // causing a burst of catch-up rounds.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Every { ticks, stop }
+    }
+
+    /// Waits for the next tick; `false` once shutdown is signalled.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.ticks.tick() => true,
+            _ = self.stop.changed() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_until_stopped() {
+        let (tx, rx) = watch::channel(false);
+        let mut every = Every::now(Duration::from_secs(1), rx);
+        assert!(every.tick().await);
+        assert!(every.tick().await);
+        tx.send(true).unwrap();
+        assert!(!every.tick().await);
+    }
+}
