@@ -20,10 +20,14 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = pool(config).await?;
     sluice_schema::postgres::MIGRATOR.run(&pool).await.context("applying the Postgres migrations")?;
     println!("postgres: migrations applied ({} known)", sluice_schema::postgres::MIGRATOR.iter().count());
-    let ch =
-        ClickHouse::connect(&config.clickhouse_url, &config.clickhouse_database, std::time::Duration::from_secs(30))
-            .await
-            .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
+    let ch = ClickHouse::connect(
+        &config.clickhouse_url,
+        &config.clickhouse_database,
+        std::time::Duration::from_secs(30),
+        config.clickhouse_compression,
+    )
+    .await
+    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
     let n = ch.migrate().await.context("applying the ClickHouse DDL")?;
     println!("clickhouse: {n} statements applied to database {} ({:?} column types)", ch.database, ch.flavor);
     Ok(())

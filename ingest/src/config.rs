@@ -149,6 +149,10 @@ pub struct Config {
     #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500, global = true)]
     pub batch_max_wait_ms: u64,
 
+    /// Most groups of a batch (events of one person, in order) processed at once.
+    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 8, global = true)]
+    pub batch_concurrency: usize,
+
     /// Postgres holding teams (and persons).
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice", global = true)]
     pub database_url: String,
@@ -175,10 +179,16 @@ pub struct Config {
     /// ClickHouse database holding Sluice's tables.
     #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "sluice", global = true)]
     pub clickhouse_database: String,
+    /// Encoding of insert bodies.
+    #[arg(long, env = "CLICKHOUSE_COMPRESSION", value_enum, default_value = "gzip", global = true)]
+    pub clickhouse_compression: crate::write::Compression,
     /// Timeout of one ClickHouse request.
     #[arg(long, env = "CLICKHOUSE_TIMEOUT_MS", default_value_t = 30_000, global = true)]
     pub clickhouse_timeout_ms: u64,
 
+    /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
+    #[arg(long, env = "READINESS_PROBE_INTERVAL_MS", default_value_t = 5_000, global = true)]
+    pub readiness_probe_interval_ms: u64,
     /// Longest pause between retries while a dependency is down.
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000, global = true)]
     pub retry_max_backoff_ms: u64,

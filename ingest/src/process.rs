@@ -63,21 +63,33 @@ fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, te
     Outcome::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
 }
 
-pub async fn process(payload: &[u8], deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
+/// Step 1, the outer message: read once per message, by the batch plan and then the steps.
+pub fn parse_message(payload: &[u8]) -> Result<CapturedEvent, DeadLetter> {
+    let dead = |error_class, error: String| DeadLetter { stage: "parse", error, error_class, team_id: None };
+    let captured: CapturedEvent =
+        serde_json::from_slice(payload).map_err(|e| dead("invalid_message", e.to_string()))?;
+    if captured.event.is_empty() || captured.distinct_id.trim().is_empty() {
+        return Err(dead("missing_field", "event name or distinct_id is empty".into()));
+    }
+    Ok(captured)
+}
+
+/// The distinct id a merge event ($identify, $create_alias, $merge_dangerously) merges
+/// into its own; the batch plan keeps both ids' events in one ordered group.
+pub fn merge_source(captured: &CapturedEvent) -> Option<String> {
+    let key = crate::persons::merge_source_property(&captured.event)?;
+    let data: Value = serde_json::from_str(&captured.data).ok()?;
+    data.get("properties")?.get(key)?.as_str().map(str::to_string)
+}
+
+pub async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
     let flavor = deps.flavor;
-    // 1. Parse: the outer message, then the client's event in `data`.
-    let captured: CapturedEvent = match serde_json::from_slice(payload) {
-        Ok(c) => c,
-        Err(e) => return Ok(dead("parse", "invalid_message", e, None)),
-    };
+    // 1. Parse the client's event in `data` (the outer message is [`parse_message`]'s).
     let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {
         Ok(Value::Object(d)) => d,
         Ok(_) => return Ok(dead("parse", "invalid_data", "data is not a JSON object", None)),
         Err(e) => return Ok(dead("parse", "invalid_data", e, None)),
     };
-    if captured.event.is_empty() || captured.distinct_id.trim().is_empty() {
-        return Ok(dead("parse", "missing_field", "event name or distinct_id is empty", None));
-    }
 
     // 2. Team.
     let step = std::time::Instant::now();

@@ -54,6 +54,11 @@ pub fn clickhouse_rows(table: &'static str, n: usize) {
     counter!("ingest_clickhouse_rows_total", "table" => table).increment(n as u64);
 }
 
+/// A row ClickHouse refused for its data; its event went to the dead letters.
+pub fn clickhouse_refused(table: &'static str) {
+    counter!("ingest_clickhouse_refused_rows_total", "table" => table).increment(1);
+}
+
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     gauge!("ingest_consumer_lag", "topic" => topic.to_string(), "partition" => partition.to_string()).set(lag as f64);
 }

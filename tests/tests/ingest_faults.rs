@@ -29,6 +29,18 @@ fn host_port(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_string()
 }
 
+fn readiness(ingest: &Ingest) -> u16 {
+    sluice_tests::http().get(format!("http://{}/_readiness", ingest.address())).send().unwrap().status().as_u16()
+}
+
+fn wait_for_readiness(ingest: &Ingest, status: u16) {
+    let start = std::time::Instant::now();
+    while readiness(ingest) != status {
+        assert!(start.elapsed() < Duration::from_secs(15), "readiness never became {status}: {}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Cuts the proxy, sends more, checks nothing moves and nothing is dead-lettered, restores
 /// it and waits for every event.
 fn outage_then_catch_up(cap: &Capture, ingest: &Ingest, proxy: &Proxy, token: &str) {
@@ -39,13 +51,13 @@ fn outage_then_catch_up(cap: &Capture, ingest: &Ingest, proxy: &Proxy, token: &s
     );
 
     proxy.cut();
+    // The lane is idle: the readiness probe, not a failing batch, must notice.
+    wait_for_readiness(ingest, 503);
     send(cap, token, "during", 20);
     std::thread::sleep(Duration::from_secs(3));
     let during = count(ingest);
     assert_eq!(during, 10, "nothing written while the dependency is down");
-    let readiness =
-        sluice_tests::http().get(format!("http://{}/_readiness", ingest.address())).send().unwrap().status();
-    assert_eq!(readiness, 503, "readiness reports the outage");
+    assert_eq!(readiness(ingest), 503, "readiness reports the outage");
 
     proxy.restore();
     let start = std::time::Instant::now();
@@ -54,6 +66,7 @@ fn outage_then_catch_up(cap: &Capture, ingest: &Ingest, proxy: &Proxy, token: &s
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(count(ingest), 30);
+    wait_for_readiness(ingest, 200);
     assert!(read_topic(&cap.kafka, &ingest.dlq_topic, 0, Duration::from_secs(2)).is_empty(), "nothing dead-lettered");
 }
 
@@ -62,8 +75,11 @@ fn clickhouse_down_means_lag_then_catch_up() {
     let proxy = Proxy::start(&host_port(&sluice_tests::clickhouse_url()));
     let cap = Capture::start("ch-down", &[]);
     let url = format!("http://127.0.0.1:{}", proxy.port);
-    let ingest =
-        Ingest::start("ch_down", &cap.topics.main, &[("CLICKHOUSE_URL", &url), ("RETRY_MAX_BACKOFF_MS", "500")]);
+    let ingest = Ingest::start(
+        "ch_down",
+        &cap.topics.main,
+        &[("CLICKHOUSE_URL", &url), ("RETRY_MAX_BACKOFF_MS", "500"), ("READINESS_PROBE_INTERVAL_MS", "300")],
+    );
     let token = create_team(&unique("ch-down team"));
     outage_then_catch_up(&cap, &ingest, &proxy, &token);
 }
@@ -78,8 +94,66 @@ fn postgres_down_means_lag_then_catch_up() {
     let ingest = Ingest::start(
         "pg_down",
         &cap.topics.main,
-        &[("DATABASE_URL", &url), ("RETRY_MAX_BACKOFF_MS", "500"), ("TEAM_CACHE_TTL_MS", "100")],
+        &[
+            ("DATABASE_URL", &url),
+            ("RETRY_MAX_BACKOFF_MS", "500"),
+            ("TEAM_CACHE_TTL_MS", "100"),
+            ("READINESS_PROBE_INTERVAL_MS", "300"),
+        ],
     );
     let token = create_team(&unique("pg-down team"));
     outage_then_catch_up(&cap, &ingest, &proxy, &token);
+}
+
+/// ClickHouse refusing one row's data is not an outage: that event goes to the dead
+/// letters with the reason, its neighbours are written, the lane goes on, and a replay
+/// after the fix brings it in.
+#[test]
+fn a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_written() {
+    let cap = Capture::start("ch-refuses", &[]);
+    let ingest = Ingest::start("ch_refuses", &cap.topics.main, &[]);
+    let token = create_team(&unique("ch-refuses team"));
+    let events = ingest.table("events");
+    // A schema that cannot hold every value: distinct ids must now be numbers.
+    let alter = |ty: &str| {
+        let sql = format!("ALTER TABLE {events} MODIFY COLUMN distinct_id {ty}");
+        let r = sluice_tests::http().post(sluice_tests::clickhouse_url()).body(sql).send().unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+    };
+    alter("UInt64");
+
+    let ids = ["1001", "1002", "1003", "not-a-number", "1004", "1005", "1006"];
+    let batch: Vec<_> = ids.iter().map(|d| json!({"event": "e", "distinct_id": d})).collect();
+    assert_eq!(
+        cap.post("/batch", "application/json", json!({"api_key": token, "batch": batch}).to_string()).status,
+        200
+    );
+    let rows = wait_for_rows(&format!("SELECT distinct_id FROM {events}"), 6, Duration::from_secs(30));
+    assert_eq!(rows.len(), 6, "{}", ingest.log_text());
+    let dead = read_topic(&cap.kafka, &ingest.dlq_topic, 1, Duration::from_secs(20));
+    assert_eq!(dead.len(), 1, "only the refused event");
+    assert_eq!(dead[0].value["distinct_id"], "not-a-number", "{}", dead[0].value);
+    assert_eq!(dead[0].headers.get("dlq_stage").map(String::as_str), Some("write"));
+    assert_eq!(dead[0].headers.get("dlq_error_class").map(String::as_str), Some("clickhouse_refused"));
+    assert!(dead[0].headers.get("dlq_error").is_some_and(|e| e.contains("events")), "{:?}", dead[0].headers);
+
+    // The lane did not stop at it.
+    let later = json!({"api_key": token, "batch": [{"event": "later", "distinct_id": "2001"}]});
+    assert_eq!(cap.post("/batch", "application/json", later.to_string()).status, 200);
+    assert_eq!(wait_for_rows(&format!("SELECT distinct_id FROM {events}"), 7, Duration::from_secs(30)).len(), 7);
+
+    // The operator fixes the schema and replays.
+    alter("String");
+    let dlq_env = [("KAFKA_DLQ_TOPIC", ingest.dlq_topic.as_str())];
+    let replayed = sluice_tests::ingest_command(&["dlq", "replay", "--since", "1h"], &dlq_env);
+    assert_eq!(replayed.trim(), "replayed 1 of 1 dead letters");
+    let rows = wait_for_rows(
+        &format!("SELECT distinct_id FROM {events} WHERE distinct_id = 'not-a-number'"),
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(rows.len(), 1, "{}", ingest.log_text());
+    let metrics =
+        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    assert!(metrics.contains(r#"ingest_clickhouse_refused_rows_total{table="events"} 1"#), "{metrics}");
 }

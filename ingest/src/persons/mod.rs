@@ -20,7 +20,7 @@ use uuid::Uuid;
 use self::merge::{Decision, PersonRef};
 use self::properties::Updates;
 
-/// Attempts of one event's transaction when it loses a unique-key race.
+/// Attempts of one event's transaction when it loses a race (see [`lost_race`]).
 const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +61,16 @@ pub struct PersonEvent<'a> {
 impl PersonEvent<'_> {
     /// The id this event merges into its own distinct_id, if it is a merge.
     fn merge_source(&self) -> Option<&str> {
-        let key = match self.event {
-            "$identify" => "$anon_distinct_id",
-            "$create_alias" | "$merge_dangerously" => "alias",
-            _ => return None,
-        };
-        self.properties.get(key).and_then(Value::as_str)
+        self.properties.get(merge_source_property(self.event)?).and_then(Value::as_str)
+    }
+}
+
+/// The property naming the id a merge event merges into its `distinct_id`.
+pub fn merge_source_property(event: &str) -> Option<&'static str> {
+    match event {
+        "$identify" => Some("$anon_distinct_id"),
+        "$create_alias" | "$merge_dangerously" => Some("alias"),
+        _ => None,
     }
 }
 
@@ -87,8 +91,9 @@ impl PersonStore {
         PersonStore { pool, batch: Mutex::default() }
     }
 
-    /// Reads, in one query per team, the persons of every distinct id of a batch.
-    pub async fn prefetch(&self, ids: &HashMap<i64, Vec<String>>) -> Result<(), sqlx::Error> {
+    /// Reads, in one query per team, the persons of every distinct id of a batch;
+    /// returns the person id of each distinct id that has one.
+    pub async fn prefetch(&self, ids: &HashMap<i64, Vec<String>>) -> Result<HashMap<(i64, String), i64>, sqlx::Error> {
         let mut known: BatchPersons = HashMap::new();
         for (team_id, distinct_ids) in ids {
             for d in distinct_ids {
@@ -101,8 +106,9 @@ impl PersonStore {
                 known.insert((*team_id, distinct_id), Some(person_from_row(row)));
             }
         }
+        let person_ids = known.iter().filter_map(|(k, p)| Some((k.clone(), p.as_ref()?.id))).collect();
         *self.batch.lock().expect("batch lock") = known;
-        Ok(())
+        Ok(person_ids)
     }
 
     /// Applies one event; returns the event's person (after the event) and what changed.
@@ -135,7 +141,7 @@ impl PersonStore {
                         self.remember(ev, &person, &changes);
                         return Ok((person, changes));
                     }
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                    Err(e) if lost_race(&e) => {}
                     Err(e) => return Err(e),
                 },
             }
@@ -143,7 +149,7 @@ impl PersonStore {
         let mut attempt = 1;
         loop {
             match self.try_process(ev).await {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < MAX_ATTEMPTS => attempt += 1,
+                Err(e) if lost_race(&e) && attempt < MAX_ATTEMPTS => attempt += 1,
                 Ok((person, changes)) => {
                     self.remember(ev, &person, &changes);
                     return Ok((person, changes));
@@ -266,6 +272,16 @@ impl PersonStore {
         };
         tx.commit().await?;
         Ok((person, changes))
+    }
+}
+
+/// A conflict with a concurrent transaction (this or another process): a unique key
+/// taken meanwhile, or a deadlock between two merges locking the same persons in
+/// opposite orders. Trying again sees the other's result.
+fn lost_race(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(e) => e.is_unique_violation() || matches!(e.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
     }
 }
 

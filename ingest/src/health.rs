@@ -1,0 +1,120 @@
+//! `/_liveness`, `/_readiness` and `/metrics`.
+//!
+//! Liveness is the consume loop going round. Readiness is the dependencies answering:
+//! the loop reports a batch it cannot write, and a probe asks each dependency between
+//! batches, so an idle lane reports an outage before traffic finds it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::PgPool;
+use tracing::{info, warn};
+
+use crate::write::ClickHouse;
+
+/// Liveness fails when the consume loop has not gone round for this long.
+const LOOP_STALL: Duration = Duration::from_secs(120);
+
+pub struct Health {
+    started: Instant,
+    loop_tick_ms: AtomicU64,
+    batch_failing: AtomicBool,
+    probe_failing: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Health {
+            started: Instant::now(),
+            loop_tick_ms: AtomicU64::new(0),
+            batch_failing: AtomicBool::new(false),
+            probe_failing: AtomicBool::new(false),
+        })
+    }
+
+    /// The consume loop is alive.
+    pub fn tick(&self) {
+        self.loop_tick_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn batch_failing(&self, failing: bool) {
+        self.batch_failing.store(failing, Ordering::Relaxed);
+    }
+
+    fn live(&self) -> bool {
+        let idle =
+            (self.started.elapsed().as_millis() as u64).saturating_sub(self.loop_tick_ms.load(Ordering::Relaxed));
+        idle < LOOP_STALL.as_millis() as u64
+    }
+
+    fn ready(&self) -> bool {
+        !self.batch_failing.load(Ordering::Relaxed) && !self.probe_failing.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn serve(
+    address: std::net::SocketAddr,
+    health: Arc<Health>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let status = |ok: bool| if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let app = axum::Router::new()
+        .route("/_liveness", get(move |State(h): State<Arc<Health>>| async move { status(h.live()) }))
+        .route("/_readiness", get(move |State(h): State<Arc<Health>>| async move { status(h.ready()) }))
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+/// What the probe asks.
+pub struct Dependencies {
+    pub postgres: PgPool,
+    pub clickhouse: Arc<ClickHouse>,
+    pub kafka: FutureProducer,
+}
+
+/// Asks every dependency each `period` (bounded by it) while the process runs.
+pub fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let down = probe(&deps, period.max(Duration::from_secs(1))).await;
+            let was_failing = health.probe_failing.swap(!down.is_empty(), Ordering::Relaxed);
+            match (was_failing, down.is_empty()) {
+                (false, false) => warn!(?down, "dependencies not answering; not ready"),
+                (true, true) => info!("dependencies answering again; ready"),
+                _ => {}
+            }
+        }
+    });
+}
+
+async fn probe(deps: &Dependencies, timeout: Duration) -> Vec<&'static str> {
+    let postgres = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&deps.postgres));
+    let clickhouse = tokio::time::timeout(timeout, deps.clickhouse.query("SELECT 1"));
+    let producer = deps.kafka.clone();
+    let kafka = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok());
+    let (postgres, clickhouse, kafka) = tokio::join!(postgres, clickhouse, kafka);
+    let mut down = Vec::new();
+    if !matches!(postgres, Ok(Ok(_))) {
+        down.push("postgres");
+    }
+    if !matches!(clickhouse, Ok(Ok(_))) {
+        down.push("clickhouse");
+    }
+    if !matches!(kafka, Ok(true)) {
+        down.push("kafka");
+    }
+    down
+}
