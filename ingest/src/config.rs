@@ -173,6 +173,22 @@ pub struct Config {
     #[arg(long, env = "RESTRICT_SKIP_PERSONS", default_value = "", global = true)]
     pub restrict_skip_persons: String,
 
+    /// Redis holding restrictions set at run time; empty for none.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    pub redis_url: String,
+    /// Prefix of the Redis keys (`<prefix>ingest-restrictions/drop-events`, `.../skip-persons`).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/", global = true)]
+    pub redis_key_prefix: String,
+    /// How often the Redis restrictions are re-read.
+    #[arg(long, env = "REDIS_REFRESH_INTERVAL_MS", default_value_t = 5_000, global = true)]
+    pub redis_refresh_interval_ms: u64,
+    /// Timeout of each Redis call.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500, global = true)]
+    pub redis_timeout_ms: u64,
+    /// Restrictions read from Redis are forgotten when not refreshed for this long.
+    #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000, global = true)]
+    pub redis_stale_after_ms: u64,
+
     /// ClickHouse HTTP interface.
     #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", global = true)]
     pub clickhouse_url: String,

@@ -43,7 +43,7 @@ use crate::health::{Dependencies, Health};
 use crate::persons::PersonStore;
 use crate::process::Deps;
 use crate::resolve::TeamCache;
-use crate::restrict::Restrictions;
+use crate::restrict::{RedisSettings, Restrictions};
 use crate::write::ClickHouse;
 
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
@@ -63,7 +63,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
     let persons = PersonStore::new(pool.clone());
     let groups = GroupStore::new(pool.clone());
-    let restrictions = Restrictions::parse(&config.restrict_drop_events, &config.restrict_skip_persons);
+    let restrictions = Arc::new(Restrictions::parse(
+        &config.restrict_drop_events,
+        &config.restrict_skip_persons,
+        Duration::from_millis(config.redis_stale_after_ms),
+    ));
+    restrict::spawn_refresher(
+        restrictions.clone(),
+        RedisSettings {
+            url: config.redis_url.clone(),
+            key_prefix: config.redis_key_prefix.clone(),
+            interval: Duration::from_millis(config.redis_refresh_interval_ms),
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+        },
+    );
     let ch = Arc::new(connect_clickhouse(&config, &health).await);
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 

@@ -239,35 +239,55 @@ fn the_result_does_not_depend_on_batch_size() {
 }
 
 #[test]
-fn restrictions_drop_events_or_skip_persons() {
+fn restrictions_from_configuration_and_redis_drop_events_or_skip_persons() {
     // The token must exist before ingest starts, to be named in its configuration.
     sluice_tests::ingest_command(&["migrate"], &[]);
     let token = create_team(&unique("restricted team"));
     let drop = format!("{token}:blocked");
     let skip = format!("{token}:crawler");
+    // The same two, set at run time in Redis, for two other distinct ids.
+    let prefix = format!("{}/", unique("restrict"));
+    sluice_tests::redis_zadd(&format!("{prefix}ingest-restrictions/drop-events"), &format!("{token}:r-blocked"), 600);
+    sluice_tests::redis_zadd(&format!("{prefix}ingest-restrictions/skip-persons"), &format!("{token}:r-crawler"), 600);
+    // Expired: applies no more.
+    sluice_tests::redis_zadd(&format!("{prefix}ingest-restrictions/drop-events"), &format!("{token}:r-human"), -10);
     let cap = Capture::start("restrict", &[]);
     let ingest = Ingest::start(
         "restrict",
         &cap.topics.main,
-        &[("RESTRICT_DROP_EVENTS", drop.as_str()), ("RESTRICT_SKIP_PERSONS", skip.as_str())],
+        &[
+            ("RESTRICT_DROP_EVENTS", drop.as_str()),
+            ("RESTRICT_SKIP_PERSONS", skip.as_str()),
+            ("REDIS_KEY_PREFIX", prefix.as_str()),
+            ("REDIS_REFRESH_INTERVAL_MS", "100"),
+        ],
     );
+    std::thread::sleep(Duration::from_secs(1)); // the first read of Redis, at start
     let batch = json!({"api_key": token, "batch": [
         {"event": "e", "distinct_id": "blocked", "properties": {"$set": {"a": 1}}},
         {"event": "e", "distinct_id": "crawler", "properties": {"$set": {"a": 1}}},
         {"event": "e", "distinct_id": "human", "properties": {"$set": {"a": 1}}},
+        {"event": "e", "distinct_id": "r-blocked", "properties": {"$set": {"a": 1}}},
+        {"event": "e", "distinct_id": "r-crawler", "properties": {"$set": {"a": 1}}},
+        {"event": "e", "distinct_id": "r-human", "properties": {"$set": {"a": 1}}},
     ]});
     assert_eq!(cap.post("/batch", "application/json", batch.to_string()).status, 200);
     let sql = format!("SELECT distinct_id, person_mode FROM {} ORDER BY distinct_id", ingest.table("events"));
-    wait_for_rows(&sql, 2, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500)); // the dropped event would have landed by now
+    wait_for_rows(&sql, 4, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500)); // the dropped events would have landed by now
     let rows = sluice_tests::clickhouse_rows(&sql);
     assert_eq!(
         rows,
         vec![
             json!({"distinct_id": "crawler", "person_mode": "propertyless"}),
-            json!({"distinct_id": "human", "person_mode": "full"})
+            json!({"distinct_id": "human", "person_mode": "full"}),
+            json!({"distinct_id": "r-crawler", "person_mode": "propertyless"}),
+            json!({"distinct_id": "r-human", "person_mode": "full"}),
         ]
     );
     let persons = persons_of(&token);
-    assert_eq!(persons.iter().map(|p| p.ids.clone()).collect::<Vec<_>>(), vec![vec!["human".to_string()]]);
+    assert_eq!(
+        persons.iter().map(|p| p.ids.clone()).collect::<Vec<_>>(),
+        vec![vec!["human".to_string()], vec!["r-human".to_string()]]
+    );
 }
