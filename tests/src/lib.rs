@@ -538,3 +538,42 @@ where
         f(&pool).await
     })
 }
+
+/// A real PostHog SDK client, installed by the test command.
+#[derive(Debug, Clone, Copy)]
+pub enum Sdk {
+    /// `posthog` from PyPI, in the project's virtualenv.
+    Python,
+    /// `posthog-node` from npm, in `tests/sdk/node/node_modules`.
+    Node,
+}
+
+impl Sdk {
+    /// The command that sends the fixed sequence of `tests/sdk/*/send.*` (one event,
+    /// identify, alias, group identify, a grouped event) as `anon-<run>` / `user-<run>`.
+    pub fn send_command(self, host: &str, token: &str, run: &str, gzip: bool) -> Command {
+        let gzip = if gzip { "1" } else { "0" };
+        match self {
+            Sdk::Python => {
+                let venv =
+                    std::env::var("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
+                let py = venv.join("bin/python");
+                assert!(py.exists(), "{} missing: the test command (./dev test) creates the virtualenv", py.display());
+                let mut c = Command::new(py);
+                c.arg(repo_root().join("tests/sdk/python/send.py")).args([host, token, run, gzip]);
+                c
+            }
+            Sdk::Node => {
+                let dir = repo_root().join("tests/sdk/node");
+                assert!(
+                    dir.join("node_modules/posthog-node").exists(),
+                    "posthog-node not installed: ./dev test runs npm install in {}",
+                    dir.display()
+                );
+                let mut c = Command::new("node");
+                c.current_dir(dir).args(["send.mjs", host, token, run, gzip]);
+                c
+            }
+        }
+    }
+}

@@ -3,19 +3,13 @@
 //! what cannot be processed is dead-lettered; a `kill -9` loses and duplicates nothing.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
-use sluice_tests::{create_team, repo_root, unique, wait_for_rows, Capture, Ingest};
+use sluice_tests::{create_team, unique, wait_for_rows, Capture, Ingest, Sdk};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-
-fn python() -> std::path::PathBuf {
-    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
-    venv.join("bin/python")
-}
 
 /// ClickHouse 18.16 prints DateTime as `YYYY-MM-DD hh:mm:ss` in the server's zone (UTC here).
 fn parse_ch_time(s: &str) -> OffsetDateTime {
@@ -24,17 +18,22 @@ fn parse_ch_time(s: &str) -> OffsetDateTime {
 }
 
 #[test]
-fn sdk_events_become_rows_with_their_team() {
+fn posthog_python_events_become_rows_with_their_team_and_person() {
+    sdk_events_become_rows(Sdk::Python);
+}
+
+#[test]
+fn posthog_node_events_become_rows_with_their_team_and_person() {
+    sdk_events_become_rows(Sdk::Node);
+}
+
+fn sdk_events_become_rows(sdk: Sdk) {
     let cap = Capture::start("ingest-sdk", &[]);
     let ingest = Ingest::start("ingest_sdk", &cap.topics.main, &[]);
     let token = create_team(&unique("sdk team"));
     let run = unique("run");
-    let out = Command::new(python())
-        .arg(repo_root().join("tests/sdk/python/send.py"))
-        .args([&cap.url, &token, &run, "1"])
-        .output()
-        .expect("posthog-python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sdk.send_command(&cap.url, &token, &run, true).output().expect("sdk client");
+    assert!(out.status.success(), "{sdk:?}: {}", String::from_utf8_lossy(&out.stderr));
 
     let sql = format!(
         "SELECT event, team_id, distinct_id, person_id, properties, timestamp FROM {} FINAL",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_tests::{create_team, postgres, unique, wait_for_rows, Capture, Ingest, TestTopics};
+use sluice_tests::{create_team, postgres, unique, wait_for_rows, Capture, Ingest, Sdk, TestTopics};
 
 /// A person as Postgres holds it: uuid, properties, identified, version, distinct ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -290,4 +290,85 @@ fn restrictions_from_configuration_and_redis_drop_events_or_skip_persons() {
         persons.iter().map(|p| p.ids.clone()).collect::<Vec<_>>(),
         vec![vec!["human".to_string()], vec!["r-human".to_string()]]
     );
+}
+
+#[test]
+fn posthog_python_drives_the_person_story() {
+    sdk_person_story(Sdk::Python);
+}
+
+#[test]
+fn posthog_node_drives_the_person_story() {
+    sdk_person_story(Sdk::Node);
+}
+
+/// The person rules as the real SDKs exercise them, one SDK call at a time (each waits
+/// for its row, so the next sees its effect): `$set`/`$set_once`/`$unset`, anonymous →
+/// identify → later events on that person, an alias refused between two identified
+/// persons, `$merge_dangerously`, a personless event.
+fn sdk_person_story(sdk: Sdk) {
+    // The story's own properties, without those an SDK adds about its platform
+    // (posthog-python sends $os, which normalization turns into $set/$set_once too).
+    let own = |props: &Value| -> Value {
+        props
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.starts_with('$'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let cap = Capture::start("sdk-persons", &[]);
+    let ingest = Ingest::start("sdk_persons", &cap.topics.main, &[]);
+    let token = create_team(&unique("sdk persons"));
+    let run = unique("story");
+    let id = |p: &str| format!("{p}-{run}");
+    let events = ingest.table("events");
+    let mut written = 0;
+    let mut step = |name: &str| {
+        let out = sdk.send_command(&cap.url, &token, &run, true).arg(name).output().expect("sdk client");
+        assert!(out.status.success(), "{sdk:?} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        written += 1;
+        let rows = wait_for_rows(&format!("SELECT uuid FROM {events} FINAL"), written, Duration::from_secs(30));
+        assert_eq!(rows.len(), written, "{sdk:?} {name}: {}", ingest.log_text());
+    };
+    let ids = |persons: &[PersonState]| persons.iter().map(|p| p.ids.clone()).collect::<Vec<_>>();
+
+    step("set");
+    step("update");
+    let persons = persons_of(&token);
+    assert_eq!(ids(&persons), vec![vec![id("a2")]]);
+    assert_eq!(own(&persons[0].properties), json!({"plan": "pro", "source": "ads"}), "set, set_once kept, unset");
+    assert!(!persons[0].identified);
+
+    step("identify");
+    step("later");
+    let persons = persons_of(&token);
+    assert_eq!(ids(&persons), vec![vec![id("a2"), id("u2")]]);
+    assert!(persons[0].identified);
+    let later = sluice_tests::clickhouse_rows(&format!("SELECT person_id FROM {events} WHERE event = 'later'"));
+    assert_eq!(later[0]["person_id"], persons[0].uuid.as_str(), "the anonymous id's later event is on the person");
+
+    step("other");
+    step("alias");
+    let refused = wait_for_rows(
+        &format!(
+            "SELECT type FROM {} WHERE type = 'cannot_merge_already_identified'",
+            ingest.table("ingestion_warnings")
+        ),
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(refused.len(), 1);
+    assert_eq!(ids(&persons_of(&token)), vec![vec![id("a2"), id("u2")], vec![id("a3"), id("u3")]]);
+
+    step("dangerous");
+    let persons = persons_of(&token);
+    assert_eq!(ids(&persons), vec![vec![id("a2"), id("a3"), id("u2"), id("u3")]]);
+    assert_eq!(own(&persons[0].properties), json!({"name": "other", "plan": "pro", "source": "ads"}));
+
+    step("personless");
+    let ghost = sluice_tests::clickhouse_rows(&format!("SELECT person_mode FROM {events} WHERE event = 'ghost'"));
+    assert_eq!(ghost[0]["person_mode"], "propertyless");
+    assert_eq!(persons_of(&token).len(), 1, "no person for the personless event");
 }

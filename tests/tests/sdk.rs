@@ -4,24 +4,7 @@
 
 use std::process::Command;
 
-use sluice_tests::{repo_root, unique, Capture, Record};
-
-fn python() -> std::path::PathBuf {
-    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
-    let py = venv.join("bin/python");
-    assert!(py.exists(), "{} missing: the test command (./dev test) creates the virtualenv", py.display());
-    py
-}
-
-fn node_dir() -> std::path::PathBuf {
-    let dir = repo_root().join("tests/sdk/node");
-    assert!(
-        dir.join("node_modules/posthog-node").exists(),
-        "posthog-node not installed: ./dev test runs npm install in {}",
-        dir.display()
-    );
-    dir
-}
+use sluice_tests::{unique, Capture, Record, Sdk};
 
 fn check_sequence(records: &[Record], token: &str, run: &str) {
     let anon = format!("anon-{run}");
@@ -87,12 +70,12 @@ fn run_sdk(cap: &Capture, program: &mut Command, what: &str) {
 
 /// Runs one SDK's sequence with gzip off then on, each under a token of its own, and
 /// checks what arrived.
-fn sdk_sequence(test: &str, command: impl Fn(&Capture, &str, &str, &str) -> Command) {
+fn sdk_sequence(test: &str, sdk: Sdk) {
     let cap = Capture::start(test, &[]);
-    for (i, gzip) in ["0", "1"].into_iter().enumerate() {
+    for (i, gzip) in [false, true].into_iter().enumerate() {
         let token = unique(&format!("phc-{test}"));
         let run = unique(test);
-        let mut program = command(&cap, &token, &run, gzip);
+        let mut program = sdk.send_command(&cap.url, &token, &run, gzip);
         run_sdk(&cap, &mut program, test);
         let records: Vec<Record> = cap
             .read(&cap.topics.main, 5 * (i + 1))
@@ -105,18 +88,10 @@ fn sdk_sequence(test: &str, command: impl Fn(&Capture, &str, &str, &str) -> Comm
 
 #[test]
 fn posthog_python_with_and_without_gzip() {
-    sdk_sequence("sdk-python", |cap, token, run, gzip| {
-        let mut c = Command::new(python());
-        c.arg(repo_root().join("tests/sdk/python/send.py")).args([&cap.url, token, run, gzip]);
-        c
-    });
+    sdk_sequence("sdk-python", Sdk::Python);
 }
 
 #[test]
 fn posthog_node_with_and_without_gzip() {
-    sdk_sequence("sdk-node", |cap, token, run, gzip| {
-        let mut c = Command::new("node");
-        c.current_dir(node_dir()).args(["send.mjs", &cap.url, token, run, gzip]);
-        c
-    });
+    sdk_sequence("sdk-node", Sdk::Node);
 }
