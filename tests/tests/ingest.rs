@@ -328,3 +328,39 @@ fn sigterm_finishes_the_batch_in_flight_and_commits_it() {
     // Without FINAL: a batch written but not committed before exit would show twice.
     assert_eq!(count(), total, "every event once, none written twice: {}", ingest.log_text());
 }
+
+/// The overflow and historical lanes are the same binary configured by `LANE`: each
+/// consumes what capture routed to its topic, with its own consumer group and metrics.
+#[test]
+fn overflow_and_historical_lanes_ingest_what_capture_routed_to_them() {
+    let token = create_team(&unique("lanes team"));
+    let forced = format!("{token}:hot");
+    let cap = Capture::start("lanes", &[("OVERFLOW_FORCED_KEYS", &forced)]);
+    let overflow = Ingest::start("lane_overflow", &cap.topics.overflow, &[("LANE", "overflow")]);
+    let historical = Ingest::start("lane_historical", &cap.topics.historical, &[("LANE", "historical")]);
+
+    let hot = json!({"api_key": token, "batch": [{"event": "hot", "distinct_id": "hot"}, {"event": "hot", "distinct_id": "hot"}]});
+    assert_eq!(cap.post("/batch", "application/json", hot.to_string()).status, 200);
+    let old = json!({"api_key": token, "historical_migration": true, "batch": [
+        {"event": "old", "distinct_id": "importer", "timestamp": "2024-03-01T10:00:00Z"},
+        {"event": "old", "distinct_id": "importer", "timestamp": "2024-03-02T10:00:00Z"},
+        {"event": "old", "distinct_id": "importer", "timestamp": "2024-03-03T10:00:00Z"},
+    ]});
+    assert_eq!(cap.post("/batch", "application/json", old.to_string()).status, 200);
+
+    for (ingest, event, n) in [(&overflow, "hot", 2), (&historical, "old", 3)] {
+        let sql = format!("SELECT event, timestamp FROM {} FINAL ORDER BY timestamp", ingest.table("events"));
+        let rows = wait_for_rows(&sql, n, Duration::from_secs(30));
+        assert_eq!(rows.len(), n, "{}", ingest.log_text());
+        assert!(rows.iter().all(|r| r["event"] == event), "{rows:?}");
+        let metrics =
+            sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+        let lane = if event == "hot" { "overflow" } else { "historical" };
+        assert!(metrics.contains(&format!("ingest_events_processed_total{{lane=\"{lane}\"}} {n}")), "{metrics}");
+    }
+    let old = sluice_tests::clickhouse_rows(&format!(
+        "SELECT timestamp FROM {} FINAL ORDER BY timestamp",
+        historical.table("events")
+    ));
+    assert_eq!(old[0]["timestamp"], "2024-03-01 10:00:00", "historical events keep their own time");
+}
