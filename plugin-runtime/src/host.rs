@@ -1,0 +1,373 @@
+//! The `ctx` a plugin's hooks receive: `config`, `global`, `log`, `cache`, `storage`,
+//! `http`, `json`, `crypto`, `time`, `retry`. Everything a plugin can reach outside its
+//! VM goes through here, namespaced by the host (never by the plugin) and capped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::http;
+use crate::kv::KeyValue;
+use crate::limits::Limits;
+use crate::manifest::PluginSource;
+use crate::sandbox::Hook;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub level: String,
+    pub message: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What the host gives one plugin instance.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    cache: KeyValue,
+    storage: KeyValue,
+    logs: Mutex<LogState>,
+    hook: Mutex<Option<Hook>>,
+    /// `http.fetch` calls in the current hook call.
+    http_calls: std::sync::atomic::AtomicU32,
+}
+
+#[derive(Default)]
+struct LogState {
+    entries: Vec<LogEntry>,
+    window_start: Option<Instant>,
+    in_window: u32,
+    dropped: u64,
+}
+
+impl Host {
+    /// `cache` and `storage` are already namespaced for this plugin configuration.
+    pub fn new(cache: KeyValue, storage: KeyValue) -> Host {
+        Host {
+            inner: Arc::new(HostInner {
+                cache,
+                storage,
+                logs: Mutex::default(),
+                hook: Mutex::default(),
+                http_calls: Default::default(),
+            }),
+        }
+    }
+
+    pub fn take_logs(&self) -> Vec<LogEntry> {
+        std::mem::take(&mut self.inner.logs.lock().expect("log lock").entries)
+    }
+
+    /// Log lines dropped by the rate limit so far.
+    pub fn dropped_logs(&self) -> u64 {
+        self.inner.logs.lock().expect("log lock").dropped
+    }
+
+    pub(crate) fn enter(&self, hook: Hook) {
+        *self.inner.hook.lock().expect("hook lock") = Some(hook);
+        self.inner.http_calls.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn leave(&self) {
+        *self.inner.hook.lock().expect("hook lock") = None;
+    }
+
+    fn hook(&self) -> Option<Hook> {
+        *self.inner.hook.lock().expect("hook lock")
+    }
+
+    fn log(&self, level: &str, message: String, limits: &Limits) {
+        let mut state = self.inner.logs.lock().expect("log lock");
+        let now = Instant::now();
+        if state.window_start.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60)) {
+            state.window_start = Some(now);
+            state.in_window = 0;
+        }
+        if state.in_window >= limits.log_lines_per_minute {
+            state.dropped += 1;
+            return;
+        }
+        state.in_window += 1;
+        let message = truncate(message, limits.log_line_bytes);
+        let at_ms = (time_now().as_millis()) as i64;
+        state.entries.push(LogEntry { level: level.to_string(), message, at_ms });
+    }
+}
+
+fn time_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Raised by `ctx.retry(reason)`: `on_event` or a schedule asks to be run again.
+#[derive(Debug, thiserror::Error)]
+#[error("retry requested: {0}")]
+pub struct RetryRequested(pub String);
+
+pub(crate) fn retry_reason(e: &mlua::Error) -> Option<String> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(r) = err.downcast_ref::<RetryRequested>() {
+            return Some(r.0.clone());
+        }
+        current = err.parent();
+    }
+    None
+}
+
+/// Builds `ctx`, read-only but for `ctx.global`.
+pub(crate) fn context(
+    lua: &Lua,
+    source: &PluginSource,
+    config: &Map<String, Value>,
+    limits: &Limits,
+    host: &Host,
+) -> mlua::Result<Table> {
+    let ctx = lua.create_table()?;
+    let config = lua.to_value(&Value::Object(config.clone()))?;
+    freeze(&config);
+    ctx.raw_set("config", config)?;
+    ctx.raw_set("global", lua.create_table()?)?;
+
+    let log = lua.create_table()?;
+    for level in ["debug", "info", "warn", "error"] {
+        let (h, l) = (host.clone(), limits.clone());
+        let f = lua.create_function(move |lua, args: mlua::Variadic<LuaValue>| {
+            let parts: Vec<String> = args.iter().map(|v| display(lua, v)).collect();
+            h.log(level, parts.join(" "), &l);
+            Ok(())
+        })?;
+        log.raw_set(level, f)?;
+    }
+    ctx.raw_set("log", log)?;
+
+    ctx.raw_set("json", json_table(lua)?)?;
+    ctx.raw_set("crypto", crypto_table(lua)?)?;
+    let time = lua.create_table()?;
+    time.raw_set("now_ms", lua.create_function(|_, ()| Ok(time_now().as_millis() as f64))?)?;
+    ctx.raw_set("time", time)?;
+    ctx.raw_set("cache", kv_table(lua, &host.inner.cache, limits, true)?)?;
+    ctx.raw_set("storage", kv_table(lua, &host.inner.storage, limits, false)?)?;
+    ctx.raw_set("http", http_table(lua, source, limits, host)?)?;
+    ctx.raw_set(
+        "retry",
+        lua.create_function(|_, reason: Option<String>| -> mlua::Result<()> {
+            Err(mlua::Error::external(RetryRequested(reason.unwrap_or_default())))
+        })?,
+    )?;
+    for (_, v) in ctx.clone().pairs::<String, LuaValue>().flatten() {
+        if let LuaValue::Table(t) = v {
+            if t != ctx.raw_get::<Table>("global")? {
+                t.set_readonly(true);
+            }
+        }
+    }
+    ctx.set_readonly(true);
+    Ok(ctx)
+}
+
+/// Read-only all the way down.
+fn freeze(v: &LuaValue) {
+    if let LuaValue::Table(t) = v {
+        for (_, child) in t.clone().pairs::<LuaValue, LuaValue>().flatten() {
+            freeze(&child);
+        }
+        t.set_readonly(true);
+    }
+}
+
+fn display(lua: &Lua, v: &LuaValue) -> String {
+    match v {
+        LuaValue::String(s) => s.to_string_lossy(),
+        LuaValue::Table(_) => {
+            lua.from_value::<Value>(v.clone()).map(|j| j.to_string()).unwrap_or_else(|_| "<table>".into())
+        }
+        other => other.to_string().unwrap_or_else(|_| other.type_name().into()),
+    }
+}
+
+fn json_table(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set(
+        "encode",
+        lua.create_function(|lua, v: LuaValue| {
+            let j: Value = lua.from_value(v)?;
+            Ok(j.to_string())
+        })?,
+    )?;
+    t.raw_set(
+        "decode",
+        lua.create_function(|lua, s: String| {
+            let j: Value = serde_json::from_str(&s).map_err(mlua::Error::external)?;
+            lua.to_value(&j)
+        })?,
+    )?;
+    t.raw_set("null", LuaValue::NULL)?;
+    Ok(t)
+}
+
+fn crypto_table(lua: &Lua) -> mlua::Result<Table> {
+    use hmac::Mac;
+    use sha2::Digest;
+    let t = lua.create_table()?;
+    t.raw_set(
+        "sha256",
+        lua.create_function(|_, s: mlua::String| Ok(hex::encode(sha2::Sha256::digest(s.as_bytes()))))?,
+    )?;
+    t.raw_set(
+        "hmac_sha256",
+        lua.create_function(|_, (key, msg): (mlua::String, mlua::String)| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key.as_bytes()).map_err(mlua::Error::external)?;
+            mac.update(&msg.as_bytes());
+            Ok(hex::encode(mac.finalize().into_bytes()))
+        })?,
+    )?;
+    t.raw_set("md5", lua.create_function(|_, s: mlua::String| Ok(hex::encode(md5::Md5::digest(s.as_bytes()))))?)?;
+    t.raw_set("uuid_v4", lua.create_function(|_, ()| Ok(uuid::Uuid::new_v4().to_string()))?)?;
+    Ok(t)
+}
+
+/// `cache` (get, set with ttl, incr, expire, lpush, lrange, llen) or `storage` (get,
+/// set, del). Values travel as JSON text, capped.
+fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let max = limits.value_bytes;
+    let encode = move |lua: &Lua, v: LuaValue| -> mlua::Result<String> {
+        let j: Value = lua.from_value(v)?;
+        let text = j.to_string();
+        if text.len() > max {
+            return Err(mlua::Error::runtime(format!("value of {} bytes is over the {max} byte limit", text.len())));
+        }
+        Ok(text)
+    };
+    let decode = |lua: &Lua, text: Option<String>| -> mlua::Result<LuaValue> {
+        match text {
+            None => Ok(LuaValue::Nil),
+            Some(t) => lua.to_value(&serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t))),
+        }
+    };
+    let kv1 = kv.clone();
+    t.raw_set(
+        "get",
+        lua.create_async_function(move |lua, key: String| {
+            let kv = kv1.clone();
+            async move { decode(&lua, kv.get(&key).await.map_err(mlua::Error::external)?) }
+        })?,
+    )?;
+    let kv2 = kv.clone();
+    t.raw_set(
+        "set",
+        lua.create_async_function(move |lua, (key, value, ttl): (String, LuaValue, Option<u64>)| {
+            let kv = kv2.clone();
+            let text = encode(&lua, value);
+            async move {
+                kv.set(&key, &text?, ttl.filter(|_| cache).map(Duration::from_secs))
+                    .await
+                    .map_err(mlua::Error::external)
+            }
+        })?,
+    )?;
+    if !cache {
+        let kv3 = kv.clone();
+        t.raw_set(
+            "del",
+            lua.create_async_function(move |_, key: String| {
+                let kv = kv3.clone();
+                async move { kv.del(&key).await.map_err(mlua::Error::external) }
+            })?,
+        )?;
+        return Ok(t);
+    }
+    let kv4 = kv.clone();
+    t.raw_set(
+        "incr",
+        lua.create_async_function(move |_, (key, by): (String, Option<i64>)| {
+            let kv = kv4.clone();
+            async move { kv.incr(&key, by.unwrap_or(1)).await.map_err(mlua::Error::external) }
+        })?,
+    )?;
+    let kv5 = kv.clone();
+    t.raw_set(
+        "expire",
+        lua.create_async_function(move |_, (key, seconds): (String, u64)| {
+            let kv = kv5.clone();
+            async move { kv.expire(&key, Duration::from_secs(seconds)).await.map_err(mlua::Error::external) }
+        })?,
+    )?;
+    let kv6 = kv.clone();
+    t.raw_set(
+        "lpush",
+        lua.create_async_function(move |lua, (key, value): (String, LuaValue)| {
+            let kv = kv6.clone();
+            let text = encode(&lua, value);
+            async move { kv.lpush(&key, &text?).await.map_err(mlua::Error::external) }
+        })?,
+    )?;
+    let kv7 = kv.clone();
+    t.raw_set(
+        "lrange",
+        lua.create_async_function(move |lua, (key, start, stop): (String, i64, i64)| {
+            let kv = kv7.clone();
+            async move {
+                let items = kv.lrange(&key, start, stop).await.map_err(mlua::Error::external)?;
+                let out = lua.create_table()?;
+                for item in items {
+                    out.raw_push(decode(&lua, Some(item))?)?;
+                }
+                Ok(out)
+            }
+        })?,
+    )?;
+    let kv8 = kv.clone();
+    t.raw_set(
+        "llen",
+        lua.create_async_function(move |_, key: String| {
+            let kv = kv8.clone();
+            async move { kv.llen(&key).await.map_err(mlua::Error::external) }
+        })?,
+    )?;
+    Ok(t)
+}
+
+fn http_table(lua: &Lua, source: &PluginSource, limits: &Limits, host: &Host) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let policy = http::Policy::new(&source.manifest.http, &limits.http);
+    let allowed_in_process_event = source.manifest.http.in_process_event && limits.http.allow_in_process_event;
+    let (h, max_calls) = (host.clone(), limits.http.max_requests_per_call);
+    t.raw_set(
+        "fetch",
+        lua.create_async_function(move |lua, (url, options): (String, Option<Table>)| {
+            let (policy, h) = (policy.clone(), h.clone());
+            async move {
+                let hook = h.hook();
+                if hook == Some(Hook::ProcessEvent) && !allowed_in_process_event {
+                    return Err(mlua::Error::runtime("http.fetch is not allowed in process_event"));
+                }
+                if h.inner.http_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= max_calls {
+                    return Err(mlua::Error::runtime(format!("more than {max_calls} http requests in one call")));
+                }
+                let request = http::Request::from_lua(&lua, &url, options)?;
+                let response = policy.fetch(request).await.map_err(|e| mlua::Error::runtime(e.to_string()))?;
+                response.into_lua(&lua)
+            }
+        })?,
+    )?;
+    Ok(t)
+}

@@ -1,0 +1,265 @@
+//! `ctx.http.fetch`: only to hosts the plugin's manifest allows, never (unless the
+//! operator says so) to loopback, private or link-local addresses — checked on the
+//! addresses the name resolves to, and the connection pinned to those addresses so a
+//! second resolution cannot swap them. Redirects are followed by hand, each hop checked
+//! the same way. Time and response size are capped.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use mlua::{Lua, Table};
+
+use crate::limits::HttpLimits;
+use crate::manifest::HttpManifest;
+
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HttpError {
+    #[error("not a valid http(s) url: {0}")]
+    BadUrl(String),
+    #[error("host {0} is not in the plugin's http allow-list")]
+    HostNotAllowed(String),
+    #[error("{host} resolves to {addr}, a loopback, private or link-local address")]
+    PrivateAddress { host: String, addr: IpAddr },
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooManyRedirects,
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    allow: Vec<String>,
+    limits: HttpLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub url: String,
+    pub method: reqwest::Method,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn from_lua(_lua: &Lua, url: &str, options: Option<Table>) -> mlua::Result<Request> {
+        let mut r = Request {
+            url: url.to_string(),
+            method: reqwest::Method::GET,
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: None,
+        };
+        if let Some(o) = options {
+            if let Some(m) = o.get::<Option<String>>("method")? {
+                r.method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).map_err(mlua::Error::external)?;
+            }
+            if let Some(h) = o.get::<Option<Table>>("headers")? {
+                for (k, v) in h.pairs::<String, String>().flatten() {
+                    r.headers.push((k, v));
+                }
+            }
+            r.body = o.get::<Option<mlua::String>>("body")?.map(|b| b.as_bytes().to_vec());
+            r.timeout_ms = o.get::<Option<u64>>("timeout_ms")?;
+        }
+        Ok(r)
+    }
+}
+
+impl Response {
+    pub fn into_lua(self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table()?;
+        t.raw_set("status", self.status)?;
+        let headers = lua.create_table()?;
+        for (k, v) in self.headers {
+            headers.raw_set(k, v)?;
+        }
+        t.raw_set("headers", headers)?;
+        t.raw_set("body", lua.create_string(&self.body)?)?;
+        Ok(t)
+    }
+}
+
+impl Policy {
+    pub fn new(manifest: &HttpManifest, limits: &HttpLimits) -> Policy {
+        Policy { allow: manifest.allow.iter().map(|h| h.to_ascii_lowercase()).collect(), limits: limits.clone() }
+    }
+
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allow.iter().any(|a| match a.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => *a == host,
+        })
+    }
+
+    pub async fn fetch(&self, mut request: Request) -> Result<Response, HttpError> {
+        let timeout = request
+            .timeout_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(self.limits.timeout)
+            .min(self.limits.timeout);
+        for _ in 0..=MAX_REDIRECTS {
+            let url = reqwest::Url::parse(&request.url).map_err(|_| HttpError::BadUrl(request.url.clone()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(HttpError::BadUrl(request.url.clone()));
+            }
+            let host = url.host_str().ok_or_else(|| HttpError::BadUrl(request.url.clone()))?.to_string();
+            let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            if !self.host_allowed(&bare) {
+                return Err(HttpError::HostNotAllowed(bare));
+            }
+            let port = url.port_or_known_default().unwrap_or(80);
+            let addrs = self.resolve(&bare, port).await?;
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .resolve_to_addrs(&bare, &addrs)
+                .build()
+                .map_err(|e| HttpError::Failed(e.to_string()))?;
+            let mut builder = client.request(request.method.clone(), url.clone());
+            for (k, v) in &request.headers {
+                builder = builder.header(k, v);
+            }
+            if let Some(body) = &request.body {
+                builder = builder.body(body.clone());
+            }
+            let mut response = builder.send().await.map_err(|e| HttpError::Failed(e.to_string()))?;
+            let status = response.status();
+            if status.is_redirection() {
+                if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
+                    let next = url
+                        .join(location.to_str().unwrap_or_default())
+                        .map_err(|_| HttpError::BadUrl(format!("{location:?}")))?;
+                    request.url = next.to_string();
+                    if status == reqwest::StatusCode::SEE_OTHER {
+                        request.method = reqwest::Method::GET;
+                        request.body = None;
+                    }
+                    continue;
+                }
+            }
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect();
+            let max = self.limits.max_response_bytes;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| HttpError::Failed(e.to_string()))? {
+                if body.len() + chunk.len() > max {
+                    return Err(HttpError::TooLarge(max));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok(Response { status: status.as_u16(), headers, body });
+        }
+        Err(HttpError::TooManyRedirects)
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, HttpError> {
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                tokio::net::lookup_host((host, port)).await.map_err(|_| HttpError::Resolve(host.to_string()))?.collect()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(HttpError::Resolve(host.to_string()));
+        }
+        if !self.limits.allow_private_addresses {
+            if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(HttpError::PrivateAddress { host: host.to_string(), addr: a.ip() });
+            }
+        }
+        Ok(addrs)
+    }
+}
+
+/// Addresses on the public internet: not loopback, private (10/8, 172.16/12,
+/// 192.168/16, fc00::/7), link-local (169.254/16 — cloud metadata —, fe80::/10),
+/// carrier-grade NAT (100.64/10), unspecified, broadcast, multicast or documentation.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_and_the_metadata_service_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "172.32.0.1", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn allow_list_by_host_or_subdomain() {
+        let p = Policy::new(
+            &HttpManifest { allow: vec!["api.example.com".into(), "*.hooks.io".into()], in_process_event: false },
+            &crate::limits::Limits::default().http,
+        );
+        assert!(p.host_allowed("api.example.com"));
+        assert!(p.host_allowed("API.Example.com."));
+        assert!(p.host_allowed("a.hooks.io"));
+        assert!(!p.host_allowed("hooks.io"));
+        assert!(!p.host_allowed("evil-hooks.io"));
+        assert!(!p.host_allowed("example.com"));
+    }
+}

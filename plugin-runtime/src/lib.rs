@@ -1,0 +1,19 @@
+//! Sluice's plugin runtime: team plugins written in Luau, run sandboxed.
+//!
+//! A plugin ([`manifest`]) is compiled into its own VM ([`sandbox`]) with memory and CPU
+//! limits ([`limits`], [`watchdog`]) and the host API ([`host`]: config, log, cache and
+//! storage in [`kv`], [`http`] with an allow-list, json, crypto, time, retry).
+
+pub mod host;
+pub mod http;
+pub mod kv;
+pub mod limits;
+pub mod manifest;
+pub mod sandbox;
+pub mod watchdog;
+
+pub use host::{Host, LogEntry};
+pub use kv::KeyValue;
+pub use limits::Limits;
+pub use manifest::{Manifest, PluginSource};
+pub use sandbox::{Hook, PluginError, Vm};

@@ -1,0 +1,259 @@
+//! One plugin instance in one Luau VM, locked down.
+//!
+//! Why each step (measured, see the plugins spec): `Lua::new()` with Luau installs a
+//! file-system `require`, removed here with the other ways to load or reach code
+//! (`loadstring`, `getfenv`/`setfenv`, `debug`). After `sandbox(true)` the globals and
+//! libraries are read-only; the plugin's chunk gets a fresh environment table whose
+//! locked, read-only metatable reads through to those globals, so what a plugin
+//! defines stays in its own table. Only text chunks load, never bytecode. One VM per
+//! instance: nothing is shared between plugins or teams but the read-only base.
+
+use std::sync::Arc;
+
+use mlua::{ChunkMode, Function, Lua, LuaSerdeExt, MultiValue, Table, Value as LuaValue, VmState};
+use serde_json::{Map, Value};
+
+use crate::host::{self, Host, LogEntry};
+use crate::limits::Limits;
+use crate::manifest::PluginSource;
+use crate::watchdog::{Exceeded, Guard};
+
+/// The hooks a plugin may define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Setup,
+    ProcessEvent,
+    OnEvent,
+    EveryMinute,
+    EveryHour,
+    EveryDay,
+    Teardown,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Setup => "setup",
+            Hook::ProcessEvent => "process_event",
+            Hook::OnEvent => "on_event",
+            Hook::EveryMinute => "every_minute",
+            Hook::EveryHour => "every_hour",
+            Hook::EveryDay => "every_day",
+            Hook::Teardown => "teardown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum PluginError {
+    #[error("main.lua does not load: {0}")]
+    Compile(String),
+    #[error("{hook} failed: {message}")]
+    Failed { hook: String, message: String },
+    #[error("{hook} took longer than its time limit")]
+    Timeout { hook: String },
+    #[error("{hook} used up its tick budget")]
+    Ticks { hook: String },
+    #[error("{hook} ran out of memory (limit {limit} bytes)")]
+    Memory { hook: String, limit: usize },
+    #[error("process_event returned something that is not an event: {0}")]
+    InvalidEvent(String),
+    #[error("retry requested: {0}")]
+    Retry(String),
+}
+
+impl PluginError {
+    /// Errors that count against the plugin's health as limit violations.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, PluginError::Timeout { .. } | PluginError::Ticks { .. } | PluginError::Memory { .. })
+    }
+}
+
+pub struct Vm {
+    lua: Lua,
+    plugin: Table,
+    ctx: Table,
+    guard: Arc<Guard>,
+    limits: Limits,
+    host: Host,
+}
+
+impl Vm {
+    /// Compiles the plugin in a new VM and runs its `setup`.
+    pub async fn new(
+        source: &PluginSource,
+        config: &Map<String, Value>,
+        limits: Limits,
+        host: Host,
+    ) -> Result<Vm, PluginError> {
+        let compile = |e: mlua::Error| PluginError::Compile(e.to_string());
+        let lua = Lua::new();
+        let globals = lua.globals();
+        for name in ["require", "loadstring", "getfenv", "setfenv", "debug", "print", "gcinfo"] {
+            globals.raw_set(name, LuaValue::Nil).map_err(compile)?;
+        }
+        lua.sandbox(true).map_err(compile)?;
+        lua.set_memory_limit(limits.memory_bytes).map_err(compile)?;
+
+        let guard = Guard::new();
+        let g = guard.clone();
+        lua.set_interrupt(move |_| match g.check() {
+            None => Ok(VmState::Continue),
+            Some(Exceeded::Time) => Err(mlua::Error::runtime("time limit exceeded")),
+            Some(Exceeded::Ticks) => Err(mlua::Error::runtime("tick budget exceeded")),
+        });
+
+        let env = lock_down_env(&lua).map_err(compile)?;
+        let ctx = host::context(&lua, source, config, &limits, &host).map_err(compile)?;
+        let chunk = lua
+            .load(&source.main)
+            .set_name(format!("={}", source.manifest.name))
+            .set_mode(ChunkMode::Text)
+            .set_environment(env);
+        guard.arm(limits.hook_wall, limits.hook_ticks);
+        let loaded = chunk.call_async::<LuaValue>(()).await;
+        let hit = guard.hit();
+        guard.disarm();
+        let plugin = match loaded {
+            Ok(LuaValue::Table(t)) => t,
+            Ok(other) => {
+                return Err(PluginError::Compile(format!("main.lua returned a {}, not a table", other.type_name())))
+            }
+            Err(e) => return Err(classify(Hook::Setup, e, hit, &limits)),
+        };
+        let vm = Vm { lua, plugin, ctx, guard, limits, host };
+        vm.call(Hook::Setup, ()).await?;
+        Ok(vm)
+    }
+
+    pub fn has(&self, hook: Hook) -> bool {
+        matches!(self.plugin.raw_get::<LuaValue>(hook.name()), Ok(LuaValue::Function(_)))
+    }
+
+    /// Runs `process_event`: `Ok(Some(event))`, `Ok(None)` to drop it, or why it failed.
+    pub async fn process_event(&self, event: &Value) -> Result<Option<Value>, PluginError> {
+        if !self.has(Hook::ProcessEvent) {
+            return Ok(Some(event.clone()));
+        }
+        let input = self.lua.to_value(event).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+        let out = self.call(Hook::ProcessEvent, input).await?;
+        let out = match out.into_iter().next() {
+            None | Some(LuaValue::Nil) => return Ok(None),
+            Some(v) => v,
+        };
+        let out: Value = self.lua.from_value(out).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+        if !out.is_object() {
+            return Err(PluginError::InvalidEvent(format!("a {}", type_name(&out))));
+        }
+        for key in ["uuid", "team_id"] {
+            if out.get(key) != event.get(key) {
+                return Err(PluginError::InvalidEvent(format!("changing `{key}` is refused")));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Runs a hook other than `process_event` (with the hook limits); a missing hook is a
+    /// success.
+    pub async fn run_hook(&self, hook: Hook, event: Option<&Value>) -> Result<(), PluginError> {
+        if !self.has(hook) {
+            return Ok(());
+        }
+        match event {
+            Some(e) => {
+                let input = self.lua.to_value(e).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+                self.call(hook, input).await.map(drop)
+            }
+            None => self.call(hook, ()).await.map(drop),
+        }
+    }
+
+    pub fn take_logs(&self) -> Vec<LogEntry> {
+        self.host.take_logs()
+    }
+
+    /// Lua heap in use, for the operator's view.
+    pub fn memory_used(&self) -> usize {
+        self.lua.used_memory()
+    }
+
+    async fn call(&self, hook: Hook, input: impl mlua::IntoLuaMulti) -> Result<MultiValue, PluginError> {
+        let f: Function = match self.plugin.raw_get(hook.name()) {
+            Ok(LuaValue::Function(f)) => f,
+            _ => return Ok(MultiValue::new()),
+        };
+        let (wall, ticks) = match hook {
+            Hook::ProcessEvent => (self.limits.process_event_wall, self.limits.process_event_ticks),
+            _ => (self.limits.hook_wall, self.limits.hook_ticks),
+        };
+        let mut args = input.into_lua_multi(&self.lua).map_err(|e| classify(hook, e, None, &self.limits))?;
+        args.push_back(LuaValue::Table(self.ctx.clone()));
+        self.host.enter(hook);
+        self.guard.arm(wall, ticks);
+        let result = f.call_async::<MultiValue>(args).await;
+        let hit = self.guard.hit();
+        self.guard.disarm();
+        self.host.leave();
+        result.map_err(|e| classify(hook, e, hit, &self.limits))
+    }
+}
+
+/// A limit the guard saw wins over the error text (a plugin may have caught and
+/// rethrown it); then a retry request, memory, anything else.
+fn classify(hook: Hook, e: mlua::Error, hit: Option<Exceeded>, limits: &Limits) -> PluginError {
+    let hook = hook.name().to_string();
+    match hit {
+        Some(Exceeded::Time) => return PluginError::Timeout { hook },
+        Some(Exceeded::Ticks) => return PluginError::Ticks { hook },
+        None => {}
+    }
+    if let Some(reason) = host::retry_reason(&e) {
+        return PluginError::Retry(reason);
+    }
+    match e {
+        mlua::Error::SyntaxError { message, .. } => PluginError::Compile(cap(message)),
+        mlua::Error::MemoryError(_) => PluginError::Memory { hook, limit: limits.memory_bytes },
+        other if other.to_string().contains("not enough memory") => {
+            PluginError::Memory { hook, limit: limits.memory_bytes }
+        }
+        other => PluginError::Failed { hook, message: cap(other.to_string()) },
+    }
+}
+
+/// Error texts (a traceback of a deep recursion runs to megabytes) are cut to this.
+const MAX_ERROR_BYTES: usize = 4096;
+
+fn cap(mut s: String) -> String {
+    if s.len() > MAX_ERROR_BYTES {
+        let mut cut = MAX_ERROR_BYTES - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// The plugin's own global scope: writes stay here, reads fall through to the
+/// read-only base; its metatable can be neither read nor replaced.
+fn lock_down_env(lua: &Lua) -> mlua::Result<Table> {
+    let env = lua.create_table()?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", lua.globals())?;
+    meta.raw_set("__metatable", "locked")?;
+    meta.set_readonly(true);
+    env.set_metatable(Some(meta))?;
+    Ok(env)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

@@ -1,0 +1,337 @@
+//! The sandbox's guarantees, each a test that fails if it gives way: CPU and memory
+//! limits hold against the known tricks, nothing loads code or reaches the OS, no
+//! plugin reaches another's state, and `http.fetch` reaches only what it may.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_plugin_runtime::limits::Limits;
+use sluice_plugin_runtime::manifest::{Manifest, PluginSource};
+use sluice_plugin_runtime::{Host, KeyValue, PluginError, Vm};
+
+fn source(main: &str) -> PluginSource {
+    source_with(main, json!({"name": "test-plugin"}))
+}
+
+fn source_with(main: &str, manifest: Value) -> PluginSource {
+    PluginSource { manifest: Manifest::parse(&manifest.to_string()).unwrap(), main: main.to_string() }
+}
+
+async fn vm_with(main: &str, limits: Limits) -> Result<Vm, PluginError> {
+    let kv = KeyValue::memory(1000);
+    Vm::new(&source(main), &Default::default(), limits, Host::new(kv.namespaced("c/"), kv.namespaced("s/"))).await
+}
+
+async fn vm(main: &str) -> Vm {
+    vm_with(main, Limits::default()).await.expect("plugin loads")
+}
+
+fn event() -> Value {
+    json!({"uuid": "0190c0de-0000-7000-8000-000000000001", "team_id": 1, "event": "e", "distinct_id": "d", "properties": {"a": 1}})
+}
+
+/// A plugin whose `process_event` runs `body` (with `event`, `ctx` in scope).
+fn hook(body: &str) -> String {
+    format!("local p = {{}}\nfunction p.process_event(event, ctx)\n{body}\nend\nreturn p")
+}
+
+async fn run(body: &str) -> Result<Option<Value>, PluginError> {
+    vm(&hook(body)).await.process_event(&event()).await
+}
+
+#[tokio::test]
+async fn process_event_changes_or_drops_events() {
+    let out = run("event.properties.b = event.properties.a + 1; event.event = 'renamed'; return event").await;
+    let out = out.unwrap().unwrap();
+    assert_eq!(out["properties"], json!({"a": 1, "b": 2}));
+    assert_eq!(out["event"], "renamed");
+    assert_eq!(run("return nil").await, Ok(None));
+}
+
+#[tokio::test]
+async fn changing_uuid_or_team_is_refused() {
+    for body in ["event.team_id = 2; return event", "event.uuid = 'x'; return event", "return 5"] {
+        assert!(matches!(run(body).await, Err(PluginError::InvalidEvent(_))), "{body}");
+    }
+}
+
+async fn assert_stopped(body: &str) {
+    let started = Instant::now();
+    let vm = vm(&format!(
+        "local p = {{}}\nfunction p.process_event(event, ctx)\nif event.event == 'e' then\n{body}\nend\nreturn event\nend\nreturn p"
+    ))
+    .await;
+    let result = vm.process_event(&event()).await;
+    assert!(matches!(result, Err(PluginError::Timeout { .. } | PluginError::Ticks { .. })), "{body}: {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{body} took {:?}", started.elapsed());
+    // The VM stays usable for the next event.
+    let ok = vm.process_event(&json!({"uuid": "u", "team_id": 1, "event": "next"})).await;
+    assert_eq!(ok.unwrap().unwrap()["event"], "next", "{body}");
+}
+
+#[tokio::test]
+async fn cpu_limits_stop_every_kind_of_endless_work() {
+    assert_stopped("while true do end").await;
+    assert_stopped("local i = 0 repeat i = i + 1 until false").await;
+    // Catching the limit error and going on.
+    assert_stopped("while true do pcall(function() while true do end end) end").await;
+    assert_stopped("for _ = 1, math.huge do local ok = pcall(function() for _ = 1, math.huge do end end) end").await;
+    assert_stopped("while true do xpcall(function() while true do end end, function() while true do end end) end")
+        .await;
+    assert_stopped(
+        "local co = coroutine.wrap(function() while true do coroutine.yield() end end) while true do co() end",
+    )
+    .await;
+    assert_stopped("while true do coroutine.resume(coroutine.create(function() while true do end end)) end").await;
+    // Backtracking patterns.
+    assert_stopped("local s = string.rep('a', 100000) while true do s:find('.-.-.-.-.-.-.-b') end").await;
+    // Exponential backtracking: (a?){n}a{n} against a{n}, n = 28.
+    assert_stopped("string.find(string.rep('a', 28), string.rep('a?', 28) .. string.rep('a', 28) .. 'b')").await;
+}
+
+#[tokio::test]
+async fn deep_recursion_is_an_error_with_a_bounded_message() {
+    match run("local function f(n) return 1 + f(n + 1) end return f(1)").await {
+        Err(PluginError::Failed { message, .. }) => {
+            assert!(message.contains("stack overflow"), "{message}");
+            assert!(message.len() <= 4096, "error text capped, got {} bytes", message.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_tick_budget_is_deterministic() {
+    let limits =
+        Limits { process_event_wall: Duration::from_secs(60), process_event_ticks: 10_000, ..Limits::default() };
+    let vm = vm_with(&hook("for i = 1, 1e7 do end return event"), limits).await.unwrap();
+    assert!(matches!(vm.process_event(&event()).await, Err(PluginError::Ticks { .. })));
+}
+
+#[tokio::test]
+async fn memory_bombs_hit_the_limit_and_the_vm_goes_on() {
+    let limits = Limits { memory_bytes: 8 << 20, ..Limits::default() };
+    for body in [
+        "local s = string.rep('x', 1e9)",
+        "local s = 'x' while true do s = s .. s end",
+        "local t = {} for i = 1, 1e8 do t[i] = i end",
+        "local t = {} for i = 1, 1e8 do t[#t + 1] = string.rep('y', 1000) .. i end",
+        "local ok = pcall(function() local s = string.rep('x', 1e9) end) local t = {} while true do t[#t+1] = {} end",
+    ] {
+        let vm = vm_with(&hook(&format!("if event.event == 'e' then {body} end return event")), limits.clone())
+            .await
+            .unwrap();
+        let r = vm.process_event(&event()).await;
+        assert!(
+            matches!(r, Err(PluginError::Memory { .. } | PluginError::Ticks { .. } | PluginError::Timeout { .. })),
+            "{body}: {r:?}"
+        );
+        assert!(vm.memory_used() <= limits.memory_bytes, "{body}");
+        let next = vm.process_event(&json!({"uuid": "u", "team_id": 1, "event": "next"})).await;
+        assert!(next.is_ok(), "{body}: the VM is usable after: {next:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_way_to_load_code_or_reach_the_os() {
+    for expr in [
+        "require",
+        "loadstring",
+        "load",
+        "dofile",
+        "loadfile",
+        "io",
+        "getfenv",
+        "setfenv",
+        "debug",
+        "print",
+        "string.dump",
+        "os.execute",
+        "os.getenv",
+        "os.remove",
+        "os.exit",
+        "package",
+        "ffi",
+    ] {
+        let out = run(&format!("event.properties.found = ({expr}) ~= nil return event")).await;
+        assert_eq!(out.unwrap().unwrap()["properties"]["found"], false, "{expr} is reachable");
+    }
+    // Bytecode cannot be loaded, since nothing loads chunks at all; and main.lua itself
+    // must be text.
+    let bytecode = "\x1bLua";
+    let kv = KeyValue::memory(10);
+    let r = Vm::new(&source(bytecode), &Default::default(), Limits::default(), Host::new(kv.clone(), kv)).await;
+    assert!(matches!(r, Err(PluginError::Compile(_))), "{:?}", r.err());
+}
+
+#[tokio::test]
+async fn shared_state_is_read_only_and_plugins_are_apart() {
+    for body in [
+        "string.upper = function() return 'pwned' end",
+        "getmetatable('').__index = {}",
+        "setmetatable(_G, {})",
+        "_G.string = nil",
+        "math.floor = nil",
+        "rawset(_G, 'x', 1)",
+        "rawset(string, 'upper', nil)",
+        "local mt = getmetatable(_ENV or {}) mt.__index = nil",
+        "ctx.config.key = 1",
+        "ctx.log = nil",
+        "ctx.http.fetch = nil",
+        "table.insert = nil",
+    ] {
+        let r = run(&format!("{body}\nreturn event")).await;
+        assert!(r.is_err(), "{body} was allowed: {r:?}");
+    }
+    // A plugin's globals are its own: another plugin (another VM) does not see them, and
+    // the base library is untouched.
+    let a = vm(
+        "shared_value = 'from a'\nreturn { process_event = function(e) e.properties.s = shared_value return e end }",
+    )
+    .await;
+    let b = vm("return { process_event = function(e) e.properties.s = shared_value or 'none' e.properties.u = string.upper('x') return e end }")
+        .await;
+    assert_eq!(a.process_event(&event()).await.unwrap().unwrap()["properties"]["s"], "from a");
+    let out = b.process_event(&event()).await.unwrap().unwrap();
+    assert_eq!(out["properties"]["s"], "none");
+    assert_eq!(out["properties"]["u"], "X");
+    // ctx.global is per VM and writable.
+    let counter = vm("return { process_event = function(e, ctx) ctx.global.n = (ctx.global.n or 0) + 1 e.properties.n = ctx.global.n return e end }").await;
+    counter.process_event(&event()).await.unwrap();
+    assert_eq!(counter.process_event(&event()).await.unwrap().unwrap()["properties"]["n"], 2);
+}
+
+#[tokio::test]
+async fn errors_keep_their_traceback() {
+    let r = run("local x = nil\nreturn x.field").await;
+    match r {
+        Err(PluginError::Failed { hook, message }) => {
+            assert_eq!(hook, "process_event");
+            assert!(message.contains("test-plugin"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn host_api_json_crypto_time_log_cache() {
+    let v = vm(&hook(
+        "ctx.log.info('hello', {a = 1}) \
+         event.properties.sha = ctx.crypto.sha256('abc') \
+         event.properties.hmac = ctx.crypto.hmac_sha256('key', 'msg') \
+         event.properties.md5 = ctx.crypto.md5('abc') \
+         event.properties.json = ctx.json.encode(ctx.json.decode('{\"k\":[1,2]}')) \
+         event.properties.now = ctx.time.now_ms() > 0 \
+         ctx.cache.set('k', {n = 1}) \
+         event.properties.cached = ctx.cache.get('k').n \
+         event.properties.count = ctx.cache.incr('c') + ctx.cache.incr('c') \
+         return event",
+    ))
+    .await;
+    let out = v.process_event(&event()).await.unwrap().unwrap();
+    let p = &out["properties"];
+    assert_eq!(p["sha"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(p["hmac"], "2d93cbc1be167bcb1637a4a23cbff01a7878f0c50ee833954ea5221bb1b8c628");
+    assert_eq!(p["md5"], "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(p["json"], r#"{"k":[1,2]}"#);
+    assert_eq!(p["now"], true);
+    assert_eq!(p["cached"], 1);
+    assert_eq!(p["count"], 3);
+    let logs = v.take_logs();
+    assert_eq!(logs.len(), 1);
+    assert_eq!((logs[0].level.as_str(), logs[0].message.as_str()), ("info", r#"hello {"a":1}"#));
+}
+
+/// A local HTTP receiver: `/ok` answers "hello", `/redirect` sends to `location`,
+/// `/big` answers 2 MiB.
+async fn receiver(location: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let response = if request.starts_with("GET /redirect") {
+                    format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")
+                } else if request.starts_with("GET /big") {
+                    let body = "x".repeat(2 << 20);
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_string()
+                };
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// What `http.fetch(url)` gives a plugin allowed `allow`: "200 hello" or the error.
+async fn fetch(url: &str, allow: &[&str], allow_private: bool) -> String {
+    let manifest = json!({"name": "fetcher", "http": {"allow": allow, "in_process_event": true}});
+    let main = format!(
+        "return {{ process_event = function(e, ctx) \
+           local ok, r = pcall(ctx.http.fetch, '{url}') \
+           e.properties.r = ok and (r.status .. ' ' .. r.body) or tostring(r) \
+           return e end }}"
+    );
+    let mut limits = Limits::default();
+    limits.http.allow_in_process_event = true;
+    limits.http.allow_private_addresses = allow_private;
+    let kv = KeyValue::memory(10);
+    let vm =
+        Vm::new(&source_with(&main, manifest), &Default::default(), limits, Host::new(kv.clone(), kv)).await.unwrap();
+    vm.process_event(&event()).await.unwrap().unwrap()["properties"]["r"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn http_reaches_allowed_hosts_only_and_never_the_cluster() {
+    let port = receiver("http://not-allowed.example/").await;
+    // Allowed, with private addresses allowed by the operator: it works.
+    assert_eq!(fetch(&format!("http://127.0.0.1:{port}/ok"), &["127.0.0.1"], true).await, "200 hello");
+    // The same without the operator's permission, and every other internal address.
+    for (host, url) in [
+        ("127.0.0.1", format!("http://127.0.0.1:{port}/ok")),
+        ("::1", format!("http://[::1]:{port}/ok")),
+        ("169.254.169.254", "http://169.254.169.254/latest/meta-data/".to_string()),
+        ("10.0.0.1", "http://10.0.0.1/".to_string()),
+        ("172.16.5.4", "http://172.16.5.4/".to_string()),
+        ("192.168.1.1", "http://192.168.1.1/".to_string()),
+        ("localhost", format!("http://localhost:{port}/ok")),
+    ] {
+        let r = fetch(&url, &[host], false).await;
+        assert!(r.contains("loopback, private or link-local"), "{url}: {r}");
+    }
+    // Not in the allow-list.
+    let r = fetch(&format!("http://127.0.0.1:{port}/ok"), &["example.com"], true).await;
+    assert!(r.contains("not in the plugin's http allow-list"), "{r}");
+    // A redirect to a host that is not allowed.
+    let r = fetch(&format!("http://127.0.0.1:{port}/redirect"), &["127.0.0.1"], true).await;
+    assert!(r.contains("not-allowed.example is not in the plugin's http allow-list"), "{r}");
+    // Responses are capped.
+    let r = fetch(&format!("http://127.0.0.1:{port}/big"), &["127.0.0.1"], true).await;
+    assert!(r.contains("response larger than"), "{r}");
+    // Other schemes.
+    let r = fetch("file:///etc/passwd", &["127.0.0.1"], true).await;
+    assert!(r.contains("not a valid http(s) url"), "{r}");
+}
+
+#[tokio::test]
+async fn http_is_off_in_process_event_unless_asked_and_allowed() {
+    let port = receiver("http://x/").await;
+    let main = format!(
+        "return {{ process_event = function(e, ctx) \
+           local ok, r = pcall(ctx.http.fetch, 'http://127.0.0.1:{port}/ok') e.properties.r = tostring(r) return e end }}"
+    );
+    let manifest = json!({"name": "fetcher", "http": {"allow": ["127.0.0.1"], "in_process_event": true}});
+    let mut limits = Limits::default();
+    limits.http.allow_private_addresses = true;
+    let kv = KeyValue::memory(10);
+    let vm =
+        Vm::new(&source_with(&main, manifest), &Default::default(), limits, Host::new(kv.clone(), kv)).await.unwrap();
+    let r = vm.process_event(&event()).await.unwrap().unwrap();
+    assert!(r["properties"]["r"].as_str().unwrap().contains("not allowed in process_event"), "{r}");
+}
