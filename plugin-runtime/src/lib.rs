@@ -2,15 +2,20 @@
 //!
 //! A plugin ([`manifest`]) is compiled into its own VM ([`sandbox`]) with memory and CPU
 //! limits ([`limits`], [`watchdog`]) and the host API ([`host`]: config, log, cache and
-//! storage in [`kv`], [`http`] with an allow-list, json, crypto, time, retry).
+//! storage in [`kv`], [`http`] with an allow-list, json, crypto, time, retry). VMs live
+//! in worker processes ([`worker`]) that a [`supervisor`] starts, feeds batches over
+//! [`protocol`] frames, and restarts when a plugin takes one down.
 
 pub mod host;
 pub mod http;
 pub mod kv;
 pub mod limits;
 pub mod manifest;
+pub mod protocol;
 pub mod sandbox;
+pub mod supervisor;
 pub mod watchdog;
+pub mod worker;
 
 pub use host::{Host, LogEntry};
 pub use kv::KeyValue;

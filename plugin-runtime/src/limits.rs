@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Lua heap of one VM. Host buffers (http bodies, cache values) have caps of their own.
     pub memory_bytes: usize,
@@ -23,7 +23,7 @@ pub struct Limits {
     pub http: HttpLimits,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HttpLimits {
     pub timeout: Duration,
     pub max_response_bytes: usize,

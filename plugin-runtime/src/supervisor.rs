@@ -1,0 +1,278 @@
+//! Runs plugin chains in worker processes and survives them.
+//!
+//! Each team is served by one worker of a fixed pool (by team id), so a worker holds
+//! only some teams' VMs. A worker that dies (a crash in Luau) or stops answering within
+//! the batch's time budget is killed and restarted; the instance it was running is
+//! struck and the batch is retried without it (its events marked failed for it). After
+//! `max_strikes` strikes an instance is disabled: the caller is told, with the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::BufReader;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::protocol::{read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response};
+use crate::sandbox::PluginError;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The worker program and its arguments (e.g. `sluice-ingest plugin-worker`).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub workers: usize,
+    /// Time a batch may take on top of `per_event` for each event and instance.
+    pub batch_base: Duration,
+    pub per_event: Duration,
+    /// Crashes or hangs before an instance is disabled.
+    pub max_strikes: u32,
+}
+
+/// What happened to an instance outside its own error handling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Strike {
+    pub id: i64,
+    pub reason: String,
+    /// This strike disabled it.
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub output: ChainOutput,
+    pub strikes: Vec<Strike>,
+}
+
+pub struct Supervisor {
+    settings: Settings,
+    workers: Vec<Mutex<Option<Worker>>>,
+    /// What every worker must hold, to reload after a restart.
+    instances: std::sync::Mutex<HashMap<i64, Instance>>,
+    strikes: std::sync::Mutex<HashMap<i64, u32>>,
+    disabled: std::sync::Mutex<HashSet<i64>>,
+}
+
+struct Worker {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    loaded: HashSet<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerDown {
+    #[error("worker exited: {0}")]
+    Exited(String),
+    #[error("worker did not answer within {0:?}")]
+    Hung(Duration),
+    #[error("{0}")]
+    CannotStart(String),
+}
+
+impl Supervisor {
+    pub fn new(settings: Settings) -> Supervisor {
+        let workers = (0..settings.workers.max(1)).map(|_| Mutex::new(None)).collect();
+        Supervisor {
+            settings,
+            workers,
+            instances: Default::default(),
+            strikes: Default::default(),
+            disabled: Default::default(),
+        }
+    }
+
+    /// Compiles an instance and runs its `setup` in its team's worker. On failure the
+    /// previous version (if any) stays.
+    pub async fn load(&self, team: i64, instance: Instance) -> Result<(), PluginError> {
+        let id = instance.id;
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
+        let answer = tokio::time::timeout(instance.limits.hook_wall + self.settings.batch_base, async {
+            write_frame(&mut worker.input, &Request::Load(Box::new(instance.clone()))).await?;
+            read_frame::<Response>(&mut worker.output).await
+        })
+        .await;
+        match answer {
+            Ok(Ok(Some(Response::Loaded { error: None, .. }))) => {
+                worker.loaded.insert(id);
+                self.instances.lock().expect("lock").insert(id, instance);
+                self.disabled.lock().expect("lock").remove(&id);
+                self.strikes.lock().expect("lock").remove(&id);
+                Ok(())
+            }
+            Ok(Ok(Some(Response::Loaded { error: Some(e), .. }))) => Err(e),
+            _ => {
+                self.kill(&mut slot).await;
+                Err(PluginError::Failed { hook: "setup".into(), message: "the plugin worker died loading it".into() })
+            }
+        }
+    }
+
+    pub fn is_disabled(&self, id: i64) -> bool {
+        self.disabled.lock().expect("lock").contains(&id)
+    }
+
+    /// Runs `chain` on `events`. Always answers: a worker failure strikes the instance
+    /// that was running and the batch goes on without it.
+    pub async fn process(&self, team: i64, chain: &[i64], events: Vec<Value>) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut chain: Vec<i64> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
+        if chain.is_empty() {
+            outcome.output = passthrough(events, &[]);
+            return outcome;
+        }
+        let mut skipped: Vec<i64> = Vec::new();
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        loop {
+            let budget =
+                self.settings.batch_base + self.settings.per_event * (events.len() * chain.len().max(1)) as u32;
+            match self.try_process(&mut slot, &chain, &events, budget).await {
+                Ok(mut output) => {
+                    for e in &mut output.events {
+                        e.failed.extend(skipped.iter().copied());
+                    }
+                    outcome.output = output;
+                    return outcome;
+                }
+                Err((_, e @ WorkerDown::CannotStart(_))) => {
+                    // Not the plugins' fault: nothing is struck, the events pass unchanged.
+                    warn!(team, error = %e, "no plugin worker; events pass through their plugins unchanged");
+                    skipped.extend(chain);
+                    outcome.output = passthrough(events, &skipped);
+                    return outcome;
+                }
+                Err((running, e)) => {
+                    warn!(team, instance = ?running, error = %e, "plugin worker failed; restarting it");
+                    self.kill(&mut slot).await;
+                    let Some(id) = running.or_else(|| chain.first().copied()) else {
+                        outcome.output = passthrough(events, &skipped);
+                        return outcome;
+                    };
+                    outcome.strikes.push(self.strike(id, &e.to_string()));
+                    chain.retain(|c| *c != id);
+                    skipped.push(id);
+                }
+            }
+        }
+    }
+
+    async fn try_process(
+        &self,
+        slot: &mut Option<Worker>,
+        chain: &[i64],
+        events: &[Value],
+        budget: Duration,
+    ) -> Result<ChainOutput, (Option<i64>, WorkerDown)> {
+        let worker = self.running(slot).await.map_err(|e| (None, e))?;
+        // Instances this worker lost in a restart are loaded again first.
+        for id in chain.iter().filter(|id| !worker.loaded.contains(id)).copied().collect::<Vec<_>>() {
+            let Some(instance) = self.instances.lock().expect("lock").get(&id).cloned() else { continue };
+            let answer = tokio::time::timeout(instance.limits.hook_wall + self.settings.batch_base, async {
+                write_frame(&mut worker.input, &Request::Load(Box::new(instance))).await?;
+                read_frame::<Response>(&mut worker.output).await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(Response::Loaded { error: None, .. }))) => {
+                    worker.loaded.insert(id);
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => return Err((Some(id), WorkerDown::Exited("while loading".into()))),
+                Err(_) => return Err((Some(id), WorkerDown::Hung(budget))),
+            }
+        }
+        let mut running = None;
+        let exchange = async {
+            let request = Request::Process { chain: chain.to_vec(), events: events.to_vec() };
+            write_frame(&mut worker.input, &request).await.map_err(|e| WorkerDown::Exited(e.to_string()))?;
+            loop {
+                match read_frame::<Response>(&mut worker.output).await {
+                    Ok(Some(Response::Running { id })) => running = Some(id),
+                    Ok(Some(Response::Processed(output))) => return Ok(output),
+                    Ok(Some(other)) => return Err(WorkerDown::Exited(format!("unexpected answer {other:?}"))),
+                    Ok(None) => return Err(WorkerDown::Exited("end of stream".into())),
+                    Err(e) => return Err(WorkerDown::Exited(e.to_string())),
+                }
+            }
+        };
+        let result = tokio::time::timeout(budget, exchange).await;
+        match result {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(e)) => Err((running, e)),
+            Err(_) => Err((running, WorkerDown::Hung(budget))),
+        }
+    }
+
+    fn worker_of(&self, team: i64) -> usize {
+        team.unsigned_abs() as usize % self.workers.len()
+    }
+
+    async fn running<'w>(&self, slot: &'w mut Option<Worker>) -> Result<&'w mut Worker, WorkerDown> {
+        if let Some(w) = slot.as_mut() {
+            if w.child.try_wait().ok().flatten().is_some() {
+                *slot = None;
+            }
+        }
+        if slot.is_none() {
+            let mut child = Command::new(&self.settings.program)
+                .args(&self.settings.args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| {
+                    WorkerDown::CannotStart(format!("cannot start {}: {e}", self.settings.program.display()))
+                })?;
+            let input = child.stdin.take().expect("piped");
+            let output = BufReader::new(child.stdout.take().expect("piped"));
+            *slot = Some(Worker { child, input, output, loaded: HashSet::new() });
+        }
+        Ok(slot.as_mut().expect("set above"))
+    }
+
+    async fn kill(&self, slot: &mut Option<Worker>) {
+        if let Some(mut w) = slot.take() {
+            let _ = w.child.kill().await;
+        }
+    }
+
+    fn strike(&self, id: i64, reason: &str) -> Strike {
+        let mut strikes = self.strikes.lock().expect("lock");
+        let n = strikes.entry(id).or_default();
+        *n += 1;
+        let disabled = *n >= self.settings.max_strikes;
+        if disabled {
+            self.disabled.lock().expect("lock").insert(id);
+        }
+        Strike { id, reason: format!("{reason} (strike {n} of {})", self.settings.max_strikes), disabled }
+    }
+
+    /// Worker pids, for tests and the operator's view.
+    pub async fn worker_pids(&self) -> Vec<Option<u32>> {
+        let mut pids = Vec::new();
+        for w in &self.workers {
+            pids.push(w.lock().await.as_ref().and_then(|w| w.child.id()));
+        }
+        pids
+    }
+}
+
+fn down(id: i64, e: WorkerDown) -> PluginError {
+    PluginError::Failed { hook: "setup".into(), message: format!("plugin config {id}: {e}") }
+}
+
+fn passthrough(events: Vec<Value>, failed: &[i64]) -> ChainOutput {
+    ChainOutput {
+        events: events
+            .into_iter()
+            .map(|e| ProcessedEvent { event: Some(e), succeeded: Vec::new(), failed: failed.to_vec() })
+            .collect(),
+        ..ChainOutput::default()
+    }
+}

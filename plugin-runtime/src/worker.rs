@@ -1,0 +1,107 @@
+//! The worker process: holds plugin VMs and answers the supervisor's requests, one at a
+//! time. It is expendable by design: a Luau defect that crashes it takes down only the
+//! VMs it holds, and the supervisor restarts it.
+
+use std::collections::HashMap;
+
+use crate::host::Host;
+use crate::kv::KeyValue;
+use crate::protocol::{read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response};
+use crate::sandbox::{Hook, PluginError, Vm};
+
+/// Keys the in-memory cache and storage of one worker may hold.
+const MEMORY_KEYS: usize = 100_000;
+
+/// Serves requests from stdin until it closes.
+pub async fn serve() -> std::io::Result<()> {
+    let mut input = tokio::io::stdin();
+    let mut output = tokio::io::stdout();
+    let store = KeyValue::memory(MEMORY_KEYS);
+    let mut vms: HashMap<i64, Vm> = HashMap::new();
+    while let Some(request) = read_frame::<Request>(&mut input).await? {
+        match request {
+            Request::Load(instance) => {
+                let id = instance.id;
+                let error = match load(&instance, &store).await {
+                    Ok(vm) => {
+                        if let Some(old) = vms.insert(id, vm) {
+                            let _ = old.run_hook(Hook::Teardown, None).await;
+                        }
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                write_frame(&mut output, &Response::Loaded { id, error }).await?;
+            }
+            Request::Unload { id } => {
+                if let Some(vm) = vms.remove(&id) {
+                    let _ = vm.run_hook(Hook::Teardown, None).await;
+                }
+                write_frame(&mut output, &Response::Unloaded { id }).await?;
+            }
+            Request::Process { chain, events } => {
+                let mut out = ChainOutput {
+                    events: events
+                        .into_iter()
+                        .map(|e| ProcessedEvent { event: Some(e), succeeded: Vec::new(), failed: Vec::new() })
+                        .collect(),
+                    ..ChainOutput::default()
+                };
+                for id in chain {
+                    write_frame(&mut output, &Response::Running { id }).await?;
+                    run_one(id, vms.get(&id), &mut out).await;
+                }
+                write_frame(&mut output, &Response::Processed(out)).await?;
+            }
+            Request::Hook { id, hook, event } => {
+                let (error, logs) = match (vms.get(&id), hook_named(&hook)) {
+                    (Some(vm), Some(h)) => (vm.run_hook(h, event.as_ref()).await.err(), vm.take_logs()),
+                    (None, _) => (Some(not_loaded(id, &hook)), Vec::new()),
+                    (_, None) => (Some(PluginError::Failed { hook, message: "no such hook".into() }), Vec::new()),
+                };
+                write_frame(&mut output, &Response::HookDone { id, error, logs }).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load(instance: &Instance, store: &KeyValue) -> Result<Vm, PluginError> {
+    let ns = format!("plugin-config/{}/", instance.id);
+    let host = Host::new(store.namespaced(&format!("cache/{ns}")), store.namespaced(&format!("storage/{ns}")));
+    Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
+}
+
+/// One instance's pass over the events still alive.
+async fn run_one(id: i64, vm: Option<&Vm>, out: &mut ChainOutput) {
+    for (i, processed) in out.events.iter_mut().enumerate() {
+        let Some(event) = &processed.event else { continue };
+        let result = match vm {
+            Some(vm) => vm.process_event(event).await,
+            None => Err(not_loaded(id, "process_event")),
+        };
+        match result {
+            Ok(next) => {
+                processed.event = next;
+                processed.succeeded.push(id);
+            }
+            Err(e) => {
+                processed.failed.push(id);
+                out.errors.push((id, i, e));
+            }
+        }
+    }
+    if let Some(vm) = vm {
+        out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
+    }
+}
+
+fn not_loaded(id: i64, hook: &str) -> PluginError {
+    PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") }
+}
+
+fn hook_named(name: &str) -> Option<Hook> {
+    [Hook::Setup, Hook::OnEvent, Hook::EveryMinute, Hook::EveryHour, Hook::EveryDay, Hook::Teardown]
+        .into_iter()
+        .find(|h| h.name() == name)
+}

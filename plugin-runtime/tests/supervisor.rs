@@ -1,0 +1,157 @@
+//! Plugins in worker processes: batches through a chain, and a worker that dies or
+//! hangs costs only that worker; its plugin is struck, then disabled.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_plugin_runtime::manifest::Manifest;
+use sluice_plugin_runtime::protocol::Instance;
+use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
+use sluice_plugin_runtime::{Limits, PluginSource};
+
+fn settings(max_strikes: u32) -> Settings {
+    Settings {
+        program: env!("CARGO_BIN_EXE_sluice-plugin").into(),
+        args: vec!["worker".into()],
+        workers: 2,
+        batch_base: Duration::from_secs(2),
+        per_event: Duration::from_millis(100),
+        max_strikes,
+    }
+}
+
+fn supervisor(max_strikes: u32) -> Supervisor {
+    Supervisor::new(settings(max_strikes))
+}
+
+fn instance(id: i64, main: &str) -> Instance {
+    Instance {
+        id,
+        source: PluginSource {
+            manifest: Manifest::parse(&json!({"name": format!("p{id}")}).to_string()).unwrap(),
+            main: main.into(),
+        },
+        config: Default::default(),
+        limits: Limits { process_event_wall: Duration::from_secs(1), ..Limits::default() },
+    }
+}
+
+fn events(n: usize) -> Vec<Value> {
+    (0..n).map(|i| json!({"uuid": format!("u{i}"), "team_id": 1, "event": "e", "properties": {"i": i}})).collect()
+}
+
+const TAG: &str = "return { process_event = function(e) e.properties.tagged = true return e end }";
+const DROP_ODD: &str =
+    "return { process_event = function(e) if e.properties.i % 2 == 1 then return nil end return e end }";
+/// About 30 ms of work per event, well inside its limits.
+const SLOW: &str = "return { process_event = function(e) local x = 0 for i = 1, 3e6 do x = x + i end return e end }";
+
+#[tokio::test]
+async fn a_chain_runs_in_order_over_a_batch() {
+    let s = supervisor(3);
+    s.load(1, instance(10, TAG)).await.unwrap();
+    s.load(1, instance(11, DROP_ODD)).await.unwrap();
+    let out = s.process(1, &[10, 11], events(4)).await;
+    assert!(out.strikes.is_empty());
+    let kept: Vec<_> = out.output.events.iter().map(|e| e.event.as_ref().map(|e| e["properties"].clone())).collect();
+    assert_eq!(kept, vec![Some(json!({"i": 0, "tagged": true})), None, Some(json!({"i": 2, "tagged": true})), None]);
+    assert_eq!(out.output.events[0].succeeded, vec![10, 11]);
+}
+
+#[tokio::test]
+async fn a_failing_setup_keeps_the_old_version() {
+    let s = supervisor(3);
+    s.load(1, instance(10, TAG)).await.unwrap();
+    let broken = "return { setup = function() error('no config') end, process_event = function(e) return nil end }";
+    let err = s.load(1, instance(10, broken)).await.unwrap_err();
+    assert!(err.to_string().contains("no config"), "{err}");
+    let out = s.process(1, &[10], events(1)).await;
+    assert_eq!(out.output.events[0].event.as_ref().unwrap()["properties"]["tagged"], true, "old version still runs");
+}
+
+async fn pid_of_worker(s: &Supervisor) -> u32 {
+    s.worker_pids().await.into_iter().flatten().next().expect("a worker runs")
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
+    let s = std::sync::Arc::new(supervisor(2));
+    s.load(1, instance(10, TAG)).await.unwrap();
+    s.load(1, instance(20, SLOW)).await.unwrap();
+    let pid = pid_of_worker(&s).await;
+    // Killed from outside while the slow plugin runs: as a Luau crash would.
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(pid, "-KILL");
+    });
+    let out = s.process(1, &[10, 20], events(30)).await;
+    killer.await.unwrap();
+    assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
+    assert_eq!(out.strikes[0].id, 20);
+    assert!(!out.strikes[0].disabled);
+    for e in &out.output.events {
+        assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true, "the other plugin still ran");
+        assert_eq!(e.failed, vec![20]);
+    }
+    assert_ne!(pid_of_worker(&s).await, pid, "a new worker");
+
+    // Struck again: disabled, and skipped from then on.
+    let pid = pid_of_worker(&s).await;
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(pid, "-KILL");
+    });
+    let out = s.process(1, &[10, 20], events(30)).await;
+    killer.await.unwrap();
+    assert!(out.strikes[0].disabled, "{:?}", out.strikes);
+    assert!(s.is_disabled(20));
+    let out = s.process(1, &[10, 20], events(2)).await;
+    assert!(out.strikes.is_empty());
+    assert_eq!(out.output.events[0].succeeded, vec![10]);
+}
+
+#[tokio::test]
+async fn a_worker_that_hangs_is_replaced() {
+    let s = Supervisor::new(Settings {
+        batch_base: Duration::from_millis(500),
+        per_event: Duration::from_millis(10),
+        ..settings(3)
+    });
+    s.load(1, instance(20, SLOW)).await.unwrap();
+    let pid = pid_of_worker(&s).await;
+    signal(pid, "-STOP");
+    let started = std::time::Instant::now();
+    let out = s.process(1, &[20], events(3)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.strikes.len(), 1);
+    assert!(out.strikes[0].reason.contains("did not answer"), "{:?}", out.strikes);
+    assert_eq!(out.output.events.len(), 3, "events pass unchanged");
+    assert_ne!(pid_of_worker(&s).await, pid, "the stopped worker was killed and replaced");
+}
+
+/// luau-lang/luau#2970: `table.move` with extreme indexes crashed the host process in
+/// some Luau versions. Whatever this Luau does with it, the supervisor answers, the
+/// events go on, and the next batch is served.
+#[tokio::test]
+async fn the_table_move_reproducer_does_not_take_the_host_down() {
+    let s = supervisor(3);
+    let crash = "return { process_event = function(e) \
+        table.move({1, 2, 3}, 1, 0x7fffffff, 2) \
+        table.move({}, -0x7fffffff, 0x7fffffff, 0x7fffffff) \
+        table.move({1}, 1, 2, 9007199254740991) \
+        return e end }";
+    s.load(1, instance(30, crash)).await.unwrap();
+    s.load(1, instance(10, TAG)).await.unwrap();
+    let out = s.process(1, &[30, 10], events(2)).await;
+    assert_eq!(out.output.events.len(), 2);
+    for e in &out.output.events {
+        assert!(e.failed.contains(&30), "{e:?}");
+        assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true);
+    }
+    let next = s.process(1, &[10], events(1)).await;
+    assert_eq!(next.output.events[0].succeeded, vec![10]);
+}
