@@ -94,10 +94,22 @@ pub async fn handle(
     lane: &'static str,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let mut parsed: Vec<Option<Result<CapturedEvent, DeadLetter>>> =
-        batch.iter().map(|m| Some(process::parse_message(m.payload().unwrap_or_default()))).collect();
+    let mut parsed: Vec<Parsed> = batch
+        .iter()
+        .map(|m| match process::parse_message(m.payload().unwrap_or_default()) {
+            Ok(c) => Parsed::Event(c),
+            Err(d) => Parsed::Dead(d),
+        })
+        .collect();
+    let plugin_logs = match deps.plugins {
+        Some(plugins) => {
+            run_plugins(&mut parsed, deps, plugins).await.inspect_err(|_| telemetry::dependency_retry("postgres"))?
+        }
+        None => Vec::new(),
+    };
     let groups = plan_batch(&parsed, deps).await.inspect_err(|_| telemetry::dependency_retry("postgres"))?;
 
+    let mut parsed: Vec<Option<Parsed>> = parsed.into_iter().map(Some).collect();
     let work = groups.into_iter().map(|group| {
         let events: Vec<_> =
             group.into_iter().map(|i| (i, parsed[i].take().expect("a message is in one group"))).collect();
@@ -105,8 +117,9 @@ pub async fn handle(
             let mut outcomes = Vec::with_capacity(events.len());
             for (i, event) in events {
                 let outcome = match event {
-                    Ok(captured) => process::process(captured, deps).await?,
-                    Err(dead) => Outcome::Dead(dead),
+                    Parsed::Event(captured) => process::process(captured, deps).await?,
+                    Parsed::Dead(dead) => Outcome::Dead(dead),
+                    Parsed::Dropped(cause) => Outcome::Drop { cause, warnings: Vec::new() },
                 };
                 outcomes.push((i, outcome));
             }
@@ -166,6 +179,16 @@ pub async fn handle(
             refused.entry(i).or_insert(format!("{table}: {error}"));
         }
     }
+    if !plugin_logs.is_empty() {
+        // Log lines are the plugins', not the events': one ClickHouse refuses is counted,
+        // not dead-lettered.
+        let rows: Vec<SourcedRow> = plugin_logs.into_iter().map(|r| (usize::MAX, r)).collect();
+        let refused_logs = ch
+            .insert("plugin_log_entries", &rows, &format!("{token}-plugin-logs"))
+            .await
+            .inspect_err(|_| telemetry::dependency_retry("clickhouse"))?;
+        refused_logs.iter().for_each(|_| telemetry::clickhouse_refused("plugin_log_entries"));
+    }
     // A refused row's event goes to the dead letters whole; replaying it after the cause
     // is fixed rewrites every row it makes, which are all idempotent.
     for (i, error) in &refused {
@@ -190,13 +213,65 @@ pub async fn handle(
     Ok(())
 }
 
+/// A message after step 1 (and 5, plugins).
+enum Parsed {
+    Event(CapturedEvent),
+    Dead(DeadLetter),
+    Dropped(&'static str),
+}
+
+impl Parsed {
+    fn event(&self) -> Option<&CapturedEvent> {
+        match self {
+            Parsed::Event(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Step 5 for the whole batch: one chain run per team with plugins. Returns the
+/// plugins' log rows.
+async fn run_plugins(
+    parsed: &mut [Parsed],
+    deps: &Deps<'_>,
+    plugins: &crate::plugins::Plugins,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let tokens: Vec<&str> = parsed.iter().filter_map(Parsed::event).map(|c| c.token.as_str()).collect();
+    deps.teams.load(&tokens).await?;
+    let mut by_team: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, p) in parsed.iter().enumerate() {
+        let Some(c) = p.event() else { continue };
+        let Some(team) = deps.teams.get(&c.token).await? else { continue };
+        // Restricted events are dropped before plugins see them (step 3 comes first).
+        if plugins.has_chain(team.id) && !deps.restrictions.drops(&c.token, &c.distinct_id) {
+            by_team.entry(team.id).or_default().push(i);
+        }
+    }
+    let mut logs = Vec::new();
+    for (team, indices) in by_team {
+        let events: Vec<CapturedEvent> = indices
+            .iter()
+            .map(|&i| match std::mem::replace(&mut parsed[i], Parsed::Dropped("plugin")) {
+                Parsed::Event(c) => c,
+                _ => unreachable!("only events were picked"),
+            })
+            .collect();
+        let applied = plugins.apply(team, events, deps.flavor).await;
+        logs.extend(applied.logs);
+        for (i, event) in indices.into_iter().zip(applied.events) {
+            parsed[i] = match event {
+                Some(c) => Parsed::Event(c),
+                None => Parsed::Dropped("plugin"),
+            };
+        }
+    }
+    Ok(logs)
+}
+
 /// Resolves the batch's teams (one query for those not cached), reads the persons of its
 /// distinct ids (one query per team), and plans the groups.
-async fn plan_batch(
-    parsed: &[Option<Result<CapturedEvent, DeadLetter>>],
-    deps: &Deps<'_>,
-) -> Result<Vec<Vec<usize>>, sqlx::Error> {
-    let events = || parsed.iter().map(|p| p.as_ref().and_then(|r| r.as_ref().ok()));
+async fn plan_batch(parsed: &[Parsed], deps: &Deps<'_>) -> Result<Vec<Vec<usize>>, sqlx::Error> {
+    let events = || parsed.iter().map(Parsed::event);
     let tokens: Vec<&str> = events().flatten().map(|c| c.token.as_str()).collect();
     deps.teams.load(&tokens).await?;
     let mut members = Vec::with_capacity(parsed.len());

@@ -61,6 +61,59 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Install and manage teams' plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+    /// Serve plugin VMs to this binary's supervisor over stdin/stdout (started by
+    /// `run`, not by hand).
+    #[command(hide = true)]
+    PluginWorker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Install a plugin folder (plugin.json, main.lua) for a team, or update the team's
+    /// instance of a plugin of the same name.
+    Install {
+        /// The plugin's folder.
+        dir: std::path::PathBuf,
+        /// The team id.
+        #[arg(long)]
+        team: i64,
+        /// A setting, repeated: key=value.
+        #[arg(long = "config", value_parser = parse_pair)]
+        config: Vec<(String, String)>,
+        /// Position in the team's chain (lower runs first).
+        #[arg(long)]
+        order: Option<i32>,
+    },
+    /// List plugin configs with their team, order, state and configuration (secrets masked).
+    List {
+        #[arg(long)]
+        team: Option<i64>,
+    },
+    /// Enable a plugin config (and clear a disabled state).
+    Enable { id: i64 },
+    /// Disable a plugin config.
+    Disable { id: i64 },
+    /// Change settings of a plugin config: key=value, repeated.
+    Configure {
+        id: i64,
+        #[arg(long = "config", value_parser = parse_pair)]
+        config: Vec<(String, String)>,
+    },
+    /// Show a plugin config's latest log lines.
+    Logs {
+        id: i64,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +258,35 @@ pub struct Config {
     /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
     #[arg(long, env = "READINESS_PROBE_INTERVAL_MS", default_value_t = 5_000, global = true)]
     pub readiness_probe_interval_ms: u64,
+    /// Run teams' plugins (step 5).
+    #[arg(long, env = "PLUGINS_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub plugins_enabled: bool,
+    /// Plugin worker processes; each team's plugins live in one of them.
+    #[arg(long, env = "PLUGIN_WORKERS", default_value_t = 2, global = true)]
+    pub plugin_workers: usize,
+    /// How often plugin configurations are checked for changes (installs, config,
+    /// enable/disable), which are then loaded without a restart.
+    #[arg(long, env = "PLUGIN_RELOAD_INTERVAL_MS", default_value_t = 2_000, global = true)]
+    pub plugin_reload_interval_ms: u64,
+    /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
+    #[arg(long, env = "PLUGIN_MAX_STRIKES", default_value_t = 3, global = true)]
+    pub plugin_max_strikes: u32,
+    /// Consecutive failed calls (errors, limits) before a plugin is degraded, and before
+    /// it is disabled.
+    #[arg(long, env = "PLUGIN_DEGRADE_AFTER_FAILURES", default_value_t = 10, global = true)]
+    pub plugin_degrade_after_failures: u32,
+    #[arg(long, env = "PLUGIN_DISABLE_AFTER_FAILURES", default_value_t = 100, global = true)]
+    pub plugin_disable_after_failures: u32,
+    /// Lua heap of one plugin VM.
+    #[arg(long, env = "PLUGIN_MEMORY_MB", default_value_t = 32, global = true)]
+    pub plugin_memory_mb: usize,
+    /// Wall time of one process_event call.
+    #[arg(long, env = "PLUGIN_PROCESS_EVENT_TIMEOUT_MS", default_value_t = 50, global = true)]
+    pub plugin_process_event_timeout_ms: u64,
+    /// Let plugins' http.fetch reach loopback, private and link-local addresses.
+    #[arg(long, env = "PLUGIN_HTTP_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub plugin_http_allow_private: bool,
+
     /// Longest pause between retries while a dependency is down.
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000, global = true)]
     pub retry_max_backoff_ms: u64,

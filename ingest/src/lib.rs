@@ -17,6 +17,8 @@ pub mod groups;
 pub mod health;
 pub mod normalize;
 pub mod persons;
+pub mod plugin_commands;
+pub mod plugins;
 pub mod process;
 pub mod resolve;
 pub mod restrict;
@@ -41,6 +43,7 @@ use crate::dlq::DeadLetters;
 use crate::groups::GroupStore;
 use crate::health::{Dependencies, Health};
 use crate::persons::PersonStore;
+use crate::plugins::Plugins;
 use crate::process::Deps;
 use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
@@ -63,6 +66,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
     let persons = PersonStore::new(pool.clone());
     let groups = GroupStore::new(pool.clone());
+    let plugins = if config.plugins_enabled {
+        let plugins = Arc::new(Plugins::new(&config, pool.clone())?);
+        if let Err(e) = plugins.refresh().await {
+            warn!(error = %e, "reading plugin configurations failed; retrying in the background");
+        }
+        plugins::spawn_reloader(plugins.clone(), Duration::from_millis(config.plugin_reload_interval_ms));
+        Some(plugins)
+    } else {
+        None
+    };
     let restrictions = Arc::new(Restrictions::parse(
         &config.restrict_drop_events,
         &config.restrict_skip_persons,
@@ -141,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 persons: &persons,
                 groups: &groups,
                 restrictions: &restrictions,
+                plugins: plugins.as_deref(),
                 flavor: ch.flavor,
             };
             match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency).await {

@@ -1,7 +1,7 @@
 use clap::Parser;
-use sluice_ingest::config::{Cli, Command, DlqCommand, TeamsCommand};
+use sluice_ingest::config::{Cli, Command, DlqCommand, PluginsCommand, TeamsCommand};
 use sluice_ingest::dlq_commands::{self, Selection};
-use sluice_ingest::{commands, telemetry};
+use sluice_ingest::{commands, plugin_commands, telemetry};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -19,6 +19,8 @@ async fn main() {
             Ok(s) => dlq_commands::list(&cli.config, &s).await,
             Err(e) => Err(e),
         },
+        Command::Plugins { command } => plugins(&cli.config, command).await,
+        Command::PluginWorker => sluice_plugin_runtime::worker::serve().await.map_err(anyhow::Error::from),
         Command::Dlq { command: DlqCommand::Replay { since, team, to, dry_run } } => match selection(since, team) {
             Ok(s) => dlq_commands::replay(&cli.config, &s, to.as_deref(), dry_run).await,
             Err(e) => Err(e),
@@ -27,6 +29,19 @@ async fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+async fn plugins(config: &sluice_ingest::config::Config, command: PluginsCommand) -> anyhow::Result<()> {
+    match command {
+        PluginsCommand::Install { dir, team, config: settings, order } => {
+            plugin_commands::install(config, &dir, team, &settings, order).await
+        }
+        PluginsCommand::List { team } => plugin_commands::list(config, team).await,
+        PluginsCommand::Enable { id } => plugin_commands::set_enabled(config, id, true).await,
+        PluginsCommand::Disable { id } => plugin_commands::set_enabled(config, id, false).await,
+        PluginsCommand::Configure { id, config: settings } => plugin_commands::configure(config, id, &settings).await,
+        PluginsCommand::Logs { id, limit } => plugin_commands::logs(config, id, limit).await,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The per-event steps, in the spec's order, for one captured message.
 //!
-//! Implemented: 1 parse, 2 resolve team, 3 restrictions (from configuration; not yet
-//! from Redis), 4 person-processing flag, 6 normalize, 7 timestamp, 8 persons,
-//! 9 groups, 10 anonymize ip, 11 row. Plugins (5, 12) are still to come. Personless
-//! events carry the deterministic person uuid a later person will share.
+//! Steps 1 (the client's data; the outer message is parsed by the batch), 2 resolve team,
+//! 3 restrictions, 4 person-processing flag, 6 normalize, 7 timestamp, 8 persons,
+//! 9 groups, 10 anonymize ip, 11 row. Step 5, plugins, runs over the whole batch before
+//! these (see [`crate::batch`]); `on_event` (12) is still to come. Personless events carry
+//! the deterministic person uuid a later person will share.
 
 use serde_json::{json, Map, Value};
 use sluice_schema::clickhouse::Flavor;
@@ -51,6 +52,7 @@ pub struct Deps<'a> {
     pub persons: &'a PersonStore,
     pub groups: &'a GroupStore,
     pub restrictions: &'a Restrictions,
+    pub plugins: Option<&'a crate::plugins::Plugins>,
     pub flavor: Flavor,
 }
 

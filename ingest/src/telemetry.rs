@@ -72,3 +72,13 @@ pub fn step(step: &'static str, seconds: f64) {
 pub fn person_writes(kind: &'static str, n: usize) {
     counter!("ingest_person_writes_total", "kind" => kind).increment(n as u64);
 }
+
+/// Events given to a plugin instance's `process_event`.
+pub fn plugin_calls(plugin_config: i64, n: usize) {
+    counter!("ingest_plugin_calls_total", "plugin_config" => plugin_config.to_string()).increment(n as u64);
+}
+
+/// A failed plugin call by kind: `error`, `timeout`, `ticks`, `memory`, `crash`, `setup`.
+pub fn plugin_error(plugin_config: i64, kind: &'static str) {
+    counter!("ingest_plugin_errors_total", "plugin_config" => plugin_config.to_string(), "kind" => kind).increment(1);
+}

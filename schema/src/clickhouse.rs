@@ -122,6 +122,17 @@ pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
             PARTITION BY toYYYYMM(timestamp)
             ORDER BY (team_id, timestamp)"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.plugin_log_entries (
+                team_id Int64,
+                plugin_config_id Int64,
+                level String,
+                message String,
+                timestamp {dt}
+            ) ENGINE = MergeTree
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (team_id, plugin_config_id, timestamp)"
+        ),
     ]
 }
 

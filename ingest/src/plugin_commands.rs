@@ -1,0 +1,195 @@
+//! `sluice-ingest plugins …`: install, list, enable, disable, configure, logs. Every
+//! change moves the config's `updated_at`, which running ingest processes pick up and
+//! load without a restart.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::{Map, Value};
+use sluice_plugin_runtime::{Manifest, PluginSource};
+
+use crate::commands::pool;
+use crate::config::Config;
+use crate::write::ClickHouse;
+
+type Json<T> = sqlx::types::Json<T>;
+type Settings = Map<String, Value>;
+
+fn given(config: &[(String, String)]) -> Map<String, Value> {
+    config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+}
+
+pub async fn install(
+    config: &Config,
+    dir: &Path,
+    team: i64,
+    settings: &[(String, String)],
+    order: Option<i32>,
+) -> anyhow::Result<()> {
+    let source = PluginSource::from_dir(dir).with_context(|| format!("reading the plugin in {}", dir.display()))?;
+    let manifest = &source.manifest;
+    let pool = pool(config).await?;
+    let team_exists: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM teams WHERE id = $1").bind(team).fetch_optional(&pool).await?;
+    anyhow::ensure!(team_exists.is_some(), "no team with id {team} (see `sluice-ingest teams list`)");
+    let existing: Option<(i64, Json<Settings>)> = sqlx::query_as(
+        "SELECT c.id, c.config FROM plugin_configs c JOIN plugins p ON p.id = c.plugin_id
+         WHERE c.team_id = $1 AND p.name = $2 ORDER BY c.id LIMIT 1",
+    )
+    .bind(team)
+    .bind(&manifest.name)
+    .fetch_optional(&pool)
+    .await?;
+    // An update keeps the settings it had unless given again.
+    let mut values = existing.as_ref().map(|(_, c)| c.0.clone()).unwrap_or_default();
+    values.retain(|k, _| manifest.config.iter().any(|f| &f.key == k));
+    values.extend(given(settings));
+    let validated = manifest.validate_config(&values)?;
+    let mut tx = pool.begin().await?;
+    let plugin_id: i64 = sqlx::query_scalar(
+        "INSERT INTO plugins (name, version, manifest, source) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&manifest.name)
+    .bind(&manifest.version)
+    .bind(sqlx::types::Json(manifest))
+    .bind(&source.main)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (id, verb) = match existing {
+        Some((id, _)) => {
+            sqlx::query(
+                "UPDATE plugin_configs SET plugin_id = $2, config = $3, \"order\" = COALESCE($4, \"order\"),
+                 updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(plugin_id)
+            .bind(sqlx::types::Json(&validated))
+            .bind(order)
+            .execute(&mut *tx)
+            .await?;
+            (id, "updated")
+        }
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO plugin_configs (team_id, plugin_id, \"order\", config)
+                 VALUES ($1, $2, COALESCE($3, (SELECT COALESCE(MAX(\"order\") + 1, 0) FROM plugin_configs WHERE team_id = $1)), $4)
+                 RETURNING id",
+            )
+            .bind(team)
+            .bind(plugin_id)
+            .bind(order)
+            .bind(sqlx::types::Json(&validated))
+            .fetch_one(&mut *tx)
+            .await?;
+            (id, "installed")
+        }
+    };
+    tx.commit().await?;
+    println!(
+        "{verb} plugin {} {} for team {team} as plugin config {id}; config {}",
+        manifest.name,
+        manifest.version,
+        Value::Object(manifest.redact(&validated))
+    );
+    Ok(())
+}
+
+pub async fn list(config: &Config, team: Option<i64>) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    type Row = (
+        i64,
+        i64,
+        i32,
+        bool,
+        String,
+        String,
+        String,
+        String,
+        sqlx::types::Json<Manifest>,
+        sqlx::types::Json<Map<String, Value>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.id, c.team_id, c.\"order\", c.enabled, c.status, c.status_reason, p.name, p.version, p.manifest, c.config
+         FROM plugin_configs c JOIN plugins p ON p.id = c.plugin_id
+         WHERE $1::bigint IS NULL OR c.team_id = $1 ORDER BY c.team_id, c.\"order\", c.id",
+    )
+    .bind(team)
+    .fetch_all(&pool)
+    .await
+    .context("listing plugins (did you run `sluice-ingest migrate`?)")?;
+    if rows.is_empty() {
+        println!("no plugins installed: install one with `sluice-ingest plugins install DIR --team ID`");
+    }
+    for (id, team, order, enabled, status, reason, name, version, manifest, settings) in rows {
+        let state = if enabled { status } else { "off".to_string() };
+        let reason = if reason.is_empty() { String::new() } else { format!(" ({reason})") };
+        let shown = Value::Object(manifest.0.redact(&settings.0));
+        println!("{id}\tteam={team}\torder={order}\t{name} {version}\t{state}{reason}\tconfig={shown}");
+    }
+    Ok(())
+}
+
+pub async fn set_enabled(config: &Config, id: i64, enabled: bool) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let done = sqlx::query(
+        "UPDATE plugin_configs SET enabled = $2,
+           status = CASE WHEN $2 THEN 'healthy' ELSE status END,
+           status_reason = CASE WHEN $2 THEN '' ELSE status_reason END,
+           updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(enabled)
+    .execute(&pool)
+    .await?;
+    anyhow::ensure!(done.rows_affected() == 1, "no plugin config with id {id} (see `sluice-ingest plugins list`)");
+    println!("plugin config {id} {}", if enabled { "enabled" } else { "disabled" });
+    Ok(())
+}
+
+pub async fn configure(config: &Config, id: i64, settings: &[(String, String)]) -> anyhow::Result<()> {
+    anyhow::ensure!(!settings.is_empty(), "nothing to change: give --config key=value");
+    let pool = pool(config).await?;
+    let row: Option<(Json<Manifest>, Json<Settings>)> = sqlx::query_as(
+        "SELECT p.manifest, c.config FROM plugin_configs c JOIN plugins p ON p.id = c.plugin_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&pool)
+    .await?;
+    let Some((manifest, current)) = row else { anyhow::bail!("no plugin config with id {id}") };
+    let mut values = current.0;
+    values.extend(given(settings));
+    let validated = manifest.0.validate_config(&values)?;
+    sqlx::query("UPDATE plugin_configs SET config = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(&validated))
+        .execute(&pool)
+        .await?;
+    println!("plugin config {id} configured: {}", Value::Object(manifest.0.redact(&validated)));
+    Ok(())
+}
+
+pub async fn logs(config: &Config, id: i64, limit: u32) -> anyhow::Result<()> {
+    let ch = ClickHouse::connect(
+        &config.clickhouse_url,
+        &config.clickhouse_database,
+        std::time::Duration::from_secs(30),
+        config.clickhouse_compression,
+    )
+    .await
+    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
+    let text = ch
+        .query(&format!(
+            "SELECT timestamp, level, message FROM {}.plugin_log_entries WHERE plugin_config_id = {id}
+             ORDER BY timestamp DESC LIMIT {limit} FORMAT TabSeparated",
+            ch.database
+        ))
+        .await?;
+    if text.is_empty() {
+        println!("no log lines for plugin config {id}");
+    }
+    for line in text.lines().rev() {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Step 5: each team's plugins, in the team's order, on a batch's events — one round
+//! trip to the team's worker process per batch.
+//!
+//! Instances are loaded from Postgres and reloaded when their `updated_at` moves (an
+//! operator command): the new version is compiled and set up in the worker and swapped
+//! in only if its `setup` succeeds. Failures never stop events: an event continues with
+//! the last good version and says which plugins succeeded and failed
+//! (`$plugins_succeeded`, `$plugins_failed`). A plugin that keeps failing is degraded,
+//! then disabled, with the reason stored for the operator.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use sluice_plugin_runtime::protocol::Instance;
+use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
+use sluice_plugin_runtime::{Limits, Manifest, PluginError};
+use sluice_schema::clickhouse::Flavor;
+use sluice_schema::CapturedEvent;
+use sqlx::PgPool;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// One link of a team's chain.
+#[derive(Debug, Clone)]
+struct Link {
+    id: i64,
+    /// `name (id)`, as `$plugins_succeeded` lists it.
+    label: String,
+}
+
+pub struct Plugins {
+    pool: PgPool,
+    supervisor: Supervisor,
+    limits: Limits,
+    degrade_after: u32,
+    disable_after: u32,
+    chains: RwLock<HashMap<i64, Vec<Link>>>,
+    loaded: Mutex<HashMap<i64, Version>>,
+    /// Consecutive failed calls per instance.
+    failures: Mutex<HashMap<i64, u32>>,
+}
+
+/// Which configuration version of an instance was last tried, and whether some version
+/// of it runs.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    attempted: OffsetDateTime,
+    running: bool,
+}
+
+/// What the chain did to a batch's events of one team.
+pub struct Applied {
+    /// Per event: its new version, or `None` when a plugin dropped it.
+    pub events: Vec<Option<CapturedEvent>>,
+    /// Rows for ClickHouse `plugin_log_entries`.
+    pub logs: Vec<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConfigRow {
+    id: i64,
+    team_id: i64,
+    enabled: bool,
+    status: String,
+    config: sqlx::types::Json<Map<String, Value>>,
+    updated_at: OffsetDateTime,
+    manifest: sqlx::types::Json<Manifest>,
+    source: String,
+}
+
+impl Plugins {
+    pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<Plugins> {
+        let mut limits = Limits {
+            memory_bytes: config.plugin_memory_mb << 20,
+            process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
+            ..Limits::default()
+        };
+        limits.http.allow_private_addresses = config.plugin_http_allow_private;
+        let settings = Settings {
+            program: std::env::current_exe()?,
+            args: vec!["plugin-worker".into()],
+            workers: config.plugin_workers,
+            batch_base: Duration::from_secs(5),
+            per_event: limits.process_event_wall,
+            max_strikes: config.plugin_max_strikes,
+        };
+        Ok(Plugins {
+            pool,
+            supervisor: Supervisor::new(settings),
+            limits,
+            degrade_after: config.plugin_degrade_after_failures,
+            disable_after: config.plugin_disable_after_failures,
+            chains: RwLock::default(),
+            loaded: Mutex::default(),
+            failures: Mutex::default(),
+        })
+    }
+
+    pub fn has_chain(&self, team: i64) -> bool {
+        self.chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
+    }
+
+    /// Loads what changed since the last call and rebuilds the chains.
+    pub async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let rows: Vec<ConfigRow> = sqlx::query_as(
+            "SELECT c.id, c.team_id, c.enabled, c.status, c.config, c.updated_at, p.manifest, p.source
+             FROM plugin_configs c JOIN plugins p ON p.id = c.plugin_id
+             ORDER BY c.team_id, c.\"order\", c.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        for row in rows {
+            if !row.enabled || row.status == "disabled" {
+                continue;
+            }
+            let attempted = self.loaded.lock().expect("loaded lock").get(&row.id).map(|l| l.attempted);
+            if attempted != Some(row.updated_at) {
+                let instance = Instance {
+                    id: row.id,
+                    source: sluice_plugin_runtime::PluginSource { manifest: row.manifest.0.clone(), main: row.source },
+                    config: row.config.0,
+                    limits: self.limits.clone(),
+                };
+                let result = self.supervisor.load(row.team_id, instance).await;
+                let mut loaded = self.loaded.lock().expect("loaded lock");
+                let entry = loaded.entry(row.id).or_insert(Version { attempted: row.updated_at, running: false });
+                entry.attempted = row.updated_at;
+                match result {
+                    Ok(()) => {
+                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, "plugin loaded");
+                        entry.running = true;
+                        self.failures.lock().expect("failures lock").remove(&row.id);
+                    }
+                    Err(e) => {
+                        // The version loaded before (if any) keeps running; this one is
+                        // not tried again until the configuration changes.
+                        warn!(plugin_config = row.id, error = %e, "plugin did not load; keeping what ran before");
+                        crate::telemetry::plugin_error(row.id, "setup");
+                    }
+                }
+            }
+            if !self.loaded.lock().expect("loaded lock").get(&row.id).is_some_and(|l| l.running) {
+                continue;
+            }
+            let label = format!("{} ({})", row.manifest.name, row.id);
+            chains.entry(row.team_id).or_default().push(Link { id: row.id, label });
+        }
+        *self.chains.write().expect("chains lock") = chains;
+        Ok(())
+    }
+
+    /// Runs the team's chain over `events` (all of `team`).
+    pub async fn apply(&self, team: i64, events: Vec<CapturedEvent>, flavor: Flavor) -> Applied {
+        let chain = self.chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
+        let inputs: Vec<Value> = events.iter().map(|e| to_plugin_event(e, team)).collect();
+        let started = std::time::Instant::now();
+        let ids: Vec<i64> = chain.iter().map(|l| l.id).collect();
+        let outcome = self.supervisor.process(team, &ids, inputs).await;
+        crate::telemetry::step("plugins", started.elapsed().as_secs_f64());
+        let label = |id: i64| chain.iter().find(|l| l.id == id).map_or_else(|| id.to_string(), |l| l.label.clone());
+        let now = OffsetDateTime::now_utc();
+        let mut logs = Vec::new();
+        let log_row = |id: i64, level: &str, message: &str| json!({"team_id": team, "plugin_config_id": id, "level": level, "message": message, "timestamp": flavor.format(now)});
+
+        for link in &chain {
+            crate::telemetry::plugin_calls(link.id, events.len());
+        }
+        let mut failed_now: HashMap<i64, (u32, String)> = HashMap::new();
+        for (id, _, error) in &outcome.output.errors {
+            let kind = match error {
+                PluginError::Timeout { .. } => "timeout",
+                PluginError::Ticks { .. } => "ticks",
+                PluginError::Memory { .. } => "memory",
+                _ => "error",
+            };
+            crate::telemetry::plugin_error(*id, kind);
+            let entry = failed_now.entry(*id).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = error.to_string();
+            warn!(plugin = %label(*id), team, error = %error, "plugin call failed");
+            logs.push(log_row(*id, "error", &error.to_string()));
+        }
+        for (id, entry) in &outcome.output.logs {
+            info!(plugin = %label(*id), team, level = %entry.level, "{}", entry.message);
+            logs.push(log_row(*id, &entry.level, &entry.message));
+        }
+        for strike in &outcome.strikes {
+            crate::telemetry::plugin_error(strike.id, "crash");
+            logs.push(log_row(strike.id, "error", &strike.reason));
+            if strike.disabled {
+                self.set_status(strike.id, "disabled", &format!("its worker kept dying: {}", strike.reason)).await;
+            }
+        }
+        for link in &chain {
+            self.track_health(link.id, failed_now.get(&link.id), events.len()).await;
+        }
+
+        let events = events
+            .into_iter()
+            .zip(outcome.output.events)
+            .map(|(mut captured, processed)| {
+                let event = processed.event?;
+                let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(*id)).collect();
+                let failed: Vec<String> = processed.failed.iter().map(|id| label(*id)).collect();
+                from_plugin_event(&mut captured, &event, &succeeded, &failed);
+                Some(captured)
+            })
+            .collect();
+        Applied { events, logs }
+    }
+
+    /// Consecutive failed calls degrade, then disable, an instance; a batch in which it
+    /// succeeded at all starts the count again.
+    async fn track_health(&self, id: i64, failed: Option<&(u32, String)>, calls: usize) {
+        let (before, after) = {
+            let mut failures = self.failures.lock().expect("failures lock");
+            let n = failures.entry(id).or_default();
+            let before = *n;
+            *n = match failed {
+                Some((k, _)) if *k as usize >= calls => before + k,
+                _ => 0,
+            };
+            (before, *n)
+        };
+        let Some((_, last)) = failed else { return };
+        let status = if after >= self.disable_after {
+            "disabled"
+        } else if before < self.degrade_after && after >= self.degrade_after {
+            "degraded"
+        } else {
+            return;
+        };
+        self.set_status(id, status, &format!("{after} consecutive failed calls; last: {last}")).await;
+        if status == "disabled" {
+            self.chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
+        }
+    }
+
+    async fn set_status(&self, id: i64, status: &str, reason: &str) {
+        warn!(plugin_config = id, status, reason, "plugin state changed");
+        let result = sqlx::query("UPDATE plugin_configs SET status = $2, status_reason = $3 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .bind(reason)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = result {
+            warn!(plugin_config = id, error = %e, "could not store the plugin's state");
+        }
+    }
+}
+
+/// Re-reads plugin configurations every `interval` for the process's life.
+pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = plugins.refresh().await {
+                warn!(error = %e, "reading plugin configurations failed; keeping the loaded ones");
+            }
+        }
+    });
+}
+
+/// The event as plugins see it: `uuid, event, distinct_id, properties, timestamp,
+/// team_id, ip, now, sent_at, $set, $set_once`.
+fn to_plugin_event(c: &CapturedEvent, team: i64) -> Value {
+    let data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
+    let mut e = Map::new();
+    e.insert("uuid".into(), Value::String(c.uuid.to_string()));
+    e.insert("event".into(), Value::String(c.event.clone()));
+    e.insert("distinct_id".into(), Value::String(c.distinct_id.clone()));
+    e.insert("properties".into(), data.get("properties").filter(|p| p.is_object()).cloned().unwrap_or(json!({})));
+    if let Some(t) = &c.timestamp {
+        e.insert("timestamp".into(), Value::String(t.clone()));
+    }
+    e.insert("team_id".into(), json!(team));
+    e.insert("ip".into(), Value::String(c.ip.clone()));
+    e.insert("now".into(), Value::String(c.now.format(&Rfc3339).expect("UTC times format")));
+    if let Some(s) = c.sent_at {
+        e.insert("sent_at".into(), Value::String(s.format(&Rfc3339).expect("UTC times format")));
+    }
+    for key in ["$set", "$set_once"] {
+        if let Some(v) = data.get(key) {
+            e.insert(key.into(), v.clone());
+        }
+    }
+    Value::Object(e)
+}
+
+/// Writes what a chain made of an event back into the captured message.
+fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[String], failed: &[String]) {
+    let mut data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
+    if let Some(name) = e.get("event").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        c.event = name.to_string();
+        data.insert("event".into(), Value::String(c.event.clone()));
+    }
+    if let Some(d) = e.get("distinct_id").and_then(Value::as_str).filter(|d| !d.trim().is_empty()) {
+        c.distinct_id = d.to_string();
+        data.insert("distinct_id".into(), Value::String(c.distinct_id.clone()));
+    }
+    let mut properties = e.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    if !succeeded.is_empty() {
+        properties.insert("$plugins_succeeded".into(), json!(succeeded));
+    }
+    if !failed.is_empty() {
+        properties.insert("$plugins_failed".into(), json!(failed));
+    }
+    data.insert("properties".into(), Value::Object(properties));
+    for key in ["$set", "$set_once"] {
+        match e.get(key) {
+            Some(v) if v.is_object() => {
+                data.insert(key.into(), v.clone());
+            }
+            _ => {
+                data.remove(key);
+            }
+        }
+    }
+    c.timestamp = match e.get("timestamp") {
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(ip) = e.get("ip").and_then(Value::as_str) {
+        c.ip = ip.to_string();
+    }
+    c.data = Value::Object(data).to_string();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_goes_to_plugins_and_comes_back() {
+        let mut c = CapturedEvent {
+            uuid: uuid::Uuid::nil(),
+            distinct_id: "d".into(),
+            ip: "1.2.3.4".into(),
+            data: json!({"event": "e", "properties": {"a": 1}, "$set": {"s": 1}}).to_string(),
+            now: time::macros::datetime!(2026-01-01 00:00 UTC),
+            sent_at: None,
+            token: "phc".into(),
+            event: "e".into(),
+            timestamp: Some("2026-01-01T00:00:00Z".into()),
+            historical_migration: false,
+        };
+        let mut e = to_plugin_event(&c, 7);
+        assert_eq!(e["team_id"], 7);
+        assert_eq!(e["properties"], json!({"a": 1}));
+        assert_eq!(e["$set"], json!({"s": 1}));
+        e["event"] = json!("renamed");
+        e["properties"]["b"] = json!(2);
+        e.as_object_mut().unwrap().remove("$set");
+        from_plugin_event(&mut c, &e, &["p (1)".into()], &["q (2)".into()]);
+        assert_eq!(c.event, "renamed");
+        let data: Value = serde_json::from_str(&c.data).unwrap();
+        assert_eq!(
+            data["properties"],
+            json!({"a": 1, "b": 2, "$plugins_succeeded": ["p (1)"], "$plugins_failed": ["q (2)"]})
+        );
+        assert!(data.get("$set").is_none());
+        assert_eq!(c.timestamp.as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Teams' plugins through the whole pipeline: capture → Kafka → ingest, whose plugin
+//! workers run each team's chain → ClickHouse. Each test has a Postgres database of its
+//! own, so the plugins it installs are seen by its ingest only.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_tests::{clickhouse_rows, ingest_command, unique, wait_for_rows, Capture, Ingest};
+
+/// A Postgres database for one test, dropped with it.
+struct Database {
+    url: String,
+    name: String,
+}
+
+impl Database {
+    fn create(test: &str) -> Database {
+        let name = unique(&format!("sluice_{test}")).replace('-', "_");
+        let admin = sluice_tests::database_url();
+        sluice_tests::postgres(|pool| {
+            let sql = format!("CREATE DATABASE {name}");
+            Box::pin(async move {
+                sqlx::query(&sql).execute(pool).await.expect("create database");
+            })
+        });
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("DATABASE_URL without a database: {admin}"),
+        };
+        Database { url, name }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![("DATABASE_URL", self.url.as_str())]
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        ingest_command(args, &self.env())
+    }
+
+    /// Creates a team; returns (id, token).
+    fn team(&self, name: &str) -> (i64, String) {
+        let out = self.run(&["teams", "create", "--name", name]);
+        let id = out.split_whitespace().nth(2).and_then(|w| w.parse().ok()).expect("team id");
+        (id, out.lines().last().unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        sluice_tests::postgres(|pool| {
+            Box::pin(async move {
+                let _ = sqlx::query(&sql).execute(pool).await;
+            })
+        });
+    }
+}
+
+fn plugin_dir(name: &str, manifest: Value, main: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(&format!("plugin-{name}")));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plugin.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.join("main.lua"), main).unwrap();
+    dir
+}
+
+fn install(db: &Database, dir: &Path, team: i64, extra: &[&str]) -> i64 {
+    let team = team.to_string();
+    let mut args = vec!["plugins", "install", dir.to_str().unwrap(), "--team", &team];
+    args.extend_from_slice(extra);
+    let out = db.run(&args);
+    out.split("plugin config ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no plugin config id in: {out}"))
+}
+
+fn send(cap: &Capture, token: &str, events: &[(&str, &str)]) {
+    let batch: Vec<Value> = events.iter().map(|(e, d)| json!({"event": e, "distinct_id": d})).collect();
+    let r = cap.post("/batch", "application/json", json!({"api_key": token, "batch": batch}).to_string());
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+fn rows(ingest: &Ingest, team: i64) -> Vec<Value> {
+    clickhouse_rows(&format!(
+        "SELECT event, properties FROM {} FINAL WHERE team_id = {team} ORDER BY event",
+        ingest.table("events")
+    ))
+    .into_iter()
+    .map(|mut r| {
+        r["properties"] = serde_json::from_str(r["properties"].as_str().unwrap()).unwrap();
+        r
+    })
+    .collect()
+}
+
+const TAGGER: &str = r#"
+local plugin = {}
+function plugin.process_event(event, ctx)
+    ctx.log.info("tagging " .. event.event)
+    event.properties.tag = ctx.config.tag
+    return event
+end
+return plugin
+"#;
+
+const DROPPER: &str = r#"
+return { process_event = function(event) if event.event == "drop me" then return nil end return event end }
+"#;
+
+const BROKEN: &str = r#"
+return { process_event = function(event) error("boom") end }
+"#;
+
+#[test]
+fn a_teams_chain_changes_and_drops_its_events_and_reloads_without_a_restart() {
+    let db = Database::create("plugins");
+    db.run(&["migrate"]);
+    let (team_a, token_a) = db.team("with plugins");
+    let (team_b, token_b) = db.team("without plugins");
+    let tagger = plugin_dir(
+        "tagger",
+        json!({"name": "tagger", "version": "1.0.0", "config": [{"key": "tag", "type": "string", "default": "v1"}]}),
+        TAGGER,
+    );
+    let dropper = plugin_dir("dropper", json!({"name": "dropper"}), DROPPER);
+    let tagger_id = install(&db, &tagger, team_a, &[]);
+    let dropper_id = install(&db, &dropper, team_a, &[]);
+
+    let cap = Capture::start("plugins", &[]);
+    let mut env = db.env();
+    env.push(("PLUGIN_RELOAD_INTERVAL_MS", "200"));
+    let ingest = Ingest::start("plugins", &cap.topics.main, &env);
+
+    send(&cap, &token_a, &[("keep", "a1"), ("drop me", "a1"), ("keep too", "a2")]);
+    send(&cap, &token_b, &[("keep", "b1"), ("drop me", "b1")]);
+    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 4, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500)); // a dropped event would have landed by now
+
+    let a = rows(&ingest, team_a);
+    assert_eq!(
+        a.iter().map(|r| r["event"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec!["keep", "keep too"],
+        "{}",
+        ingest.log_text()
+    );
+    for r in &a {
+        assert_eq!(r["properties"]["tag"], "v1");
+        assert_eq!(
+            r["properties"]["$plugins_succeeded"],
+            json!([format!("tagger ({tagger_id})"), format!("dropper ({dropper_id})")])
+        );
+    }
+    let b = rows(&ingest, team_b);
+    assert_eq!(b.iter().map(|r| r["event"].as_str().unwrap()).collect::<Vec<_>>(), vec!["drop me", "keep"]);
+    assert!(b
+        .iter()
+        .all(|r| r["properties"].get("tag").is_none() && r["properties"].get("$plugins_succeeded").is_none()));
+
+    // Hot reload: a new setting changes the output of the running ingest.
+    let out = db.run(&["plugins", "configure", &tagger_id.to_string(), "--config", "tag=v2"]);
+    assert!(out.contains(r#""tag":"v2""#), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let name = format!("probe {n}");
+        send(&cap, &token_a, &[(&name, "a1")]);
+        let sql =
+            format!("SELECT properties FROM {} WHERE event = '{name}' AND team_id = {team_a}", ingest.table("events"));
+        let got = wait_for_rows(&sql, 1, Duration::from_secs(10));
+        let props: Value = serde_json::from_str(got[0]["properties"].as_str().unwrap()).unwrap();
+        if props["tag"] == "v2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new configuration never took effect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The operator sees the instances and their log lines.
+    let listed = db.run(&["plugins", "list", "--team", &team_a.to_string()]);
+    assert!(listed.contains("tagger 1.0.0") && listed.contains("healthy"), "{listed}");
+    let mut env = db.env();
+    env.push(("CLICKHOUSE_DATABASE", ingest.database.as_str()));
+    let logs = ingest_command(&["plugins", "logs", &tagger_id.to_string()], &env);
+    assert!(logs.contains("tagging keep"), "{logs}");
+}
+
+#[test]
+fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
+    let db = Database::create("plugins_failing");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("failing plugin");
+    let broken = plugin_dir("broken", json!({"name": "broken"}), BROKEN);
+    let broken_id = install(&db, &broken, team, &[]);
+
+    let cap = Capture::start("plugins-failing", &[]);
+    let mut env = db.env();
+    env.extend([("PLUGIN_DEGRADE_AFTER_FAILURES", "2"), ("PLUGIN_DISABLE_AFTER_FAILURES", "4")]);
+    let ingest = Ingest::start("plugins_failing", &cap.topics.main, &env);
+
+    send(&cap, &token, &[("e1", "d"), ("e2", "d")]);
+    let got = wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2, "{}", ingest.log_text());
+    let r = rows(&ingest, team);
+    assert_eq!(r[0]["properties"]["$plugins_failed"], json!([format!("broken ({broken_id})")]));
+    send(&cap, &token, &[("e3", "d"), ("e4", "d"), ("e5", "d")]);
+    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 5, Duration::from_secs(30));
+
+    let listed = db.run(&["plugins", "list"]);
+    assert!(listed.contains("disabled (") && listed.contains("consecutive failed calls"), "{listed}");
+    // Disabled: later events no longer go through it.
+    send(&cap, &token, &[("e6", "d")]);
+    let last = wait_for_rows(
+        &format!("SELECT properties FROM {} WHERE event = 'e6'", ingest.table("events")),
+        1,
+        Duration::from_secs(30),
+    );
+    let props: Value = serde_json::from_str(last[0]["properties"].as_str().unwrap()).unwrap();
+    assert!(props.get("$plugins_failed").is_none(), "{props}");
+    // The operator turns it back on.
+    assert!(db.run(&["plugins", "enable", &broken_id.to_string()]).contains("enabled"));
+    assert!(db.run(&["plugins", "list"]).contains("healthy"));
+}
