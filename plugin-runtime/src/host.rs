@@ -36,6 +36,8 @@ struct HostInner {
     hook: Mutex<Option<Hook>>,
     /// `http.fetch` calls in the current hook call.
     http_calls: std::sync::atomic::AtomicU32,
+    /// `sluice-plugin test`: requests are recorded and answered 200, never sent.
+    http_stub: Option<Mutex<Vec<Value>>>,
 }
 
 #[derive(Default)]
@@ -56,8 +58,21 @@ impl Host {
                 logs: Mutex::default(),
                 hook: Mutex::default(),
                 http_calls: Default::default(),
+                http_stub: None,
             }),
         }
+    }
+
+    /// A host whose `http.fetch` records requests instead of sending them.
+    pub fn with_http_stub(cache: KeyValue, storage: KeyValue) -> Host {
+        let mut host = Host::new(cache, storage);
+        Arc::get_mut(&mut host.inner).expect("new host").http_stub = Some(Mutex::default());
+        host
+    }
+
+    /// Requests recorded by the stub: `{method, url, headers, body}`.
+    pub fn stubbed_requests(&self) -> Vec<Value> {
+        self.inner.http_stub.as_ref().map(|s| s.lock().expect("stub lock").clone()).unwrap_or_default()
     }
 
     pub fn take_logs(&self) -> Vec<LogEntry> {
@@ -141,6 +156,7 @@ pub(crate) fn context(
     host: &Host,
 ) -> mlua::Result<Table> {
     let ctx = lua.create_table()?;
+    let config_map = config;
     let config = lua.to_value(&Value::Object(config.clone()))?;
     freeze(&config);
     ctx.raw_set("config", config)?;
@@ -165,7 +181,7 @@ pub(crate) fn context(
     ctx.raw_set("time", time)?;
     ctx.raw_set("cache", kv_table(lua, &host.inner.cache, limits, true)?)?;
     ctx.raw_set("storage", kv_table(lua, &host.inner.storage, limits, false)?)?;
-    ctx.raw_set("http", http_table(lua, source, limits, host)?)?;
+    ctx.raw_set("http", http_table(lua, source, config_map, limits, host)?)?;
     ctx.raw_set(
         "retry",
         lua.create_function(|_, reason: Option<String>| -> mlua::Result<()> {
@@ -346,9 +362,15 @@ fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Res
     Ok(t)
 }
 
-fn http_table(lua: &Lua, source: &PluginSource, limits: &Limits, host: &Host) -> mlua::Result<Table> {
+fn http_table(
+    lua: &Lua,
+    source: &PluginSource,
+    config: &Map<String, Value>,
+    limits: &Limits,
+    host: &Host,
+) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    let policy = http::Policy::new(&source.manifest.http, &limits.http);
+    let policy = http::Policy::new(&source.manifest.http, &limits.http, config);
     let allowed_in_process_event = source.manifest.http.in_process_event && limits.http.allow_in_process_event;
     let (h, max_calls) = (host.clone(), limits.http.max_requests_per_call);
     t.raw_set(
@@ -364,6 +386,16 @@ fn http_table(lua: &Lua, source: &PluginSource, limits: &Limits, host: &Host) ->
                     return Err(mlua::Error::runtime(format!("more than {max_calls} http requests in one call")));
                 }
                 let request = http::Request::from_lua(&lua, &url, options)?;
+                if let Some(stub) = &h.inner.http_stub {
+                    let body = request.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
+                    let headers: Map<String, Value> =
+                        request.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                    stub.lock().expect("stub lock").push(serde_json::json!({
+                        "method": request.method.as_str(), "url": request.url, "headers": headers, "body": body,
+                    }));
+                    let answer = http::Response { status: 200, headers: Default::default(), body: Vec::new() };
+                    return answer.into_lua(&lua);
+                }
                 let response = policy.fetch(request).await.map_err(|e| mlua::Error::runtime(e.to_string()))?;
                 response.into_lua(&lua)
             }

@@ -94,8 +94,28 @@ impl Response {
 }
 
 impl Policy {
-    pub fn new(manifest: &HttpManifest, limits: &HttpLimits) -> Policy {
-        Policy { allow: manifest.allow.iter().map(|h| h.to_ascii_lowercase()).collect(), limits: limits.clone() }
+    /// `allow` entries are host names, `*.suffix`, or `$config:KEY`: the host of the URL
+    /// the team configured in KEY (a webhook's target is the operator's choice, not the
+    /// author's).
+    pub fn new(
+        manifest: &HttpManifest,
+        limits: &HttpLimits,
+        config: &serde_json::Map<String, serde_json::Value>,
+    ) -> Policy {
+        let allow = manifest
+            .allow
+            .iter()
+            .filter_map(|entry| match entry.strip_prefix("$config:") {
+                Some(key) => config
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .and_then(|u| reqwest::Url::parse(u).ok())
+                    .and_then(|u| u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())),
+                None => Some(entry.clone()),
+            })
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        Policy { allow, limits: limits.clone() }
     }
 
     pub fn host_allowed(&self, host: &str) -> bool {
@@ -251,10 +271,13 @@ mod tests {
 
     #[test]
     fn allow_list_by_host_or_subdomain() {
-        let p = Policy::new(
-            &HttpManifest { allow: vec!["api.example.com".into(), "*.hooks.io".into()], in_process_event: false },
-            &crate::limits::Limits::default().http,
-        );
+        let manifest = HttpManifest {
+            allow: vec!["api.example.com".into(), "*.hooks.io".into(), "$config:url".into(), "$config:none".into()],
+            in_process_event: false,
+        };
+        let config = serde_json::json!({"url": "https://receiver.example.org:8443/in"});
+        let p = Policy::new(&manifest, &crate::limits::Limits::default().http, config.as_object().unwrap());
+        assert!(p.host_allowed("receiver.example.org"), "the configured url's host");
         assert!(p.host_allowed("api.example.com"));
         assert!(p.host_allowed("API.Example.com."));
         assert!(p.host_allowed("a.hooks.io"));

@@ -1,0 +1,100 @@
+//! `sluice-plugin` as plugin authors use it, and the plugins that ship with Sluice
+//! passing their own tests through it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sluice_plugin(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-plugin")).args(args).output().expect("sluice-plugin runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn shipped() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&root).expect("plugins/").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn every_shipped_plugin_passes_its_tests() {
+    let dirs = shipped();
+    let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
+    for expected in ["currency-normalizer", "downsample", "property-filter", "taxonomy", "user-agent", "webhook"] {
+        assert!(names.contains(&expected.to_string()), "{expected} ships: {names:?}");
+    }
+    for dir in dirs {
+        let (ok, text) = sluice_plugin(&["test", dir.to_str().unwrap()]);
+        assert!(ok, "{}:\n{text}", dir.display());
+        assert!(text.contains(" 0 failed"), "{text}");
+        assert!(dir.join("fixtures").is_dir() && dir.join("test.lua").is_file(), "{} has tests", dir.display());
+    }
+}
+
+fn scratch_plugin(main: &str, fixture: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-plugin-test-{}-{}", std::process::id(), main.len()));
+    std::fs::create_dir_all(dir.join("fixtures")).unwrap();
+    std::fs::write(dir.join("plugin.json"), r#"{"name": "scratch"}"#).unwrap();
+    std::fs::write(dir.join("main.lua"), main).unwrap();
+    std::fs::write(dir.join("fixtures/one.json"), fixture).unwrap();
+    dir
+}
+
+#[test]
+fn a_failing_fixture_or_test_fails_the_run() {
+    let dir = scratch_plugin(
+        "return { process_event = function(e) e.properties.x = 1 return e end }",
+        r#"{"event": {"uuid": "u", "team_id": 1, "event": "e", "properties": {}}, "expected": null}"#,
+    );
+    let (ok, text) = sluice_plugin(&["test", dir.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL  one.json: expected null"), "{text}");
+    std::fs::write(dir.join("test.lua"), "function test_fails() assert(1 == 2, 'math broke') end").unwrap();
+    std::fs::write(
+        dir.join("fixtures/one.json"),
+        r#"{"event": {"uuid": "u", "team_id": 1, "event": "e", "properties": {}}, "expected": {"uuid": "u", "team_id": 1, "event": "e", "properties": {"x": 1}}}"#,
+    )
+    .unwrap();
+    let (ok, text) = sluice_plugin(&["test", dir.to_str().unwrap()]);
+    assert!(!ok && text.contains("FAIL  test.lua test_fails") && text.contains("math broke"), "{text}");
+    assert!(text.contains("ok    one.json"), "{text}");
+}
+
+#[test]
+fn run_prints_the_event_or_dropped() {
+    let dirs = shipped();
+    let taxonomy = dirs.iter().find(|d| d.ends_with("taxonomy")).unwrap();
+    let event = std::env::temp_dir().join(format!("sluice-plugin-event-{}.json", std::process::id()));
+    std::fs::write(&event, r#"{"uuid": "u", "team_id": 1, "event": "Order Placed", "properties": {}}"#).unwrap();
+    let (ok, text) = sluice_plugin(&[
+        "run",
+        taxonomy.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+        "--config",
+        "convention=kebab-case",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains(r#""event": "order-placed""#), "{text}");
+    let downsample = dirs.iter().find(|d| d.ends_with("downsample")).unwrap();
+    let (ok, text) = sluice_plugin(&[
+        "run",
+        downsample.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+        "--config",
+        "percentage=0",
+    ]);
+    assert!(ok && text.trim().ends_with("dropped"), "{text}");
+    let (ok, text) = sluice_plugin(&[
+        "run",
+        taxonomy.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+        "--config",
+        "convention=shouting",
+    ]);
+    assert!(!ok && text.contains("config `convention`: must be one of"), "{text}");
+}
