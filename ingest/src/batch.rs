@@ -93,6 +93,7 @@ pub async fn handle(
     dead_letters: &DeadLetters,
     lane: &'static str,
     concurrency: usize,
+    on_event_wait: std::time::Duration,
 ) -> anyhow::Result<()> {
     let mut parsed: Vec<Parsed> = batch
         .iter()
@@ -203,6 +204,20 @@ pub async fn handle(
     for (i, d) in &dead {
         dead_letters.send(&batch[*i], d, 1).await?;
         telemetry::dead_lettered(d.stage);
+    }
+
+    // Step 12: the written events to the teams' on_event plugins, off the commit path.
+    if let Some(plugins) = deps.plugins {
+        let mut by_team: HashMap<i64, Vec<Value>> = HashMap::new();
+        for (i, row) in &rows.events {
+            let Some(team) = team_of.get(i).copied().filter(|t| plugins.has_on_event(*t)) else { continue };
+            if !refused.contains_key(i) {
+                by_team.entry(team).or_default().push(crate::plugins::on_event_payload(row));
+            }
+        }
+        for (team, events) in by_team {
+            plugins.enqueue_on_event(team, events, on_event_wait).await;
+        }
     }
 
     let now = time::OffsetDateTime::now_utc();

@@ -277,6 +277,21 @@ pub struct Config {
     pub plugin_degrade_after_failures: u32,
     #[arg(long, env = "PLUGIN_DISABLE_AFTER_FAILURES", default_value_t = 100, global = true)]
     pub plugin_disable_after_failures: u32,
+    /// Worker processes for on_event and schedules (kept apart from process_event's).
+    #[arg(long, env = "PLUGIN_EXPORT_WORKERS", default_value_t = 1, global = true)]
+    pub plugin_export_workers: usize,
+    /// Batches of written events waiting for on_event; past it, a batch waits at most
+    /// PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS, then its exports are dropped and counted.
+    #[arg(long, env = "PLUGIN_ON_EVENT_QUEUE_BATCHES", default_value_t = 64, global = true)]
+    pub plugin_on_event_queue_batches: usize,
+    #[arg(long, env = "PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS", default_value_t = 1_000, global = true)]
+    pub plugin_on_event_enqueue_timeout_ms: u64,
+    /// Calls of on_event for one event when it asks to be retried (ctx.retry).
+    #[arg(long, env = "PLUGIN_ON_EVENT_ATTEMPTS", default_value_t = 3, global = true)]
+    pub plugin_on_event_attempts: u32,
+    /// Wall time of setup, on_event, a schedule, teardown.
+    #[arg(long, env = "PLUGIN_HOOK_TIMEOUT_MS", default_value_t = 30_000, global = true)]
+    pub plugin_hook_timeout_ms: u64,
     /// Lua heap of one plugin VM.
     #[arg(long, env = "PLUGIN_MEMORY_MB", default_value_t = 32, global = true)]
     pub plugin_memory_mb: usize,

@@ -67,12 +67,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let persons = PersonStore::new(pool.clone());
     let groups = GroupStore::new(pool.clone());
     let plugins = if config.plugins_enabled {
-        let plugins = Arc::new(Plugins::new(&config, pool.clone())?);
+        let (plugins, on_event_queue) = Plugins::new(&config, pool.clone())?;
+        let plugins = Arc::new(plugins);
         if let Err(e) = plugins.refresh().await {
             warn!(error = %e, "reading plugin configurations failed; retrying in the background");
         }
         plugins::spawn_reloader(plugins.clone(), Duration::from_millis(config.plugin_reload_interval_ms));
-        Some(plugins)
+        Some((plugins, on_event_queue))
     } else {
         None
     };
@@ -91,6 +92,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
     );
     let ch = Arc::new(connect_clickhouse(&config, &health).await);
+    let plugins = plugins.map(|(plugins, queue)| {
+        plugins::spawn_on_event(plugins.clone(), queue, ch.clone());
+        plugins
+    });
+    let on_event_wait = Duration::from_millis(config.plugin_on_event_enqueue_timeout_ms);
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
     let mut consumer_config = ClientConfig::new();
@@ -157,7 +163,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 plugins: plugins.as_deref(),
                 flavor: ch.flavor,
             };
-            match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency).await {
+            match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency, on_event_wait).await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     health.batch_failing(true);

@@ -25,6 +25,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+/// Written events of one team waiting for `on_event`.
+pub type OnEventQueue = tokio::sync::mpsc::Receiver<(i64, Vec<Value>)>;
+
 /// One link of a team's chain.
 #[derive(Debug, Clone)]
 struct Link {
@@ -36,10 +39,15 @@ struct Link {
 pub struct Plugins {
     pool: PgPool,
     supervisor: Supervisor,
+    /// A pool of its own for `on_event`: slow exports never hold up `process_event`.
+    exports: Supervisor,
     limits: Limits,
     degrade_after: u32,
     disable_after: u32,
     chains: RwLock<HashMap<i64, Vec<Link>>>,
+    on_event_chains: RwLock<HashMap<i64, Vec<Link>>>,
+    on_event_queue: tokio::sync::mpsc::Sender<(i64, Vec<Value>)>,
+    on_event_attempts: u32,
     loaded: Mutex<HashMap<i64, Version>>,
     /// Consecutive failed calls per instance.
     failures: Mutex<HashMap<i64, u32>>,
@@ -47,10 +55,12 @@ pub struct Plugins {
 
 /// Which configuration version of an instance was last tried, and whether some version
 /// of it runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Version {
     attempted: OffsetDateTime,
     running: bool,
+    /// Hooks of the version running.
+    hooks: Vec<String>,
 }
 
 /// What the chain did to a batch's events of one team.
@@ -74,10 +84,16 @@ struct ConfigRow {
 }
 
 impl Plugins {
-    pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<Plugins> {
+    /// The plugin stage, and the receiving end of its `on_event` queue for
+    /// [`spawn_on_event`].
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+    ) -> anyhow::Result<(Plugins, OnEventQueue)> {
         let mut limits = Limits {
             memory_bytes: config.plugin_memory_mb << 20,
             process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
+            hook_wall: Duration::from_millis(config.plugin_hook_timeout_ms),
             ..Limits::default()
         };
         limits.http.allow_private_addresses = config.plugin_http_allow_private;
@@ -89,16 +105,78 @@ impl Plugins {
             per_event: limits.process_event_wall,
             max_strikes: config.plugin_max_strikes,
         };
-        Ok(Plugins {
+        let exports = Settings {
+            workers: config.plugin_export_workers,
+            per_event: limits.hook_wall * config.plugin_on_event_attempts.max(1),
+            ..settings.clone()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(config.plugin_on_event_queue_batches.max(1));
+        let plugins = Plugins {
             pool,
             supervisor: Supervisor::new(settings),
+            exports: Supervisor::new(exports),
             limits,
             degrade_after: config.plugin_degrade_after_failures,
             disable_after: config.plugin_disable_after_failures,
             chains: RwLock::default(),
+            on_event_chains: RwLock::default(),
+            on_event_queue: tx,
+            on_event_attempts: config.plugin_on_event_attempts,
             loaded: Mutex::default(),
             failures: Mutex::default(),
-        })
+        };
+        Ok((plugins, rx))
+    }
+
+    pub fn has_on_event(&self, team: i64) -> bool {
+        self.on_event_chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
+    }
+
+    /// Hands written events to the `on_event` exporters. Waits at most `wait` for room in
+    /// the queue: exports never hold up the commit longer than that; what does not fit
+    /// is counted.
+    pub async fn enqueue_on_event(&self, team: i64, events: Vec<Value>, wait: Duration) {
+        let n = events.len();
+        if let Err(e) = self.on_event_queue.send_timeout((team, events), wait).await {
+            warn!(team, events = n, error = %e, "on_event queue full; these events are not exported");
+            crate::telemetry::on_event_dropped(n);
+        }
+    }
+
+    /// Runs `on_event` for one team's written events.
+    async fn export(&self, team: i64, events: Vec<Value>, ch: &crate::write::ClickHouse) {
+        let chain = self.on_event_chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
+        if chain.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = chain.iter().map(|l| l.id).collect();
+        let started = std::time::Instant::now();
+        let outcome = self.exports.on_event(team, &ids, events, self.on_event_attempts).await;
+        crate::telemetry::step("on_event", started.elapsed().as_secs_f64());
+        let now = ch.flavor.format(OffsetDateTime::now_utc());
+        let mut rows = Vec::new();
+        for (id, _, error) in &outcome.output.errors {
+            crate::telemetry::plugin_error(*id, "on_event");
+            warn!(plugin_config = id, team, error = %error, "on_event failed");
+            rows.push((usize::MAX, json!({"team_id": team, "plugin_config_id": id, "level": "error", "message": error.to_string(), "timestamp": now})));
+        }
+        for (id, entry) in &outcome.output.logs {
+            info!(plugin_config = id, team, level = %entry.level, "{}", entry.message);
+            rows.push((usize::MAX, json!({"team_id": team, "plugin_config_id": id, "level": entry.level, "message": entry.message, "timestamp": now})));
+        }
+        for strike in &outcome.strikes {
+            crate::telemetry::plugin_error(strike.id, "crash");
+            if strike.disabled {
+                self.set_status(strike.id, "disabled", &format!("its export worker kept dying: {}", strike.reason))
+                    .await;
+            }
+        }
+        if !rows.is_empty() {
+            if let Err(e) = ch.insert("plugin_log_entries", &rows, &format!("on-event-{}", uuid::Uuid::now_v7())).await
+            {
+                warn!(error = %e, "could not write on_event log lines");
+            }
+        }
     }
 
     pub fn has_chain(&self, team: i64) -> bool {
@@ -115,6 +193,7 @@ impl Plugins {
         .fetch_all(&self.pool)
         .await?;
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();
         for row in rows {
             if !row.enabled || row.status == "disabled" {
                 continue;
@@ -127,14 +206,24 @@ impl Plugins {
                     config: row.config.0,
                     limits: self.limits.clone(),
                 };
-                let result = self.supervisor.load(row.team_id, instance).await;
+                let mut result = self.supervisor.load(row.team_id, instance.clone()).await;
+                if let Ok(hooks) = &result {
+                    if hooks.iter().any(|h| h == "on_event" || h.starts_with("every_")) {
+                        result = self.exports.load(row.team_id, instance).await.map(|_| hooks.clone());
+                    }
+                }
                 let mut loaded = self.loaded.lock().expect("loaded lock");
-                let entry = loaded.entry(row.id).or_insert(Version { attempted: row.updated_at, running: false });
+                let entry = loaded.entry(row.id).or_insert(Version {
+                    attempted: row.updated_at,
+                    running: false,
+                    hooks: Vec::new(),
+                });
                 entry.attempted = row.updated_at;
                 match result {
-                    Ok(()) => {
-                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, "plugin loaded");
+                    Ok(hooks) => {
+                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, ?hooks, "plugin loaded");
                         entry.running = true;
+                        entry.hooks = hooks;
                         self.failures.lock().expect("failures lock").remove(&row.id);
                     }
                     Err(e) => {
@@ -145,13 +234,21 @@ impl Plugins {
                     }
                 }
             }
-            if !self.loaded.lock().expect("loaded lock").get(&row.id).is_some_and(|l| l.running) {
+            let Some(hooks) =
+                self.loaded.lock().expect("loaded lock").get(&row.id).filter(|l| l.running).map(|l| l.hooks.clone())
+            else {
                 continue;
+            };
+            let link = Link { id: row.id, label: format!("{} ({})", row.manifest.name, row.id) };
+            if hooks.iter().any(|h| h == "process_event") {
+                chains.entry(row.team_id).or_default().push(link.clone());
             }
-            let label = format!("{} ({})", row.manifest.name, row.id);
-            chains.entry(row.team_id).or_default().push(Link { id: row.id, label });
+            if hooks.iter().any(|h| h == "on_event") {
+                on_event_chains.entry(row.team_id).or_default().push(link);
+            }
         }
         *self.chains.write().expect("chains lock") = chains;
+        *self.on_event_chains.write().expect("chains lock") = on_event_chains;
         Ok(())
     }
 
@@ -238,7 +335,9 @@ impl Plugins {
         };
         self.set_status(id, status, &format!("{after} consecutive failed calls; last: {last}")).await;
         if status == "disabled" {
-            self.chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
+            for chains in [&self.chains, &self.on_event_chains] {
+                chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
+            }
         }
     }
 
@@ -268,6 +367,30 @@ pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration) {
             }
         }
     });
+}
+
+/// Runs queued `on_event` work for the process's life.
+pub fn spawn_on_event(
+    plugins: std::sync::Arc<Plugins>,
+    mut queue: OnEventQueue,
+    ch: std::sync::Arc<crate::write::ClickHouse>,
+) {
+    tokio::spawn(async move {
+        while let Some((team, events)) = queue.recv().await {
+            plugins.export(team, events, &ch).await;
+        }
+    });
+}
+
+/// A written event row as `on_event` receives it: properties as objects, not text.
+pub fn on_event_payload(row: &Value) -> Value {
+    let mut event = row.clone();
+    for key in ["properties", "person_properties"] {
+        if let Some(text) = event.get(key).and_then(Value::as_str) {
+            event[key] = serde_json::from_str(text).unwrap_or(Value::Null);
+        }
+    }
+    event
 }
 
 /// The event as plugins see it: `uuid, event, distinct_id, properties, timestamp,

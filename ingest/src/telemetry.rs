@@ -82,3 +82,8 @@ pub fn plugin_calls(plugin_config: i64, n: usize) {
 pub fn plugin_error(plugin_config: i64, kind: &'static str) {
     counter!("ingest_plugin_errors_total", "plugin_config" => plugin_config.to_string(), "kind" => kind).increment(1);
 }
+
+/// Written events whose on_event exports were dropped (queue full).
+pub fn on_event_dropped(n: usize) {
+    counter!("ingest_plugin_on_event_dropped_total").increment(n as u64);
+}

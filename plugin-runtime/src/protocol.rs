@@ -35,6 +35,13 @@ pub enum Request {
         chain: Vec<i64>,
         events: Vec<Value>,
     },
+    /// Run `on_event` of every instance of `chain` on every (written) event; a call that
+    /// asks to be retried is, up to `attempts` times with back-off.
+    OnEvent {
+        chain: Vec<i64>,
+        events: Vec<Value>,
+        attempts: u32,
+    },
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {
         id: i64,
@@ -45,9 +52,11 @@ pub enum Request {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
+    /// `hooks`: the hooks the plugin defines (when it loaded).
     Loaded {
         id: i64,
         error: Option<PluginError>,
+        hooks: Vec<String>,
     },
     Unloaded {
         id: i64,

@@ -31,6 +31,16 @@ pub enum Hook {
 }
 
 impl Hook {
+    pub const ALL: [Hook; 7] = [
+        Hook::Setup,
+        Hook::ProcessEvent,
+        Hook::OnEvent,
+        Hook::EveryMinute,
+        Hook::EveryHour,
+        Hook::EveryDay,
+        Hook::Teardown,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Hook::Setup => "setup",

@@ -88,7 +88,8 @@ impl Supervisor {
 
     /// Compiles an instance and runs its `setup` in its team's worker. On failure the
     /// previous version (if any) stays.
-    pub async fn load(&self, team: i64, instance: Instance) -> Result<(), PluginError> {
+    /// Returns the hooks the plugin defines.
+    pub async fn load(&self, team: i64, instance: Instance) -> Result<Vec<String>, PluginError> {
         let id = instance.id;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
@@ -98,12 +99,12 @@ impl Supervisor {
         })
         .await;
         match answer {
-            Ok(Ok(Some(Response::Loaded { error: None, .. }))) => {
+            Ok(Ok(Some(Response::Loaded { error: None, hooks, .. }))) => {
                 worker.loaded.insert(id);
                 self.instances.lock().expect("lock").insert(id, instance);
                 self.disabled.lock().expect("lock").remove(&id);
                 self.strikes.lock().expect("lock").remove(&id);
-                Ok(())
+                Ok(hooks)
             }
             Ok(Ok(Some(Response::Loaded { error: Some(e), .. }))) => Err(e),
             _ => {
@@ -117,9 +118,19 @@ impl Supervisor {
         self.disabled.lock().expect("lock").contains(&id)
     }
 
-    /// Runs `chain` on `events`. Always answers: a worker failure strikes the instance
-    /// that was running and the batch goes on without it.
+    /// Runs `chain`'s `process_event` on `events`. Always answers: a worker failure strikes
+    /// the instance that was running and the batch goes on without it.
     pub async fn process(&self, team: i64, chain: &[i64], events: Vec<Value>) -> Outcome {
+        self.run(team, chain, events, None).await
+    }
+
+    /// Runs `chain`'s `on_event` on written `events`, retrying calls that ask for it up
+    /// to `attempts` times. Same failure handling as [`Supervisor::process`].
+    pub async fn on_event(&self, team: i64, chain: &[i64], events: Vec<Value>, attempts: u32) -> Outcome {
+        self.run(team, chain, events, Some(attempts)).await
+    }
+
+    async fn run(&self, team: i64, chain: &[i64], events: Vec<Value>, on_event: Option<u32>) -> Outcome {
         let mut outcome = Outcome::default();
         let mut chain: Vec<i64> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
         if chain.is_empty() {
@@ -131,7 +142,7 @@ impl Supervisor {
         loop {
             let budget =
                 self.settings.batch_base + self.settings.per_event * (events.len() * chain.len().max(1)) as u32;
-            match self.try_process(&mut slot, &chain, &events, budget).await {
+            match self.try_run(&mut slot, &chain, &events, budget, on_event).await {
                 Ok(mut output) => {
                     for e in &mut output.events {
                         e.failed.extend(skipped.iter().copied());
@@ -161,12 +172,13 @@ impl Supervisor {
         }
     }
 
-    async fn try_process(
+    async fn try_run(
         &self,
         slot: &mut Option<Worker>,
         chain: &[i64],
         events: &[Value],
         budget: Duration,
+        on_event: Option<u32>,
     ) -> Result<ChainOutput, (Option<i64>, WorkerDown)> {
         let worker = self.running(slot).await.map_err(|e| (None, e))?;
         // Instances this worker lost in a restart are loaded again first.
@@ -188,7 +200,10 @@ impl Supervisor {
         }
         let mut running = None;
         let exchange = async {
-            let request = Request::Process { chain: chain.to_vec(), events: events.to_vec() };
+            let request = match on_event {
+                None => Request::Process { chain: chain.to_vec(), events: events.to_vec() },
+                Some(attempts) => Request::OnEvent { chain: chain.to_vec(), events: events.to_vec(), attempts },
+            };
             write_frame(&mut worker.input, &request).await.map_err(|e| WorkerDown::Exited(e.to_string()))?;
             loop {
                 match read_frame::<Response>(&mut worker.output).await {

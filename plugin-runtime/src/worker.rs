@@ -22,16 +22,18 @@ pub async fn serve() -> std::io::Result<()> {
         match request {
             Request::Load(instance) => {
                 let id = instance.id;
-                let error = match load(&instance, &store).await {
+                let (error, hooks) = match load(&instance, &store).await {
                     Ok(vm) => {
+                        let hooks =
+                            Hook::ALL.into_iter().filter(|h| vm.has(*h)).map(|h| h.name().to_string()).collect();
                         if let Some(old) = vms.insert(id, vm) {
                             let _ = old.run_hook(Hook::Teardown, None).await;
                         }
-                        None
+                        (None, hooks)
                     }
-                    Err(e) => Some(e),
+                    Err(e) => (Some(e), Vec::new()),
                 };
-                write_frame(&mut output, &Response::Loaded { id, error }).await?;
+                write_frame(&mut output, &Response::Loaded { id, error, hooks }).await?;
             }
             Request::Unload { id } => {
                 if let Some(vm) = vms.remove(&id) {
@@ -50,6 +52,20 @@ pub async fn serve() -> std::io::Result<()> {
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     run_one(id, vms.get(&id), &mut out).await;
+                }
+                write_frame(&mut output, &Response::Processed(out)).await?;
+            }
+            Request::OnEvent { chain, events, attempts } => {
+                let mut out = ChainOutput::default();
+                for id in chain {
+                    write_frame(&mut output, &Response::Running { id }).await?;
+                    let Some(vm) = vms.get(&id) else { continue };
+                    for (i, event) in events.iter().enumerate() {
+                        if let Err(e) = on_event(vm, event, attempts).await {
+                            out.errors.push((id, i, e));
+                        }
+                    }
+                    out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
                 }
                 write_frame(&mut output, &Response::Processed(out)).await?;
             }
@@ -93,6 +109,30 @@ async fn run_one(id: i64, vm: Option<&Vm>, out: &mut ChainOutput) {
     }
     if let Some(vm) = vm {
         out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
+    }
+}
+
+/// `on_event` with bounded retries: a plugin's `ctx.retry(reason)` waits 100 ms, then
+/// 200, 400, … and gives up after `attempts` calls.
+async fn on_event(vm: &Vm, event: &serde_json::Value, attempts: u32) -> Result<(), PluginError> {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match vm.run_hook(Hook::OnEvent, Some(event)).await {
+            Err(PluginError::Retry(reason)) if attempt < attempts.max(1) => {
+                tracing::debug!(attempt, reason, "on_event asked to be retried");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(PluginError::Retry(reason)) => {
+                return Err(PluginError::Failed {
+                    hook: "on_event".into(),
+                    message: format!("gave up after {attempt} attempts: {reason}"),
+                })
+            }
+            other => return other,
+        }
     }
 }
 

@@ -225,3 +225,81 @@ fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
     assert!(db.run(&["plugins", "enable", &broken_id.to_string()]).contains("enabled"));
     assert!(db.run(&["plugins", "list"]).contains("healthy"));
 }
+
+/// A local HTTP receiver that records request heads and bodies and answers 200.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut head = String::new();
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push((head, String::from_utf8_lossy(&body).to_string()));
+                    let mut s = &stream;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn on_event_webhook_delivers_written_events_to_a_receiver() {
+    let db = Database::create("plugins_webhook");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("exports");
+    let (_, other_token) = db.team("no exports");
+    let (port, received) = receiver();
+    let webhook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/webhook");
+    let url = format!("url=http://127.0.0.1:{port}/hook");
+    install(&db, &webhook, team, &["--config", &url, "--config", "secret=s3cret", "--config", "events=purchase"]);
+
+    let cap = Capture::start("plugins-webhook", &[]);
+    let mut env = db.env();
+    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
+    let ingest = Ingest::start("plugins_webhook", &cap.topics.main, &env);
+    send(&cap, &token, &[("purchase", "buyer"), ("$pageview", "buyer"), ("purchase", "buyer-2")]);
+    send(&cap, &other_token, &[("purchase", "elsewhere")]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "webhook got {:?}\n{}", received.lock().unwrap(), ingest.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // nothing else should arrive
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "only this team's purchases: {got:?}");
+    let written = rows(&ingest, team);
+    for (head, body) in &got {
+        assert!(head.starts_with("POST /hook"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("x-sluice-signature: sha256="), "{head}");
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["event"], "purchase");
+        assert_eq!(event["team_id"], team);
+        assert!(event["properties"].is_object(), "{event}");
+        assert!(written.iter().any(|r| r["event"] == "purchase"), "sent after it was written");
+    }
+}
