@@ -226,8 +226,11 @@ fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
     assert!(db.run(&["plugins", "list"]).contains("healthy"));
 }
 
+/// Request heads and bodies a receiver got.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A local HTTP receiver that records request heads and bodies and answers 200.
-fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+fn receiver() -> (u16, Received) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
