@@ -292,6 +292,10 @@ pub struct Config {
     /// Wall time of setup, on_event, a schedule, teardown.
     #[arg(long, env = "PLUGIN_HOOK_TIMEOUT_MS", default_value_t = 30_000, global = true)]
     pub plugin_hook_timeout_ms: u64,
+    /// The length of a "minute" for plugin schedules (every_hour is 60 of them,
+    /// every_day 1,440). Only tests shorten it.
+    #[arg(long, env = "PLUGIN_SCHEDULE_MINUTE_MS", default_value_t = 60_000, global = true)]
+    pub plugin_schedule_minute_ms: u64,
     /// Lua heap of one plugin VM.
     #[arg(long, env = "PLUGIN_MEMORY_MB", default_value_t = 32, global = true)]
     pub plugin_memory_mb: usize,

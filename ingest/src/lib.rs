@@ -23,6 +23,7 @@ pub mod process;
 pub mod resolve;
 pub mod restrict;
 pub mod rows;
+pub mod schedules;
 pub mod telemetry;
 pub mod timestamp;
 pub mod write;
@@ -94,6 +95,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ch = Arc::new(connect_clickhouse(&config, &health).await);
     let plugins = plugins.map(|(plugins, queue)| {
         plugins::spawn_on_event(plugins.clone(), queue, ch.clone());
+        schedules::spawn(
+            plugins.clone(),
+            ch.clone(),
+            schedules::Settings {
+                redis_url: config.redis_url.clone(),
+                key_prefix: config.redis_key_prefix.clone(),
+                minute: Duration::from_millis(config.plugin_schedule_minute_ms),
+            },
+        );
         plugins
     });
     let on_event_wait = Duration::from_millis(config.plugin_on_event_enqueue_timeout_ms);

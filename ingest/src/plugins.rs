@@ -46,6 +46,8 @@ pub struct Plugins {
     disable_after: u32,
     chains: RwLock<HashMap<i64, Vec<Link>>>,
     on_event_chains: RwLock<HashMap<i64, Vec<Link>>>,
+    /// Instances with schedules but neither process_event nor on_event.
+    scheduled_only: RwLock<std::collections::HashSet<i64>>,
     on_event_queue: tokio::sync::mpsc::Sender<(i64, Vec<Value>)>,
     on_event_attempts: u32,
     loaded: Mutex<HashMap<i64, Version>>,
@@ -61,6 +63,7 @@ struct Version {
     running: bool,
     /// Hooks of the version running.
     hooks: Vec<String>,
+    team: i64,
 }
 
 /// What the chain did to a batch's events of one team.
@@ -86,10 +89,7 @@ struct ConfigRow {
 impl Plugins {
     /// The plugin stage, and the receiving end of its `on_event` queue for
     /// [`spawn_on_event`].
-    pub fn new(
-        config: &Config,
-        pool: PgPool,
-    ) -> anyhow::Result<(Plugins, OnEventQueue)> {
+    pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
         let mut limits = Limits {
             memory_bytes: config.plugin_memory_mb << 20,
             process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
@@ -120,12 +120,62 @@ impl Plugins {
             disable_after: config.plugin_disable_after_failures,
             chains: RwLock::default(),
             on_event_chains: RwLock::default(),
+            scheduled_only: RwLock::default(),
             on_event_queue: tx,
             on_event_attempts: config.plugin_on_event_attempts,
             loaded: Mutex::default(),
             failures: Mutex::default(),
         };
         Ok((plugins, rx))
+    }
+
+    /// `(team, instance, hook)` of every schedule hook of the running, enabled instances.
+    pub fn scheduled(&self) -> Vec<(i64, i64, String)> {
+        let live: std::collections::HashSet<i64> = self
+            .chains
+            .read()
+            .expect("chains lock")
+            .values()
+            .chain(self.on_event_chains.read().expect("chains lock").values())
+            .flatten()
+            .map(|l| l.id)
+            .collect();
+        let loaded = self.loaded.lock().expect("loaded lock");
+        let mut out = Vec::new();
+        for (id, v) in loaded.iter().filter(|(_, v)| v.running) {
+            for hook in v.hooks.iter().filter(|h| h.starts_with("every_")) {
+                if live.contains(id) || self.scheduled_only.read().expect("lock").contains(id) {
+                    out.push((v.team, *id, hook.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs one schedule of one instance and records what it logged or how it failed.
+    pub async fn run_schedule(&self, team: i64, id: i64, hook: &str, info: Value, ch: &crate::write::ClickHouse) {
+        let started = std::time::Instant::now();
+        let (result, logs, strike) = self.exports.schedule(team, id, hook, info).await;
+        crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
+        let now = ch.flavor.format(OffsetDateTime::now_utc());
+        let mut rows: Vec<(usize, Value)> = logs
+            .iter()
+            .map(|e| (usize::MAX, json!({"team_id": team, "plugin_config_id": id, "level": e.level, "message": e.message, "timestamp": now})))
+            .collect();
+        if let Err(e) = &result {
+            crate::telemetry::plugin_error(id, "schedule");
+            warn!(plugin_config = id, team, hook, error = %e, "schedule failed");
+            rows.push((usize::MAX, json!({"team_id": team, "plugin_config_id": id, "level": "error", "message": e.to_string(), "timestamp": now})));
+        }
+        if let Some(strike) = strike.filter(|s| s.disabled) {
+            self.set_status(id, "disabled", &format!("its worker kept dying: {}", strike.reason)).await;
+        }
+        if !rows.is_empty() {
+            if let Err(e) = ch.insert("plugin_log_entries", &rows, &format!("schedule-{}", uuid::Uuid::now_v7())).await
+            {
+                warn!(error = %e, "could not write schedule log lines");
+            }
+        }
     }
 
     pub fn has_on_event(&self, team: i64) -> bool {
@@ -194,6 +244,7 @@ impl Plugins {
         .await?;
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
         let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        let mut scheduled_only = std::collections::HashSet::new();
         for row in rows {
             if !row.enabled || row.status == "disabled" {
                 continue;
@@ -217,6 +268,7 @@ impl Plugins {
                     attempted: row.updated_at,
                     running: false,
                     hooks: Vec::new(),
+                    team: row.team_id,
                 });
                 entry.attempted = row.updated_at;
                 match result {
@@ -245,8 +297,11 @@ impl Plugins {
             }
             if hooks.iter().any(|h| h == "on_event") {
                 on_event_chains.entry(row.team_id).or_default().push(link);
+            } else if !hooks.iter().any(|h| h == "process_event") {
+                scheduled_only.insert(row.id);
             }
         }
+        *self.scheduled_only.write().expect("lock") = scheduled_only;
         *self.chains.write().expect("chains lock") = chains;
         *self.on_event_chains.write().expect("chains lock") = on_event_chains;
         Ok(())

@@ -164,17 +164,19 @@ impl Vm {
     }
 
     /// Runs a hook other than `process_event` (with the hook limits); a missing hook is a
-    /// success.
-    pub async fn run_hook(&self, hook: Hook, event: Option<&Value>) -> Result<(), PluginError> {
+    /// success. `on_event(event, ctx)` gets the event; schedules get `(ctx, info)` with
+    /// `info.period_start_ms`, the start of the period this run is for.
+    pub async fn run_hook(&self, hook: Hook, arg: Option<&Value>) -> Result<(), PluginError> {
         if !self.has(hook) {
             return Ok(());
         }
-        match event {
-            Some(e) => {
-                let input = self.lua.to_value(e).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
-                self.call(hook, input).await.map(drop)
-            }
-            None => self.call(hook, ()).await.map(drop),
+        let arg = match arg {
+            Some(v) => self.lua.to_value(v).map_err(|e| PluginError::InvalidEvent(e.to_string()))?,
+            None => LuaValue::Nil,
+        };
+        match hook {
+            Hook::OnEvent => self.call(hook, arg).await.map(drop),
+            _ => self.call_ctx_first(hook, arg).await.map(drop),
         }
     }
 
@@ -257,12 +259,26 @@ impl Vm {
             Ok(LuaValue::Function(f)) => f,
             _ => return Ok(MultiValue::new()),
         };
+        let mut args = input.into_lua_multi(&self.lua).map_err(|e| classify(hook, e, None, &self.limits))?;
+        args.push_back(LuaValue::Table(self.ctx.clone()));
+        self.invoke(hook, f, args).await
+    }
+
+    /// `hook(ctx, arg)`: setup, schedules, teardown.
+    async fn call_ctx_first(&self, hook: Hook, arg: LuaValue) -> Result<MultiValue, PluginError> {
+        let f: Function = match self.plugin.raw_get(hook.name()) {
+            Ok(LuaValue::Function(f)) => f,
+            _ => return Ok(MultiValue::new()),
+        };
+        let args = MultiValue::from_vec(vec![LuaValue::Table(self.ctx.clone()), arg]);
+        self.invoke(hook, f, args).await
+    }
+
+    async fn invoke(&self, hook: Hook, f: Function, args: MultiValue) -> Result<MultiValue, PluginError> {
         let (wall, ticks) = match hook {
             Hook::ProcessEvent => (self.limits.process_event_wall, self.limits.process_event_ticks),
             _ => (self.limits.hook_wall, self.limits.hook_ticks),
         };
-        let mut args = input.into_lua_multi(&self.lua).map_err(|e| classify(hook, e, None, &self.limits))?;
-        args.push_back(LuaValue::Table(self.ctx.clone()));
         self.host.enter(hook);
         self.guard.arm(wall, ticks);
         let result = f.call_async::<MultiValue>(args).await;

@@ -130,6 +130,48 @@ impl Supervisor {
         self.run(team, chain, events, Some(attempts)).await
     }
 
+    /// Runs one instance's schedule (`every_minute`, …) with `info` as its argument. A
+    /// worker failure strikes the instance, as for batches.
+    pub async fn schedule(
+        &self,
+        team: i64,
+        id: i64,
+        hook: &str,
+        info: Value,
+    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        let wall = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_wall);
+        let Some(wall) = wall else {
+            let e = PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") };
+            return (Err(e), Vec::new(), None);
+        };
+        let budget = wall + self.settings.batch_base;
+        // Loads the instance into a restarted worker first, as batches do.
+        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
+            self.kill(&mut slot).await;
+            return (Err(PluginError::Failed { hook: hook.into(), message: e.to_string() }), Vec::new(), None);
+        }
+        let worker = slot.as_mut().expect("running after try_run");
+        let request = Request::Hook { id, hook: hook.to_string(), event: Some(info) };
+        let answer = tokio::time::timeout(budget, async {
+            write_frame(&mut worker.input, &request).await?;
+            read_frame::<Response>(&mut worker.output).await
+        })
+        .await;
+        match answer {
+            Ok(Ok(Some(Response::HookDone { error, logs, .. }))) => (error.map_or(Ok(()), Err), logs, None),
+            other => {
+                let reason = match other {
+                    Err(_) => WorkerDown::Hung(budget).to_string(),
+                    _ => WorkerDown::Exited(format!("during {hook}")).to_string(),
+                };
+                self.kill(&mut slot).await;
+                let strike = self.strike(id, &reason);
+                (Err(PluginError::Failed { hook: hook.into(), message: reason }), Vec::new(), Some(strike))
+            }
+        }
+    }
+
     async fn run(&self, team: i64, chain: &[i64], events: Vec<Value>, on_event: Option<u32>) -> Outcome {
         let mut outcome = Outcome::default();
         let mut chain: Vec<i64> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();

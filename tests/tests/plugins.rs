@@ -306,3 +306,59 @@ fn on_event_webhook_delivers_written_events_to_a_receiver() {
         assert!(written.iter().any(|r| r["event"] == "purchase"), "sent after it was written");
     }
 }
+
+const TICKER: &str = r#"
+return {
+    every_minute = function(ctx, info)
+        ctx.http.fetch(ctx.config.url, {method = "POST", body = tostring(info.period_start_ms)})
+    end,
+}
+"#;
+
+#[test]
+fn a_schedule_runs_once_per_period_with_two_ingest_processes() {
+    let db = Database::create("plugins_schedule");
+    db.run(&["migrate"]);
+    let (team, _) = db.team("scheduled");
+    let (port, received) = receiver();
+    let ticker = plugin_dir(
+        "ticker",
+        json!({"name": "ticker", "config": [{"key": "url", "type": "string", "required": true}],
+               "http": {"allow": ["$config:url"]}, "schedule": ["every_minute"]}),
+        TICKER,
+    );
+    install(&db, &ticker, team, &["--config", &format!("url=http://127.0.0.1:{port}/tick")]);
+
+    let cap = Capture::start("plugins-schedule", &[]);
+    let prefix = format!("{}/", unique("schedule"));
+    let mut env = db.env();
+    env.extend([
+        ("PLUGIN_HTTP_ALLOW_PRIVATE", "true"),
+        ("PLUGIN_SCHEDULE_MINUTE_MS", "1000"),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+    ]);
+    let first = Ingest::start("plugins_schedule_1", &cap.topics.main, &env);
+    let second = Ingest::start("plugins_schedule_2", &cap.topics.main, &env);
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while received.lock().unwrap().len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "{} runs\n{}\n{}",
+            received.lock().unwrap().len(),
+            first.log_text(),
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for ingest in [&first, &second] {
+        assert!(ingest.log_text().contains("plugin loaded"), "both processes hold the schedule");
+    }
+    let mut periods: Vec<u64> =
+        received.lock().unwrap().iter().map(|(_, body)| body.parse().expect("period start")).collect();
+    let runs = periods.len();
+    periods.sort_unstable();
+    periods.dedup();
+    assert_eq!(periods.len(), runs, "a period ran twice: {:?}", received.lock().unwrap());
+    assert!(periods.windows(2).all(|w| w[1] - w[0] >= 1000), "{periods:?}");
+}

@@ -1,0 +1,140 @@
+//! Plugins' `every_minute`, `every_hour` and `every_day`, on exactly one ingest process
+//! of the cluster per period and never two at once.
+//!
+//! Each period of each schedule is claimed with a Redis key (`SET … NX`, expiring after
+//! two periods): whoever sets it runs that period. A second lock, held with a token and
+//! renewed while the run lasts, keeps a long run from overlapping the next period's run
+//! on another process. Without Redis no schedule runs: exclusivity cannot be promised.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::plugins::Plugins;
+use crate::write::ClickHouse;
+
+/// How long the running lock lives without renewal; renewed every third of it.
+const RUNNING_LOCK: Duration = Duration::from_secs(30);
+
+pub struct Settings {
+    pub redis_url: String,
+    pub key_prefix: String,
+    /// The length of a "minute" (hours and days are 60 and 1,440 of them). Shorter in tests.
+    pub minute: Duration,
+}
+
+pub fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settings) {
+    if settings.redis_url.is_empty() {
+        warn!("no REDIS_URL: plugin schedules are off");
+        return;
+    }
+    let client = match redis::Client::open(settings.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "REDIS_URL is not usable: plugin schedules are off");
+            return;
+        }
+    };
+    let token = uuid::Uuid::new_v4().to_string();
+    tokio::spawn(async move {
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut done: HashMap<(i64, String), u64> = HashMap::new();
+        let mut ticks = tokio::time::interval((settings.minute / 4).max(Duration::from_millis(50)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if conn.is_none() {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        debug!(error = %e, "redis unreachable; schedules wait");
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64 / 1_000_000;
+            for (team, id, hook) in plugins.scheduled() {
+                let period = settings.minute.as_millis() as u64 * periods(&hook);
+                let k = now_ms / period;
+                if done.get(&(id, hook.clone())) == Some(&k) {
+                    continue;
+                }
+                let claim = format!("{}plugin-schedule/{id}/{hook}/{k}", settings.key_prefix);
+                match set_nx(c, &claim, &token, Duration::from_millis(period * 2)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        done.insert((id, hook.clone()), k);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "redis failed; schedules wait");
+                        conn = None;
+                        break;
+                    }
+                }
+                done.insert((id, hook.clone()), k);
+                let running = format!("{}plugin-schedule-running/{id}/{hook}", settings.key_prefix);
+                if !set_nx(c, &running, &token, RUNNING_LOCK).await.unwrap_or(false) {
+                    warn!(plugin_config = id, hook, "the previous run is still going; this period is skipped");
+                    continue;
+                }
+                let (plugins, ch, mut lock_conn, token) = (plugins.clone(), ch.clone(), c.clone(), token.clone());
+                tokio::spawn(async move {
+                    let info = json!({"period_start_ms": k * period});
+                    let run = plugins.run_schedule(team, id, &hook, info, &ch);
+                    tokio::pin!(run);
+                    let mut renew = tokio::time::interval(RUNNING_LOCK / 3);
+                    renew.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = &mut run => break,
+                            _ = renew.tick() => { let _ = extend(&mut lock_conn, &running, &token, RUNNING_LOCK).await; }
+                        }
+                    }
+                    let _ = release(&mut lock_conn, &running, &token).await;
+                });
+            }
+        }
+    });
+}
+
+fn periods(hook: &str) -> u64 {
+    match hook {
+        "every_hour" => 60,
+        "every_day" => 60 * 24,
+        _ => 1,
+    }
+}
+
+async fn set_nx(c: &mut MultiplexedConnection, key: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
+    let r: Option<String> =
+        redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(ttl.as_millis() as u64).query_async(c).await?;
+    Ok(r.is_some())
+}
+
+/// Extends the lock only while it is still ours.
+async fn extend(c: &mut MultiplexedConnection, key: &str, token: &str, ttl: Duration) -> redis::RedisResult<()> {
+    const SCRIPT: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+    redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(token)
+        .arg(ttl.as_millis() as u64)
+        .query_async::<i64>(c)
+        .await
+        .map(drop)
+}
+
+/// Deletes the lock only while it is still ours.
+async fn release(c: &mut MultiplexedConnection, key: &str, token: &str) -> redis::RedisResult<()> {
+    const SCRIPT: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+    redis::cmd("EVAL").arg(SCRIPT).arg(1).arg(key).arg(token).query_async::<i64>(c).await.map(drop)
+}
