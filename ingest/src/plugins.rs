@@ -323,6 +323,9 @@ impl Plugins {
         for link in &chain {
             crate::telemetry::plugin_calls(link.id, events.len());
         }
+        for (id, seconds) in &outcome.output.durations {
+            crate::telemetry::plugin_duration(*id, *seconds);
+        }
         let mut failed_now: HashMap<i64, (u32, String)> = HashMap::new();
         for (id, _, error) in &outcome.output.errors {
             let kind = match error {

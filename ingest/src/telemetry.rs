@@ -87,3 +87,8 @@ pub fn plugin_error(plugin_config: i64, kind: &'static str) {
 pub fn on_event_dropped(n: usize) {
     counter!("ingest_plugin_on_event_dropped_total").increment(n as u64);
 }
+
+/// Time one plugin instance spent on one batch.
+pub fn plugin_duration(plugin_config: i64, seconds: f64) {
+    histogram!("ingest_plugin_batch_duration_seconds", "plugin_config" => plugin_config.to_string()).record(seconds);
+}

@@ -80,6 +80,9 @@ pub struct ChainOutput {
     /// `(instance, event index, error)` for every failed call.
     pub errors: Vec<(i64, usize, PluginError)>,
     pub logs: Vec<(i64, LogEntry)>,
+    /// Seconds each instance spent on the batch.
+    #[serde(default)]
+    pub durations: Vec<(i64, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -51,7 +51,9 @@ pub async fn serve() -> std::io::Result<()> {
                 };
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
+                    let started = std::time::Instant::now();
                     run_one(id, vms.get(&id), &mut out).await;
+                    out.durations.push((id, started.elapsed().as_secs_f64()));
                 }
                 write_frame(&mut output, &Response::Processed(out)).await?;
             }
