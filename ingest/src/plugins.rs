@@ -100,6 +100,11 @@ impl Plugins {
         let settings = Settings {
             program: std::env::current_exe()?,
             args: vec!["plugin-worker".into()],
+            env: vec![
+                ("SLUICE_PLUGIN_CACHE_REDIS_URL".into(), config.redis_url.clone()),
+                ("SLUICE_PLUGIN_CACHE_PREFIX".into(), format!("{}plugin-cache/", config.redis_key_prefix)),
+                ("SLUICE_PLUGIN_STORAGE_DATABASE_URL".into(), config.database_url.clone()),
+            ],
             workers: config.plugin_workers,
             batch_base: Duration::from_secs(5),
             per_event: limits.process_event_wall,

@@ -16,29 +16,63 @@ pub enum KvError {
     NotAnInteger(String),
     #[error("the in-memory store is full ({0} keys)")]
     Full(usize),
+    #[error("cache: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("storage: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("storage holds plain values: {0} is not supported")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Clone)]
 pub struct KeyValue {
     namespace: String,
+    /// The plugin config whose rows these are (Postgres storage).
+    config_id: i64,
     backend: Backend,
 }
 
 #[derive(Clone)]
 enum Backend {
     Memory(Arc<Memory>),
+    Redis(redis::aio::ConnectionManager),
+    Postgres(sqlx::PgPool),
+    /// Configured but not reachable when the worker started: every call says so.
+    Unavailable(Arc<str>),
 }
 
 impl KeyValue {
     /// An in-memory store of at most `max_keys` keys, shared by every namespace made
     /// from it with [`KeyValue::namespaced`].
     pub fn memory(max_keys: usize) -> KeyValue {
-        KeyValue { namespace: String::new(), backend: Backend::Memory(Arc::new(Memory::new(max_keys))) }
+        KeyValue { namespace: String::new(), config_id: 0, backend: Backend::Memory(Arc::new(Memory::new(max_keys))) }
+    }
+
+    /// Redis, under `prefix` (which [`KeyValue::namespaced`] extends).
+    pub fn redis(connection: redis::aio::ConnectionManager, prefix: &str) -> KeyValue {
+        KeyValue { namespace: prefix.to_string(), config_id: 0, backend: Backend::Redis(connection) }
+    }
+
+    /// Postgres `plugin_storage`, one row per (plugin config, key).
+    pub fn postgres(pool: sqlx::PgPool) -> KeyValue {
+        KeyValue { namespace: String::new(), config_id: 0, backend: Backend::Postgres(pool) }
+    }
+
+    /// A store whose every call fails with `reason`.
+    pub fn unavailable(reason: &str) -> KeyValue {
+        KeyValue { namespace: String::new(), config_id: 0, backend: Backend::Unavailable(reason.into()) }
     }
 
     /// The same store, with keys prefixed by `namespace` (e.g. `plugin-config/42/`).
     pub fn namespaced(&self, namespace: &str) -> KeyValue {
-        KeyValue { namespace: format!("{}{namespace}", self.namespace), backend: self.backend.clone() }
+        KeyValue { namespace: format!("{}{namespace}", self.namespace), ..self.clone() }
+    }
+
+    /// The store of one plugin config: its own key prefix, or its own rows.
+    pub fn for_plugin_config(&self, id: i64) -> KeyValue {
+        KeyValue { config_id: id, ..self.namespaced(&format!("plugin-config/{id}/")) }
     }
 
     fn key(&self, key: &str) -> String {
@@ -46,23 +80,75 @@ impl KeyValue {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, KvError> {
-        let Backend::Memory(m) = &self.backend;
-        m.get(&self.key(key))
+        match &self.backend {
+            Backend::Memory(m) => m.get(&self.key(key)),
+            Backend::Redis(c) => Ok(redis::cmd("GET").arg(self.key(key)).query_async(&mut c.clone()).await?),
+            Backend::Postgres(pool) => {
+                Ok(sqlx::query_scalar("SELECT value FROM plugin_storage WHERE plugin_config_id = $1 AND key = $2")
+                    .bind(self.config_id)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?)
+            }
+            Backend::Unavailable(reason) => Err(KvError::Unavailable(reason.to_string())),
+        }
     }
 
     pub async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), KvError> {
-        let Backend::Memory(m) = &self.backend;
-        m.set(self.key(key), Entry::Text(value.to_string()), ttl)
+        match &self.backend {
+            Backend::Memory(m) => m.set(self.key(key), Entry::Text(value.to_string()), ttl),
+            Backend::Redis(c) => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.key(key)).arg(value);
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX").arg(ttl.as_millis() as u64);
+                }
+                Ok(cmd.query_async::<()>(&mut c.clone()).await?)
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO plugin_storage (plugin_config_id, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (plugin_config_id, key) DO UPDATE SET value = $3",
+                )
+                .bind(self.config_id)
+                .bind(key)
+                .bind(value)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+            Backend::Unavailable(reason) => Err(KvError::Unavailable(reason.to_string())),
+        }
     }
 
     pub async fn del(&self, key: &str) -> Result<(), KvError> {
-        let Backend::Memory(m) = &self.backend;
-        m.entries.lock().expect("kv lock").remove(&self.key(key));
-        Ok(())
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.entries.lock().expect("kv lock").remove(&self.key(key));
+                Ok(())
+            }
+            Backend::Redis(c) => Ok(redis::cmd("DEL").arg(self.key(key)).query_async::<()>(&mut c.clone()).await?),
+            Backend::Postgres(pool) => {
+                sqlx::query("DELETE FROM plugin_storage WHERE plugin_config_id = $1 AND key = $2")
+                    .bind(self.config_id)
+                    .bind(key)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+            Backend::Unavailable(reason) => Err(KvError::Unavailable(reason.to_string())),
+        }
     }
 
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64, KvError> {
-        let Backend::Memory(m) = &self.backend;
+        let m = match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Redis(c) => {
+                return Ok(redis::cmd("INCRBY").arg(self.key(key)).arg(by).query_async(&mut c.clone()).await?)
+            }
+            Backend::Postgres(_) => return Err(KvError::Unsupported("incr")),
+            Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
+        };
         let key = self.key(key);
         let current = match m.get(&key)? {
             None => 0,
@@ -74,7 +160,19 @@ impl KeyValue {
     }
 
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, KvError> {
-        let Backend::Memory(m) = &self.backend;
+        let m = match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Redis(c) => {
+                let set: i64 = redis::cmd("PEXPIRE")
+                    .arg(self.key(key))
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut c.clone())
+                    .await?;
+                return Ok(set == 1);
+            }
+            Backend::Postgres(_) => return Err(KvError::Unsupported("expire")),
+            Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
+        };
         let mut entries = m.entries.lock().expect("kv lock");
         match entries.get_mut(&self.key(key)) {
             Some((_, expires)) => {
@@ -86,7 +184,14 @@ impl KeyValue {
     }
 
     pub async fn lpush(&self, key: &str, value: &str) -> Result<i64, KvError> {
-        let Backend::Memory(m) = &self.backend;
+        let m = match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Redis(c) => {
+                return Ok(redis::cmd("LPUSH").arg(self.key(key)).arg(value).query_async(&mut c.clone()).await?)
+            }
+            Backend::Postgres(_) => return Err(KvError::Unsupported("lpush")),
+            Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
+        };
         let key = self.key(key);
         m.make_room(&key)?;
         let mut entries = m.entries.lock().expect("kv lock");
@@ -102,7 +207,19 @@ impl KeyValue {
 
     /// Redis semantics: inclusive, negative indexes count from the end.
     pub async fn lrange(&self, key: &str, start: i64, stop: i64) -> Result<Vec<String>, KvError> {
-        let Backend::Memory(m) = &self.backend;
+        let m = match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Redis(c) => {
+                return Ok(redis::cmd("LRANGE")
+                    .arg(self.key(key))
+                    .arg(start)
+                    .arg(stop)
+                    .query_async(&mut c.clone())
+                    .await?)
+            }
+            Backend::Postgres(_) => return Err(KvError::Unsupported("lrange")),
+            Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
+        };
         let key = self.key(key);
         let entries = m.entries.lock().expect("kv lock");
         match entries.get(&key).filter(|(_, e)| e.is_none_or(|e| e > Instant::now())) {
@@ -118,6 +235,9 @@ impl KeyValue {
     }
 
     pub async fn llen(&self, key: &str) -> Result<i64, KvError> {
+        if let Backend::Redis(c) = &self.backend {
+            return Ok(redis::cmd("LLEN").arg(self.key(key)).query_async(&mut c.clone()).await?);
+        }
         Ok(self.lrange(key, 0, -1).await?.len() as i64)
     }
 }

@@ -25,6 +25,8 @@ pub struct Settings {
     /// The worker program and its arguments (e.g. `sluice-ingest plugin-worker`).
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Environment of the workers (where cache and storage live, see `worker`).
+    pub env: Vec<(String, String)>,
     pub workers: usize,
     /// Time a batch may take on top of `per_event` for each event and instance.
     pub batch_base: Duration,
@@ -278,6 +280,7 @@ impl Supervisor {
         if slot.is_none() {
             let mut child = Command::new(&self.settings.program)
                 .args(&self.settings.args)
+                .envs(self.settings.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -16,13 +16,13 @@ const MEMORY_KEYS: usize = 100_000;
 pub async fn serve() -> std::io::Result<()> {
     let mut input = tokio::io::stdin();
     let mut output = tokio::io::stdout();
-    let store = KeyValue::memory(MEMORY_KEYS);
+    let stores = Stores::from_env().await;
     let mut vms: HashMap<i64, Vm> = HashMap::new();
     while let Some(request) = read_frame::<Request>(&mut input).await? {
         match request {
             Request::Load(instance) => {
                 let id = instance.id;
-                let (error, hooks) = match load(&instance, &store).await {
+                let (error, hooks) = match load(&instance, &stores).await {
                     Ok(vm) => {
                         let hooks =
                             Hook::ALL.into_iter().filter(|h| vm.has(*h)).map(|h| h.name().to_string()).collect();
@@ -84,9 +84,46 @@ pub async fn serve() -> std::io::Result<()> {
     Ok(())
 }
 
-async fn load(instance: &Instance, store: &KeyValue) -> Result<Vm, PluginError> {
-    let ns = format!("plugin-config/{}/", instance.id);
-    let host = Host::new(store.namespaced(&format!("cache/{ns}")), store.namespaced(&format!("storage/{ns}")));
+/// Where `ctx.cache` and `ctx.storage` live, from the environment the supervisor sets:
+/// `SLUICE_PLUGIN_CACHE_REDIS_URL` (+ `SLUICE_PLUGIN_CACHE_PREFIX`) and
+/// `SLUICE_PLUGIN_STORAGE_DATABASE_URL`; in memory when unset.
+struct Stores {
+    cache: KeyValue,
+    storage: KeyValue,
+}
+
+impl Stores {
+    async fn from_env() -> Stores {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let memory = KeyValue::memory(MEMORY_KEYS);
+        let cache = match var("SLUICE_PLUGIN_CACHE_REDIS_URL") {
+            None => memory.namespaced("cache/"),
+            Some(url) => {
+                let prefix = var("SLUICE_PLUGIN_CACHE_PREFIX").unwrap_or_default();
+                let connect = async {
+                    let client = redis::Client::open(url.as_str())?;
+                    redis::aio::ConnectionManager::new(client).await
+                };
+                match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+                    Ok(Ok(c)) => KeyValue::redis(c, &prefix),
+                    Ok(Err(e)) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
+                    Err(_) => KeyValue::unavailable("cache unavailable: redis did not answer"),
+                }
+            }
+        };
+        let storage = match var("SLUICE_PLUGIN_STORAGE_DATABASE_URL") {
+            None => memory.namespaced("storage/"),
+            Some(url) => match sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy(&url) {
+                Ok(pool) => KeyValue::postgres(pool),
+                Err(e) => KeyValue::unavailable(&format!("storage unavailable: {e}")),
+            },
+        };
+        Stores { cache, storage }
+    }
+}
+
+async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
+    let host = Host::new(stores.cache.for_plugin_config(instance.id), stores.storage.for_plugin_config(instance.id));
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 

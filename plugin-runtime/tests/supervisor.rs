@@ -13,6 +13,7 @@ fn settings(max_strikes: u32) -> Settings {
     Settings {
         program: env!("CARGO_BIN_EXE_sluice-plugin").into(),
         args: vec!["worker".into()],
+        env: Vec::new(),
         workers: 2,
         batch_base: Duration::from_secs(2),
         per_event: Duration::from_millis(100),

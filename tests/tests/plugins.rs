@@ -180,7 +180,8 @@ fn a_teams_chain_changes_and_drops_its_events_and_reloads_without_a_restart() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let metrics = sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    let metrics =
+        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
     for m in [
         format!("ingest_plugin_calls_total{{plugin_config=\"{tagger_id}\"}}"),
         format!("ingest_plugin_batch_duration_seconds_count{{plugin_config=\"{tagger_id}\"}}"),
@@ -230,7 +231,8 @@ fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
     );
     let props: Value = serde_json::from_str(last[0]["properties"].as_str().unwrap()).unwrap();
     assert!(props.get("$plugins_failed").is_none(), "{props}");
-    let metrics = sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    let metrics =
+        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
     let errors = format!("ingest_plugin_errors_total{{plugin_config=\"{broken_id}\",kind=\"error\"}}");
     assert!(metrics.contains(&errors), "{errors} missing:\n{metrics}");
     // The operator turns it back on.
@@ -373,4 +375,62 @@ fn a_schedule_runs_once_per_period_with_two_ingest_processes() {
     periods.dedup();
     assert_eq!(periods.len(), runs, "a period ran twice: {:?}", received.lock().unwrap());
     assert!(periods.windows(2).all(|w| w[1] - w[0] >= 1000), "{periods:?}");
+}
+
+const COUNTER: &str = r#"
+return {
+    process_event = function(event, ctx)
+        event.properties.seen = ctx.cache.incr("seen")
+        ctx.storage.set("last", event.event)
+        return event
+    end,
+}
+"#;
+
+/// `ctx.cache` is Redis and `ctx.storage` Postgres, each namespaced by plugin config:
+/// the same plugin for two teams counts apart.
+#[test]
+fn cache_and_storage_are_real_and_kept_apart_per_plugin_config() {
+    let db = Database::create("plugins_state");
+    db.run(&["migrate"]);
+    let (team_a, token_a) = db.team("a");
+    let (team_b, token_b) = db.team("b");
+    let counter = plugin_dir("counter", json!({"name": "counter"}), COUNTER);
+    let id_a = install(&db, &counter, team_a, &[]);
+    let id_b = install(&db, &counter, team_b, &[]);
+
+    let cap = Capture::start("plugins-state", &[]);
+    let prefix = format!("{}/", unique("state"));
+    let mut env = db.env();
+    env.push(("REDIS_KEY_PREFIX", prefix.as_str()));
+    let ingest = Ingest::start("plugins_state", &cap.topics.main, &env);
+    send(&cap, &token_a, &[("e1", "d"), ("e2", "d"), ("e3", "d")]);
+    send(&cap, &token_b, &[("only", "d")]);
+    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 4, Duration::from_secs(30));
+
+    let mut seen_a: Vec<i64> =
+        rows(&ingest, team_a).iter().map(|r| r["properties"]["seen"].as_i64().unwrap()).collect();
+    seen_a.sort_unstable();
+    assert_eq!(seen_a, vec![1, 2, 3], "{}", ingest.log_text());
+    assert_eq!(rows(&ingest, team_b)[0]["properties"]["seen"], 1, "team b counts on its own");
+
+    let client = redis::Client::open(sluice_tests::redis_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let key = format!("{prefix}plugin-cache/plugin-config/{id_a}/seen");
+    let n: i64 = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(n, 3, "{key}");
+
+    let url = db.url.clone();
+    let stored: Vec<(i64, String)> = sluice_tests::block_on(async move {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query_as(
+            "SELECT plugin_config_id, value FROM plugin_storage WHERE key = 'last' ORDER BY plugin_config_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    });
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1], (id_b, "\"only\"".to_string()));
+    assert_eq!(stored[0].0, id_a);
 }
