@@ -296,6 +296,10 @@ pub struct Config {
     /// every_day 1,440). Only tests shorten it.
     #[arg(long, env = "PLUGIN_SCHEDULE_MINUTE_MS", default_value_t = 60_000, global = true)]
     pub plugin_schedule_minute_ms: u64,
+    /// A MaxMind City (or GeoLite2-City) database file for plugins' ctx.geoip; empty
+    /// for none.
+    #[arg(long, env = "GEOIP_DATABASE_PATH", default_value = "", global = true)]
+    pub geoip_database_path: String,
     /// Lua heap of one plugin VM.
     #[arg(long, env = "PLUGIN_MEMORY_MB", default_value_t = 32, global = true)]
     pub plugin_memory_mb: usize,

@@ -104,6 +104,7 @@ impl Plugins {
                 ("SLUICE_PLUGIN_CACHE_REDIS_URL".into(), config.redis_url.clone()),
                 ("SLUICE_PLUGIN_CACHE_PREFIX".into(), format!("{}plugin-cache/", config.redis_key_prefix)),
                 ("SLUICE_PLUGIN_STORAGE_DATABASE_URL".into(), config.database_url.clone()),
+                ("SLUICE_PLUGIN_GEOIP_DATABASE".into(), config.geoip_database_path.clone()),
             ],
             workers: config.plugin_workers,
             batch_base: Duration::from_secs(5),

@@ -38,6 +38,15 @@ struct HostInner {
     http_calls: std::sync::atomic::AtomicU32,
     /// `sluice-plugin test`: requests are recorded and answered 200, never sent.
     http_stub: Option<Mutex<Vec<Value>>>,
+    geoip: Option<GeoIp>,
+}
+
+/// A MaxMind City database, read once per process and shared by its VMs.
+pub type GeoIp = Arc<maxminddb::Reader<Vec<u8>>>;
+
+/// Opens a MaxMind City (or GeoLite2-City) database file.
+pub fn open_geoip(path: &std::path::Path) -> Result<GeoIp, String> {
+    maxminddb::Reader::open_readfile(path).map(Arc::new).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[derive(Default)]
@@ -59,6 +68,7 @@ impl Host {
                 hook: Mutex::default(),
                 http_calls: Default::default(),
                 http_stub: None,
+                geoip: None,
             }),
         }
     }
@@ -68,6 +78,12 @@ impl Host {
         let mut host = Host::new(cache, storage);
         Arc::get_mut(&mut host.inner).expect("new host").http_stub = Some(Mutex::default());
         host
+    }
+
+    /// The same host with `ctx.geoip` answering from `db`.
+    pub fn with_geoip(mut self, db: Option<GeoIp>) -> Host {
+        Arc::get_mut(&mut self.inner).expect("host not shared yet").geoip = db;
+        self
     }
 
     /// Requests recorded by the stub: `{method, url, headers, body}`.
@@ -182,6 +198,7 @@ pub(crate) fn context(
     ctx.raw_set("cache", kv_table(lua, &host.inner.cache, limits, true)?)?;
     ctx.raw_set("storage", kv_table(lua, &host.inner.storage, limits, false)?)?;
     ctx.raw_set("http", http_table(lua, source, config_map, limits, host)?)?;
+    ctx.raw_set("geoip", geoip_table(lua, host)?)?;
     ctx.raw_set(
         "retry",
         lua.create_function(|_, reason: Option<String>| -> mlua::Result<()> {
@@ -360,6 +377,53 @@ fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Res
         })?,
     )?;
     Ok(t)
+}
+
+/// `ctx.geoip.lookup(ip)`: `{city_name, country_code, country_name, continent_code,
+/// continent_name, subdivision_1_code, subdivision_1_name, postal_code, latitude,
+/// longitude, time_zone, accuracy_radius}` (what is known), or nil.
+fn geoip_table(lua: &Lua, host: &Host) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let db = host.inner.geoip.clone();
+    t.raw_set(
+        "lookup",
+        lua.create_function(move |lua, ip: String| {
+            let Some(db) = &db else { return Err(mlua::Error::runtime("no geoip database is configured")) };
+            let Ok(addr) = ip.trim().parse::<std::net::IpAddr>() else { return Ok(LuaValue::Nil) };
+            let record: Option<Value> = db.lookup(addr).and_then(|r| r.decode()).map_err(mlua::Error::external)?;
+            match record {
+                Some(r) => lua.to_value(&geoip_fields(&r)),
+                None => Ok(LuaValue::Nil),
+            }
+        })?,
+    )?;
+    Ok(t)
+}
+
+fn geoip_fields(r: &Value) -> Value {
+    let name = |v: &Value| v.get("names").and_then(|n| n.get("en")).cloned();
+    let sub = r.get("subdivisions").and_then(|s| s.get(0));
+    let location = r.get("location");
+    let mut out = Map::new();
+    for (key, value) in [
+        ("city_name", r.get("city").and_then(name)),
+        ("country_code", r.get("country").and_then(|c| c.get("iso_code")).cloned()),
+        ("country_name", r.get("country").and_then(name)),
+        ("continent_code", r.get("continent").and_then(|c| c.get("code")).cloned()),
+        ("continent_name", r.get("continent").and_then(name)),
+        ("subdivision_1_code", sub.and_then(|s| s.get("iso_code")).cloned()),
+        ("subdivision_1_name", sub.and_then(name)),
+        ("postal_code", r.get("postal").and_then(|p| p.get("code")).cloned()),
+        ("latitude", location.and_then(|l| l.get("latitude")).cloned()),
+        ("longitude", location.and_then(|l| l.get("longitude")).cloned()),
+        ("time_zone", location.and_then(|l| l.get("time_zone")).cloned()),
+        ("accuracy_radius", location.and_then(|l| l.get("accuracy_radius")).cloned()),
+    ] {
+        if let Some(v) = value {
+            out.insert(key.into(), v);
+        }
+    }
+    Value::Object(out)
 }
 
 fn http_table(

@@ -17,7 +17,7 @@ pub mod supervisor;
 pub mod watchdog;
 pub mod worker;
 
-pub use host::{Host, LogEntry};
+pub use host::{open_geoip, GeoIp, Host, LogEntry};
 pub use kv::KeyValue;
 pub use limits::Limits;
 pub use manifest::{Manifest, PluginSource};

@@ -90,6 +90,8 @@ pub async fn serve() -> std::io::Result<()> {
 struct Stores {
     cache: KeyValue,
     storage: KeyValue,
+    /// `SLUICE_PLUGIN_GEOIP_DATABASE`: a MaxMind City database for `ctx.geoip`.
+    geoip: Option<crate::host::GeoIp>,
 }
 
 impl Stores {
@@ -118,12 +120,18 @@ impl Stores {
                 Err(e) => KeyValue::unavailable(&format!("storage unavailable: {e}")),
             },
         };
-        Stores { cache, storage }
+        let geoip = var("SLUICE_PLUGIN_GEOIP_DATABASE").and_then(|path| {
+            crate::host::open_geoip(std::path::Path::new(&path))
+                .inspect_err(|e| tracing::warn!(error = %e, "geoip database not readable; ctx.geoip is off"))
+                .ok()
+        });
+        Stores { cache, storage, geoip }
     }
 }
 
 async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
-    let host = Host::new(stores.cache.for_plugin_config(instance.id), stores.storage.for_plugin_config(instance.id));
+    let host = Host::new(stores.cache.for_plugin_config(instance.id), stores.storage.for_plugin_config(instance.id))
+        .with_geoip(stores.geoip.clone());
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 

@@ -18,15 +18,31 @@ fn shipped() -> Vec<PathBuf> {
     dirs
 }
 
+/// The small MaxMind City database of `tests/geoip/make_mmdb.py`, written by the
+/// project's test virtualenv (`./dev test` creates it).
+fn geoip_database() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = std::env::var("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} missing: ./dev test creates the test virtualenv", python.display());
+    let out = std::env::temp_dir().join(format!("sluice-geoip-{}.mmdb", std::process::id()));
+    let status = Command::new(python).arg(root.join("tests/geoip/make_mmdb.py")).arg(&out).status().unwrap();
+    assert!(status.success(), "make_mmdb.py failed");
+    out
+}
+
 #[test]
 fn every_shipped_plugin_passes_its_tests() {
     let dirs = shipped();
     let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
-    for expected in ["currency-normalizer", "downsample", "property-filter", "taxonomy", "user-agent", "webhook"] {
+    for expected in
+        ["currency-normalizer", "downsample", "geoip", "property-filter", "taxonomy", "user-agent", "webhook"]
+    {
         assert!(names.contains(&expected.to_string()), "{expected} ships: {names:?}");
     }
+    let geoip = geoip_database();
     for dir in dirs {
-        let (ok, text) = sluice_plugin(&["test", dir.to_str().unwrap()]);
+        let (ok, text) = sluice_plugin(&["test", dir.to_str().unwrap(), "--geoip", geoip.to_str().unwrap()]);
         assert!(ok, "{}:\n{text}", dir.display());
         assert!(text.contains(" 0 failed"), "{text}");
         assert!(dir.join("fixtures").is_dir() && dir.join("test.lua").is_file(), "{} has tests", dir.display());

@@ -434,3 +434,42 @@ fn cache_and_storage_are_real_and_kept_apart_per_plugin_config() {
     assert_eq!(stored[1], (id_b, "\"only\"".to_string()));
     assert_eq!(stored[0].0, id_a);
 }
+
+/// The shipped geoip plugin through the pipeline, on the test MaxMind database.
+#[test]
+fn geoip_enriches_events_and_persons() {
+    let mmdb = std::env::temp_dir().join(format!("{}.mmdb", unique("geoip")));
+    let status = std::process::Command::new(sluice_tests::repo_root().join(".venv/bin/python"))
+        .arg(sluice_tests::repo_root().join("tests/geoip/make_mmdb.py"))
+        .arg(&mmdb)
+        .status()
+        .expect("the test virtualenv (./dev test creates it)");
+    assert!(status.success());
+    let db = Database::create("plugins_geoip");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("geo");
+    let geoip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/geoip");
+    install(&db, &geoip, team, &[]);
+
+    let cap = Capture::start("plugins-geoip", &[]);
+    let mut env = db.env();
+    env.push(("GEOIP_DATABASE_PATH", mmdb.to_str().unwrap()));
+    let ingest = Ingest::start("plugins_geoip", &cap.topics.main, &env);
+    let body = json!({"api_key": token, "batch": [{"event": "visit", "distinct_id": "traveller", "properties": {"$ip": "81.2.69.160"}}]});
+    assert_eq!(cap.post("/batch", "application/json", body.to_string()).status, 200);
+    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 1, Duration::from_secs(30));
+    let row = &rows(&ingest, team)[0];
+    assert_eq!(row["properties"]["$geoip_city_name"], "London", "{row}\n{}", ingest.log_text());
+    assert_eq!(row["properties"]["$geoip_country_code"], "GB");
+    let url = db.url.clone();
+    let person: Value = sluice_tests::block_on(async move {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query_scalar::<_, sqlx::types::Json<Value>>("SELECT properties FROM persons")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .0
+    });
+    assert_eq!(person["$geoip_city_name"], "London", "{person}");
+    assert_eq!(person["$initial_geoip_country_code"], "GB", "{person}");
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
-use sluice_plugin_runtime::{Host, KeyValue, Limits, PluginSource, Vm};
+use sluice_plugin_runtime::{open_geoip, GeoIp, Host, KeyValue, Limits, PluginSource, Vm};
 
 #[derive(Parser)]
 #[command(name = "sluice-plugin", version, about = "Run and test Sluice plugins.")]
@@ -26,6 +26,9 @@ enum Command {
         /// Configuration, repeated: key=value.
         #[arg(long = "config", value_parser = parse_pair)]
         config: Vec<(String, String)>,
+        /// A MaxMind City database for ctx.geoip.
+        #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
+        geoip: Option<PathBuf>,
     },
     /// Run a plugin's test.lua (functions named test_*) and fixtures/*.json (an input
     /// event and the expected output, or null for a drop); non-zero exit on failure.
@@ -36,6 +39,9 @@ enum Command {
         /// Configuration, repeated: key=value (fixtures may carry their own `config`).
         #[arg(long = "config", value_parser = parse_pair)]
         config: Vec<(String, String)>,
+        /// A MaxMind City database for ctx.geoip.
+        #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
+        geoip: Option<PathBuf>,
     },
     /// Serve plugin VMs over stdin/stdout for a supervisor (ingest).
     #[command(hide = true)]
@@ -52,8 +58,14 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Worker => sluice_plugin_runtime::worker::serve().await.map_err(|e| e.to_string()),
-            Command::Run { dir, event, config } => run(dir, event, config).await,
-            Command::Test { dir, config } => test(dir, config).await,
+            Command::Run { dir, event, config, geoip } => match geoip_db(geoip) {
+                Ok(db) => run(dir, event, config, db).await,
+                Err(e) => Err(e),
+            },
+            Command::Test { dir, config, geoip } => match geoip_db(geoip) {
+                Ok(db) => test(dir, config, db).await,
+                Err(e) => Err(e),
+            },
         }
     });
     if let Err(e) = result {
@@ -62,21 +74,19 @@ fn main() {
     }
 }
 
-/// A fresh VM with in-memory cache and storage and stubbed http.
-async fn test_vm(source: &PluginSource, given: &Map<String, Value>) -> Result<Vm, String> {
-    let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
-    let kv = KeyValue::memory(10_000);
-    Vm::new(
-        source,
-        &config,
-        Limits::default(),
-        Host::with_http_stub(kv.namespaced("cache/"), kv.namespaced("storage/")),
-    )
-    .await
-    .map_err(|e| e.to_string())
+fn geoip_db(path: Option<PathBuf>) -> Result<Option<GeoIp>, String> {
+    path.map(|p| open_geoip(&p)).transpose()
 }
 
-async fn test(dir: PathBuf, config: Vec<(String, String)>) -> Result<(), String> {
+/// A fresh VM with in-memory cache and storage and stubbed http.
+async fn test_vm(source: &PluginSource, given: &Map<String, Value>, geoip: &Option<GeoIp>) -> Result<Vm, String> {
+    let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
+    let kv = KeyValue::memory(10_000);
+    let host = Host::with_http_stub(kv.namespaced("cache/"), kv.namespaced("storage/")).with_geoip(geoip.clone());
+    Vm::new(source, &config, Limits::default(), host).await.map_err(|e| e.to_string())
+}
+
+async fn test(dir: PathBuf, config: Vec<(String, String)>, geoip: Option<GeoIp>) -> Result<(), String> {
     let source = PluginSource::from_dir(&dir).map_err(|e| e.to_string())?;
     let given: Map<String, Value> = config.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     let (mut passed, mut failed) = (0, 0);
@@ -97,7 +107,7 @@ async fn test(dir: PathBuf, config: Vec<(String, String)>) -> Result<(), String>
             Err(_) => Map::new(),
         };
         config.extend(given.clone());
-        let vm = test_vm(&source, &config).await?;
+        let vm = test_vm(&source, &config, &geoip).await?;
         for (name, result) in vm.run_tests(&tests).await.map_err(|e| e.to_string())? {
             report(&format!("test.lua {name}"), result);
         }
@@ -108,7 +118,7 @@ async fn test(dir: PathBuf, config: Vec<(String, String)>) -> Result<(), String>
     fixtures.sort();
     for path in fixtures {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        report(&name, fixture(&source, &given, &path).await);
+        report(&name, fixture(&source, &given, &path, &geoip).await);
     }
     println!("{passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
@@ -122,14 +132,19 @@ async fn test(dir: PathBuf, config: Vec<(String, String)>) -> Result<(), String>
 }
 
 /// `{"event": {...}, "expected": {...} | null, "config": {...}}`.
-async fn fixture(source: &PluginSource, given: &Map<String, Value>, path: &std::path::Path) -> Result<(), String> {
+async fn fixture(
+    source: &PluginSource,
+    given: &Map<String, Value>,
+    path: &std::path::Path,
+    geoip: &Option<GeoIp>,
+) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let f: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
     let mut config = given.clone();
     if let Some(c) = f.get("config").and_then(Value::as_object) {
         config.extend(c.clone());
     }
-    let vm = test_vm(source, &config).await?;
+    let vm = test_vm(source, &config, geoip).await?;
     let input = f.get("event").ok_or("no `event`")?;
     let expected = f.get("expected").ok_or("no `expected` (null for a drop)")?;
     let out = vm.process_event(input).await.map_err(|e| e.to_string())?;
@@ -154,17 +169,15 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-async fn run(dir: PathBuf, event: PathBuf, config: Vec<(String, String)>) -> Result<(), String> {
+async fn run(dir: PathBuf, event: PathBuf, config: Vec<(String, String)>, geoip: Option<GeoIp>) -> Result<(), String> {
     let source = PluginSource::from_dir(&dir).map_err(|e| e.to_string())?;
     let given: Map<String, Value> = config.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     let config = source.manifest.validate_config(&given).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(&event).map_err(|e| format!("{}: {e}", event.display()))?;
     let event: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", event.display()))?;
     let kv = KeyValue::memory(10_000);
-    let vm =
-        Vm::new(&source, &config, Limits::default(), Host::new(kv.namespaced("cache/"), kv.namespaced("storage/")))
-            .await
-            .map_err(|e| e.to_string())?;
+    let host = Host::new(kv.namespaced("cache/"), kv.namespaced("storage/")).with_geoip(geoip);
+    let vm = Vm::new(&source, &config, Limits::default(), host).await.map_err(|e| e.to_string())?;
     let result = vm.process_event(&event).await;
     for log in vm.take_logs() {
         eprintln!("[{}] {}", log.level, log.message);
