@@ -264,9 +264,10 @@ pub struct Config {
     /// Plugin worker processes; each team's plugins live in one of them.
     #[arg(long, env = "PLUGIN_WORKERS", default_value_t = 2, global = true)]
     pub plugin_workers: usize,
-    /// How often plugin configurations are checked for changes (installs, config,
-    /// enable/disable), which are then loaded without a restart.
-    #[arg(long, env = "PLUGIN_RELOAD_INTERVAL_MS", default_value_t = 2_000, global = true)]
+    /// Changes to plugins (installs, config, enable/disable) are loaded without a
+    /// restart when the operator command's reload notice arrives (Redis pub/sub), and
+    /// at this interval anyway.
+    #[arg(long, env = "PLUGIN_RELOAD_INTERVAL_MS", default_value_t = 30_000, global = true)]
     pub plugin_reload_interval_ms: u64,
     /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
     #[arg(long, env = "PLUGIN_MAX_STRIKES", default_value_t = 3, global = true)]

@@ -73,7 +73,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if let Err(e) = plugins.refresh().await {
             warn!(error = %e, "reading plugin configurations failed; retrying in the background");
         }
-        plugins::spawn_reloader(plugins.clone(), Duration::from_millis(config.plugin_reload_interval_ms));
+        plugins::spawn_reloader(
+            plugins.clone(),
+            Duration::from_millis(config.plugin_reload_interval_ms),
+            config.redis_url.clone(),
+            plugins::reload_channel(&config.redis_key_prefix),
+        );
         Some((plugins, on_event_queue))
     } else {
         None

@@ -15,6 +15,30 @@ use crate::write::ClickHouse;
 type Json<T> = sqlx::types::Json<T>;
 type Settings = Map<String, Value>;
 
+/// Tells running ingest processes to load the change now (they also poll, so a notice
+/// that cannot be sent only delays it).
+async fn notify_reload(config: &Config, id: i64) {
+    if config.redis_url.is_empty() {
+        return;
+    }
+    let publish = async {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PUBLISH")
+            .arg(crate::plugins::reload_channel(&config.redis_key_prefix))
+            .arg(id)
+            .query_async::<i64>(&mut c)
+            .await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), publish).await {
+        Ok(Ok(_)) => {}
+        _ => eprintln!(
+            "note: no reload notice sent (Redis at REDIS_URL={} not reachable); ingest picks the change up within PLUGIN_RELOAD_INTERVAL_MS",
+            config.redis_url
+        ),
+    }
+}
+
 fn given(config: &[(String, String)]) -> Map<String, Value> {
     config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
 }
@@ -85,6 +109,7 @@ pub async fn install(
         }
     };
     tx.commit().await?;
+    notify_reload(config, id).await;
     println!(
         "{verb} plugin {} {} for team {team} as plugin config {id}; config {}",
         manifest.name,
@@ -143,6 +168,7 @@ pub async fn set_enabled(config: &Config, id: i64, enabled: bool) -> anyhow::Res
     .execute(&pool)
     .await?;
     anyhow::ensure!(done.rows_affected() == 1, "no plugin config with id {id} (see `sluice-ingest plugins list`)");
+    notify_reload(config, id).await;
     println!("plugin config {id} {}", if enabled { "enabled" } else { "disabled" });
     Ok(())
 }
@@ -165,6 +191,7 @@ pub async fn configure(config: &Config, id: i64, settings: &[(String, String)]) 
         .bind(sqlx::types::Json(&validated))
         .execute(&pool)
         .await?;
+    notify_reload(config, id).await;
     println!("plugin config {id} configured: {}", Value::Object(manifest.0.redact(&validated)));
     Ok(())
 }

@@ -21,7 +21,7 @@ use sluice_schema::CapturedEvent;
 use sqlx::PgPool;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 
@@ -419,13 +419,47 @@ impl Plugins {
     }
 }
 
-/// Re-reads plugin configurations every `interval` for the process's life.
-pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration) {
+/// The Redis channel operator commands publish a plugin config id on after a change.
+pub fn reload_channel(key_prefix: &str) -> String {
+    format!("{key_prefix}plugin-reload")
+}
+
+/// Re-reads plugin configurations when a reload notice arrives on Redis, and every
+/// `interval` anyway (a notice lost while Redis was away is caught up with).
+pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration, redis_url: String, channel: String) {
+    let notice = std::sync::Arc::new(tokio::sync::Notify::new());
+    if !redis_url.is_empty() {
+        let notice = notice.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            loop {
+                let subscribed = async {
+                    let client = redis::Client::open(redis_url.as_str())?;
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                match subscribed.await {
+                    Ok(pubsub) => {
+                        let mut messages = pubsub.into_on_message();
+                        while messages.next().await.is_some() {
+                            notice.notify_one();
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "no reload notices from redis; polling only"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = notice.notified() => {}
+            }
             if let Err(e) = plugins.refresh().await {
                 warn!(error = %e, "reading plugin configurations failed; keeping the loaded ones");
             }
