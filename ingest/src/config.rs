@@ -307,6 +307,10 @@ pub struct Config {
     /// Wall time of one process_event call.
     #[arg(long, env = "PLUGIN_PROCESS_EVENT_TIMEOUT_MS", default_value_t = 50, global = true)]
     pub plugin_process_event_timeout_ms: u64,
+    /// Interrupts (loop turns, calls) one process_event call may take: a limit that
+    /// does not depend on the machine's speed.
+    #[arg(long, env = "PLUGIN_PROCESS_EVENT_TICKS", default_value_t = 2_000_000, global = true)]
+    pub plugin_process_event_ticks: u64,
     /// Let plugins' http.fetch reach loopback, private and link-local addresses.
     #[arg(long, env = "PLUGIN_HTTP_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub plugin_http_allow_private: bool,

@@ -93,6 +93,7 @@ impl Plugins {
         let mut limits = Limits {
             memory_bytes: config.plugin_memory_mb << 20,
             process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
+            process_event_ticks: config.plugin_process_event_ticks,
             hook_wall: Duration::from_millis(config.plugin_hook_timeout_ms),
             ..Limits::default()
         };

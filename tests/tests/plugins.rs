@@ -474,3 +474,92 @@ fn geoip_enriches_events_and_persons() {
     assert_eq!(person["$geoip_city_name"], "London", "{person}");
     assert_eq!(person["$initial_geoip_country_code"], "GB", "{person}");
 }
+
+const SLOW_ON_CUE: &str = r#"
+return {
+    process_event = function(event, ctx)
+        if event.event == "slow" then
+            ctx.cache.set("started", 1)
+            local t = ctx.time.now_ms()
+            while ctx.time.now_ms() - t < 5000 do end
+        end
+        return event
+    end,
+}
+"#;
+
+/// Pids of the processes `parent` started (read from /proc, never by name).
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid …: comm may hold spaces, so read after its ')'.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A plugin worker dying mid-batch (as a Luau crash would kill it) costs only the
+/// worker: ingest goes on, the batch is retried without the plugin that was running,
+/// which is struck, and the team's other plugins still run.
+#[test]
+fn a_dying_plugin_worker_does_not_take_ingest_down() {
+    let db = Database::create("plugins_crash");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("crashy");
+    let slow = plugin_dir("slow", json!({"name": "slow"}), SLOW_ON_CUE);
+    let slow_id = install(&db, &slow, team, &[]);
+    let tagger = plugin_dir(
+        "tagger",
+        json!({"name": "tagger", "config": [{"key": "tag", "type": "string", "default": "t"}]}),
+        TAGGER,
+    );
+    install(&db, &tagger, team, &[]);
+
+    let cap = Capture::start("plugins-crash", &[]);
+    let prefix = format!("{}/", unique("crash"));
+    let mut env = db.env();
+    env.extend([
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("PLUGIN_PROCESS_EVENT_TIMEOUT_MS", "20000"),
+        ("PLUGIN_PROCESS_EVENT_TICKS", "100000000000"),
+        ("PLUGIN_WORKERS", "1"),
+    ]);
+    let mut ingest = Ingest::start("plugins_crash", &cap.topics.main, &env);
+    send(&cap, &token, &[("slow", "d")]);
+
+    // The plugin says when it is inside its long call; then its worker is killed.
+    let client = redis::Client::open(sluice_tests::redis_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let cue = format!("{prefix}plugin-cache/plugin-config/{slow_id}/started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !redis::cmd("EXISTS").arg(&cue).query::<bool>(&mut conn).unwrap() {
+        assert!(Instant::now() < deadline, "the slow plugin never started\n{}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let workers = children(ingest.child.id());
+    assert_eq!(workers.len(), 1, "one plugin worker: {workers:?}");
+    assert!(std::process::Command::new("kill").args(["-KILL", &workers[0].to_string()]).status().unwrap().success());
+
+    let got = wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "{}", ingest.log_text());
+    let row = &rows(&ingest, team)[0];
+    assert_eq!(row["properties"]["$plugins_failed"], json!([format!("slow ({slow_id})")]), "{row}");
+    assert_eq!(row["properties"]["tag"], "t", "the other plugin still ran");
+    assert!(ingest.child.try_wait().unwrap().is_none(), "ingest is alive");
+    assert!(ingest.log_text().contains("plugin worker failed; restarting it"));
+
+    // A new worker serves the next batch.
+    send(&cap, &token, &[("after", "d")]);
+    let after = wait_for_rows(
+        &format!("SELECT properties FROM {} WHERE event = 'after'", ingest.table("events")),
+        1,
+        Duration::from_secs(30),
+    );
+    let props: Value = serde_json::from_str(after[0]["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(props["tag"], "t");
+}
