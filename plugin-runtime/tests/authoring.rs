@@ -114,3 +114,32 @@ fn run_prints_the_event_or_dropped() {
     ]);
     assert!(!ok && text.contains("config `convention`: must be one of"), "{text}");
 }
+
+/// The Luau type definitions shipped for authors name every field of `ctx` the host
+/// provides, and nothing it does not.
+#[tokio::test]
+async fn the_type_definitions_match_the_host_api() {
+    use sluice_plugin_runtime::{Host, KeyValue, Limits, Manifest, PluginSource, Vm};
+    let types = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("types/sluice.d.luau")).unwrap();
+    let block = types.split("type Ctx = {").nth(1).unwrap().split("\n}").next().unwrap();
+    let mut declared: Vec<String> = block
+        .lines()
+        .filter(|l| {
+            l.starts_with('\t') && !l.starts_with("\t\t") && l.contains(':') && !l.trim_start().starts_with("--")
+        })
+        .filter_map(|l| l.trim().split(':').next().map(str::to_string))
+        .collect();
+    declared.sort();
+
+    let main = "return { process_event = function(e, ctx) \
+        local keys = {} for k in pairs(ctx) do table.insert(keys, k) end table.sort(keys) \
+        e.properties.keys = keys return e end }";
+    let source = PluginSource { manifest: Manifest::parse(r#"{"name": "t"}"#).unwrap(), main: main.into() };
+    let kv = KeyValue::memory(10);
+    let vm = Vm::new(&source, &Default::default(), Limits::default(), Host::new(kv.clone(), kv)).await.unwrap();
+    let out =
+        vm.process_event(&serde_json::json!({"uuid": "u", "team_id": 1, "properties": {}})).await.unwrap().unwrap();
+    let provided: Vec<String> =
+        out["properties"]["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
+    assert_eq!(declared, provided);
+}

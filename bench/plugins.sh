@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Plugin benchmark: ingest throughput and CPU per event with 0, 1 and 3 simple plugins
+# per team (property-filter; + taxonomy and user-agent). Each scenario pre-fills a topic
+# of its own with 1,000 returning persons' events (so persons cost little and plugins
+# show), runs a release ingest on it, and counts the CPU of ingest *and* its plugin
+# worker processes (IPC included) from /proc. Uses a Postgres database of its own.
+# Prints figures; never fails on them.
+#
+#   bench/plugins.sh          (BENCH_EVENTS=40000 per scenario by default)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+EVENTS="${BENCH_EVENTS:-40000}"
+OUT="$ROOT/.sluice/bench"
+mkdir -p "$OUT"
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+scripts/services.sh up >/dev/null
+cargo build --release --bins --quiet
+BIN="$CARGO_TARGET_DIR/release"
+TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+RUN="benchplugins$(date +%s)"
+BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
+psql "$BASE_URL" -qc "CREATE DATABASE $RUN" >/dev/null
+export DATABASE_URL="${BASE_URL%/*}/$RUN" CLICKHOUSE_DATABASE="$RUN"
+CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
+"$BIN/sluice-ingest" migrate >/dev/null
+TICKS="$(getconf CLK_TCK)"
+
+team() { "$BIN/sluice-ingest" teams create --name "$1" | head -1 | awk '{print $3}'; }
+token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }
+T0="$(team none)"; T1="$(team one)"; T3="$(team three)"
+"$BIN/sluice-ingest" plugins install plugins/property-filter --team "$T1" --config 'properties=secret,$ip' >/dev/null
+for t in "$T3"; do
+  "$BIN/sluice-ingest" plugins install plugins/property-filter --team "$t" --config 'properties=secret,$ip' >/dev/null
+  "$BIN/sluice-ingest" plugins install plugins/taxonomy --team "$t" >/dev/null
+  "$BIN/sluice-ingest" plugins install plugins/user-agent --team "$t" >/dev/null
+done
+
+bodies() { # TOKEN FILE
+  python3 - "$1" "$2" "$EVENTS" <<'PY'
+import json, sys
+token, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ua = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+props = {"$current_url": "https://app.example.com/dashboard", "$raw_user_agent": ua, "plan": "pro", "secret": "x"}
+with open(path, "w") as f:
+    for b in range(n // 500):
+        batch = [{"event": "Dashboard Viewed", "distinct_id": f"user-{(b * 500 + i) % 1000}", "properties": props} for i in range(500)]
+        f.write(json.dumps({"api_key": token, "batch": batch}) + "\n")
+PY
+}
+
+cpu_of_tree() { # PID: CPU ticks of the process and its children (plugin workers)
+  local total; total="$(awk '{print $14 + $15}' "/proc/$1/stat")"
+  for stat in /proc/[0-9]*/stat; do
+    read -r -a f <"$stat" 2>/dev/null || continue
+    # comm has no spaces for our binaries: field 4 is the parent pid.
+    if [ "${f[3]:-}" = "$1" ]; then total=$((total + f[13] + f[14])); fi
+  done
+  echo "$total"
+}
+
+scenario() { # NAME TEAM
+  local name="$1" topic="${RUN}-$1" cport iport cap ing token
+  token="$(token_of "$2")"
+  bodies "$token" "$OUT/plugins-$name.jsonl"
+  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
+  cport="$(free_port)"
+  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
+    "$BIN/sluice-capture" >"$OUT/plugins-capture-$name.log" 2>&1 &
+  cap=$!; PIDS+=("$cap")
+  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  log "$name: pre-filling $EVENTS events"
+  while read -r body; do
+    curl -sf "http://127.0.0.1:$cport/batch" -H 'content-type: application/json' -d "$body" >/dev/null
+  done <"$OUT/plugins-$name.jsonl"
+  iport="$(free_port)"
+  local started; started="$(date +%s.%N)"
+  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
+    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/plugins-$name.log" 2>&1 &
+  ing=$!; PIDS+=("$ing")
+  until [ "$(curl -s "$CLICKHOUSE_URL/" --data-binary "SELECT count() FROM $RUN.events WHERE team_id = $2" | tr -d '[:space:]')" -ge "$EVENTS" ] 2>/dev/null; do
+    sleep 0.2
+  done
+  local ended ticks; ended="$(date +%s.%N)"; ticks="$(cpu_of_tree "$ing")"
+  echo "$name $EVENTS $started $ended $ticks" >>"$OUT/plugins-raw.txt"
+  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+}
+
+: >"$OUT/plugins-raw.txt"
+scenario none "$T0"
+scenario one "$T1"
+scenario three "$T3"
+python3 - "$OUT/plugins-raw.txt" "$TICKS" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, n, start, end, ticks = line.split()
+    rows[name] = (int(n), float(end) - float(start), int(ticks) / int(sys.argv[2]))
+print("| plugins per team | events/s (wall) | CPU µs per event (ingest + workers) | added per plugin |")
+print("|---|---|---|---|")
+base = rows["none"][2] / rows["none"][0] * 1e6
+for name, k in (("none", 0), ("one", 1), ("three", 3)):
+    n, wall, cpu = rows[name]
+    per = cpu / n * 1e6
+    added = f"{(per - base) / k:.1f} µs" if k else ""
+    print(f"| {k} | {n / wall:,.0f} | {per:.1f} | {added} |")
+PY
+curl -s "$CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null
+psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $RUN WITH (FORCE)" >/dev/null
