@@ -78,9 +78,12 @@ scenario() { # NAME TEAM
   cap=$!; PIDS+=("$cap")
   until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
   log "$name: pre-filling $EVENTS events"
-  while read -r body; do
-    curl -sf "http://127.0.0.1:$cport/batch" -H 'content-type: application/json' -d "$body" >/dev/null
-  done <"$OUT/plugins-$name.jsonl"
+  python3 - "http://127.0.0.1:$cport/batch" "$OUT/plugins-$name.jsonl" <<'PY'
+import sys, urllib.request
+for line in open(sys.argv[2], "rb"):
+    req = urllib.request.Request(sys.argv[1], data=line.strip(), headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(req).status == 200
+PY
   iport="$(free_port)"
   local started; started="$(date +%s.%N)"
   ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \

@@ -16,18 +16,23 @@ pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to Postgres at DATABASE_URL={}", config.database_url))
 }
 
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = pool(config).await?;
-    sluice_schema::postgres::MIGRATOR.run(&pool).await.context("applying the Postgres migrations")?;
-    println!("postgres: migrations applied ({} known)", sluice_schema::postgres::MIGRATOR.iter().count());
-    let ch = ClickHouse::connect(
+/// ClickHouse for an operator command.
+pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
+    ClickHouse::connect(
         &config.clickhouse_url,
         &config.clickhouse_database,
         std::time::Duration::from_secs(30),
         config.clickhouse_compression,
     )
     .await
-    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
+    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    sluice_schema::postgres::MIGRATOR.run(&pool).await.context("applying the Postgres migrations")?;
+    println!("postgres: migrations applied ({} known)", sluice_schema::postgres::MIGRATOR.iter().count());
+    let ch = clickhouse(config).await?;
     let n = ch.migrate().await.context("applying the ClickHouse DDL")?;
     println!("clickhouse: {n} statements applied to database {} ({:?} column types)", ch.database, ch.flavor);
     Ok(())

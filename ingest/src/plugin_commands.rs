@@ -10,7 +10,6 @@ use sluice_plugin_runtime::{Manifest, PluginSource};
 
 use crate::commands::pool;
 use crate::config::Config;
-use crate::write::ClickHouse;
 
 type Json<T> = sqlx::types::Json<T>;
 type Settings = Map<String, Value>;
@@ -197,14 +196,7 @@ pub async fn configure(config: &Config, id: i64, settings: &[(String, String)]) 
 }
 
 pub async fn logs(config: &Config, id: i64, limit: u32) -> anyhow::Result<()> {
-    let ch = ClickHouse::connect(
-        &config.clickhouse_url,
-        &config.clickhouse_database,
-        std::time::Duration::from_secs(30),
-        config.clickhouse_compression,
-    )
-    .await
-    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))?;
+    let ch = crate::commands::clickhouse(config).await?;
     let text = ch
         .query(&format!(
             "SELECT timestamp, level, message FROM {}.plugin_log_entries WHERE plugin_config_id = {id}

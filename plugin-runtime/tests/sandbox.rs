@@ -335,3 +335,27 @@ async fn http_is_off_in_process_event_unless_asked_and_allowed() {
     let r = vm.process_event(&event()).await.unwrap().unwrap();
     assert!(r["properties"]["r"].as_str().unwrap().contains("not allowed in process_event"), "{r}");
 }
+
+#[tokio::test]
+async fn log_lines_are_capped_and_rate_limited() {
+    let limits = Limits { log_lines_per_minute: 5, log_line_bytes: 100, ..Limits::default() };
+    let vm =
+        vm_with(&hook("for i = 1, 20 do ctx.log.info(string.rep('x', 500)) end return event"), limits).await.unwrap();
+    vm.process_event(&event()).await.unwrap();
+    let logs = vm.take_logs();
+    assert_eq!(logs.len(), 5, "the rest of the minute's lines are dropped");
+    assert!(logs.iter().all(|l| l.message.len() <= 100 + '…'.len_utf8()), "lines cut at the cap");
+}
+
+#[tokio::test]
+async fn cache_values_are_capped() {
+    let limits = Limits { value_bytes: 1000, ..Limits::default() };
+    let vm = vm_with(
+        &hook("local ok, err = pcall(ctx.cache.set, 'k', string.rep('x', 2000)) event.properties.err = tostring(err) return event"),
+        limits,
+    )
+    .await
+    .unwrap();
+    let out = vm.process_event(&event()).await.unwrap().unwrap();
+    assert!(out["properties"]["err"].as_str().unwrap().contains("over the 1000 byte limit"), "{out}");
+}

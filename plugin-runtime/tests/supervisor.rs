@@ -78,17 +78,22 @@ fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
 
+/// Kills `pid` from outside after `delay`, as a Luau crash would.
+fn kill_after(pid: u32, delay: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        signal(pid, "-KILL");
+    })
+}
+
 #[tokio::test]
 async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
     let s = std::sync::Arc::new(supervisor(2));
     s.load(1, instance(10, TAG)).await.unwrap();
     s.load(1, instance(20, SLOW)).await.unwrap();
     let pid = pid_of_worker(&s).await;
-    // Killed from outside while the slow plugin runs: as a Luau crash would.
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(pid, "-KILL");
-    });
+    // Killed while the slow plugin runs.
+    let killer = kill_after(pid, Duration::from_millis(300));
     let out = s.process(1, &[10, 20], events(30)).await;
     killer.await.unwrap();
     assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
@@ -102,10 +107,7 @@ async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
 
     // Struck again: disabled, and skipped from then on.
     let pid = pid_of_worker(&s).await;
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(pid, "-KILL");
-    });
+    let killer = kill_after(pid, Duration::from_millis(300));
     let out = s.process(1, &[10, 20], events(30)).await;
     killer.await.unwrap();
     assert!(out.strikes[0].disabled, "{:?}", out.strikes);

@@ -464,6 +464,25 @@ impl Ingest {
     pub fn table(&self, name: &str) -> String {
         format!("{}.{name}", self.database)
     }
+
+    pub fn metrics(&self) -> String {
+        http().get(format!("http://{}/metrics", self.address)).send().unwrap().text().unwrap()
+    }
+
+    /// Polls `/metrics` until every one of `wanted` appears in it; counters move after
+    /// the writes they count, so a test that has seen the rows may still be early.
+    pub fn wait_for_metrics(&self, wanted: &[&str], timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let metrics = self.metrics();
+            let missing: Vec<&&str> = wanted.iter().filter(|m| !metrics.contains(**m)).collect();
+            if missing.is_empty() {
+                return metrics;
+            }
+            assert!(std::time::Instant::now() < deadline, "missing from /metrics: {missing:?}\n{metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Drop for Ingest {

@@ -76,11 +76,8 @@ fn sdk_events_become_rows(sdk: Sdk) {
     assert_eq!(group_props["name"], "Acme");
 
     // The metrics the operator watches.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let metrics =
-            sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
-        let missing: Vec<&str> = [
+    ingest.wait_for_metrics(
+        &[
             "ingest_events_consumed_total",
             "ingest_events_processed_total",
             "ingest_end_to_end_lag_seconds",
@@ -88,16 +85,9 @@ fn sdk_events_become_rows(sdk: Sdk) {
             "ingest_person_writes_total",
             "ingest_clickhouse_rows_total",
             "ingest_consumer_lag{",
-        ]
-        .into_iter()
-        .filter(|m| !metrics.contains(m))
-        .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "missing from /metrics: {missing:?}\n{metrics}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        ],
+        Duration::from_secs(15),
+    );
 
     let first = rows.iter().find(|r| r["event"] == "sdk test event").unwrap();
     let props: serde_json::Value = serde_json::from_str(first["properties"].as_str().unwrap()).unwrap();
@@ -353,10 +343,11 @@ fn overflow_and_historical_lanes_ingest_what_capture_routed_to_them() {
         let rows = wait_for_rows(&sql, n, Duration::from_secs(30));
         assert_eq!(rows.len(), n, "{}", ingest.log_text());
         assert!(rows.iter().all(|r| r["event"] == event), "{rows:?}");
-        let metrics =
-            sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
         let lane = if event == "hot" { "overflow" } else { "historical" };
-        assert!(metrics.contains(&format!("ingest_events_processed_total{{lane=\"{lane}\"}} {n}")), "{metrics}");
+        ingest.wait_for_metrics(
+            &[&format!("ingest_events_processed_total{{lane=\"{lane}\"}} {n}")],
+            Duration::from_secs(10),
+        );
     }
     let old = sluice_tests::clickhouse_rows(&format!(
         "SELECT timestamp FROM {} FINAL ORDER BY timestamp",

@@ -153,7 +153,6 @@ fn a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_written() {
         Duration::from_secs(30),
     );
     assert_eq!(rows.len(), 1, "{}", ingest.log_text());
-    let metrics =
-        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    let metrics = ingest.metrics();
     assert!(metrics.contains(r#"ingest_clickhouse_refused_rows_total{table="events"} 1"#), "{metrics}");
 }

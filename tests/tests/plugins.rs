@@ -181,8 +181,7 @@ fn a_teams_chain_changes_and_drops_its_events_and_reloads_without_a_restart() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let metrics =
-        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    let metrics = ingest.metrics();
     for m in [
         format!("ingest_plugin_calls_total{{plugin_config=\"{tagger_id}\"}}"),
         format!("ingest_plugin_batch_duration_seconds_count{{plugin_config=\"{tagger_id}\"}}"),
@@ -232,8 +231,7 @@ fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
     );
     let props: Value = serde_json::from_str(last[0]["properties"].as_str().unwrap()).unwrap();
     assert!(props.get("$plugins_failed").is_none(), "{props}");
-    let metrics =
-        sluice_tests::http().get(format!("http://{}/metrics", ingest.address())).send().unwrap().text().unwrap();
+    let metrics = ingest.metrics();
     let errors = format!("ingest_plugin_errors_total{{plugin_config=\"{broken_id}\",kind=\"error\"}}");
     assert!(metrics.contains(&errors), "{errors} missing:\n{metrics}");
     // The operator turns it back on.
