@@ -34,7 +34,7 @@ CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 "$BIN/sluice-ingest" migrate >/dev/null
 TICKS="$(getconf CLK_TCK)"
 
-team() { "$BIN/sluice-ingest" teams create --name "$1" | head -1 | awk '{print $3}'; }
+team() { "$BIN/sluice-ingest" teams create --name "$1" | awk 'NR == 1 {print $3}'; }
 token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }
 T0="$(team none)"; T1="$(team one)"; T3="$(team three)"
 "$BIN/sluice-ingest" plugins install plugins/property-filter --team "$T1" --config 'properties=secret,$ip' >/dev/null
