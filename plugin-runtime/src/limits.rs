@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::manifest::AskedLimits;
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Lua heap of one VM. Host buffers (http bodies, cache values) have caps of their own.
@@ -54,5 +56,59 @@ impl Default for Limits {
                 allow_in_process_event: false,
             },
         }
+    }
+}
+
+impl Limits {
+    /// The limits one plugin runs with: what it asked for in `plugin.json`, each capped
+    /// by the operator's. A plugin can make its own limits tighter, never looser.
+    pub fn asked_by(&self, asked: &AskedLimits) -> Limits {
+        let ms = |v: Option<u64>, cap: Duration| v.map_or(cap, |ms| Duration::from_millis(ms).min(cap));
+        let mut limits = Limits {
+            memory_bytes: asked
+                .memory_mb
+                .map_or(self.memory_bytes, |mb| mb.saturating_mul(1 << 20).min(self.memory_bytes)),
+            process_event_wall: ms(asked.process_event_timeout_ms, self.process_event_wall),
+            process_event_ticks: asked
+                .process_event_ticks
+                .map_or(self.process_event_ticks, |t| t.min(self.process_event_ticks)),
+            hook_wall: ms(asked.hook_timeout_ms, self.hook_wall),
+            ..self.clone()
+        };
+        limits.http.timeout = ms(asked.http_timeout_ms, self.http.timeout);
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_can_lower_its_limits_but_not_raise_them() {
+        let operator = Limits::default();
+        assert_eq!(operator.asked_by(&AskedLimits::default()), operator);
+        let lower = AskedLimits {
+            memory_mb: Some(4),
+            process_event_timeout_ms: Some(10),
+            process_event_ticks: Some(1_000),
+            hook_timeout_ms: Some(2_000),
+            http_timeout_ms: Some(500),
+        };
+        let l = operator.asked_by(&lower);
+        assert_eq!(l.memory_bytes, 4 << 20);
+        assert_eq!(l.process_event_wall, Duration::from_millis(10));
+        assert_eq!(l.process_event_ticks, 1_000);
+        assert_eq!(l.hook_wall, Duration::from_secs(2));
+        assert_eq!(l.http.timeout, Duration::from_millis(500));
+        assert_eq!(l.value_bytes, operator.value_bytes, "what cannot be asked for stays");
+        let higher = AskedLimits {
+            memory_mb: Some(usize::MAX),
+            process_event_timeout_ms: Some(u64::MAX),
+            process_event_ticks: Some(u64::MAX),
+            hook_timeout_ms: Some(3_600_000),
+            http_timeout_ms: Some(60_000),
+        };
+        assert_eq!(operator.asked_by(&higher), operator);
     }
 }

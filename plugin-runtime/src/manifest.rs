@@ -21,6 +21,31 @@ pub struct Manifest {
     pub http: HttpManifest,
     #[serde(default)]
     pub schedule: Vec<Schedule>,
+    /// Limits the plugin asks for; each is capped by the operator's (see
+    /// [`crate::limits::Limits::asked_by`]), so asking can only lower them.
+    #[serde(default, skip_serializing_if = "AskedLimits::is_empty")]
+    pub limits: AskedLimits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskedLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_event_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_event_ticks: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_timeout_ms: Option<u64>,
+}
+
+impl AskedLimits {
+    fn is_empty(&self) -> bool {
+        self == &AskedLimits::default()
+    }
 }
 
 fn default_version() -> String {
@@ -120,6 +145,11 @@ impl Manifest {
         let m: Manifest = serde_json::from_str(text).map_err(|e| ManifestError::Invalid(e.to_string()))?;
         if m.name.trim().is_empty() {
             return Err(ManifestError::Invalid("`name` is empty".into()));
+        }
+        let l = &m.limits;
+        let asked = [l.memory_mb.map(|v| v as u64), l.process_event_timeout_ms, l.process_event_ticks];
+        if asked.into_iter().chain([l.hook_timeout_ms, l.http_timeout_ms]).any(|v| v == Some(0)) {
+            return Err(ManifestError::Invalid("a limit in `limits` is 0; leave it out to take the operator's".into()));
         }
         let mut seen = std::collections::HashSet::new();
         for f in &m.config {
@@ -278,5 +308,9 @@ mod tests {
             r#"{"name": "x", "config": [{"key": "k", "type": "string"}, {"key": "k", "type": "string"}]}"#
         )
         .is_err());
+        assert!(Manifest::parse(r#"{"name": "x", "limits": {"memory_mb": 0}}"#).is_err());
+        assert!(Manifest::parse(r#"{"name": "x", "limits": {"cpu": 1}}"#).is_err(), "unknown limit");
+        let m = Manifest::parse(r#"{"name": "x", "limits": {"memory_mb": 4}}"#).unwrap();
+        assert_eq!(m.limits.memory_mb, Some(4));
     }
 }

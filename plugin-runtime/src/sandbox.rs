@@ -97,6 +97,7 @@ impl Vm {
         host: Host,
     ) -> Result<Vm, PluginError> {
         let compile = |e: mlua::Error| PluginError::Compile(e.to_string());
+        let limits = limits.asked_by(&source.manifest.limits);
         let lua = Lua::new();
         let globals = lua.globals();
         for name in ["require", "loadstring", "getfenv", "setfenv", "debug", "print", "gcinfo"] {

@@ -132,6 +132,26 @@ async fn memory_bombs_hit_the_limit_and_the_vm_goes_on() {
     }
 }
 
+/// `limits` in `plugin.json` can tighten a plugin's own limits, never loosen the
+/// operator's.
+#[tokio::test]
+async fn a_plugin_asks_for_lower_limits_but_cannot_raise_them() {
+    let kv = KeyValue::memory(10);
+    let host = || Host::new(kv.namespaced("c/"), kv.namespaced("s/"));
+    let body = hook("local s = string.rep('x', 12 * 1024 * 1024) return event");
+    let with = |asked: Value| source_with(&body, json!({"name": "asks", "limits": asked}));
+    let operator = Limits { memory_bytes: 32 << 20, ..Limits::default() };
+
+    let vm = Vm::new(&with(json!({})), &Default::default(), operator.clone(), host()).await.unwrap();
+    assert!(vm.process_event(&event()).await.is_ok(), "12 MiB fits the operator's 32");
+    let vm = Vm::new(&with(json!({"memory_mb": 8})), &Default::default(), operator.clone(), host()).await.unwrap();
+    assert!(matches!(vm.process_event(&event()).await, Err(PluginError::Memory { .. })), "asked for 8");
+
+    let small = Limits { memory_bytes: 8 << 20, ..operator };
+    let vm = Vm::new(&with(json!({"memory_mb": 64})), &Default::default(), small, host()).await.unwrap();
+    assert!(matches!(vm.process_event(&event()).await, Err(PluginError::Memory { .. })), "capped at 8");
+}
+
 #[tokio::test]
 async fn no_way_to_load_code_or_reach_the_os() {
     for expr in [
