@@ -290,9 +290,13 @@ pub struct Config {
     /// Calls of on_event for one event when it asks to be retried (ctx.retry).
     #[arg(long, env = "PLUGIN_ON_EVENT_ATTEMPTS", default_value_t = 3, global = true)]
     pub plugin_on_event_attempts: u32,
-    /// Wall time of setup, on_event, a schedule, teardown.
+    /// Wall time of setup, on_event, a schedule, teardown, not counting the I/O they
+    /// await (http, cache, storage).
     #[arg(long, env = "PLUGIN_HOOK_TIMEOUT_MS", default_value_t = 30_000, global = true)]
     pub plugin_hook_timeout_ms: u64,
+    /// Awaited I/O one call of setup, on_event, a schedule or teardown may spend in all.
+    #[arg(long, env = "PLUGIN_HOOK_IO_MS", default_value_t = 120_000, global = true)]
+    pub plugin_hook_io_ms: u64,
     /// The length of a "minute" for plugin schedules (every_hour is 60 of them,
     /// every_day 1,440). Only tests shorten it.
     #[arg(long, env = "PLUGIN_SCHEDULE_MINUTE_MS", default_value_t = 60_000, global = true)]

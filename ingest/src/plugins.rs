@@ -95,6 +95,7 @@ impl Plugins {
             process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
             process_event_ticks: config.plugin_process_event_ticks,
             hook_wall: Duration::from_millis(config.plugin_hook_timeout_ms),
+            hook_io: Duration::from_millis(config.plugin_hook_io_ms),
             ..Limits::default()
         };
         limits.http.allow_private_addresses = config.plugin_http_allow_private;
@@ -114,7 +115,7 @@ impl Plugins {
         };
         let exports = Settings {
             workers: config.plugin_export_workers,
-            per_event: limits.hook_wall * config.plugin_on_event_attempts.max(1),
+            per_event: limits.hook_call() * config.plugin_on_event_attempts.max(1),
             ..settings.clone()
         };
         let (tx, rx) = tokio::sync::mpsc::channel(config.plugin_on_event_queue_batches.max(1));

@@ -14,6 +14,7 @@ use crate::kv::KeyValue;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
 use crate::sandbox::Hook;
+use crate::watchdog::Guard;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -39,6 +40,10 @@ struct HostInner {
     /// `sluice-plugin test`: requests are recorded and answered 200, never sent.
     http_stub: Option<Mutex<Vec<Value>>>,
     geoip: Option<GeoIp>,
+    /// The clock of the VM this host serves, stopped while it awaits I/O.
+    guard: Mutex<Option<Arc<Guard>>>,
+    /// Awaited I/O in the current hook call.
+    io_spent: Mutex<Duration>,
 }
 
 /// A MaxMind City database, read once per process and shared by its VMs.
@@ -69,6 +74,8 @@ impl Host {
                 http_calls: Default::default(),
                 http_stub: None,
                 geoip: None,
+                guard: Mutex::default(),
+                io_spent: Mutex::default(),
             }),
         }
     }
@@ -103,6 +110,50 @@ impl Host {
     pub(crate) fn enter(&self, hook: Hook) {
         *self.inner.hook.lock().expect("hook lock") = Some(hook);
         self.inner.http_calls.store(0, std::sync::atomic::Ordering::Relaxed);
+        *self.inner.io_spent.lock().expect("io lock") = Duration::ZERO;
+    }
+
+    pub(crate) fn attach(&self, guard: Arc<Guard>) {
+        *self.inner.guard.lock().expect("guard lock") = Some(guard);
+    }
+
+    /// Awaits a host operation for the plugin. In `setup`, `on_event`, schedules and
+    /// `teardown` the time is off the hook's wall clock (the spec: "excluding awaited
+    /// I/O") and counts against the call's I/O allowance instead. In `process_event` the
+    /// clock runs on: its limit is the pipeline's latency.
+    async fn io<T>(
+        &self,
+        allowance: Duration,
+        timeout: Duration,
+        f: impl std::future::Future<Output = mlua::Result<T>>,
+    ) -> mlua::Result<T> {
+        let guard = self.inner.guard.lock().expect("guard lock").clone();
+        if self.hook() == Some(Hook::ProcessEvent) {
+            // No Lua runs during the wait to notice the deadline: bound the wait by it.
+            let left = guard.as_ref().and_then(|g| g.left());
+            let cut = left.is_some_and(|left| left < timeout);
+            let timeout = left.map_or(timeout, |left| left.min(timeout));
+            return tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+                if let Some(g) = guard.filter(|_| cut) {
+                    g.expire();
+                }
+                Err(no_answer(timeout))
+            });
+        }
+        let left = allowance.saturating_sub(*self.inner.io_spent.lock().expect("io lock"));
+        if left.is_zero() {
+            let message = format!("this call has awaited I/O for its whole allowance of {allowance:?}");
+            return Err(mlua::Error::runtime(message));
+        }
+        let paused = guard.as_ref().and_then(|g| g.pause());
+        let started = Instant::now();
+        let timeout = timeout.min(left);
+        let out = tokio::time::timeout(timeout, f).await;
+        *self.inner.io_spent.lock().expect("io lock") += started.elapsed();
+        if let (Some(g), Some(left)) = (guard, paused) {
+            g.resume(left);
+        }
+        out.unwrap_or_else(|_| Err(no_answer(timeout)))
     }
 
     pub(crate) fn leave(&self) {
@@ -129,6 +180,10 @@ impl Host {
         let at_ms = (time_now().as_millis()) as i64;
         state.entries.push(LogEntry { level: level.to_string(), message, at_ms });
     }
+}
+
+fn no_answer(timeout: Duration) -> mlua::Error {
+    mlua::Error::runtime(format!("no answer within {timeout:?}"))
 }
 
 fn time_now() -> Duration {
@@ -195,8 +250,8 @@ pub(crate) fn context(
     let time = lua.create_table()?;
     time.raw_set("now_ms", lua.create_function(|_, ()| Ok(time_now().as_millis() as f64))?)?;
     ctx.raw_set("time", time)?;
-    ctx.raw_set("cache", kv_table(lua, &host.inner.cache, limits, true)?)?;
-    ctx.raw_set("storage", kv_table(lua, &host.inner.storage, limits, false)?)?;
+    ctx.raw_set("cache", kv_table(lua, host, &host.inner.cache, limits, true)?)?;
+    ctx.raw_set("storage", kv_table(lua, host, &host.inner.storage, limits, false)?)?;
     ctx.raw_set("http", http_table(lua, source, config_map, limits, host)?)?;
     ctx.raw_set("geoip", geoip_table(lua, host)?)?;
     ctx.raw_set(
@@ -279,9 +334,10 @@ fn crypto_table(lua: &Lua) -> mlua::Result<Table> {
 
 /// `cache` (get, set with ttl, incr, expire, lpush, lrange, llen) or `storage` (get,
 /// set, del). Values travel as JSON text, capped.
-fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Result<Table> {
+fn kv_table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let max = limits.value_bytes;
+    let (io, timeout) = (limits.hook_io, limits.store_timeout);
     let encode = move |lua: &Lua, v: LuaValue| -> mlua::Result<String> {
         let j: Value = lua.from_value(v)?;
         let text = j.to_string();
@@ -296,70 +352,83 @@ fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Res
             Some(t) => lua.to_value(&serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t))),
         }
     };
-    let kv1 = kv.clone();
+    let (kv1, h1) = (kv.clone(), host.clone());
     t.raw_set(
         "get",
         lua.create_async_function(move |lua, key: String| {
-            let kv = kv1.clone();
-            async move { decode(&lua, kv.get(&key).await.map_err(mlua::Error::external)?) }
+            let (kv, h) = (kv1.clone(), h1.clone());
+            async move {
+                decode(&lua, h.io(io, timeout, async { kv.get(&key).await.map_err(mlua::Error::external) }).await?)
+            }
         })?,
     )?;
-    let kv2 = kv.clone();
+    let (kv2, h2) = (kv.clone(), host.clone());
     t.raw_set(
         "set",
         lua.create_async_function(move |lua, (key, value, ttl): (String, LuaValue, Option<u64>)| {
-            let kv = kv2.clone();
+            let (kv, h) = (kv2.clone(), h2.clone());
             let text = encode(&lua, value);
             async move {
-                kv.set(&key, &text?, ttl.filter(|_| cache).map(Duration::from_secs))
-                    .await
-                    .map_err(mlua::Error::external)
+                let text = text?;
+                let ttl = ttl.filter(|_| cache).map(Duration::from_secs);
+                h.io(io, timeout, async { kv.set(&key, &text, ttl).await.map_err(mlua::Error::external) }).await
             }
         })?,
     )?;
     if !cache {
-        let kv3 = kv.clone();
+        let (kv3, h3) = (kv.clone(), host.clone());
         t.raw_set(
             "del",
             lua.create_async_function(move |_, key: String| {
-                let kv = kv3.clone();
-                async move { kv.del(&key).await.map_err(mlua::Error::external) }
+                let (kv, h) = (kv3.clone(), h3.clone());
+                async move { h.io(io, timeout, async { kv.del(&key).await.map_err(mlua::Error::external) }).await }
             })?,
         )?;
         return Ok(t);
     }
-    let kv4 = kv.clone();
+    let (kv4, h4) = (kv.clone(), host.clone());
     t.raw_set(
         "incr",
         lua.create_async_function(move |_, (key, by): (String, Option<i64>)| {
-            let kv = kv4.clone();
-            async move { kv.incr(&key, by.unwrap_or(1)).await.map_err(mlua::Error::external) }
+            let (kv, h) = (kv4.clone(), h4.clone());
+            async move {
+                h.io(io, timeout, async { kv.incr(&key, by.unwrap_or(1)).await.map_err(mlua::Error::external) }).await
+            }
         })?,
     )?;
-    let kv5 = kv.clone();
+    let (kv5, h5) = (kv.clone(), host.clone());
     t.raw_set(
         "expire",
         lua.create_async_function(move |_, (key, seconds): (String, u64)| {
-            let kv = kv5.clone();
-            async move { kv.expire(&key, Duration::from_secs(seconds)).await.map_err(mlua::Error::external) }
+            let (kv, h) = (kv5.clone(), h5.clone());
+            async move {
+                h.io(io, timeout, async {
+                    kv.expire(&key, Duration::from_secs(seconds)).await.map_err(mlua::Error::external)
+                })
+                .await
+            }
         })?,
     )?;
-    let kv6 = kv.clone();
+    let (kv6, h6) = (kv.clone(), host.clone());
     t.raw_set(
         "lpush",
         lua.create_async_function(move |lua, (key, value): (String, LuaValue)| {
-            let kv = kv6.clone();
+            let (kv, h) = (kv6.clone(), h6.clone());
             let text = encode(&lua, value);
-            async move { kv.lpush(&key, &text?).await.map_err(mlua::Error::external) }
+            async move {
+                let text = text?;
+                h.io(io, timeout, async { kv.lpush(&key, &text).await.map_err(mlua::Error::external) }).await
+            }
         })?,
     )?;
-    let kv7 = kv.clone();
+    let (kv7, h7) = (kv.clone(), host.clone());
     t.raw_set(
         "lrange",
         lua.create_async_function(move |lua, (key, start, stop): (String, i64, i64)| {
-            let kv = kv7.clone();
+            let (kv, h) = (kv7.clone(), h7.clone());
             async move {
-                let items = kv.lrange(&key, start, stop).await.map_err(mlua::Error::external)?;
+                let lrange = async { kv.lrange(&key, start, stop).await.map_err(mlua::Error::external) };
+                let items = h.io(io, timeout, lrange).await?;
                 let out = lua.create_table()?;
                 for item in items {
                     out.raw_push(decode(&lua, Some(item))?)?;
@@ -368,12 +437,12 @@ fn kv_table(lua: &Lua, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Res
             }
         })?,
     )?;
-    let kv8 = kv.clone();
+    let (kv8, h8) = (kv.clone(), host.clone());
     t.raw_set(
         "llen",
         lua.create_async_function(move |_, key: String| {
-            let kv = kv8.clone();
-            async move { kv.llen(&key).await.map_err(mlua::Error::external) }
+            let (kv, h) = (kv8.clone(), h8.clone());
+            async move { h.io(io, timeout, async { kv.llen(&key).await.map_err(mlua::Error::external) }).await }
         })?,
     )?;
     Ok(t)
@@ -437,6 +506,8 @@ fn http_table(
     let policy = http::Policy::new(&source.manifest.http, &limits.http, config);
     let allowed_in_process_event = source.manifest.http.in_process_event && limits.http.allow_in_process_event;
     let (h, max_calls) = (host.clone(), limits.http.max_requests_per_call);
+    // The policy has its own timeout; this one only bounds the I/O accounting.
+    let (io, timeout) = (limits.hook_io, limits.http.timeout + Duration::from_secs(1));
     t.raw_set(
         "fetch",
         lua.create_async_function(move |lua, (url, options): (String, Option<Table>)| {
@@ -460,7 +531,8 @@ fn http_table(
                     let answer = http::Response { status: 200, headers: Default::default(), body: Vec::new() };
                     return answer.into_lua(&lua);
                 }
-                let response = policy.fetch(request).await.map_err(|e| mlua::Error::runtime(e.to_string()))?;
+                let fetch = async { policy.fetch(request).await.map_err(|e| mlua::Error::runtime(e.to_string())) };
+                let response = h.io(io, timeout, fetch).await?;
                 response.into_lua(&lua)
             }
         })?,

@@ -13,9 +13,15 @@ pub struct Limits {
     /// Interrupts (loop back-edges, calls) one `process_event` call may take: a budget
     /// that does not depend on the machine's speed or load.
     pub process_event_ticks: u64,
-    /// Wall time of `setup`, `on_event`, a schedule, `teardown`.
+    /// Wall time of `setup`, `on_event`, a schedule, `teardown`, not counting the I/O
+    /// they await (`http`, `cache`, `storage`), which has its own allowance.
     pub hook_wall: Duration,
     pub hook_ticks: u64,
+    /// Awaited I/O one call of those hooks may spend in all; with `hook_wall` it bounds
+    /// the call, and the supervisor's hang detection.
+    pub hook_io: Duration,
+    /// One `cache` or `storage` operation.
+    pub store_timeout: Duration,
     /// Largest log line; longer lines are cut.
     pub log_line_bytes: usize,
     /// Log lines one VM may write per minute; the rest are counted and dropped.
@@ -45,6 +51,8 @@ impl Default for Limits {
             process_event_ticks: 2_000_000,
             hook_wall: Duration::from_secs(30),
             hook_ticks: 1_000_000_000,
+            hook_io: Duration::from_secs(120),
+            store_timeout: Duration::from_secs(5),
             log_line_bytes: 1024,
             log_lines_per_minute: 600,
             value_bytes: 64 << 10,
@@ -60,6 +68,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The longest a call of `setup`, `on_event`, a schedule or `teardown` can take.
+    pub fn hook_call(&self) -> Duration {
+        self.hook_wall + self.hook_io
+    }
+
     /// The limits one plugin runs with: what it asked for in `plugin.json`, each capped
     /// by the operator's. A plugin can make its own limits tighter, never looser.
     pub fn asked_by(&self, asked: &AskedLimits) -> Limits {

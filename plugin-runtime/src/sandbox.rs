@@ -114,6 +114,7 @@ impl Vm {
             Some(Exceeded::Ticks) => Err(mlua::Error::runtime("tick budget exceeded")),
         });
 
+        host.attach(guard.clone());
         let env = lock_down_env(&lua).map_err(compile)?;
         let ctx = host::context(&lua, source, config, &limits, &host).map_err(compile)?;
         let chunk = lua

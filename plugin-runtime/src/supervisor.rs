@@ -95,7 +95,7 @@ impl Supervisor {
         let id = instance.id;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
-        let answer = tokio::time::timeout(instance.limits.hook_wall + self.settings.batch_base, async {
+        let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
             write_frame(&mut worker.input, &Request::Load(Box::new(instance.clone()))).await?;
             read_frame::<Response>(&mut worker.output).await
         })
@@ -142,12 +142,12 @@ impl Supervisor {
         info: Value,
     ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
         let mut slot = self.workers[self.worker_of(team)].lock().await;
-        let wall = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_wall);
-        let Some(wall) = wall else {
+        let longest = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_call());
+        let Some(longest) = longest else {
             let e = PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") };
             return (Err(e), Vec::new(), None);
         };
-        let budget = wall + self.settings.batch_base;
+        let budget = longest + self.settings.batch_base;
         // Loads the instance into a restarted worker first, as batches do.
         if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
             self.kill(&mut slot).await;
@@ -228,7 +228,7 @@ impl Supervisor {
         // Instances this worker lost in a restart are loaded again first.
         for id in chain.iter().filter(|id| !worker.loaded.contains(id)).copied().collect::<Vec<_>>() {
             let Some(instance) = self.instances.lock().expect("lock").get(&id).cloned() else { continue };
-            let answer = tokio::time::timeout(instance.limits.hook_wall + self.settings.batch_base, async {
+            let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
                 write_frame(&mut worker.input, &Request::Load(Box::new(instance))).await?;
                 read_frame::<Response>(&mut worker.output).await
             })

@@ -39,6 +39,39 @@ impl Guard {
         self.deadline_us.store(deadline.max(1), Ordering::Release);
     }
 
+    /// Stops the clock of an armed, unexpired call while the host awaits I/O for it;
+    /// returns the time it had left, for [`Guard::resume`].
+    pub fn pause(&self) -> Option<Duration> {
+        let deadline = self.deadline_us.load(Ordering::Acquire);
+        if deadline == 0 || self.expired.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.deadline_us.store(0, Ordering::Release);
+        let now = watchdog().epoch.elapsed().as_micros() as u64;
+        Some(Duration::from_micros(deadline.saturating_sub(now)))
+    }
+
+    /// Time left to an armed call, if any.
+    pub fn left(&self) -> Option<Duration> {
+        let deadline = self.deadline_us.load(Ordering::Acquire);
+        let now = watchdog().epoch.elapsed().as_micros() as u64;
+        (deadline != 0).then(|| Duration::from_micros(deadline.saturating_sub(now)))
+    }
+
+    /// Marks the call out of time now, for a wait the host cut at the deadline (the
+    /// watchdog's next round might come a little later).
+    pub fn expire(&self) {
+        if self.deadline_us.load(Ordering::Acquire) != 0 {
+            self.expired.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Restarts the clock with the time left at [`Guard::pause`]; ticks go on counting.
+    pub fn resume(&self, left: Duration) {
+        let deadline = (watchdog().epoch.elapsed() + left).as_micros() as u64;
+        self.deadline_us.store(deadline.max(1), Ordering::Release);
+    }
+
     pub fn disarm(&self) {
         self.deadline_us.store(0, Ordering::Release);
         self.expired.store(false, Ordering::Relaxed);
@@ -123,5 +156,20 @@ mod tests {
         assert_eq!((g.check(), g.check(), g.check(), g.check()), (None, None, None, Some(Exceeded::Ticks)));
         g.disarm();
         assert_eq!(g.check(), None);
+    }
+
+    #[test]
+    fn a_paused_clock_does_not_run_out() {
+        let g = Guard::new();
+        g.arm(Duration::from_millis(30), u64::MAX);
+        let left = g.pause().expect("armed");
+        assert!(left <= Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(g.check(), None, "paused");
+        g.resume(left);
+        assert_eq!(g.check(), None, "the time left is still there");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(g.check(), Some(Exceeded::Time));
+        assert_eq!(g.pause(), None, "an expired call stays expired");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_plugin_runtime::limits::Limits;
 use sluice_plugin_runtime::manifest::{Manifest, PluginSource};
-use sluice_plugin_runtime::{Host, KeyValue, PluginError, Vm};
+use sluice_plugin_runtime::{Hook, Host, KeyValue, PluginError, Vm};
 
 fn source(main: &str) -> PluginSource {
     source_with(main, json!({"name": "test-plugin"}))
@@ -263,7 +263,7 @@ async fn host_api_json_crypto_time_log_cache() {
 }
 
 /// A local HTTP receiver: `/ok` answers "hello", `/redirect` sends to `location`,
-/// `/big` answers 2 MiB.
+/// `/big` answers 2 MiB, `/slow` answers "hello" after 300 ms.
 async fn receiver(location: &'static str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -274,6 +274,9 @@ async fn receiver(location: &'static str) -> u16 {
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                if request.starts_with("GET /slow") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 let response = if request.starts_with("GET /redirect") {
                     format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")
                 } else if request.starts_with("GET /big") {
@@ -337,6 +340,52 @@ async fn http_reaches_allowed_hosts_only_and_never_the_cluster() {
     // Other schemes.
     let r = fetch("file:///etc/passwd", &["127.0.0.1"], true).await;
     assert!(r.contains("not a valid http(s) url"), "{r}");
+}
+
+/// `on_event`, schedules and `setup` have a wall clock for their own work and an
+/// allowance for the I/O they await; `process_event`'s clock counts both.
+#[tokio::test]
+async fn awaited_io_is_off_the_hook_clock_within_its_allowance() {
+    let port = receiver("http://x/").await;
+    let main = format!(
+        "local url = 'http://127.0.0.1:{port}/slow' \
+         return {{ \
+           process_event = function(e, ctx) ctx.http.fetch(url) return e end, \
+           on_event = function(e, ctx) \
+             for i = 1, e.properties.fetches do ctx.http.fetch(url) end \
+             if e.properties.spin then local t = ctx.time.now_ms() while ctx.time.now_ms() - t < 300 do end end \
+           end }}"
+    );
+    let manifest = json!({"name": "slow", "http": {"allow": ["127.0.0.1"], "in_process_event": true}});
+    let mut limits = Limits {
+        process_event_wall: Duration::from_millis(200),
+        hook_wall: Duration::from_millis(200),
+        hook_io: Duration::from_millis(1000),
+        ..Limits::default()
+    };
+    limits.http.allow_in_process_event = true;
+    limits.http.allow_private_addresses = true;
+    let kv = KeyValue::memory(10);
+    let vm =
+        Vm::new(&source_with(&main, manifest), &Default::default(), limits, Host::new(kv.clone(), kv)).await.unwrap();
+    let with = |props: Value| json!({"uuid": "u", "team_id": 1, "event": "e", "properties": props});
+
+    // 600 ms of I/O, more than the 200 ms clock: fine.
+    let r = vm.run_hook(Hook::OnEvent, Some(&with(json!({"fetches": 2})))).await;
+    assert!(r.is_ok(), "{r:?}");
+    // The clock still stops the hook's own work.
+    let r = vm.run_hook(Hook::OnEvent, Some(&with(json!({"fetches": 0, "spin": true})))).await;
+    assert!(matches!(r, Err(PluginError::Timeout { .. })), "{r:?}");
+    // The allowance runs out on the fourth 300 ms wait.
+    let r = vm.run_hook(Hook::OnEvent, Some(&with(json!({"fetches": 4})))).await;
+    assert!(matches!(&r, Err(PluginError::Failed { message, .. }) if message.contains("no answer within")), "{r:?}");
+    // And starts afresh on the next call.
+    assert!(vm.run_hook(Hook::OnEvent, Some(&with(json!({"fetches": 1})))).await.is_ok());
+    // process_event's 200 ms include the wait.
+    let started = Instant::now();
+    let r = vm.process_event(&event()).await;
+    assert!(matches!(r, Err(PluginError::Timeout { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(290), "the wait was cut at the deadline");
 }
 
 #[tokio::test]
