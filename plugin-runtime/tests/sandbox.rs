@@ -263,7 +263,7 @@ async fn host_api_json_crypto_time_log_cache() {
 }
 
 /// A local HTTP receiver: `/ok` answers "hello", `/redirect` sends to `location`,
-/// `/big` answers 2 MiB, `/slow` answers "hello" after 300 ms.
+/// `/big` answers 2 MiB, `/slow` and `/slower` answer "hello" after 300 ms and 3 s.
 async fn receiver(location: &'static str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -274,7 +274,9 @@ async fn receiver(location: &'static str) -> u16 {
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]).to_string();
-                if request.starts_with("GET /slow") {
+                if request.starts_with("GET /slower") {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                } else if request.starts_with("GET /slow") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 let response = if request.starts_with("GET /redirect") {
@@ -350,7 +352,7 @@ async fn awaited_io_is_off_the_hook_clock_within_its_allowance() {
     let main = format!(
         "local url = 'http://127.0.0.1:{port}/slow' \
          return {{ \
-           process_event = function(e, ctx) ctx.http.fetch(url) return e end, \
+           process_event = function(e, ctx) ctx.http.fetch(url .. 'er') return e end, \
            on_event = function(e, ctx) \
              for i = 1, e.properties.fetches do ctx.http.fetch(url) end \
              if e.properties.spin then local t = ctx.time.now_ms() while ctx.time.now_ms() - t < 300 do end end \
@@ -381,11 +383,12 @@ async fn awaited_io_is_off_the_hook_clock_within_its_allowance() {
     assert!(matches!(&r, Err(PluginError::Failed { message, .. }) if message.contains("no answer within")), "{r:?}");
     // And starts afresh on the next call.
     assert!(vm.run_hook(Hook::OnEvent, Some(&with(json!({"fetches": 1})))).await.is_ok());
-    // process_event's 200 ms include the wait.
+    // process_event's 200 ms include the wait, which is cut at the deadline rather than
+    // when the 3 s answer comes (the margin is wide: this is not a speed test).
     let started = Instant::now();
     let r = vm.process_event(&event()).await;
     assert!(matches!(r, Err(PluginError::Timeout { .. })), "{r:?}");
-    assert!(started.elapsed() < Duration::from_millis(290), "the wait was cut at the deadline");
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
 }
 
 #[tokio::test]
