@@ -337,7 +337,6 @@ fn crypto_table(lua: &Lua) -> mlua::Result<Table> {
 fn kv_table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let max = limits.value_bytes;
-    let (io, timeout) = (limits.hook_io, limits.store_timeout);
     let encode = move |lua: &Lua, v: LuaValue| -> mlua::Result<String> {
         let j: Value = lua.from_value(v)?;
         let text = j.to_string();
@@ -352,100 +351,83 @@ fn kv_table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool)
             Some(t) => lua.to_value(&serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t))),
         }
     };
-    let (kv1, h1) = (kv.clone(), host.clone());
+    let store =
+        Store { kv: kv.clone(), host: host.clone(), io_allowance: limits.hook_io, timeout: limits.store_timeout };
     t.raw_set(
         "get",
-        lua.create_async_function(move |lua, key: String| {
-            let (kv, h) = (kv1.clone(), h1.clone());
-            async move {
-                decode(&lua, h.io(io, timeout, async { kv.get(&key).await.map_err(mlua::Error::external) }).await?)
-            }
-        })?,
+        store.function(lua, move |lua, s, key: String| async move { decode(&lua, s.run(s.kv.get(&key)).await?) })?,
     )?;
-    let (kv2, h2) = (kv.clone(), host.clone());
     t.raw_set(
         "set",
-        lua.create_async_function(move |lua, (key, value, ttl): (String, LuaValue, Option<u64>)| {
-            let (kv, h) = (kv2.clone(), h2.clone());
+        store.function(lua, move |lua, s, (key, value, ttl): (String, LuaValue, Option<u64>)| {
             let text = encode(&lua, value);
-            async move {
-                let text = text?;
-                let ttl = ttl.filter(|_| cache).map(Duration::from_secs);
-                h.io(io, timeout, async { kv.set(&key, &text, ttl).await.map_err(mlua::Error::external) }).await
-            }
+            let ttl = ttl.filter(|_| cache).map(Duration::from_secs);
+            async move { s.run(s.kv.set(&key, &text?, ttl)).await }
         })?,
     )?;
     if !cache {
-        let (kv3, h3) = (kv.clone(), host.clone());
-        t.raw_set(
-            "del",
-            lua.create_async_function(move |_, key: String| {
-                let (kv, h) = (kv3.clone(), h3.clone());
-                async move { h.io(io, timeout, async { kv.del(&key).await.map_err(mlua::Error::external) }).await }
-            })?,
-        )?;
+        t.raw_set("del", store.function(lua, |_, s, key: String| async move { s.run(s.kv.del(&key)).await })?)?;
         return Ok(t);
     }
-    let (kv4, h4) = (kv.clone(), host.clone());
     t.raw_set(
         "incr",
-        lua.create_async_function(move |_, (key, by): (String, Option<i64>)| {
-            let (kv, h) = (kv4.clone(), h4.clone());
-            async move {
-                h.io(io, timeout, async { kv.incr(&key, by.unwrap_or(1)).await.map_err(mlua::Error::external) }).await
-            }
+        store.function(lua, |_, s, (key, by): (String, Option<i64>)| async move {
+            s.run(s.kv.incr(&key, by.unwrap_or(1))).await
         })?,
     )?;
-    let (kv5, h5) = (kv.clone(), host.clone());
     t.raw_set(
         "expire",
-        lua.create_async_function(move |_, (key, seconds): (String, u64)| {
-            let (kv, h) = (kv5.clone(), h5.clone());
-            async move {
-                h.io(io, timeout, async {
-                    kv.expire(&key, Duration::from_secs(seconds)).await.map_err(mlua::Error::external)
-                })
-                .await
-            }
+        store.function(lua, |_, s, (key, seconds): (String, u64)| async move {
+            s.run(s.kv.expire(&key, Duration::from_secs(seconds))).await
         })?,
     )?;
-    let (kv6, h6) = (kv.clone(), host.clone());
     t.raw_set(
         "lpush",
-        lua.create_async_function(move |lua, (key, value): (String, LuaValue)| {
-            let (kv, h) = (kv6.clone(), h6.clone());
+        store.function(lua, move |lua, s, (key, value): (String, LuaValue)| {
             let text = encode(&lua, value);
-            async move {
-                let text = text?;
-                h.io(io, timeout, async { kv.lpush(&key, &text).await.map_err(mlua::Error::external) }).await
-            }
+            async move { s.run(s.kv.lpush(&key, &text?)).await }
         })?,
     )?;
-    let (kv7, h7) = (kv.clone(), host.clone());
     t.raw_set(
         "lrange",
-        lua.create_async_function(move |lua, (key, start, stop): (String, i64, i64)| {
-            let (kv, h) = (kv7.clone(), h7.clone());
-            async move {
-                let lrange = async { kv.lrange(&key, start, stop).await.map_err(mlua::Error::external) };
-                let items = h.io(io, timeout, lrange).await?;
-                let out = lua.create_table()?;
-                for item in items {
-                    out.raw_push(decode(&lua, Some(item))?)?;
-                }
-                Ok(out)
+        store.function(lua, move |lua, s, (key, start, stop): (String, i64, i64)| async move {
+            let out = lua.create_table()?;
+            for item in s.run(s.kv.lrange(&key, start, stop)).await? {
+                out.raw_push(decode(&lua, Some(item))?)?;
             }
+            Ok(out)
         })?,
     )?;
-    let (kv8, h8) = (kv.clone(), host.clone());
-    t.raw_set(
-        "llen",
-        lua.create_async_function(move |_, key: String| {
-            let (kv, h) = (kv8.clone(), h8.clone());
-            async move { h.io(io, timeout, async { kv.llen(&key).await.map_err(mlua::Error::external) }).await }
-        })?,
-    )?;
+    t.raw_set("llen", store.function(lua, |_, s, key: String| async move { s.run(s.kv.llen(&key)).await })?)?;
     Ok(t)
+}
+
+/// What a `cache` or `storage` function works with.
+#[derive(Clone)]
+struct Store {
+    kv: KeyValue,
+    host: Host,
+    io_allowance: Duration,
+    timeout: Duration,
+}
+
+impl Store {
+    /// A Lua function whose calls get their own handle on the store.
+    fn function<A, R, F, Fut>(&self, lua: &Lua, f: F) -> mlua::Result<mlua::Function>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+        F: Fn(Lua, Store, A) -> Fut + mlua::MaybeSend + 'static,
+        Fut: std::future::Future<Output = mlua::Result<R>> + mlua::MaybeSend + 'static,
+    {
+        let store = self.clone();
+        lua.create_async_function(move |lua, args: A| f(lua, store.clone(), args))
+    }
+
+    /// One store operation, as the host's I/O.
+    async fn run<T>(&self, op: impl std::future::Future<Output = Result<T, crate::kv::KvError>>) -> mlua::Result<T> {
+        self.host.io(self.io_allowance, self.timeout, async { op.await.map_err(mlua::Error::external) }).await
+    }
 }
 
 /// `ctx.geoip.lookup(ip)`: `{city_name, country_code, country_name, continent_code,
