@@ -1,20 +1,20 @@
 --!strict
 local plugin = {}
 
--- lookup field -> property suffix
+-- ctx.geoip.lookup fields, each kept as `$geoip_<field>` (and `$initial_geoip_<field>`)
 local FIELDS = {
-    city_name = "city_name",
-    country_name = "country_name",
-    country_code = "country_code",
-    continent_name = "continent_name",
-    continent_code = "continent_code",
-    postal_code = "postal_code",
-    latitude = "latitude",
-    longitude = "longitude",
-    time_zone = "time_zone",
-    accuracy_radius = "accuracy_radius",
-    subdivision_1_code = "subdivision_1_code",
-    subdivision_1_name = "subdivision_1_name",
+    "city_name",
+    "country_name",
+    "country_code",
+    "continent_name",
+    "continent_code",
+    "postal_code",
+    "latitude",
+    "longitude",
+    "time_zone",
+    "accuracy_radius",
+    "subdivision_1_code",
+    "subdivision_1_name",
 }
 
 function plugin.process_event(event, ctx)
@@ -32,12 +32,12 @@ function plugin.process_event(event, ctx)
     end
     event["$set"] = event["$set"] or {}
     event["$set_once"] = event["$set_once"] or {}
-    for field, suffix in FIELDS do
+    for _, field in FIELDS do
         local value = found[field]
         if value ~= nil then
-            props["$geoip_" .. suffix] = value
-            event["$set"]["$geoip_" .. suffix] = value
-            event["$set_once"]["$initial_geoip_" .. suffix] = value
+            props["$geoip_" .. field] = value
+            event["$set"]["$geoip_" .. field] = value
+            event["$set_once"]["$initial_geoip_" .. field] = value
         end
     end
     return event
