@@ -9,13 +9,8 @@
 #   bench/capture.sh            (BENCH_SECONDS=15 by default per phase)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS_PER_PHASE="${BENCH_SECONDS:-15}"
-OUT="$ROOT/.sluice/bench"
-mkdir -p "$OUT"
-log() { printf '[bench] %s\n' "$*" >&2; }
 
 OHA="$(command -v oha || true)"
 [ -n "$OHA" ] || { [ -x "$HOME/.cargo/bin/oha" ] && OHA="$HOME/.cargo/bin/oha"; } || true
@@ -24,27 +19,21 @@ if [ -z "$OHA" ]; then
   cargo install oha --locked >"$OUT/oha-build.log" 2>&1
   OHA="$HOME/.cargo/bin/oha"
 fi
-TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
 scripts/services.sh up >/dev/null # Redis (quota lists), and Tansu built if missing
-TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
 
 cargo build --release -p sluice-capture --quiet
 python3 bench/payloads.py "$OUT"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BROKER_PORT="$(free_port)"
 CAPTURE_PORT="$(free_port)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+"$(tansu_path)" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
   --storage-engine memory://tansu/ >"$OUT/tansu.log" 2>&1 &
 BROKER_PID=$!
 PIDS+=("$BROKER_PID")
 until (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; do sleep 0.1; done
 for t in bench_main bench_overflow bench_historical bench_replay bench_replay_overflow; do
-  "$TANSU" topic create "$t" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions 4 >/dev/null 2>&1
+  "$(tansu_path)" topic create "$t" --broker "tcp://127.0.0.1:$BROKER_PORT" --partitions 4 >/dev/null 2>&1
 done
 
 # Overflow off: the bodies repeat one distinct_id, which would otherwise (rightly) be
@@ -52,7 +41,7 @@ done
 ADDRESS="127.0.0.1:$CAPTURE_PORT" KAFKA_HOSTS="127.0.0.1:$BROKER_PORT" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
   KAFKA_TOPIC_MAIN=bench_main KAFKA_TOPIC_OVERFLOW=bench_overflow KAFKA_TOPIC_HISTORICAL=bench_historical \
   KAFKA_TOPIC_REPLAY=bench_replay KAFKA_TOPIC_REPLAY_OVERFLOW=bench_replay_overflow \
-  "$CARGO_TARGET_DIR/release/sluice-capture" >"$OUT/capture.log" 2>&1 &
+  "$BIN/sluice-capture" >"$OUT/capture.log" 2>&1 &
 CAPTURE_PID=$!
 PIDS+=("$CAPTURE_PID")
 until curl -sf "http://127.0.0.1:$CAPTURE_PORT/_readiness" >/dev/null; do sleep 0.1; done

@@ -9,25 +9,13 @@
 #   bench/ingest.sh          (BENCH_EVENTS=100000 per scenario by default)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EVENTS="${BENCH_EVENTS:-100000}"
-OUT="$ROOT/.sluice/bench"
-mkdir -p "$OUT"
-log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/services.sh up >/dev/null
 cargo build --release --bins --quiet
-BIN="$CARGO_TARGET_DIR/release"
-TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
 OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
 [ -x "$OHA" ] || cargo install oha --locked >"$OUT/oha-build.log" 2>&1
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 
 RUN="bench$(date +%s)"
 export CLICKHOUSE_DATABASE="$RUN"
@@ -58,56 +46,43 @@ CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 TICKS="$(getconf CLK_TCK)"
 
 scenario() { # MODE
-  local mode="$1" topic="${RUN}-$1" cport iport cap ing
-  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
-  cport="$(free_port)"
-  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
-    "$BIN/sluice-capture" >"$OUT/ingest-capture-$mode.log" 2>&1 &
-  cap=$!; PIDS+=("$cap")
-  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  local mode="$1" topic="${RUN}-$1"
+  create_topic "$topic"
+  start_capture "$topic" "$OUT/ingest-capture-$mode.log"
   log "$mode: pre-filling $EVENTS events"
   head -n "$((EVENTS / 500))" "$OUT/ingest-$mode.jsonl" | while read -r body; do
-    curl -sf "http://127.0.0.1:$cport/batch" -H 'content-type: application/json' -d "$body" >/dev/null
+    curl -sf "http://127.0.0.1:$CAPTURE_PORT/batch" -H 'content-type: application/json' -d "$body" >/dev/null
   done
-  iport="$(free_port)"
   local started; started="$(date +%s.%N)"
-  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
-    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/ingest-$mode.log" 2>&1 &
-  ing=$!; PIDS+=("$ing")
+  start_ingest "$topic" "$OUT/ingest-$mode.log"
   until [ "$(count '$pageview' | tr -d '[:space:]')" -ge "$((PREVIOUS + EVENTS))" ] 2>/dev/null; do sleep 0.2; done
-  local ended ticks; ended="$(date +%s.%N)"; ticks="$(awk '{print $14 + $15}' "/proc/$ing/stat")"
+  local ended ticks; ended="$(date +%s.%N)"; ticks="$(awk '{print $14 + $15}' "/proc/$INGEST_PID/stat")"
   python3 -c "
 w = $ended - $started; cpu = $ticks / $TICKS
 print(f'| {\"$mode\"}: events/s (wall, from start to last row) | {$EVENTS / w:,.0f} |')
 print(f'| {\"$mode\"}: events per ingest CPU-second | {$EVENTS / cpu:,.0f} |')" >>"$OUT/ingest-figures.md"
   PREVIOUS=$((PREVIOUS + EVENTS))
-  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+  kill "$INGEST_PID" "$CAPTURE_PID"; wait "$INGEST_PID" "$CAPTURE_PID" 2>/dev/null || true
 }
 
 steady() { # lag at a steady 5,000 events/s on an empty topic, ingest already running
-  local topic="${RUN}-steady" cport iport cap ing
-  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
-  cport="$(free_port)"; iport="$(free_port)"
-  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
-    "$BIN/sluice-capture" >"$OUT/ingest-capture-steady.log" 2>&1 &
-  cap=$!; PIDS+=("$cap")
-  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
-    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/ingest-steady.log" 2>&1 &
-  ing=$!; PIDS+=("$ing")
-  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  local topic="${RUN}-steady"
+  create_topic "$topic"
+  start_capture "$topic" "$OUT/ingest-capture-steady.log"
+  start_ingest "$topic" "$OUT/ingest-steady.log"
   sleep 2
   log "steady 5,000 events/s for 20 s (100 requests/s of 50 events)"
   "$OHA" --no-tui -z 20s -q 100 -c 8 -m POST -H 'Content-Type: application/json' -D "$OUT/ingest-steady.json" \
-    "http://127.0.0.1:$cport/batch" >/dev/null
+    "http://127.0.0.1:$CAPTURE_PORT/batch" >/dev/null
   sleep 2
-  curl -s "http://127.0.0.1:$iport/metrics" | python3 -c "
+  curl -s "http://127.0.0.1:$INGEST_PORT/metrics" | python3 -c "
 import sys
 q = {}
 for line in sys.stdin:
     if line.startswith('ingest_end_to_end_lag_seconds{quantile='):
         q[line.split('\"')[1]] = float(line.rsplit(' ', 1)[1])
 print(f'| end-to-end lag at a steady 5,000 events/s (capture receive → ClickHouse insert): p50 / p99 | {q.get(\"0.5\", 0):.3f} s / {q.get(\"0.99\", 0):.3f} s |')" >>"$OUT/ingest-figures.md"
-  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+  kill "$INGEST_PID" "$CAPTURE_PID"; wait "$INGEST_PID" "$CAPTURE_PID" 2>/dev/null || true
 }
 
 PREVIOUS=0

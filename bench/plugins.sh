@@ -9,22 +9,11 @@
 #   bench/plugins.sh          (BENCH_EVENTS=40000 per scenario by default)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EVENTS="${BENCH_EVENTS:-40000}"
-OUT="$ROOT/.sluice/bench"
-mkdir -p "$OUT"
-log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/services.sh up >/dev/null
 cargo build --release --bins --quiet
-BIN="$CARGO_TARGET_DIR/release"
-TANSU="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 
 RUN="benchplugins$(date +%s)"
 BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
@@ -68,33 +57,26 @@ cpu_of_tree() { # PID: CPU ticks of the process and its children (plugin workers
 }
 
 scenario() { # NAME TEAM
-  local name="$1" topic="${RUN}-$1" cport iport cap ing token
+  local name="$1" topic="${RUN}-$1" token
   token="$(token_of "$2")"
   bodies "$token" "$OUT/plugins-$name.jsonl"
-  "$TANSU" topic create "$topic" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1
-  cport="$(free_port)"
-  ADDRESS="127.0.0.1:$cport" KAFKA_TOPIC_MAIN="$topic" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
-    "$BIN/sluice-capture" >"$OUT/plugins-capture-$name.log" 2>&1 &
-  cap=$!; PIDS+=("$cap")
-  until curl -sf "http://127.0.0.1:$cport/_readiness" >/dev/null; do sleep 0.1; done
+  create_topic "$topic"
+  start_capture "$topic" "$OUT/plugins-capture-$name.log"
   log "$name: pre-filling $EVENTS events"
-  python3 - "http://127.0.0.1:$cport/batch" "$OUT/plugins-$name.jsonl" <<'PY'
+  python3 - "http://127.0.0.1:$CAPTURE_PORT/batch" "$OUT/plugins-$name.jsonl" <<'PY'
 import sys, urllib.request
 for line in open(sys.argv[2], "rb"):
     req = urllib.request.Request(sys.argv[1], data=line.strip(), headers={"Content-Type": "application/json"})
     assert urllib.request.urlopen(req).status == 200
 PY
-  iport="$(free_port)"
   local started; started="$(date +%s.%N)"
-  ADDRESS="127.0.0.1:$iport" KAFKA_TOPIC="$topic" KAFKA_GROUP_ID="$topic" LOG_FORMAT=json RUST_LOG=warn \
-    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$OUT/plugins-$name.log" 2>&1 &
-  ing=$!; PIDS+=("$ing")
+  start_ingest "$topic" "$OUT/plugins-$name.log"
   until [ "$(curl -s "$CLICKHOUSE_URL/" --data-binary "SELECT count() FROM $RUN.events WHERE team_id = $2" | tr -d '[:space:]')" -ge "$EVENTS" ] 2>/dev/null; do
     sleep 0.2
   done
-  local ended ticks; ended="$(date +%s.%N)"; ticks="$(cpu_of_tree "$ing")"
+  local ended ticks; ended="$(date +%s.%N)"; ticks="$(cpu_of_tree "$INGEST_PID")"
   echo "$name $EVENTS $started $ended $ticks" >>"$OUT/plugins-raw.txt"
-  kill "$ing" "$cap"; wait "$ing" "$cap" 2>/dev/null || true
+  kill "$INGEST_PID" "$CAPTURE_PID"; wait "$INGEST_PID" "$CAPTURE_PID" 2>/dev/null || true
 }
 
 : >"$OUT/plugins-raw.txt"

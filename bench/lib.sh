@@ -1,0 +1,42 @@
+# Shared by the benchmarks (sourced, not run): the repository root as working
+# directory, the cargo target dir outside the clone, where figures and logs go, and
+# starting the release binaries. Every process started here is stopped by its pid on exit.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+BIN="$CARGO_TARGET_DIR/release"
+OUT="$ROOT/.sluice/bench"
+mkdir -p "$OUT"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The services script builds Tansu when it is missing, so look it up after that. A path,
+# not a function, so that `"$(tansu_path)" broker &` gives the broker's own pid in $!.
+tansu_path() { type -P tansu || echo "$HOME/.cargo/bin/tansu"; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# create_topic NAME: four partitions on the local broker.
+create_topic() { "$(tansu_path)" topic create "$1" --broker "tcp://${KAFKA_HOSTS:-127.0.0.1:9092}" --partitions 4 >/dev/null 2>&1; }
+
+# start_capture TOPIC LOG: a release capture producing every event to TOPIC, ready when
+# this returns; sets CAPTURE_PID and CAPTURE_PORT.
+start_capture() {
+  CAPTURE_PORT="$(free_port)"
+  ADDRESS="127.0.0.1:$CAPTURE_PORT" KAFKA_TOPIC_MAIN="$1" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
+    "$BIN/sluice-capture" >"$2" 2>&1 &
+  CAPTURE_PID=$!; PIDS+=("$CAPTURE_PID")
+  until curl -sf "http://127.0.0.1:$CAPTURE_PORT/_readiness" >/dev/null; do sleep 0.1; done
+}
+
+# start_ingest TOPIC LOG: a release ingest consuming TOPIC with a group of that name;
+# sets INGEST_PID and INGEST_PORT.
+start_ingest() {
+  INGEST_PORT="$(free_port)"
+  # The local broker is Tansu; see KAFKA_RESUME_REWIND_MESSAGES in ingest's --help.
+  ADDRESS="127.0.0.1:$INGEST_PORT" KAFKA_TOPIC="$1" KAFKA_GROUP_ID="$1" LOG_FORMAT=json RUST_LOG=warn \
+    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$2" 2>&1 &
+  INGEST_PID=$!; PIDS+=("$INGEST_PID")
+}
