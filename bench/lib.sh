@@ -35,8 +35,7 @@ start_capture() {
 # sets INGEST_PID and INGEST_PORT.
 start_ingest() {
   INGEST_PORT="$(free_port)"
-  # The local broker is Tansu; see KAFKA_RESUME_REWIND_MESSAGES in ingest's --help.
   ADDRESS="127.0.0.1:$INGEST_PORT" KAFKA_TOPIC="$1" KAFKA_GROUP_ID="$1" LOG_FORMAT=json RUST_LOG=warn \
-    KAFKA_RESUME_REWIND_MESSAGES=100000 "$BIN/sluice-ingest" >"$2" 2>&1 &
+    "$BIN/sluice-ingest" >"$2" 2>&1 &
   INGEST_PID=$!; PIDS+=("$INGEST_PID")
 }

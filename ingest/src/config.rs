@@ -181,11 +181,19 @@ pub struct Config {
     /// partitions to others.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000, global = true)]
     pub kafka_session_timeout_ms: u64,
-    /// On assignment, start this many messages before the committed offset and skip up to
-    /// it: a guard against brokers that answer a fetch inside a record batch with the
-    /// next batch (Tansu 0.6). 0 with Apache Kafka or Redpanda.
-    #[arg(long, env = "KAFKA_RESUME_REWIND_MESSAGES", default_value_t = 0, global = true)]
-    pub kafka_resume_rewind_messages: i64,
+    /// When a partition's offsets jump forward (the broker did not hand over some
+    /// messages), the first search for the missing ones starts this many messages
+    /// before them, and each further search twice as far back, down to the log start.
+    /// Messages read again are skipped, not processed twice. Needed for brokers that
+    /// answer a fetch inside a record batch with the next batch (Tansu 0.6's memory
+    /// engine); with Apache Kafka or Redpanda no jump happens and this costs nothing.
+    #[arg(long, env = "KAFKA_GAP_REWIND_MESSAGES", default_value_t = 1_000, global = true)]
+    pub kafka_gap_rewind_messages: i64,
+    /// After SIGTERM, how long the batch in flight may take to be written and committed
+    /// (dependency retries included), and queued plugin exports to be handed over,
+    /// before the process exits leaving the rest uncommitted for the next owner.
+    #[arg(long, env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 20_000, global = true)]
+    pub shutdown_drain_timeout_ms: u64,
     /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
     #[arg(long, env = "KAFKA_DEBUG", default_value = "", global = true)]
     pub kafka_debug: String,

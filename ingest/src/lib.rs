@@ -39,7 +39,7 @@ use rdkafka::Message;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::consume::{BatchLimits, LaneConsumer, ResumeContext};
+use crate::consume::{BatchLimits, LaneConsumer, LaneContext};
 use crate::dlq::DeadLetters;
 use crate::groups::GroupStore;
 use crate::health::{Dependencies, Health};
@@ -52,8 +52,31 @@ use crate::write::ClickHouse;
 
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
 /// committed first.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let lane = config.lane.as_str();
+    // After SIGTERM the batch in flight gets `drain` to be written and committed, and
+    // queued plugin exports and teardowns share what is left of it; a dependency outage
+    // must not keep the process past it (the orchestrator would kill it anyway), and what
+    // is left uncommitted is the next owner's to do.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let drain = Duration::from_millis(config.shutdown_drain_timeout_ms);
+    let deadline = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn({
+        let (stopping, deadline) = (stopping.clone(), deadline.clone());
+        async move {
+            shutdown.await;
+            info!("stopping: finishing the batch in flight");
+            let _ = deadline.set(tokio::time::Instant::now() + drain);
+            stopping.cancel();
+        }
+    });
+    let drained = {
+        let (stopping, deadline) = (stopping.clone(), deadline.clone());
+        async move {
+            stopping.cancelled().await;
+            tokio::time::sleep_until(deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
+        }
+    };
     let metrics = telemetry::metrics_handle();
     let health = Health::new();
     health.tick();
@@ -97,9 +120,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             timeout: Duration::from_millis(config.redis_timeout_ms),
         },
     );
-    let ch = Arc::new(connect_clickhouse(&config, &health).await);
+    let ch = tokio::select! {
+        ch = connect_clickhouse(&config, &health) => Arc::new(ch),
+        _ = stopping.cancelled() => {
+            info!("stopped before ClickHouse answered");
+            return Ok(());
+        }
+    };
+    let mut exporter = None;
     let plugins = plugins.map(|(plugins, queue)| {
-        plugins::spawn_on_event(plugins.clone(), queue, ch.clone());
+        exporter =
+            Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone(), deadline.clone()));
         schedules::spawn(
             plugins.clone(),
             ch.clone(),
@@ -126,7 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
         .set("statistics.interval.ms", "5000")
-        .create_with_context(ResumeContext::new(config.kafka_resume_rewind_messages))?;
+        .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))?;
     consumer.subscribe(&[&config.topic()])?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_hosts)
@@ -147,54 +178,66 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let max_backoff = Duration::from_millis(config.retry_max_backoff_ms);
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
 
-    tokio::pin!(shutdown);
+    tokio::pin!(drained);
+    let mut left_uncommitted = false;
     loop {
         health.tick();
         let batch = tokio::select! {
             b = consume::next_batch(&consumer, &limits) => b,
-            _ = &mut shutdown => break,
+            _ = stopping.cancelled() => break,
         };
-        let batch = match batch {
-            Ok(b) if b.is_empty() => continue,
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "kafka consume error");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+        if batch.is_empty() {
+            continue;
+        }
         let started = Instant::now();
         telemetry::consumed(lane, batch.len());
         // Until this batch is written and committed nothing else is read, so a
         // dependency outage becomes lag and never loss.
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            health.tick();
-            let deps = Deps {
-                teams: &teams,
-                persons: &persons,
-                groups: &groups,
-                restrictions: &restrictions,
-                plugins: plugins.as_deref(),
-                flavor: ch.flavor,
-            };
-            match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency, on_event_wait).await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    health.batch_failing(true);
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(max_backoff);
+        let written = async {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                health.tick();
+                let deps = Deps {
+                    teams: &teams,
+                    persons: &persons,
+                    groups: &groups,
+                    restrictions: &restrictions,
+                    plugins: plugins.as_deref(),
+                    flavor: ch.flavor,
+                };
+                match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency, on_event_wait)
+                    .await
+                {
+                    Ok(()) => return true,
+                    Err(e) if stopping.is_cancelled() => {
+                        warn!(error = %e, "batch not written while stopping; leaving it uncommitted");
+                        return false;
+                    }
+                    Err(e) => {
+                        health.batch_failing(true);
+                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopping.cancelled() => {}
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
                 }
             }
+        };
+        let written = tokio::select! {
+            w = written => w,
+            _ = &mut drained => {
+                warn!(drain_ms = drain.as_millis() as u64, "drain timeout: leaving the batch in flight uncommitted");
+                false
+            }
+        };
+        if !written {
+            left_uncommitted = true;
+            break;
         }
         health.batch_failing(false);
-        while let Err(e) = consume::commit(&consumer, &batch) {
-            warn!(error = %e, "offset commit failed; retrying");
-            telemetry::dependency_retry("kafka");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        commit(&consumer, &batch, &stopping).await;
         telemetry::batch(batch.len(), started.elapsed().as_secs_f64());
         debug!(
             events = batch.len(),
@@ -202,9 +245,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             last = ?batch.last().map(|m| (m.partition(), m.offset())),
             "batch written and committed"
         );
+        if stopping.is_cancelled() {
+            break;
+        }
+    }
+    if let Some(plugins) = &plugins {
+        if let Some(exporter) = exporter {
+            let _ = exporter.await;
+        }
+        let left = deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()));
+        plugins.shutdown(left.max(Duration::from_millis(500))).await;
+    }
+    if left_uncommitted {
+        info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
+        return Ok(());
     }
     info!("sluice-ingest stopped after committing its last batch");
     Ok(())
+}
+
+/// Commits a written batch. Retried a few times; a commit given up is covered by the
+/// next commit of the same partitions (and until then a new owner processes some events
+/// again), so it never holds the lane.
+async fn commit(
+    consumer: &LaneConsumer,
+    batch: &[rdkafka::message::OwnedMessage],
+    stopping: &tokio_util::sync::CancellationToken,
+) {
+    for attempt in 1..=5 {
+        match consume::commit(consumer, batch) {
+            Ok(()) => return,
+            Err(e) if consume::commit_is_hopeless(&e) || attempt == 5 || stopping.is_cancelled() => {
+                warn!(error = %e, "offset commit given up; the next commit covers it");
+                telemetry::commit_abandoned();
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "offset commit failed; retrying");
+                telemetry::dependency_retry("kafka");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 async fn connect_clickhouse(config: &Config, health: &Health) -> ClickHouse {

@@ -37,6 +37,28 @@ pub fn dead_lettered(stage: &'static str) {
     counter!("ingest_events_dead_lettered_total", "stage" => stage).increment(1);
 }
 
+/// A consumer error reported by librdkafka while reading.
+pub fn consume_error() {
+    counter!("ingest_kafka_consume_errors_total").increment(1);
+}
+
+/// A message read again after seeking back, skipped because it was processed before.
+pub fn reread(lane: &'static str) {
+    counter!("ingest_kafka_reread_messages_total", "lane" => lane).increment(1);
+}
+
+/// A jump in a partition's offsets, by what was done: `sought_back` (messages the broker
+/// did not hand over, looked for again), `absent` (offsets that do not exist in the
+/// log), `log_reset` (the log ends before the committed offset).
+pub fn offset_gap(lane: &'static str, outcome: &'static str) {
+    counter!("ingest_kafka_offset_gaps_total", "lane" => lane, "outcome" => outcome).increment(1);
+}
+
+/// A commit that was given up: the next commit of the same partitions covers it.
+pub fn commit_abandoned() {
+    counter!("ingest_kafka_commits_abandoned_total").increment(1);
+}
+
 pub fn batch(size: usize, seconds: f64) {
     histogram!("ingest_batch_size").record(size as f64);
     histogram!("ingest_batch_duration_seconds").record(seconds);

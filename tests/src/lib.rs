@@ -402,6 +402,9 @@ pub struct Ingest {
     pub dlq_topic: String,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    /// The first process of a group owns (and drops) the ClickHouse database; members
+    /// started with [`Ingest::member`] share it.
+    owns_database: bool,
 }
 
 impl Ingest {
@@ -416,8 +419,6 @@ impl Ingest {
             ("KAFKA_GROUP_ID".into(), unique(test)),
             ("KAFKA_DLQ_TOPIC".into(), dlq_topic.clone()),
             ("BATCH_MAX_WAIT_MS".into(), "200".into()),
-            // The local broker is Tansu; see KAFKA_RESUME_REWIND_MESSAGES in ingest's --help.
-            ("KAFKA_RESUME_REWIND_MESSAGES".into(), "100000".into()),
             ("LOG_FORMAT".into(), "text".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -426,7 +427,40 @@ impl Ingest {
         let log = std::env::temp_dir().join(format!("{}.ingest.log", unique(test)));
         let address = format!("127.0.0.1:{}", free_port());
         let child = Self::spawn(&address, &env, &log);
-        Ingest { child, address, database, dlq_topic, log, env }
+        Ingest { child, address, database, dlq_topic, log, env, owns_database: true }
+    }
+
+    /// Another process in the same consumer group, writing to the same database, with a
+    /// health address and log of its own.
+    pub fn member(&self, name: &str) -> Ingest {
+        let log = self.log.with_extension(format!("{name}.log"));
+        let address = format!("127.0.0.1:{}", free_port());
+        let env = self.env.clone();
+        let child = Self::spawn(&address, &env, &log);
+        Ingest {
+            child,
+            address,
+            database: self.database.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            log,
+            env,
+            owns_database: false,
+        }
+    }
+
+    /// `kill -TERM` (by this process's pid) and wait for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill -TERM");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn spawn(address: &str, env: &[(String, String)], log: &PathBuf) -> Child {
@@ -489,7 +523,9 @@ impl Drop for Ingest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = http().post(clickhouse_url()).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send();
+        if self.owns_database {
+            let _ = http().post(clickhouse_url()).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send();
+        }
     }
 }
 
