@@ -186,6 +186,11 @@ impl Plugins {
         }
     }
 
+    /// Runs every instance's `teardown` (in both worker pools) and stops the workers.
+    pub async fn shutdown(&self, within: Duration) {
+        tokio::join!(self.supervisor.shutdown(within), self.exports.shutdown(within));
+    }
+
     pub fn has_on_event(&self, team: i64) -> bool {
         self.on_event_chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
     }
@@ -469,17 +474,43 @@ pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration, redi
     });
 }
 
-/// Runs queued `on_event` work for the process's life.
+/// Runs queued `on_event` work until `stopping`; then hands over what is queued until
+/// `deadline` (set when stopping begins) and counts the rest as dropped.
 pub fn spawn_on_event(
     plugins: std::sync::Arc<Plugins>,
     mut queue: OnEventQueue,
     ch: std::sync::Arc<crate::write::ClickHouse>,
-) {
+    stopping: tokio_util::sync::CancellationToken,
+    deadline: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some((team, events)) = queue.recv().await {
-            plugins.export(team, events, &ch).await;
+        loop {
+            tokio::select! {
+                next = queue.recv() => match next {
+                    Some((team, events)) => plugins.export(team, events, &ch).await,
+                    None => return,
+                },
+                _ = stopping.cancelled() => break,
+            }
         }
-    });
+        let deadline = deadline.get().copied().unwrap_or_else(tokio::time::Instant::now);
+        let mut handed = 0;
+        while let Ok((team, events)) = queue.try_recv() {
+            let n = events.len();
+            if tokio::time::timeout_at(deadline, plugins.export(team, events, &ch)).await.is_err() {
+                crate::telemetry::on_event_dropped(n);
+                let mut left = n;
+                while let Ok((_, events)) = queue.try_recv() {
+                    crate::telemetry::on_event_dropped(events.len());
+                    left += events.len();
+                }
+                warn!(events = left, "shutdown deadline: these written events were not exported");
+                return;
+            }
+            handed += n;
+        }
+        info!(events = handed, "queued on_event exports handed over before stopping");
+    })
 }
 
 /// A written event row as `on_event` receives it: properties as objects, not text.

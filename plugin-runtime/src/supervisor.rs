@@ -116,6 +116,35 @@ impl Supervisor {
         }
     }
 
+    /// Runs `teardown` of every instance each worker holds, then stops the workers; what
+    /// is not done `within` is cut (the process is exiting). Work started after this
+    /// starts fresh workers again, so call it last.
+    pub async fn shutdown(&self, within: Duration) {
+        let stop = async {
+            for slot in &self.workers {
+                let mut slot = slot.lock().await;
+                if let Some(worker) = slot.as_mut() {
+                    let ids: Vec<i64> = worker.loaded.iter().copied().collect();
+                    for id in ids {
+                        let unloaded = async {
+                            write_frame(&mut worker.input, &Request::Unload { id }).await?;
+                            read_frame::<Response>(&mut worker.output).await
+                        };
+                        if !matches!(unloaded.await, Ok(Some(Response::Unloaded { .. }))) {
+                            warn!(id, "plugin worker failed during teardown");
+                            break;
+                        }
+                        worker.loaded.remove(&id);
+                    }
+                }
+                self.kill(&mut slot).await;
+            }
+        };
+        if tokio::time::timeout(within, stop).await.is_err() {
+            warn!(within_ms = within.as_millis() as u64, "plugin teardown cut at the shutdown deadline");
+        }
+    }
+
     pub fn is_disabled(&self, id: i64) -> bool {
         self.disabled.lock().expect("lock").contains(&id)
     }

@@ -156,3 +156,53 @@ fn a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_written() {
     let metrics = ingest.metrics();
     assert!(metrics.contains(r#"ingest_clickhouse_refused_rows_total{table="events"} 1"#), "{metrics}");
 }
+
+/// SIGTERM while the batch in flight cannot be written: ingest stops within its drain
+/// timeout instead of retrying forever, commits nothing of that batch, and the events
+/// are written by the next process once ClickHouse is back.
+#[test]
+fn sigterm_during_an_outage_stops_within_the_drain_timeout_leaving_the_batch_uncommitted() {
+    let proxy = Proxy::start(&host_port(&sluice_tests::clickhouse_url()));
+    let cap = Capture::start("ch-term", &[]);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let mut ingest = Ingest::start(
+        "ch_term",
+        &cap.topics.main,
+        &[("CLICKHOUSE_URL", &url), ("RETRY_MAX_BACKOFF_MS", "300"), ("SHUTDOWN_DRAIN_TIMEOUT_MS", "1500")],
+    );
+    let token = create_team(&unique("ch-term team"));
+    send(&cap, &token, "before", 5);
+    assert_eq!(
+        wait_for_rows(&format!("SELECT uuid FROM {}", ingest.table("events")), 5, Duration::from_secs(30)).len(),
+        5
+    );
+
+    proxy.cut();
+    send(&cap, &token, "during", 10);
+    let start = std::time::Instant::now();
+    while !ingest.log_text().contains("batch not written; retrying") {
+        assert!(start.elapsed() < Duration::from_secs(30), "the batch never failed: {}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without a drain deadline the retry loop would hold the process until ClickHouse
+    // returned; 20 s is far above the 1.5 s deadline and far below "forever".
+    let status = ingest.terminate(Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| panic!("still running after SIGTERM: {}", ingest.log_text()));
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(ingest.log_text().contains("left for the next owner"), "{}", ingest.log_text());
+    assert_eq!(count(&ingest), 5, "nothing of the failed batch written");
+
+    proxy.restore();
+    ingest.restart();
+    let start = std::time::Instant::now();
+    while count(&ingest) < 15 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the uncommitted batch was not redone: {}",
+            ingest.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(count(&ingest), 15);
+    assert!(read_topic(&cap.kafka, &ingest.dlq_topic, 0, Duration::from_secs(2)).is_empty(), "nothing dead-lettered");
+}
