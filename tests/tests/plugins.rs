@@ -579,6 +579,24 @@ return {
 }
 "#;
 
+/// The log without its terminal colour codes.
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn bodies(received: &Received) -> Vec<String> {
     received.lock().unwrap().iter().map(|(_, body)| body.clone()).collect()
 }
@@ -605,9 +623,8 @@ fn sigterm_drains_queued_exports_and_runs_teardown() {
     env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
     let mut ingest = Ingest::start("plugins_drain", &cap.topics.main, &env);
     let events: Vec<(String, String)> = (0..12).map(|i| (format!("e{i}"), format!("d{i}"))).collect();
-    for (e, d) in &events {
-        send(&cap, &token, &[(e.as_str(), d.as_str())]);
-    }
+    let batch: Vec<(&str, &str)> = events.iter().map(|(e, d)| (e.as_str(), d.as_str())).collect();
+    send(&cap, &token, &batch);
     wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 12, Duration::from_secs(30));
     let before = bodies(&received).len();
     let status = ingest.terminate(Duration::from_secs(30)).expect("stops within the drain timeout");
@@ -628,7 +645,7 @@ fn exports_left_at_the_drain_deadline_are_counted() {
     let db = Database::create("plugins_drain_short");
     db.run(&["migrate"]);
     let (team, token) = db.team("drain short");
-    let (port, received) = slow_receiver(Duration::from_millis(400));
+    let (port, received) = slow_receiver(Duration::from_millis(1_000));
     let exporter = plugin_dir(
         "exporter",
         json!({"name": "exporter", "config": [{"key": "url", "type": "string", "required": true}], "http": {"allow": ["$config:url"]}}),
@@ -640,14 +657,14 @@ fn exports_left_at_the_drain_deadline_are_counted() {
     env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
     env.push(("SHUTDOWN_DRAIN_TIMEOUT_MS", "600"));
     let mut ingest = Ingest::start("plugins_drain_short", &cap.topics.main, &env);
-    for i in 0..12 {
-        send(&cap, &token, &[(format!("e{i}").as_str(), "d")]);
-    }
+    let names: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
+    let batch: Vec<(&str, &str)> = names.iter().map(|e| (e.as_str(), "d")).collect();
+    send(&cap, &token, &batch);
     wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 12, Duration::from_secs(30));
     let status = ingest.terminate(Duration::from_secs(30)).expect("stops");
     assert!(status.success(), "{status:?}");
     let exported = bodies(&received).iter().filter(|b| b.starts_with('e')).count();
-    let log = ingest.log_text();
+    let log = without_colours(&ingest.log_text());
     let line = log.lines().find(|l| l.contains("were not exported")).unwrap_or_else(|| panic!("{exported}\n{log}"));
     let dropped: usize = line
         .split("events=")
