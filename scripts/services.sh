@@ -5,6 +5,7 @@
 #   scripts/services.sh up       install what is missing, start what is not running, create topics
 #   scripts/services.sh status   say what runs where
 #   scripts/services.sh down     stop what this script started (by recorded pid), nothing else
+#   scripts/services.sh restart postgres|redis|clickhouse   restart one server it started
 #
 # Addresses come from the same variables the binaries read (KAFKA_HOSTS, DATABASE_URL,
 # REDIS_URL, CLICKHOUSE_URL). A server already answering at its address is reused; one
@@ -62,6 +63,21 @@ pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1;
 
 TANSU="$(command -v tansu || true)"
 [ -n "$TANSU" ] || { [ -x "$HOME/.cargo/bin/tansu" ] && TANSU="$HOME/.cargo/bin/tansu"; } || true
+# memory: fast, emptied when the broker stops (tests); sqlite: kept in $STATE/tansu.db
+# across restarts (`./dev up`'s choice is the operator's; the chaos run restarts its own).
+KAFKA_STORAGE="${KAFKA_STORAGE:-memory}"
+# The storage engines the broker is built with: memory (dynostore), postgres, and
+# sqlite (libsql), the durable one the chaos run restarts.
+TANSU_FEATURES=dynostore,postgres,libsql
+tansu_has_features() {
+  # cargo install records the features of what it installed.
+  python3 - "$HOME/.cargo/.crates2.json" "$TANSU_FEATURES" <<'PY' 2>/dev/null
+import json, sys
+installs = json.load(open(sys.argv[1]))["installs"]
+wanted = set(sys.argv[2].split(","))
+sys.exit(0 if any(k.startswith("tansu ") and wanted <= set(v.get("features", [])) for k, v in installs.items()) else 1)
+PY
+}
 
 install_missing() {
   local pkgs=()
@@ -70,10 +86,10 @@ install_missing() {
   command -v clickhouse-server >/dev/null || pkgs+=(clickhouse-server clickhouse-client)
   command -v curl >/dev/null || pkgs+=(curl)
   if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
-  if [ -z "$TANSU" ]; then
+  if [ -z "$TANSU" ] || { [ "$TANSU" = "$HOME/.cargo/bin/tansu" ] && ! tansu_has_features; }; then
     # Built once (15-20 minutes on 2 cores), then reused from ~/.cargo/bin.
     log "building the Tansu broker with cargo (once; takes a while)"
-    cargo install tansu --version '^0.6' --locked --features dynostore,postgres >"$STATE/tansu-build.log" 2>&1 \
+    cargo install tansu --version '^0.6' --locked --features "$TANSU_FEATURES" >"$STATE/tansu-build.log" 2>&1 \
       || die "cargo install tansu failed; see $STATE/tansu-build.log"
     TANSU="$HOME/.cargo/bin/tansu"
   fi
@@ -87,8 +103,11 @@ kafka_up() {
   elif ! is_local "$host"; then
     die "kafka: nothing answers on $host:$port"
   else
-    nohup "$TANSU" broker --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
-      --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+    local engine=memory://tansu/
+    # Tansu opens a sqlite database relative to its working directory ($STATE here).
+    [ "$KAFKA_STORAGE" = sqlite ] && engine="sqlite://tansu.db"
+    (cd "$STATE" && exec nohup "$TANSU" broker --listener-url "tcp://$host:$port" --advertised-listener-url "tcp://$host:$port" \
+      --storage-engine "$engine" >"$STATE/tansu.log" 2>&1) &
     echo $! >"$STATE/tansu.pid"
     wait_for kafka "$host" "$port" 30
     log "kafka: started Tansu on $host:$port (pid $(cat "$STATE/tansu.pid"))"
@@ -236,6 +255,26 @@ cmd_status() {
   done
 }
 
+# Restart one server this script started (the chaos run's faults); refuses others.
+cmd_restart() {
+  case "${1:-}" in
+    postgres)
+      pid_alive "$STATE/postgres.pid" || die "postgres was not started by this script"
+      as_pg "$(pg_bindir)/pg_ctl" -D "$(cat "$STATE/postgres.datadir")" -m fast -w -t 60 restart >/dev/null \
+        || die "postgres did not restart"
+      head -n 1 "$(cat "$STATE/postgres.datadir")/postmaster.pid" >"$STATE/postgres.pid"
+      wait_for postgres "$(host_of "$DATABASE_URL")" "$(port_of "$DATABASE_URL")" 30
+      log "postgres: restarted" ;;
+    redis)
+      pid_alive "$STATE/redis.pid" || die "redis was not started by this script"
+      stop_pidfile redis "$STATE/redis.pid"; redis_up ;;
+    clickhouse)
+      pid_alive "$STATE/clickhouse.pid" || die "clickhouse was not started by this script"
+      stop_pidfile clickhouse "$STATE/clickhouse.pid"; clickhouse_up ;;
+    *) die "usage: $0 restart postgres|redis|clickhouse" ;;
+  esac
+}
+
 case "${1:-up}" in
   up)
     install_missing
@@ -246,6 +285,7 @@ case "${1:-up}" in
     cmd_status
     ;;
   down) cmd_down ;;
+  restart) cmd_restart "${2:-}" ;;
   status) cmd_status ;;
   *) die "usage: $0 up|down|status" ;;
 esac

@@ -256,12 +256,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let left = deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()));
         plugins.shutdown(left.max(Duration::from_millis(500))).await;
     }
+    let left = deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()));
+    close_kafka(consumer, dead_letters, left.max(Duration::from_secs(2)));
     if left_uncommitted {
         info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
         return Ok(());
     }
     info!("sluice-ingest stopped after committing its last batch");
     Ok(())
+}
+
+/// Closes the Kafka clients within `within`. librdkafka's consumer close leaves the group
+/// through the coordinator and waits for it without a deadline: with the broker gone the
+/// process would never exit (seen in the chaos run). Everything is committed or left for
+/// the next owner by now, so the close happens on a thread of its own and is abandoned
+/// after `within`.
+fn close_kafka(consumer: LaneConsumer, dead_letters: DeadLetters, within: Duration) {
+    let (closed, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        drop(dead_letters);
+        let _ = closed.send(());
+    });
+    if wait.recv_timeout(within).is_err() {
+        warn!(within_ms = within.as_millis() as u64, "kafka clients did not close in time (broker unreachable?); exiting without");
+    }
 }
 
 /// Commits a written batch. Retried a few times; a commit given up is covered by the
