@@ -603,7 +603,6 @@ def main():
         ("events sent", len(sent)),
         ("acknowledged (200)", len(acked_ids)),
         ("in ClickHouse exactly once (FINAL)", sum(1 for u in acked_ids if final.get(u) == 1)),
-        ("  of which main / hot-key (overflow) / historical", "see events table"),
         ("in the dead-letter topic", f"{len(dead & set(bad))} of {len(bad)} injected"),
         ("LOST (acknowledged, in neither)", len(lost)),
         ("duplicates with FINAL", dup_final),
