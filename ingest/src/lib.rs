@@ -279,7 +279,10 @@ fn close_kafka(consumer: LaneConsumer, dead_letters: DeadLetters, within: Durati
         let _ = closed.send(());
     });
     if wait.recv_timeout(within).is_err() {
-        warn!(within_ms = within.as_millis() as u64, "kafka clients did not close in time (broker unreachable?); exiting without");
+        warn!(
+            within_ms = within.as_millis() as u64,
+            "kafka clients did not close in time (broker unreachable?); exiting without"
+        );
     }
 }
 
