@@ -484,30 +484,44 @@ pub fn spawn_on_event(
     deadline: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                next = queue.recv() => match next {
-                    Some((team, events)) => plugins.export(team, events, &ch).await,
-                    None => return,
-                },
-                _ = stopping.cancelled() => break,
-            }
-        }
-        let deadline = deadline.get().copied().unwrap_or_else(tokio::time::Instant::now);
+        // Resolves at the deadline once stopping has begun; an export in flight then is
+        // cut like a queued one.
+        let cut = async {
+            stopping.cancelled().await;
+            tokio::time::sleep_until(deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
+        };
+        tokio::pin!(cut);
         let mut handed = 0;
-        while let Ok((team, events)) = queue.try_recv() {
-            let n = events.len();
-            if tokio::time::timeout_at(deadline, plugins.export(team, events, &ch)).await.is_err() {
-                crate::telemetry::on_event_dropped(n);
-                let mut left = n;
-                while let Ok((_, events)) = queue.try_recv() {
-                    crate::telemetry::on_event_dropped(events.len());
-                    left += events.len();
+        loop {
+            let next = if stopping.is_cancelled() {
+                queue.try_recv().ok()
+            } else {
+                tokio::select! {
+                    next = queue.recv() => match next {
+                        Some(work) => Some(work),
+                        None => return,
+                    },
+                    _ = stopping.cancelled() => continue,
                 }
-                warn!(events = left, "shutdown deadline: these written events were not exported");
-                return;
+            };
+            let Some((team, events)) = next else { break };
+            let n = events.len();
+            tokio::select! {
+                _ = plugins.export(team, events, &ch) => {
+                    if stopping.is_cancelled() {
+                        handed += n;
+                    }
+                }
+                _ = &mut cut => {
+                    let mut left = n;
+                    while let Ok((_, events)) = queue.try_recv() {
+                        left += events.len();
+                    }
+                    crate::telemetry::on_event_dropped(left);
+                    warn!(events = left, "shutdown deadline: these written events were not exported");
+                    return;
+                }
             }
-            handed += n;
         }
         info!(events = handed, "queued on_event exports handed over before stopping");
     })

@@ -31,6 +31,17 @@ impl Schedule {
     }
 }
 
+fn post_batch(client: &reqwest::blocking::Client, url: &str, token: &str, batch: Vec<serde_json::Value>) {
+    let body = json!({"api_key": token, "batch": batch}).to_string();
+    let response = client
+        .post(format!("{url}/batch"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .expect("capture answers");
+    assert_eq!(response.status(), 200, "capture acknowledges every batch");
+}
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -76,15 +87,7 @@ fn three_ingest_processes_in_one_group_lose_nothing_through_kills_and_rebalances
                                "properties": {"n": n * 50 + i}})
                     })
                     .collect();
-                let body = json!({"api_key": token, "batch": batch}).to_string();
-                let status = client
-                    .post(format!("{url}/batch"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .expect("capture answers")
-                    .status();
-                assert_eq!(status, 200, "capture acknowledges every batch");
+                post_batch(&client, &url, &token, batch);
                 let due = Duration::from_secs_f64(((n + 1) * 50) as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait);
@@ -92,15 +95,7 @@ fn three_ingest_processes_in_one_group_lose_nothing_through_kills_and_rebalances
             }
             let ghosts: Vec<_> =
                 (0..teamless_events).map(|i| json!({"event": "ghost", "distinct_id": format!("g{i}")})).collect();
-            let body = json!({"api_key": teamless, "batch": ghosts}).to_string();
-            let status = client
-                .post(format!("{url}/batch"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .expect("capture answers")
-                .status();
-            assert_eq!(status, 200);
+            post_batch(&client, &url, &teamless, ghosts);
             done.store(true, Ordering::SeqCst);
         })
     };

@@ -601,69 +601,66 @@ fn bodies(received: &Received) -> Vec<String> {
     received.lock().unwrap().iter().map(|(_, body)| body.clone()).collect()
 }
 
+/// A team whose exporter plugin posts each written event to a receiver that takes
+/// `delay` to answer, and twelve events (`e0`..`e11`) written in one batch.
+struct Exporting {
+    // Dropped in this order: the process before the database it uses.
+    ingest: Ingest,
+    _cap: Capture,
+    received: Received,
+    _db: Database,
+}
+
+fn exporting(test: &str, delay: Duration, extra: &[(&str, &str)]) -> Exporting {
+    let db = Database::create(test);
+    db.run(&["migrate"]);
+    let (team, token) = db.team(test);
+    let (port, received) = slow_receiver(delay);
+    let manifest = json!({"name": "exporter", "config": [{"key": "url", "type": "string", "required": true}],
+                          "http": {"allow": ["$config:url"]}});
+    let exporter = plugin_dir("exporter", manifest, EXPORTER);
+    install(&db, &exporter, team, &["--config", &format!("url=http://127.0.0.1:{port}/hook")]);
+    let cap = Capture::start(test, &[]);
+    let mut env = db.env();
+    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
+    env.extend_from_slice(extra);
+    let ingest = Ingest::start(test, &cap.topics.main, &env);
+    let names: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
+    let batch: Vec<(&str, &str)> = names.iter().map(|e| (e.as_str(), "d")).collect();
+    send(&cap, &token, &batch);
+    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 12, Duration::from_secs(30));
+    Exporting { ingest, _cap: cap, received, _db: db }
+}
+
 /// SIGTERM with exports still queued: they are handed over before the process exits
 /// (within the drain timeout), and every plugin's `teardown` runs.
 #[test]
 fn sigterm_drains_queued_exports_and_runs_teardown() {
-    let db = Database::create("plugins_drain");
-    db.run(&["migrate"]);
-    let (team, token) = db.team("drain");
     // Each export takes 250 ms to be answered, so most of them are still queued when the
     // events are written and SIGTERM arrives.
-    let (port, received) = slow_receiver(Duration::from_millis(250));
-    let exporter = plugin_dir(
-        "exporter",
-        json!({"name": "exporter", "config": [{"key": "url", "type": "string", "required": true}], "http": {"allow": ["$config:url"]}}),
-        EXPORTER,
-    );
-    install(&db, &exporter, team, &["--config", &format!("url=http://127.0.0.1:{port}/hook")]);
+    let mut run = exporting("plugins_drain", Duration::from_millis(250), &[]);
+    let before = bodies(&run.received).len();
+    let status = run.ingest.terminate(Duration::from_secs(30)).expect("stops within the drain timeout");
+    assert!(status.success(), "{status:?}\n{}", run.ingest.log_text());
 
-    let cap = Capture::start("plugins-drain", &[]);
-    let mut env = db.env();
-    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
-    let mut ingest = Ingest::start("plugins_drain", &cap.topics.main, &env);
-    let events: Vec<(String, String)> = (0..12).map(|i| (format!("e{i}"), format!("d{i}"))).collect();
-    let batch: Vec<(&str, &str)> = events.iter().map(|(e, d)| (e.as_str(), d.as_str())).collect();
-    send(&cap, &token, &batch);
-    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 12, Duration::from_secs(30));
-    let before = bodies(&received).len();
-    let status = ingest.terminate(Duration::from_secs(30)).expect("stops within the drain timeout");
-    assert!(status.success(), "{status:?}\n{}", ingest.log_text());
-
-    let got = bodies(&received);
+    let got = bodies(&run.received);
     assert!(before < 12, "the exports were still queued at SIGTERM (else this test shows nothing): {before}");
-    for (e, _) in &events {
-        assert!(got.contains(e), "{e} was exported before exit: {got:?}\n{}", ingest.log_text());
+    for e in (0..12).map(|i| format!("e{i}")) {
+        assert!(got.contains(&e), "{e} was exported before exit: {got:?}\n{}", run.ingest.log_text());
     }
-    assert!(got.iter().any(|b| b == "teardown"), "teardown ran: {got:?}\n{}", ingest.log_text());
+    assert!(got.iter().any(|b| b == "teardown"), "teardown ran: {got:?}\n{}", run.ingest.log_text());
 }
 
 /// With a drain timeout too short for the queue, what is not handed over is counted and
 /// said, not lost silently; the process still exits in time.
 #[test]
 fn exports_left_at_the_drain_deadline_are_counted() {
-    let db = Database::create("plugins_drain_short");
-    db.run(&["migrate"]);
-    let (team, token) = db.team("drain short");
-    let (port, received) = slow_receiver(Duration::from_millis(1_000));
-    let exporter = plugin_dir(
-        "exporter",
-        json!({"name": "exporter", "config": [{"key": "url", "type": "string", "required": true}], "http": {"allow": ["$config:url"]}}),
-        EXPORTER,
-    );
-    install(&db, &exporter, team, &["--config", &format!("url=http://127.0.0.1:{port}/hook")]);
-    let cap = Capture::start("plugins-drain-short", &[]);
-    let mut env = db.env();
-    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
-    env.push(("SHUTDOWN_DRAIN_TIMEOUT_MS", "600"));
-    let mut ingest = Ingest::start("plugins_drain_short", &cap.topics.main, &env);
-    let names: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
-    let batch: Vec<(&str, &str)> = names.iter().map(|e| (e.as_str(), "d")).collect();
-    send(&cap, &token, &batch);
-    wait_for_rows(&format!("SELECT uuid FROM {} FINAL", ingest.table("events")), 12, Duration::from_secs(30));
+    let mut run =
+        exporting("plugins_drain_short", Duration::from_millis(1_000), &[("SHUTDOWN_DRAIN_TIMEOUT_MS", "600")]);
+    let (ingest, received) = (&mut run.ingest, &run.received);
     let status = ingest.terminate(Duration::from_secs(30)).expect("stops");
     assert!(status.success(), "{status:?}");
-    let exported = bodies(&received).iter().filter(|b| b.starts_with('e')).count();
+    let exported = bodies(received).iter().filter(|b| b.starts_with('e')).count();
     let log = without_colours(&ingest.log_text());
     let line = log.lines().find(|l| l.contains("were not exported")).unwrap_or_else(|| panic!("{exported}\n{log}"));
     let dropped: usize = line
