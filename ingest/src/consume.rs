@@ -375,10 +375,18 @@ fn resume_offset(consumer: &LaneConsumer, partition: &Partition, first: i64) -> 
     }
 }
 
+/// How long a commit may wait for the broker before it is given up (and left to the next).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Commits the offset after the last message of each partition in `batch` that is still
-/// assigned here. A commit that fails is not fatal: the next batch's commit of the same
-/// partition covers it, and until then a new owner merely processes some events again.
-pub fn commit(consumer: &LaneConsumer, batch: &[OwnedMessage]) -> Result<(), KafkaError> {
+/// assigned here, and waits for the broker's answer, at most [`COMMIT_TIMEOUT`].
+///
+/// librdkafka's synchronous commit has no deadline of its own: with the group
+/// coordinator gone it blocked the lane's thread for good, SIGTERM included (seen in the
+/// chaos run). So it runs on a thread of its own, and one that does not answer in time is
+/// left behind. A commit given up is covered by the next commit of the same partitions;
+/// until then a new owner merely processes some events again.
+pub async fn commit(consumer: &std::sync::Arc<LaneConsumer>, batch: &[OwnedMessage]) -> Result<(), KafkaError> {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for m in batch {
         let e = next.entry((m.topic(), m.partition())).or_insert(0);
@@ -394,7 +402,16 @@ pub fn commit(consumer: &LaneConsumer, batch: &[OwnedMessage]) -> Result<(), Kaf
     if tpl.count() == 0 {
         return Ok(());
     }
-    consumer.commit(&tpl, CommitMode::Sync)
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let committing = consumer.clone();
+    std::thread::spawn(move || {
+        let _ = answer.send(committing.commit(&tpl, CommitMode::Sync));
+    });
+    match tokio::time::timeout(COMMIT_TIMEOUT, answered).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail)),
+        Err(_) => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::OperationTimedOut)),
+    }
 }
 
 /// Commit errors that retrying cannot fix: this member no longer owns what it commits.

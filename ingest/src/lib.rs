@@ -149,7 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if !config.kafka_debug.is_empty() {
         consumer_config.set("debug", &config.kafka_debug);
     }
-    let consumer: LaneConsumer = consumer_config
+    let consumer: Arc<LaneConsumer> = consumer_config
         .set("bootstrap.servers", &config.kafka_hosts)
         .set("group.id", config.group_id())
         .set("enable.auto.commit", "false")
@@ -157,7 +157,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
         .set("statistics.interval.ms", "5000")
-        .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))?;
+        .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
+        .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_hosts)
@@ -271,7 +272,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 /// process would never exit (seen in the chaos run). Everything is committed or left for
 /// the next owner by now, so the close happens on a thread of its own and is abandoned
 /// after `within`.
-fn close_kafka(consumer: LaneConsumer, dead_letters: DeadLetters, within: Duration) {
+fn close_kafka(consumer: Arc<LaneConsumer>, dead_letters: DeadLetters, within: Duration) {
     let (closed, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(consumer);
@@ -290,12 +291,12 @@ fn close_kafka(consumer: LaneConsumer, dead_letters: DeadLetters, within: Durati
 /// next commit of the same partitions (and until then a new owner processes some events
 /// again), so it never holds the lane.
 async fn commit(
-    consumer: &LaneConsumer,
+    consumer: &Arc<LaneConsumer>,
     batch: &[rdkafka::message::OwnedMessage],
     stopping: &tokio_util::sync::CancellationToken,
 ) {
     for attempt in 1..=5 {
-        match consume::commit(consumer, batch) {
+        match consume::commit(consumer, batch).await {
             Ok(()) => return,
             Err(e) if consume::commit_is_hopeless(&e) || attempt == 5 || stopping.is_cancelled() => {
                 warn!(error = %e, "offset commit given up; the next commit covers it");

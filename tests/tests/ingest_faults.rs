@@ -206,3 +206,41 @@ fn sigterm_during_an_outage_stops_within_the_drain_timeout_leaving_the_batch_unc
     assert_eq!(count(&ingest), 15);
     assert!(read_topic(&cap.kafka, &ingest.dlq_topic, 0, Duration::from_secs(2)).is_empty(), "nothing dead-lettered");
 }
+
+/// SIGTERM with the broker gone: librdkafka's consumer close (and a synchronous commit)
+/// wait for the group coordinator without a deadline, which once kept ingest alive for
+/// good. It must exit within its drain timeout all the same.
+#[test]
+fn sigterm_with_the_broker_gone_still_exits() {
+    let port = sluice_tests::free_port();
+    let tansu = std::env::var("HOME").map(|h| format!("{h}/.cargo/bin/tansu")).unwrap_or_default();
+    let tansu = if std::path::Path::new(&tansu).exists() { tansu } else { "tansu".to_string() };
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let mut broker = std::process::Command::new(tansu)
+        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a broker of this test's own");
+    let kafka = format!("127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(&kafka).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the test's broker did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let topic = unique("broker-gone");
+    sluice_tests::create_topics(&kafka, std::slice::from_ref(&topic), 2);
+    let mut ingest =
+        Ingest::start("broker_gone", &topic, &[("KAFKA_HOSTS", &kafka), ("SHUTDOWN_DRAIN_TIMEOUT_MS", "2000")]);
+    while !ingest.log_text().contains("partitions assigned") {
+        assert!(start.elapsed() < Duration::from_secs(60), "never joined the group: {}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    let status = ingest.terminate(Duration::from_secs(30));
+    let status = status.unwrap_or_else(|| panic!("still running 30 s after SIGTERM: {}", ingest.log_text()));
+    assert!(status.success(), "{status:?}");
+}
