@@ -252,7 +252,7 @@ pub async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) -> Vec<Ow
             let positions = context.positions();
             batch.retain(|m| {
                 let p = (m.topic().to_string(), m.partition());
-                positions.epoch(&p).is_some() && positions.epoch(&p) == epochs.get(&p).copied()
+                positions.epoch(&p).is_some_and(|e| epochs.get(&p) == Some(&e))
             });
             bytes = batch.iter().map(|m| m.payload().map_or(0, <[u8]>::len)).sum();
         }

@@ -58,25 +58,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // queued plugin exports and teardowns share what is left of it; a dependency outage
     // must not keep the process past it (the orchestrator would kill it anyway), and what
     // is left uncommitted is the next owner's to do.
-    let stopping = tokio_util::sync::CancellationToken::new();
     let drain = Duration::from_millis(config.shutdown_drain_timeout_ms);
-    let deadline = Arc::new(std::sync::OnceLock::new());
+    let stopping = Stopping::default();
     tokio::spawn({
-        let (stopping, deadline) = (stopping.clone(), deadline.clone());
+        let stopping = stopping.clone();
         async move {
             shutdown.await;
             info!("stopping: finishing the batch in flight");
-            let _ = deadline.set(tokio::time::Instant::now() + drain);
-            stopping.cancel();
+            stopping.begin(drain);
         }
     });
-    let drained = {
-        let (stopping, deadline) = (stopping.clone(), deadline.clone());
-        async move {
-            stopping.cancelled().await;
-            tokio::time::sleep_until(deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
-        }
-    };
+    let drained = stopping.deadline_passed();
     let metrics = telemetry::metrics_handle();
     let health = Health::new();
     health.tick();
@@ -129,8 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let mut exporter = None;
     let plugins = plugins.map(|(plugins, queue)| {
-        exporter =
-            Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone(), deadline.clone()));
+        exporter = Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone()));
         schedules::spawn(
             plugins.clone(),
             ch.clone(),
@@ -254,17 +245,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         if let Some(exporter) = exporter {
             let _ = exporter.await;
         }
-        let left = deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()));
-        plugins.shutdown(left.max(Duration::from_millis(500))).await;
+        plugins.shutdown(stopping.left(drain).max(Duration::from_millis(500))).await;
     }
-    let left = deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()));
-    close_kafka(consumer, dead_letters, left.max(Duration::from_secs(2)));
+    close_kafka(consumer, dead_letters, stopping.left(drain).max(Duration::from_secs(2)));
     if left_uncommitted {
         info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
         return Ok(());
     }
     info!("sluice-ingest stopped after committing its last batch");
     Ok(())
+}
+
+/// Whether SIGTERM has come, and the drain deadline it set: shared by the run loop and
+/// the `on_event` exporter, which both stop by it.
+#[derive(Clone, Default)]
+pub struct Stopping {
+    token: tokio_util::sync::CancellationToken,
+    deadline: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl Stopping {
+    fn begin(&self, drain: Duration) {
+        let _ = self.deadline.set(tokio::time::Instant::now() + drain);
+        self.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Resolves at the drain deadline, once stopping has begun.
+    pub async fn deadline_passed(&self) {
+        self.token.cancelled().await;
+        tokio::time::sleep_until(self.deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
+    }
+
+    /// Time left before the deadline; `drain` while stopping has not begun.
+    fn left(&self, drain: Duration) -> Duration {
+        self.deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
 }
 
 /// Closes the Kafka clients within `within`. librdkafka's consumer close leaves the group
@@ -290,11 +313,7 @@ fn close_kafka(consumer: Arc<LaneConsumer>, dead_letters: DeadLetters, within: D
 /// Commits a written batch. Retried a few times; a commit given up is covered by the
 /// next commit of the same partitions (and until then a new owner processes some events
 /// again), so it never holds the lane.
-async fn commit(
-    consumer: &Arc<LaneConsumer>,
-    batch: &[rdkafka::message::OwnedMessage],
-    stopping: &tokio_util::sync::CancellationToken,
-) {
+async fn commit(consumer: &Arc<LaneConsumer>, batch: &[rdkafka::message::OwnedMessage], stopping: &Stopping) {
     for attempt in 1..=5 {
         match consume::commit(consumer, batch).await {
             Ok(()) => return,

@@ -475,21 +475,17 @@ pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration, redi
 }
 
 /// Runs queued `on_event` work until `stopping`; then hands over what is queued until
-/// `deadline` (set when stopping begins) and counts the rest as dropped.
+/// its drain deadline and counts the rest as dropped.
 pub fn spawn_on_event(
     plugins: std::sync::Arc<Plugins>,
     mut queue: OnEventQueue,
     ch: std::sync::Arc<crate::write::ClickHouse>,
-    stopping: tokio_util::sync::CancellationToken,
-    deadline: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    stopping: crate::Stopping,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Resolves at the deadline once stopping has begun; an export in flight then is
         // cut like a queued one.
-        let cut = async {
-            stopping.cancelled().await;
-            tokio::time::sleep_until(deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
-        };
+        let cut = stopping.deadline_passed();
         tokio::pin!(cut);
         let mut handed = 0;
         loop {
