@@ -348,22 +348,39 @@ def dead_lettered(kafka_port):
 
 
 def lag(kafka_port):
-    """Messages not yet committed by each lane's group, summed over partitions."""
-    from confluent_kafka import Consumer, TopicPartition
+    """Messages not yet committed by each lane's group, summed over partitions.
 
+    Read through the admin API (OffsetFetch only): a consumer carrying the lanes' group id,
+    even one that never subscribes, kept those groups rebalancing on Tansu, so the lanes
+    never caught up while the harness watched them."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "log_level": 2})
+    reader = watermark_reader(kafka_port)
     total = {}
-    for lane, topic in LANES.items():
-        c = Consumer({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "group.id": f"sluice-ingest-{lane}",
-                      "enable.auto.commit": False, "log_level": 2})
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        committed = c.committed(parts, timeout=10)
-        n = 0
-        for p in committed:
-            high = c.get_watermark_offsets(TopicPartition(topic, p.partition), timeout=10)[1]
-            n += high - max(p.offset, 0)
-        c.close()
-        total[lane] = n
+    try:
+        for lane, topic in LANES.items():
+            parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            request = ConsumerGroupTopicPartitions(f"sluice-ingest-{lane}", parts)
+            answer = admin.list_consumer_group_offsets([request], request_timeout=10)
+            committed = list(answer.values())[0].result(timeout=15).topic_partitions
+            n = 0
+            for p in committed:
+                high = reader.get_watermark_offsets(TopicPartition(topic, p.partition), timeout=10)[1]
+                n += high - max(p.offset, 0)
+            total[lane] = n
+    finally:
+        reader.close()
     return total
+
+
+def watermark_reader(kafka_port):
+    """Watermarks are read through a consumer; it carries a group id no lane uses and never joins it."""
+    from confluent_kafka import Consumer
+
+    return Consumer({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "group.id": f"chaos-watermarks-{SEED}",
+                     "enable.auto.commit": False, "log_level": 2})
 
 
 class BrokerWatch:

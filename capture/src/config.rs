@@ -124,18 +124,43 @@ pub struct Config {
     /// Body limit (as received) on /s.
     #[arg(long, env = "MAX_REPLAY_BODY_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub max_replay_body_bytes: usize,
-    /// Limit of a payload after decompression.
-    #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 100 * 1024 * 1024)]
+    /// Limit of a payload after decompression (413 past it). SDKs send far less: posthog-python
+    /// caps a batch at 5 MiB, posthog-js a recording request at about 1 MiB.
+    #[arg(long, env = "MAX_DECOMPRESSED_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_decompressed_bytes: usize,
+    /// Memory one request may take: its body, each decoded form, and its parsed JSON
+    /// (estimated before parsing; about ten times the JSON text for real events). 413 past it.
+    #[arg(long, env = "MAX_REQUEST_MEMORY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_request_memory_bytes: usize,
+    /// Memory all requests in flight may take together; a request that cannot get its
+    /// share at once is answered 503 (SDKs retry). Capture's peak memory is about this
+    /// plus the producer queue (`KAFKA_QUEUE_MAX_KBYTES`) plus 30 MiB.
+    #[arg(long, env = "MEMORY_BUDGET_BYTES", default_value_t = 160 * 1024 * 1024)]
+    pub memory_budget_bytes: usize,
     /// Time allowed to read a request's headers.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
     /// Time allowed between two chunks of a request body (408 past it).
     #[arg(long, env = "BODY_CHUNK_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_chunk_timeout_ms: u64,
-    /// Requests processed at once; more are answered 503 at once (SDKs retry).
+    /// Time allowed for a whole request body, however it is trickled (408 past it).
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub body_timeout_ms: u64,
+    /// Requests decoded, parsed and produced at once; more are answered 503 at once (SDKs
+    /// retry). A request takes its slot once its body is in.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1_024)]
     pub max_concurrent_requests: usize,
+    /// Open client connections; past it, new ones wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4_096)]
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
+    /// Keep it above the idle timeout of the load balancer in front.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 90_000)]
+    pub idle_timeout_ms: u64,
+    /// Per connection: the HTTP/1 buffer for a request's head and the HTTP/2 flow-control
+    /// window, so what a connection buffers before capture reads it stays small.
+    #[arg(long, env = "CONNECTION_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub connection_buffer_bytes: usize,
     /// Events per second this instance accepts in all (429 past it); 0 turns the limit off.
     #[arg(long, env = "GLOBAL_RATE_LIMIT_PER_SECOND", default_value_t = 0)]
     pub global_rate_limit_per_second: u32,

@@ -8,6 +8,7 @@ use axum::Json;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
+use crate::budget::BudgetError;
 use crate::decode::DecodeError;
 use crate::parse::ParseError;
 use crate::produce::ProduceError;
@@ -31,6 +32,8 @@ pub enum CaptureError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Produce(#[from] ProduceError),
+    #[error(transparent)]
+    Memory(#[from] BudgetError),
     #[error("server is overloaded, retry later")]
     Overloaded,
     #[error("this capture instance is over its global event rate, retry later")]
@@ -44,6 +47,10 @@ impl CaptureError {
     pub fn status(&self) -> StatusCode {
         use CaptureError::*;
         match self {
+            Memory(e) | Decode(DecodeError::Memory(e)) | Parse(ParseError::Memory(e)) => match e {
+                BudgetError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BudgetError::Exhausted => StatusCode::SERVICE_UNAVAILABLE,
+            },
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Decode(DecodeError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -62,6 +69,7 @@ impl CaptureError {
             BodyTooLarge { .. } => "payload_too_large",
             BodyTimeout => "request_timeout",
             BodyRead(_) => "body_read_error",
+            Memory(e) => e.code(),
             Decode(e) => e.code(),
             Parse(e) => e.code(),
             NoValidEvent(_) => "no_valid_event",

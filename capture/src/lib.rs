@@ -7,6 +7,7 @@
 //! (Kafka, answered only once acknowledged). [`pipeline`] wires the stages, [`server`]
 //! is the HTTP layer, and [`error`] is the single place errors become responses.
 
+pub mod budget;
 pub mod config;
 pub mod decode;
 pub mod error;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::every::Every;
 use crate::health::Health;
@@ -42,7 +44,7 @@ use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowSettings};
 use crate::pipeline::Pipeline;
 use crate::produce::{KafkaSettings, KafkaSink, Sink};
 use crate::route::{Router, Topics};
-use crate::server::{AppState, BodyLimits};
+use crate::server::{AppState, BodyLimits, BodyTimeouts, ConnectionLimits};
 use crate::team_tokens::{TeamTokens, TokenRefresh};
 
 /// How often the overflow limiter forgets idle keys.
@@ -148,12 +150,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             batch: config.max_batch_body_bytes,
             replay: config.max_replay_body_bytes,
         },
-        body_chunk_timeout: Config::ms(config.body_chunk_timeout_ms),
+        body_timeouts: BodyTimeouts {
+            chunk: Config::ms(config.body_chunk_timeout_ms),
+            whole: Config::ms(config.body_timeout_ms),
+        },
         trusted_proxy_hops: config.trusted_proxy_hops,
+        memory: MemoryBudget::new(config.memory_budget_bytes, config.max_request_memory_bytes),
+        slots: tokio::sync::Semaphore::new(config.max_concurrent_requests),
     });
     let background = spawn_background(state.clone(), metrics, stop_rx);
 
-    let app = server::router(state.clone(), config.max_concurrent_requests);
+    let app = server::router(state.clone());
     info!(address = %listener.local_addr()?, "sluice-capture listening");
     let readiness_delay = Config::ms(config.shutdown_readiness_delay_ms);
     let health_for_shutdown = health.clone();
@@ -164,7 +171,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tokio::time::sleep(readiness_delay).await;
     };
     let drain = Config::ms(config.shutdown_drain_timeout_ms);
-    server::serve(listener, app, Config::ms(config.header_read_timeout_ms), drain, shutdown).await;
+    let limits = ConnectionLimits {
+        header_read_timeout: Config::ms(config.header_read_timeout_ms),
+        idle_timeout: Config::ms(config.idle_timeout_ms),
+        max_connections: config.max_connections,
+        max_buffer_bytes: config.connection_buffer_bytes,
+    };
+    server::serve(listener, app, limits, drain, shutdown).await;
 
     let _ = stop_tx.send(true);
     let _ = tokio::join!(refresher, token_refresher, background, prober);

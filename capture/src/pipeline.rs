@@ -9,6 +9,7 @@ use bytes::Bytes;
 use sluice_schema::CapturedEvent;
 use time::format_description::well_known::Rfc3339;
 
+use crate::budget::Reservation;
 use crate::decode;
 use crate::error::CaptureError;
 use crate::normalize::{self, Invalid, NormalizedEvent};
@@ -36,10 +37,17 @@ pub struct Outcome {
 }
 
 impl Pipeline {
-    pub async fn handle(&self, meta: &RequestMeta, body: Bytes) -> Result<Outcome, CaptureError> {
-        let decoded = decode::decode(meta, body, self.max_decompressed_bytes)?;
+    /// `memory` holds the body already; decoding and parsing add to it, and it is given
+    /// back when the request is done.
+    pub async fn handle(
+        &self,
+        meta: &RequestMeta,
+        body: Bytes,
+        mut memory: Reservation,
+    ) -> Result<Outcome, CaptureError> {
+        let decoded = decode::decode(meta, body, self.max_decompressed_bytes, &mut memory)?;
         telemetry::payload(meta.route, decoded.received_bytes, decoded.json.len());
-        let parsed = parse::parse(&decoded.json)?;
+        let parsed = parse::parse(&decoded.json, &mut memory)?;
         telemetry::events_received(meta.route, parsed.events.len());
         if !self.global_limit.allows(parsed.events.len()) {
             return Err(CaptureError::RateLimited);
@@ -220,7 +228,8 @@ mod tests {
     }
 
     async fn handle(p: &Pipeline, body: serde_json::Value) -> Result<Outcome, CaptureError> {
-        p.handle(&meta(HttpRoute::Batch), Bytes::from(body.to_string())).await
+        let memory = crate::budget::MemoryBudget::new(1 << 30, 1 << 30).reservation();
+        p.handle(&meta(HttpRoute::Batch), Bytes::from(body.to_string()), memory).await
     }
 
     #[tokio::test]

@@ -1,31 +1,37 @@
 //! The HTTP layer: routes, body reading with limits, responses, and the accept loop
 //! with its graceful drain.
+//!
+//! What a client can hold, and for how long, is bounded at each step: a connection slot
+//! (`MAX_CONNECTIONS`, closed after `IDLE_TIMEOUT_MS` without a request), the time to
+//! send headers and the whole body, the memory its body takes (the shared budget), and
+//! a processing slot (`MAX_CONCURRENT_REQUESTS`), taken only once the body is in, so a
+//! client that trickles its body holds a connection, never a slot others need.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::{BoxError, Json, Router};
+use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tokio::sync::{watch, Semaphore};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::error::CaptureError;
 use crate::health::Health;
 use crate::pipeline::{Outcome, Pipeline};
@@ -55,11 +61,22 @@ pub struct AppState {
     pub health: Health,
     pub metrics: PrometheusHandle,
     pub body_limits: BodyLimits,
-    pub body_chunk_timeout: Duration,
+    pub body_timeouts: BodyTimeouts,
     pub trusted_proxy_hops: usize,
+    pub memory: MemoryBudget,
+    /// Requests being decoded, parsed and produced.
+    pub slots: Semaphore,
 }
 
-pub fn router(state: Arc<AppState>, max_concurrent_requests: usize) -> Router {
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest wait for the next chunk.
+    pub chunk: Duration,
+    /// Longest time for the whole body, however it is trickled.
+    pub whole: Duration,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
     let capture_routes = Router::new()
         .merge(event_routes(&["/e", "/i/v0/e", "/capture", "/track"], |path| {
             if path == "/i/v0/e" {
@@ -70,15 +87,7 @@ pub fn router(state: Arc<AppState>, max_concurrent_requests: usize) -> Router {
         }))
         .merge(event_routes(&["/engage"], |_| Route::Engage))
         .merge(post_routes(&["/batch"], Route::Batch))
-        .merge(post_routes(&["/s"], Route::Replay))
-        // Past the limit, requests are answered 503 at once rather than queued: a queue
-        // here only adds memory and latency, and every SDK retries 503.
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: BoxError| async { CaptureError::Overloaded.into_response() }))
-                .load_shed()
-                .concurrency_limit(max_concurrent_requests),
-        );
+        .merge(post_routes(&["/s"], Route::Replay));
 
     Router::new()
         .merge(capture_routes)
@@ -135,8 +144,12 @@ async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
         if declared.is_some_and(|n| n > limit) {
             return Err(CaptureError::BodyTooLarge { limit });
         }
-        let body = read_body(body, limit, state.body_chunk_timeout).await?;
-        state.pipeline.handle(&meta, body).await
+        let mut memory = state.memory.reservation();
+        let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
+        // Past the limit, requests are answered 503 at once rather than queued: a queue
+        // here only adds memory and latency, and every SDK retries 503.
+        let _slot = state.slots.try_acquire().map_err(|_| CaptureError::Overloaded)?;
+        state.pipeline.handle(&meta, body, memory).await
     }
     .await;
 
@@ -165,9 +178,27 @@ fn success(meta: &RequestMeta, outcome: Outcome) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// Reads the body as it arrives, stopping at `limit`, and giving up on a client that
-/// leaves more than `chunk_timeout` between two chunks.
-async fn read_body(mut body: Body, limit: usize, chunk_timeout: Duration) -> Result<Bytes, CaptureError> {
+/// Reads the body as it arrives, stopping at `limit`, reserving each chunk's memory, and
+/// giving up on a client that pauses longer than `timeouts.chunk` or takes longer than
+/// `timeouts.whole` in all.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeouts: BodyTimeouts,
+    memory: &mut Reservation,
+) -> Result<Bytes, CaptureError> {
+    match tokio::time::timeout(timeouts.whole, read_chunks(body, limit, timeouts.chunk, memory)).await {
+        Ok(read) => read,
+        Err(_) => Err(CaptureError::BodyTimeout),
+    }
+}
+
+async fn read_chunks(
+    mut body: Body,
+    limit: usize,
+    chunk_timeout: Duration,
+    memory: &mut Reservation,
+) -> Result<Bytes, CaptureError> {
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     loop {
@@ -186,8 +217,13 @@ async fn read_body(mut body: Body, limit: usize, chunk_timeout: Duration) -> Res
         }
         // Most bodies arrive in one frame: keep it without copying.
         match &first {
-            None if rest.is_empty() => first = Some(data),
+            None if rest.is_empty() => {
+                memory.hold(data.len())?;
+                first = Some(data)
+            }
             _ => {
+                // The first frame is copied into the buffer, which may double as it grows.
+                memory.hold(data.len() + first.as_ref().map_or(0, Bytes::len) + rest.len())?;
                 if let Some(f) = first.take() {
                     rest.extend_from_slice(&f);
                 }
@@ -216,20 +252,91 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
+/// What a connection may hold and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive
+    /// and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// Bytes HTTP/1 buffers for a request's head; HTTP/2 flow-control windows.
+    pub max_buffer_bytes: usize,
+}
+
+/// When a connection last finished a request, and how many it has in flight.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self, epoch: Instant) {
+        self.last_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self, epoch: Instant) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(epoch.elapsed().saturating_sub(last))
+    }
+}
+
+/// Counts a request as in flight until its response is produced (or it is dropped).
+struct InFlight(Arc<Activity>, Instant);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>, epoch: Instant) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone(), epoch)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch(self.1);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting and gives the
 /// open connections `drain_timeout` to finish their requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
     drain_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let graceful = GracefulShutdown::new();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_buffer_bytes.max(8192));
+    let window = u32::try_from(limits.max_buffer_bytes).unwrap_or(u32::MAX).max(65_535);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .max_concurrent_streams(100)
+        // Pings find peers that vanished; the idle timeout closes the ones that stay.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    let epoch = Instant::now();
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -243,20 +350,55 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = tower::ServiceExt::map_request(app.clone(), move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
+        let activity = Arc::new(Activity::default());
+        activity.touch(epoch);
+        let svc = {
+            let activity = activity.clone();
+            tower::ServiceExt::map_request(app.clone(), move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(Arc::new(InFlight::start(&activity, epoch)));
+                req
+            })
+        };
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut closing = closing.clone();
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            let _ = watcher.watch(conn.into_owned()).await;
+            let _permit = permit;
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned();
+            tokio::pin!(conn);
+            let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
+            let mut closing_since: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = closing.changed(), if closing_since.is_none() => {
+                        conn.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                    _ = check.tick() => {
+                        let idle = activity.idle_for(epoch);
+                        match closing_since {
+                            None if idle.is_some_and(|idle| idle >= idle_timeout) => {
+                                conn.as_mut().graceful_shutdown();
+                                closing_since = Some(Instant::now());
+                            }
+                            // HTTP/2's graceful close waits for the client to answer a
+                            // ping; one that never does is cut off once it has had an
+                            // idle timeout's worth of time, if it started nothing since.
+                            Some(since) if since.elapsed() >= idle_timeout && idle.is_some() => break,
+                            _ => {}
+                        }
+                    }
+                }
+            }
         });
     }
     drop(listener);
     info!("stopped accepting connections; draining");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+    let _ = closing_tx.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain_timeout, connections.acquire_many(all)).await.is_err() {
         warn!("drain timeout reached with connections still open");
     }
 }

@@ -6,11 +6,59 @@
 //! it. Dictionary entries here are ranges into the output, so memory is linear in the
 //! output, and the output stops growing at the limit.
 
-/// The output went over `limit` bytes of UTF-8.
+use crate::budget::{BudgetError, Reservation};
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum LzError {
     Invalid,
+    /// The output went over `limit` bytes of UTF-8.
     TooLarge,
+    /// The output or the dictionary did not get its memory.
+    Memory(BudgetError),
+}
+
+impl From<BudgetError> for LzError {
+    fn from(e: BudgetError) -> Self {
+        LzError::Memory(e)
+    }
+}
+
+/// The decoded UTF-16 units, checked against the limit and the memory reservation.
+struct Output<'m> {
+    units: Vec<u16>,
+    utf8_bytes: usize,
+    limit: usize,
+    memory: &'m mut Reservation,
+}
+
+impl Output<'_> {
+    fn push(&mut self, unit: u16) -> Result<(), LzError> {
+        self.utf8_bytes += utf8_len(unit);
+        if self.utf8_bytes > self.limit {
+            return Err(LzError::TooLarge);
+        }
+        self.memory.make_room(&mut self.units, 1)?;
+        self.units.push(unit);
+        Ok(())
+    }
+
+    /// Copies `len` units from `start`: they are already in the output.
+    fn repeat(&mut self, start: usize, len: usize) -> Result<(), LzError> {
+        for i in start..start + len {
+            let unit = self.units[i];
+            self.push(unit)?;
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    fn into_string(self) -> Result<String, LzError> {
+        self.memory.hold(self.utf8_bytes)?;
+        Ok(String::from_utf16_lossy(&self.units))
+    }
 }
 
 /// Position in the reference key `A-Z a-z 0-9 + / =`. Spaces are `+` that went through
@@ -67,27 +115,18 @@ fn utf8_len(unit: u16) -> usize {
     }
 }
 
-/// Decodes `LZString.compressToBase64` output, failing once the text passes `limit` bytes.
-pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzError> {
+/// Decodes `LZString.compressToBase64` output, failing once the text passes `limit` bytes
+/// or its memory (output and dictionary) cannot be reserved.
+pub fn decompress_from_base64(input: &[u8], limit: usize, memory: &mut Reservation) -> Result<String, LzError> {
     if input.is_empty() {
         return Err(LzError::Invalid);
     }
     let mut bits = Bits { input, val: value_of(input[0]), position: Bits::RESET, index: 1 };
-    let mut out: Vec<u16> = Vec::new();
-    let mut out_bytes = 0usize;
+    let mut out = Output { units: Vec::new(), utf8_bytes: 0, limit, memory };
     // (start, len) in `out`; the first three codes are control codes, never entries.
     let mut dict: Vec<(usize, usize)> = vec![(0, 0); 3];
     let mut enlarge_in: u32 = 4;
     let mut num_bits: u32 = 3;
-
-    let mut push_unit = |out: &mut Vec<u16>, unit: u16| -> Result<(), LzError> {
-        out_bytes += utf8_len(unit);
-        if out_bytes > limit {
-            return Err(LzError::TooLarge);
-        }
-        out.push(unit);
-        Ok(())
-    };
 
     let first = match bits.read(2) {
         0 => bits.read(8) as u16,
@@ -96,7 +135,7 @@ pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzEr
         _ => return Err(LzError::Invalid),
     };
     dict.push((0, 1));
-    push_unit(&mut out, first)?;
+    out.push(first)?;
     let mut w = (0usize, 1usize);
 
     loop {
@@ -104,6 +143,8 @@ pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzEr
             return Err(LzError::Invalid);
         }
         let c = bits.read(num_bits) as usize;
+        // Every code adds at most two entries.
+        out.memory.make_room(&mut dict, 2)?;
         match c {
             0 | 1 => {
                 let unit = bits.read(if c == 0 { 8 } else { 16 }) as u16;
@@ -114,12 +155,12 @@ pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzEr
                     enlarge_in = 1 << num_bits;
                     num_bits += 1;
                 }
-                push_unit(&mut out, unit)?;
+                out.push(unit)?;
                 let entry = (out.len() - 1, 1);
                 dict.push((w.0, w.1 + 1));
                 w = entry;
             }
-            2 => return Ok(String::from_utf16_lossy(&out)),
+            2 => return out.into_string(),
             _ => {
                 if enlarge_in == 0 {
                     enlarge_in = 1 << num_bits;
@@ -128,18 +169,11 @@ pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzEr
                 let start = out.len();
                 if c < dict.len() {
                     let (s, len) = dict[c];
-                    for i in s..s + len {
-                        let unit = out[i];
-                        push_unit(&mut out, unit)?;
-                    }
+                    out.repeat(s, len)?;
                 } else if c == dict.len() {
                     // The entry being defined right now: w followed by w's first unit.
-                    for i in w.0..w.0 + w.1 {
-                        let unit = out[i];
-                        push_unit(&mut out, unit)?;
-                    }
-                    let unit = out[w.0];
-                    push_unit(&mut out, unit)?;
+                    out.repeat(w.0, w.1)?;
+                    out.repeat(w.0, 1)?;
                 } else {
                     return Err(LzError::Invalid);
                 }
@@ -161,8 +195,14 @@ pub fn decompress_from_base64(input: &[u8], limit: usize) -> Result<String, LzEr
 mod tests {
     use super::*;
 
+    use crate::budget::MemoryBudget;
+
     fn compress(s: &str) -> String {
         lz_str::compress_to_base64(s)
+    }
+
+    fn decompress(input: &[u8], limit: usize) -> Result<String, LzError> {
+        decompress_from_base64(input, limit, &mut MemoryBudget::new(1 << 30, 1 << 30).reservation())
     }
 
     #[test]
@@ -175,7 +215,7 @@ mod tests {
             &(0..3000).map(|i| char::from_u32(32 + (i * 7919) % 5000).unwrap_or('x')).collect::<String>(),
         ] {
             let encoded = compress(text);
-            assert_eq!(decompress_from_base64(encoded.as_bytes(), usize::MAX).unwrap(), text, "{text:.40}");
+            assert_eq!(decompress(encoded.as_bytes(), usize::MAX).unwrap(), text, "{text:.40}");
         }
     }
 
@@ -185,23 +225,36 @@ mod tests {
         let encoded = compress(&text);
         assert!(encoded.contains('+') || encoded.contains('/'));
         let mangled = encoded.replace('+', " ");
-        assert_eq!(decompress_from_base64(mangled.as_bytes(), usize::MAX).unwrap(), text);
+        assert_eq!(decompress(mangled.as_bytes(), usize::MAX).unwrap(), text);
     }
 
     #[test]
     fn bomb_stops_at_the_limit() {
         let encoded = compress(&"a".repeat(400_000));
         assert!(encoded.len() < 2_000, "compresses to {} bytes", encoded.len());
-        assert_eq!(decompress_from_base64(encoded.as_bytes(), 100_000), Err(LzError::TooLarge));
-        assert_eq!(decompress_from_base64(encoded.as_bytes(), 400_000).unwrap().len(), 400_000);
+        assert_eq!(decompress(encoded.as_bytes(), 100_000), Err(LzError::TooLarge));
+        assert_eq!(decompress(encoded.as_bytes(), 400_000).unwrap().len(), 400_000);
+    }
+
+    #[test]
+    fn output_and_dictionary_stay_inside_the_reservation() {
+        // Incompressible text: one dictionary entry per unit or so, the dictionary's worst case.
+        let text: String = (0..200_000u32).map(|i| char::from_u32(0x4e00 + (i * 7919) % 20_000).unwrap()).collect();
+        let encoded = compress(&text);
+        let budget = MemoryBudget::new(64 << 20, 1 << 20);
+        let err = decompress_from_base64(encoded.as_bytes(), usize::MAX, &mut budget.reservation()).unwrap_err();
+        assert_eq!(err, LzError::Memory(BudgetError::RequestTooLarge { limit: 1 << 20 }));
+        let mut enough = MemoryBudget::new(64 << 20, 64 << 20).reservation();
+        assert_eq!(decompress_from_base64(encoded.as_bytes(), usize::MAX, &mut enough).unwrap(), text);
+        assert!(enough.held() > 600_000 * 2, "output and dictionary were reserved: {}", enough.held());
     }
 
     #[test]
     fn garbage_and_truncation_are_invalid() {
-        assert_eq!(decompress_from_base64(b"", 100), Err(LzError::Invalid));
+        assert_eq!(decompress(b"", 100), Err(LzError::Invalid));
         let encoded = compress(&"some event text ".repeat(50));
         let truncated = &encoded.as_bytes()[..encoded.len() / 2];
-        assert_eq!(decompress_from_base64(truncated, usize::MAX), Err(LzError::Invalid));
-        assert!(decompress_from_base64(b"{\"event\": \"not lz\"}", usize::MAX).is_err());
+        assert_eq!(decompress(truncated, usize::MAX), Err(LzError::Invalid));
+        assert!(decompress(b"{\"event\": \"not lz\"}", usize::MAX).is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! SDKs disagree on how they say what they sent (query `compression`, a form field,
 //! `Content-Encoding`) and sometimes say it wrong, so the bytes themselves decide where
 //! they can: a gzip stream is recognised by its magic number whatever the hint. Every
-//! decoder stops at the decompressed limit, so a small bomb cannot take the process down.
+//! decoder stops at the decompressed limit, and every buffer it fills is reserved in the
+//! request's memory reservation before it grows, so a small bomb cannot take the process
+//! down, nor can many of them at once.
 
 mod lzstring;
 
@@ -15,6 +17,7 @@ use base64::Engine;
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 
+use crate::budget::{BudgetError, Reservation};
 use crate::request::RequestMeta;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -50,6 +53,8 @@ pub enum DecodeError {
     Base64(String),
     #[error("payload is larger than {limit} bytes once decoded")]
     TooLarge { limit: usize },
+    #[error(transparent)]
+    Memory(#[from] BudgetError),
 }
 
 impl DecodeError {
@@ -60,6 +65,7 @@ impl DecodeError {
             DecodeError::LzString => "invalid_lz64",
             DecodeError::Base64(_) => "invalid_base64",
             DecodeError::TooLarge { .. } => "payload_too_large",
+            DecodeError::Memory(e) => e.code(),
         }
     }
 }
@@ -72,16 +78,20 @@ pub struct Decoded {
 }
 
 /// Picks the payload (query `data`, form `data`, or the body) and decodes it.
-pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize) -> Result<Decoded, DecodeError> {
+pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize, memory: &mut Reservation) -> Result<Decoded, DecodeError> {
     let received_bytes = body.len();
     let mut form_compression = None;
     let payload = if let Some(data) = &meta.query.data {
+        memory.hold(data.len())?;
         Bytes::from(data.clone().into_bytes())
     } else if meta.is_form {
         let mut data = None;
         for (k, v) in form_urlencoded::parse(&body) {
             match &*k {
-                "data" => data = Some(v.into_owned()),
+                "data" => {
+                    memory.hold(v.len())?;
+                    data = Some(v.into_owned());
+                }
                 "compression" => form_compression = Some(v.into_owned()),
                 _ => {}
             }
@@ -99,7 +109,7 @@ pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize) -> Result<Decoded, 
         .into_iter()
         .flatten()
         .find_map(Encoding::from_hint);
-    let json = decode_payload(payload, hint, meta.route.sniffs_base64(), limit)?;
+    let json = decode_payload(payload, hint, meta.route.sniffs_base64(), limit, memory)?;
     Ok(Decoded { json, received_bytes })
 }
 
@@ -109,26 +119,28 @@ pub fn decode_payload(
     hint: Option<Encoding>,
     sniff_base64: bool,
     limit: usize,
+    memory: &mut Reservation,
 ) -> Result<Bytes, DecodeError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
     if payload.starts_with(&GZIP_MAGIC) {
-        return gunzip(&payload, limit);
+        return gunzip(&payload, limit, memory);
     }
     match hint {
-        Some(Encoding::LzString) => lzstring::decompress_from_base64(trim_ascii(&payload), limit)
+        Some(Encoding::LzString) => lzstring::decompress_from_base64(trim_ascii(&payload), limit, memory)
             .map(|text| Bytes::from(text.into_bytes()))
             .map_err(|e| match e {
                 lzstring::LzError::Invalid => DecodeError::LzString,
                 lzstring::LzError::TooLarge => DecodeError::TooLarge { limit },
+                lzstring::LzError::Memory(e) => DecodeError::Memory(e),
             }),
-        Some(Encoding::Base64) => base64_then_maybe_gunzip(&payload, limit),
+        Some(Encoding::Base64) => base64_then_maybe_gunzip(&payload, limit, memory),
         // A gzip hint without the magic number: a proxy already decompressed it, or the
         // client lied. The bytes are read for what they are.
         Some(Encoding::Gzip) | None => {
             if sniff_base64 && looks_like_base64(&payload) {
-                base64_then_maybe_gunzip(&payload, limit)
+                base64_then_maybe_gunzip(&payload, limit, memory)
             } else if payload.len() > limit {
                 Err(DecodeError::TooLarge { limit })
             } else {
@@ -144,16 +156,28 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn gunzip(payload: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
-    let mut out = Vec::with_capacity(payload.len().saturating_mul(4).min(limit));
-    MultiGzDecoder::new(payload)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Gzip(e.to_string()))?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge { limit });
+/// Inflates in steps, each step's room reserved first.
+fn gunzip(payload: &[u8], limit: usize, memory: &mut Reservation) -> Result<Bytes, DecodeError> {
+    const STEP: usize = 64 * 1024;
+    let mut reader = MultiGzDecoder::new(payload).take(limit as u64 + 1);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        memory.make_room(&mut out, STEP)?;
+        let filled = out.len();
+        out.resize(filled + STEP, 0);
+        let n = match reader.read(&mut out[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(DecodeError::Gzip(e.to_string())),
+        };
+        out.truncate(filled + n);
+        if out.len() > limit {
+            return Err(DecodeError::TooLarge { limit });
+        }
+        if n == 0 {
+            return Ok(Bytes::from(out));
+        }
     }
-    Ok(Bytes::from(out))
 }
 
 /// Standard or URL-safe alphabet, padding optional.
@@ -164,10 +188,12 @@ fn base64_engine(url_safe: bool) -> GeneralPurpose {
     GeneralPurpose::new(if url_safe { &alphabet::URL_SAFE } else { &alphabet::STANDARD }, config)
 }
 
-fn base64_then_maybe_gunzip(payload: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
+fn base64_then_maybe_gunzip(payload: &[u8], limit: usize, memory: &mut Reservation) -> Result<Bytes, DecodeError> {
     if payload.len() / 4 * 3 > limit.saturating_add(3) {
         return Err(DecodeError::TooLarge { limit });
     }
+    // The cleaned copy, then the decoded bytes.
+    memory.hold(payload.len() + payload.len() / 4 * 3 + 3)?;
     // A `+` sent in a form without percent-encoding arrives as a space.
     let cleaned: Vec<u8> = payload
         .iter()
@@ -178,7 +204,7 @@ fn base64_then_maybe_gunzip(payload: &[u8], limit: usize) -> Result<Bytes, Decod
     let url_safe = cleaned.iter().any(|c| matches!(c, b'-' | b'_'));
     let decoded = base64_engine(url_safe).decode(cleaned).map_err(|e| DecodeError::Base64(e.to_string()))?;
     if decoded.starts_with(&GZIP_MAGIC) {
-        return gunzip(&decoded, limit);
+        return gunzip(&decoded, limit, memory);
     }
     if decoded.len() > limit {
         return Err(DecodeError::TooLarge { limit });
@@ -202,6 +228,7 @@ fn looks_like_base64(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::MemoryBudget;
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -217,8 +244,12 @@ mod tests {
     fn b64(b: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(b)
     }
+    fn plenty() -> Reservation {
+        MemoryBudget::new(1 << 30, 1 << 30).reservation()
+    }
     fn dec(payload: impl Into<Vec<u8>>, hint: Option<Encoding>, sniff: bool) -> Result<String, DecodeError> {
-        decode_payload(Bytes::from(payload.into()), hint, sniff, LIMIT).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        decode_payload(Bytes::from(payload.into()), hint, sniff, LIMIT, &mut plenty())
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]
@@ -270,6 +301,40 @@ mod tests {
     }
 
     #[test]
+    fn every_decoder_grows_only_into_reserved_memory() {
+        let text = format!("[{}]", vec!["0"; 400_000].join(","));
+        let lz = lz_str::compress_to_base64(&text);
+        let cases: [(&str, Vec<u8>, Option<Encoding>); 4] = [
+            ("gzip", gzip(text.as_bytes()), None),
+            ("base64 of gzip", b64(&gzip(text.as_bytes())).into_bytes(), Some(Encoding::Base64)),
+            ("base64", b64(text.as_bytes()).into_bytes(), Some(Encoding::Base64)),
+            ("lz64", lz.into_bytes(), Some(Encoding::LzString)),
+        ];
+        for (name, payload, hint) in cases {
+            let small = MemoryBudget::new(1 << 30, 256 * 1024);
+            let err = decode_payload(Bytes::from(payload.clone()), hint, false, LIMIT, &mut small.reservation());
+            assert_eq!(
+                err.unwrap_err(),
+                DecodeError::Memory(BudgetError::RequestTooLarge { limit: 256 * 1024 }),
+                "{name}"
+            );
+            assert_eq!(small.available_bytes(), 1 << 30, "{name}: all given back");
+            let shared = MemoryBudget::new(8 << 20, 1 << 30);
+            let _other = {
+                let mut r = shared.reservation();
+                r.hold((8 << 20) - 64 * 1024).unwrap();
+                r
+            };
+            let err = decode_payload(Bytes::from(payload.clone()), hint, false, LIMIT, &mut shared.reservation());
+            assert_eq!(err.unwrap_err(), DecodeError::Memory(BudgetError::Exhausted), "{name}");
+            let mut enough = plenty();
+            let out = decode_payload(Bytes::from(payload), hint, false, LIMIT, &mut enough).unwrap();
+            assert_eq!(out.len(), text.len(), "{name}");
+            assert!(enough.held() >= text.len(), "{name}: {} held for {} bytes", enough.held(), text.len());
+        }
+    }
+
+    #[test]
     fn base64_when_hinted_padded_or_not_and_with_spaces() {
         let encoded = b64(JSON.as_bytes());
         assert_eq!(dec(encoded.clone(), Some(Encoding::Base64), false).unwrap(), JSON);
@@ -307,7 +372,8 @@ mod tests {
     fn lz64_bomb_hits_the_cap() {
         let encoded = lz_str::compress_to_base64(&" ".repeat(LIMIT / 2));
         assert!(encoded.len() < LIMIT / 100, "a bomb: {} bytes in", encoded.len());
-        let err = decode_payload(Bytes::from(encoded), Some(Encoding::LzString), false, LIMIT / 4).unwrap_err();
+        let err = decode_payload(Bytes::from(encoded), Some(Encoding::LzString), false, LIMIT / 4, &mut plenty())
+            .unwrap_err();
         assert_eq!(err, DecodeError::TooLarge { limit: LIMIT / 4 });
     }
 
@@ -339,7 +405,7 @@ mod tests {
             }
         }
         fn run(m: &RequestMeta, body: impl Into<Vec<u8>>) -> String {
-            String::from_utf8(decode(m, Bytes::from(body.into()), LIMIT).unwrap().json.to_vec()).unwrap()
+            String::from_utf8(decode(m, Bytes::from(body.into()), LIMIT, &mut plenty()).unwrap().json.to_vec()).unwrap()
         }
 
         #[test]
