@@ -9,6 +9,7 @@ use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::convert;
 use crate::http;
 use crate::kv::KeyValue;
 use crate::limits::Limits;
@@ -237,7 +238,7 @@ pub(crate) fn context(
     for level in ["debug", "info", "warn", "error"] {
         let (h, l) = (host.clone(), limits.clone());
         let f = lua.create_function(move |lua, args: mlua::Variadic<LuaValue>| {
-            let parts: Vec<String> = args.iter().map(|v| display(lua, v)).collect();
+            let parts: Vec<String> = args.iter().map(|v| display(lua, v, l.log_line_bytes)).collect();
             h.log(level, parts.join(" "), &l);
             Ok(())
         })?;
@@ -245,7 +246,7 @@ pub(crate) fn context(
     }
     ctx.raw_set("log", log)?;
 
-    ctx.raw_set("json", json_table(lua)?)?;
+    ctx.raw_set("json", json_table(lua, limits.memory_bytes)?)?;
     ctx.raw_set("crypto", crypto_table(lua)?)?;
     let time = lua.create_table()?;
     time.raw_set("now_ms", lua.create_function(|_, ()| Ok(time_now().as_millis() as f64))?)?;
@@ -281,31 +282,33 @@ fn freeze(v: &LuaValue) {
     }
 }
 
-fn display(lua: &Lua, v: &LuaValue) -> String {
+/// A log argument as text; a table is written as JSON if it fits the line (the line is
+/// cut at `max` anyway), else named.
+fn display(lua: &Lua, v: &LuaValue, max: usize) -> String {
     match v {
-        LuaValue::String(s) => s.to_string_lossy(),
-        LuaValue::Table(_) => {
-            lua.from_value::<Value>(v.clone()).map(|j| j.to_string()).unwrap_or_else(|_| "<table>".into())
+        LuaValue::String(s) => {
+            let bytes = s.as_bytes();
+            String::from_utf8_lossy(&bytes[..bytes.len().min(max.saturating_add(4))]).into_owned()
         }
+        LuaValue::Table(_) => match convert::to_json(lua, v.clone(), max.saturating_mul(2)) {
+            Ok(j) => j.to_string(),
+            Err(_) => "<table>".into(),
+        },
         other => other.to_string().unwrap_or_else(|_| other.type_name().into()),
     }
 }
 
-fn json_table(lua: &Lua) -> mlua::Result<Table> {
+/// `encode` and `decode`, each bounded by the plugin's memory limit: what they build
+/// outside the Lua heap can be no larger than what the plugin could hold inside it.
+fn json_table(lua: &Lua, max_bytes: usize) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.raw_set(
         "encode",
-        lua.create_function(|lua, v: LuaValue| {
-            let j: Value = lua.from_value(v)?;
-            Ok(j.to_string())
-        })?,
+        lua.create_function(move |lua, v: LuaValue| Ok(convert::to_json(lua, v, max_bytes)?.to_string()))?,
     )?;
     t.raw_set(
         "decode",
-        lua.create_function(|lua, s: String| {
-            let j: Value = serde_json::from_str(&s).map_err(mlua::Error::external)?;
-            lua.to_value(&j)
-        })?,
+        lua.create_function(move |lua, s: mlua::String| convert::from_json_text(lua, &s.to_str()?, max_bytes))?,
     )?;
     t.raw_set("null", LuaValue::NULL)?;
     Ok(t)
@@ -337,18 +340,26 @@ fn crypto_table(lua: &Lua) -> mlua::Result<Table> {
 fn kv_table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let max = limits.value_bytes;
+    let memory = limits.memory_bytes;
     let encode = move |lua: &Lua, v: LuaValue| -> mlua::Result<String> {
-        let j: Value = lua.from_value(v)?;
-        let text = j.to_string();
+        convert::check(&v, max).map_err(|e| match e {
+            convert::ConvertError::TooLarge(_) => mlua::Error::runtime(format!("value is over the {max} byte limit")),
+            deep => deep.into(),
+        })?;
+        let text = convert::to_json(lua, v, max)?.to_string();
         if text.len() > max {
             return Err(mlua::Error::runtime(format!("value of {} bytes is over the {max} byte limit", text.len())));
         }
         Ok(text)
     };
-    let decode = |lua: &Lua, text: Option<String>| -> mlua::Result<LuaValue> {
+    // Values other writers stored may be anything: text that is not JSON is a string.
+    let decode = move |lua: &Lua, text: Option<String>| -> mlua::Result<LuaValue> {
         match text {
             None => Ok(LuaValue::Nil),
-            Some(t) => lua.to_value(&serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t))),
+            Some(t) if serde_json::from_str::<serde::de::IgnoredAny>(&t).is_err() => {
+                Ok(LuaValue::String(lua.create_string(&t)?))
+            }
+            Some(t) => convert::from_json_text(lua, &t, memory),
         }
     };
     let store =

@@ -4,8 +4,10 @@
 //! limits ([`limits`], [`watchdog`]) and the host API ([`host`]: config, log, cache and
 //! storage in [`kv`], [`http`] with an allow-list, json, crypto, time, retry). VMs live
 //! in worker processes ([`worker`]) that a [`supervisor`] starts, feeds batches over
-//! [`protocol`] frames, and restarts when a plugin takes one down.
+//! [`protocol`] frames, and restarts when a plugin takes one down. Every value that
+//! crosses between Lua and the host goes through [`convert`], bounded.
 
+pub mod convert;
 pub mod host;
 pub mod http;
 pub mod kv;

@@ -28,6 +28,9 @@ pub struct Limits {
     pub log_lines_per_minute: u32,
     /// Largest value `cache.set` / `storage.set` accept.
     pub value_bytes: usize,
+    /// Largest event `process_event` may return, as JSON.
+    #[serde(default = "default_event_bytes")]
+    pub event_bytes: usize,
     pub http: HttpLimits,
 }
 
@@ -56,6 +59,7 @@ impl Default for Limits {
             log_line_bytes: 1024,
             log_lines_per_minute: 600,
             value_bytes: 64 << 10,
+            event_bytes: default_event_bytes(),
             http: HttpLimits {
                 timeout: Duration::from_secs(5),
                 max_response_bytes: 1 << 20,
@@ -65,6 +69,13 @@ impl Default for Limits {
             },
         }
     }
+}
+
+/// PostHog's own limit on an event.
+pub const DEFAULT_EVENT_BYTES: usize = 1 << 20;
+
+fn default_event_bytes() -> usize {
+    DEFAULT_EVENT_BYTES
 }
 
 impl Limits {

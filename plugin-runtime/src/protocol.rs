@@ -1,6 +1,12 @@
 //! What the supervisor and a worker process say to each other over the worker's
 //! stdin/stdout: length-prefixed JSON frames. One `Process` request carries a whole
 //! batch for a team's chain, so the boundary costs one round trip per batch and chain.
+//!
+//! Events cross as JSON text inside the frame, never as nested values: an event is then
+//! read on each side with the same nesting limit it was read with before, whatever the
+//! frame adds around it. Answers have a size bound both sides compute from the request
+//! ([`answer_bound`]): the worker holds each plugin's output to its share of it, and the
+//! supervisor refuses a larger frame before allocating it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -11,8 +17,22 @@ use crate::limits::Limits;
 use crate::manifest::PluginSource;
 use crate::sandbox::PluginError;
 
-/// A frame larger than this is a broken peer, not a batch.
+/// A request frame larger than this is a broken peer, not a batch.
 pub const MAX_FRAME_BYTES: usize = 512 << 20;
+
+/// What an answer may hold besides its events: logs (capped per line and per minute)
+/// and error texts (capped each).
+const ANSWER_OVERHEAD_BYTES: usize = 16 << 20;
+
+/// How large one event may grow in a plugin chain: enrichment, not expansion.
+pub fn event_allowance(input_bytes: usize, event_bytes: usize) -> usize {
+    (64 * 1024 + input_bytes.saturating_mul(2)).min(event_bytes.max(input_bytes))
+}
+
+/// The largest answer to a request carrying `events`.
+pub fn answer_bound(events: &[String], event_bytes: usize) -> usize {
+    events.iter().map(|e| event_allowance(e.len(), event_bytes)).fold(ANSWER_OVERHEAD_BYTES, usize::saturating_add)
+}
 
 /// One plugin instance: a plugin with a team's configuration (PostHog's "plugin config").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,23 +50,23 @@ pub enum Request {
     Unload {
         id: i64,
     },
-    /// Run `process_event` of `chain`, in order, on every event.
+    /// Run `process_event` of `chain`, in order, on every event (JSON text each).
     Process {
         chain: Vec<i64>,
-        events: Vec<Value>,
+        events: Vec<String>,
     },
     /// Run `on_event` of every instance of `chain` on every (written) event; a call that
     /// asks to be retried is, up to `attempts` times with back-off.
     OnEvent {
         chain: Vec<i64>,
-        events: Vec<Value>,
+        events: Vec<String>,
         attempts: u32,
     },
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {
         id: i64,
         hook: String,
-        event: Option<Value>,
+        event: Option<String>,
     },
 }
 
@@ -61,11 +81,16 @@ pub enum Response {
     Unloaded {
         id: i64,
     },
-    /// Sent before each instance's pass over a batch: whom to blame if the worker dies.
+    /// Sent before each instance's pass over a batch: whom to blame if the worker dies
+    /// before the matching `Ran`.
     Running {
         id: i64,
     },
-    Processed(ChainOutput),
+    /// The instance's pass is over: a failure from here on is not its doing.
+    Ran {
+        id: i64,
+    },
+    Processed(WireOutput),
     HookDone {
         id: i64,
         error: Option<PluginError>,
@@ -85,6 +110,22 @@ pub struct ChainOutput {
     pub durations: Vec<(i64, f64)>,
 }
 
+/// [`ChainOutput`] as it crosses: events as JSON text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireOutput {
+    pub events: Vec<WireEvent>,
+    pub errors: Vec<(i64, usize, PluginError)>,
+    pub logs: Vec<(i64, LogEntry)>,
+    pub durations: Vec<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub event: Option<String>,
+    pub succeeded: Vec<i64>,
+    pub failed: Vec<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessedEvent {
     /// `None`: a plugin dropped it.
@@ -100,8 +141,12 @@ pub async fn write_frame<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), messag
     w.flush().await
 }
 
-/// `Ok(None)` at a clean end of stream.
-pub async fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<T>> {
+/// `Ok(None)` at a clean end of stream. A frame over `max_bytes` is refused before it is
+/// read.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    r: &mut (impl AsyncRead + Unpin),
+    max_bytes: usize,
+) -> std::io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -109,8 +154,8 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut (impl AsyncRead + 
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::other(format!("frame of {len} bytes is over the limit")));
+    if len > max_bytes {
+        return Err(std::io::Error::other(format!("frame of {len} bytes is over its {max_bytes} byte bound")));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;

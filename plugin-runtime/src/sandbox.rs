@@ -13,6 +13,7 @@ use std::sync::Arc;
 use mlua::{ChunkMode, Function, Lua, LuaSerdeExt, MultiValue, Table, Value as LuaValue, VmState};
 use serde_json::{Map, Value};
 
+use crate::convert;
 use crate::host::{self, Host, LogEntry};
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
@@ -153,7 +154,8 @@ impl Vm {
             None | Some(LuaValue::Nil) => return Ok(None),
             Some(v) => v,
         };
-        let out: Value = self.lua.from_value(out).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+        let out = convert::to_json(&self.lua, out, self.limits.event_bytes)
+            .map_err(|e| PluginError::InvalidEvent(cap(e.to_string())))?;
         if !out.is_object() {
             return Err(PluginError::InvalidEvent(format!("a {}", type_name(&out))));
         }
@@ -249,6 +251,11 @@ impl Vm {
 
     pub fn take_logs(&self) -> Vec<LogEntry> {
         self.host.take_logs()
+    }
+
+    /// The limits this instance runs with (the operator's, tightened by its manifest).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Lua heap in use, for the operator's view.

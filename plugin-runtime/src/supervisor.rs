@@ -5,6 +5,12 @@
 //! the batch's time budget is killed and restarted; the instance it was running is
 //! struck and the batch is retried without it (its events marked failed for it). After
 //! `max_strikes` strikes an instance is disabled: the caller is told, with the reason.
+//!
+//! Blame is only for what an instance was doing: the worker says when each instance's
+//! pass starts and ends, and a failure outside any pass (reading the batch, writing the
+//! answer) strikes no one. Such a batch is tried once more on a fresh worker; if that
+//! fails too, its events go on unprocessed, marked failed by every instance of the chain
+//! (the caller decides what that means for an instance that must not be skipped).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -17,7 +23,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::protocol::{read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response};
+use crate::limits::DEFAULT_EVENT_BYTES;
+use crate::protocol::{
+    answer_bound, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireOutput,
+};
 use crate::sandbox::PluginError;
 
 #[derive(Debug, Clone)]
@@ -97,7 +106,7 @@ impl Supervisor {
         let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
         let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
             write_frame(&mut worker.input, &Request::Load(Box::new(instance.clone()))).await?;
-            read_frame::<Response>(&mut worker.output).await
+            read_frame::<Response>(&mut worker.output, small_answer()).await
         })
         .await;
         match answer {
@@ -128,7 +137,7 @@ impl Supervisor {
                     for id in ids {
                         let unloaded = async {
                             write_frame(&mut worker.input, &Request::Unload { id }).await?;
-                            read_frame::<Response>(&mut worker.output).await
+                            read_frame::<Response>(&mut worker.output, small_answer()).await
                         };
                         if !matches!(unloaded.await, Ok(Some(Response::Unloaded { .. }))) {
                             warn!(id, "plugin worker failed during teardown");
@@ -183,10 +192,10 @@ impl Supervisor {
             return (Err(PluginError::Failed { hook: hook.into(), message: e.to_string() }), Vec::new(), None);
         }
         let worker = slot.as_mut().expect("running after try_run");
-        let request = Request::Hook { id, hook: hook.to_string(), event: Some(info) };
+        let request = Request::Hook { id, hook: hook.to_string(), event: Some(info.to_string()) };
         let answer = tokio::time::timeout(budget, async {
             write_frame(&mut worker.input, &request).await?;
-            read_frame::<Response>(&mut worker.output).await
+            read_frame::<Response>(&mut worker.output, small_answer()).await
         })
         .await;
         match answer {
@@ -210,13 +219,16 @@ impl Supervisor {
             outcome.output = passthrough(events, &[]);
             return outcome;
         }
+        let texts: Vec<String> = events.iter().map(Value::to_string).collect();
         let mut skipped: Vec<i64> = Vec::new();
+        let mut unattributed = 0;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         loop {
             let budget =
                 self.settings.batch_base + self.settings.per_event * (events.len() * chain.len().max(1)) as u32;
-            match self.try_run(&mut slot, &chain, &events, budget, on_event).await {
-                Ok(mut output) => {
+            match self.try_run(&mut slot, &chain, &texts, budget, on_event).await {
+                Ok(wire) => {
+                    let mut output = read_output(wire, &events, &chain);
                     for e in &mut output.events {
                         e.failed.extend(skipped.iter().copied());
                     }
@@ -230,16 +242,28 @@ impl Supervisor {
                     outcome.output = passthrough(events, &skipped);
                     return outcome;
                 }
-                Err((running, e)) => {
-                    warn!(team, instance = ?running, error = %e, "plugin worker failed; restarting it");
+                Err((Some(id), e)) => {
+                    warn!(team, instance = id, error = %e, "plugin worker failed; restarting it");
                     self.kill(&mut slot).await;
-                    let Some(id) = running.or_else(|| chain.first().copied()) else {
-                        outcome.output = passthrough(events, &skipped);
-                        return outcome;
-                    };
                     outcome.strikes.push(self.strike(id, &e.to_string()));
                     chain.retain(|c| *c != id);
                     skipped.push(id);
+                    if chain.is_empty() {
+                        outcome.output = passthrough(events, &skipped);
+                        return outcome;
+                    }
+                }
+                Err((None, e)) => {
+                    self.kill(&mut slot).await;
+                    unattributed += 1;
+                    if unattributed < 2 {
+                        warn!(team, error = %e, "plugin worker failed outside any plugin; trying the batch again");
+                        continue;
+                    }
+                    warn!(team, error = %e, "plugin worker failed twice outside any plugin; events go on unprocessed");
+                    skipped.extend(chain);
+                    outcome.output = passthrough(events, &skipped);
+                    return outcome;
                 }
             }
         }
@@ -249,17 +273,17 @@ impl Supervisor {
         &self,
         slot: &mut Option<Worker>,
         chain: &[i64],
-        events: &[Value],
+        events: &[String],
         budget: Duration,
         on_event: Option<u32>,
-    ) -> Result<ChainOutput, (Option<i64>, WorkerDown)> {
+    ) -> Result<WireOutput, (Option<i64>, WorkerDown)> {
         let worker = self.running(slot).await.map_err(|e| (None, e))?;
         // Instances this worker lost in a restart are loaded again first.
         for id in chain.iter().filter(|id| !worker.loaded.contains(id)).copied().collect::<Vec<_>>() {
             let Some(instance) = self.instances.lock().expect("lock").get(&id).cloned() else { continue };
             let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
                 write_frame(&mut worker.input, &Request::Load(Box::new(instance))).await?;
-                read_frame::<Response>(&mut worker.output).await
+                read_frame::<Response>(&mut worker.output, small_answer()).await
             })
             .await;
             match answer {
@@ -272,6 +296,7 @@ impl Supervisor {
             }
         }
         let mut running = None;
+        let bound = answer_bound(events, DEFAULT_EVENT_BYTES);
         let exchange = async {
             let request = match on_event {
                 None => Request::Process { chain: chain.to_vec(), events: events.to_vec() },
@@ -279,8 +304,9 @@ impl Supervisor {
             };
             write_frame(&mut worker.input, &request).await.map_err(|e| WorkerDown::Exited(e.to_string()))?;
             loop {
-                match read_frame::<Response>(&mut worker.output).await {
+                match read_frame::<Response>(&mut worker.output, bound).await {
                     Ok(Some(Response::Running { id })) => running = Some(id),
+                    Ok(Some(Response::Ran { .. })) => running = None,
                     Ok(Some(Response::Processed(output))) => return Ok(output),
                     Ok(Some(other)) => return Err(WorkerDown::Exited(format!("unexpected answer {other:?}"))),
                     Ok(None) => return Err(WorkerDown::Exited("end of stream".into())),
@@ -354,6 +380,31 @@ impl Supervisor {
 
 fn down(id: i64, e: WorkerDown) -> PluginError {
     PluginError::Failed { hook: "setup".into(), message: format!("plugin config {id}: {e}") }
+}
+
+/// Answers that carry no events: loads, unloads, hooks.
+fn small_answer() -> usize {
+    answer_bound(&[], DEFAULT_EVENT_BYTES)
+}
+
+/// The worker's answer with its events read. An event text that does not read (the
+/// worker checked every output, so this is a defect) stands as it was sent, failed by
+/// the whole chain.
+fn read_output(wire: WireOutput, sent: &[Value], chain: &[i64]) -> ChainOutput {
+    let events = wire
+        .events
+        .into_iter()
+        .zip(sent)
+        .map(|(e, original)| match e.event.map(|text| serde_json::from_str::<Value>(&text)) {
+            None => ProcessedEvent { event: None, succeeded: e.succeeded, failed: e.failed },
+            Some(Ok(v)) => ProcessedEvent { event: Some(v), succeeded: e.succeeded, failed: e.failed },
+            Some(Err(err)) => {
+                warn!(error = %err, "a plugin worker answered an unreadable event; it goes on unprocessed");
+                ProcessedEvent { event: Some(original.clone()), succeeded: Vec::new(), failed: chain.to_vec() }
+            }
+        })
+        .collect();
+    ChainOutput { events, errors: wire.errors, logs: wire.logs, durations: wire.durations }
 }
 
 fn passthrough(events: Vec<Value>, failed: &[i64]) -> ChainOutput {

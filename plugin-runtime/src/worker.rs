@@ -6,7 +6,12 @@ use std::collections::HashMap;
 
 use crate::host::Host;
 use crate::kv::KeyValue;
-use crate::protocol::{read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response};
+use serde_json::Value;
+
+use crate::protocol::{
+    event_allowance, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireEvent,
+    WireOutput, MAX_FRAME_BYTES,
+};
 use crate::sandbox::{Hook, PluginError, Vm};
 
 /// Keys the in-memory cache and storage of one worker may hold.
@@ -18,7 +23,7 @@ pub async fn serve() -> std::io::Result<()> {
     let mut output = tokio::io::stdout();
     let stores = Stores::from_env().await;
     let mut vms: HashMap<i64, Vm> = HashMap::new();
-    while let Some(request) = read_frame::<Request>(&mut input).await? {
+    while let Some(request) = read_frame::<Request>(&mut input, MAX_FRAME_BYTES).await? {
         match request {
             Request::Load(instance) => {
                 let id = instance.id;
@@ -42,36 +47,38 @@ pub async fn serve() -> std::io::Result<()> {
                 write_frame(&mut output, &Response::Unloaded { id }).await?;
             }
             Request::Process { chain, events } => {
-                let mut out = ChainOutput {
-                    events: events
-                        .into_iter()
-                        .map(|e| ProcessedEvent { event: Some(e), succeeded: Vec::new(), failed: Vec::new() })
-                        .collect(),
-                    ..ChainOutput::default()
-                };
+                let mut batch = Batch::read(&events, &chain);
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     let started = std::time::Instant::now();
-                    run_one(id, vms.get(&id), &mut out).await;
-                    out.durations.push((id, started.elapsed().as_secs_f64()));
+                    run_one(id, vms.get(&id), &mut batch).await;
+                    batch.out.durations.push((id, started.elapsed().as_secs_f64()));
+                    write_frame(&mut output, &Response::Ran { id }).await?;
                 }
-                write_frame(&mut output, &Response::Processed(out)).await?;
+                write_frame(&mut output, &Response::Processed(batch.write())).await?;
             }
             Request::OnEvent { chain, events, attempts } => {
-                let mut out = ChainOutput::default();
+                let batch = Batch::read(&events, &chain);
+                let mut out = WireOutput::default();
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
-                    let Some(vm) = vms.get(&id) else { continue };
-                    for (i, event) in events.iter().enumerate() {
-                        if let Err(e) = on_event(vm, event, attempts).await {
-                            out.errors.push((id, i, e));
+                    if let Some(vm) = vms.get(&id) {
+                        for (i, processed) in batch.out.events.iter().enumerate() {
+                            let Some(event) = processed.event.as_ref().filter(|_| processed.failed.is_empty()) else {
+                                continue;
+                            };
+                            if let Err(e) = on_event(vm, event, attempts).await {
+                                out.errors.push((id, i, e));
+                            }
                         }
+                        out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
                     }
-                    out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
+                    write_frame(&mut output, &Response::Ran { id }).await?;
                 }
                 write_frame(&mut output, &Response::Processed(out)).await?;
             }
             Request::Hook { id, hook, event } => {
+                let event = event.and_then(|text| serde_json::from_str::<Value>(&text).ok());
                 let (error, logs) = match (vms.get(&id), hook_named(&hook)) {
                     (Some(vm), Some(h)) => (vm.run_hook(h, event.as_ref()).await.err(), vm.take_logs()),
                     (None, _) => (Some(not_loaded(id, &hook)), Vec::new()),
@@ -135,16 +142,83 @@ async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 
-/// One instance's pass over the events still alive.
-async fn run_one(id: i64, vm: Option<&Vm>, out: &mut ChainOutput) {
+/// A batch in the worker: each event parsed from its text once, run through the chain,
+/// and written back once.
+struct Batch {
+    out: ChainOutput,
+    /// Each event's size as received, for its growth allowance.
+    sizes: Vec<usize>,
+    /// The text of each event as it stands, kept while no plugin has changed it.
+    texts: Vec<Option<String>>,
+}
+
+impl Batch {
+    /// An event the worker cannot read (the supervisor only sends what it read itself,
+    /// so this is a defect, not a plugin's doing) goes back as it came, failed by every
+    /// instance of the chain, and no plugin sees it.
+    fn read(events: &[String], chain: &[i64]) -> Batch {
+        let mut out = ChainOutput::default();
+        for text in events {
+            let processed = match serde_json::from_str::<Value>(text) {
+                Ok(v) => ProcessedEvent { event: Some(v), succeeded: Vec::new(), failed: Vec::new() },
+                Err(_) => ProcessedEvent { event: None, succeeded: Vec::new(), failed: chain.to_vec() },
+            };
+            out.events.push(processed);
+        }
+        Batch {
+            out,
+            sizes: events.iter().map(String::len).collect(),
+            texts: events.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    fn write(self) -> WireOutput {
+        let events = self
+            .out
+            .events
+            .into_iter()
+            .zip(self.texts)
+            .map(|(p, text)| {
+                // A dropped event's text is gone; an unreadable one kept its own.
+                let event = text.or_else(|| p.event.as_ref().map(Value::to_string));
+                WireEvent { event, succeeded: p.succeeded, failed: p.failed }
+            })
+            .collect();
+        WireOutput { events, errors: self.out.errors, logs: self.out.logs, durations: self.out.durations }
+    }
+}
+
+/// One instance's pass over the events still alive. Each output is checked where it is
+/// produced: one that grew past its allowance is this instance's failure, and the event
+/// goes on as it was.
+async fn run_one(id: i64, vm: Option<&Vm>, batch: &mut Batch) {
+    let out = &mut batch.out;
     for (i, processed) in out.events.iter_mut().enumerate() {
+        // Dropped by an earlier instance, or unreadable (see `Batch::read`).
         let Some(event) = &processed.event else { continue };
         let result = match vm {
-            Some(vm) => vm.process_event(event).await,
+            Some(vm) => vm.process_event(event).await.and_then(|next| {
+                let Some(next) = next else { return Ok((None, None)) };
+                if &next == event {
+                    return Ok((Some(next), None));
+                }
+                let text = next.to_string();
+                let allowance = event_allowance(batch.sizes[i], vm.limits().event_bytes);
+                if text.len() > allowance {
+                    return Err(PluginError::InvalidEvent(format!(
+                        "the event grew to {} bytes, over its allowance of {allowance}",
+                        text.len()
+                    )));
+                }
+                Ok((Some(next), Some(text)))
+            }),
             None => Err(not_loaded(id, "process_event")),
         };
         match result {
-            Ok(next) => {
+            Ok((next, text)) => {
+                if next.is_none() || text.is_some() {
+                    batch.texts[i] = text;
+                }
                 processed.event = next;
                 processed.succeeded.push(id);
             }

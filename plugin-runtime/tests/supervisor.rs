@@ -118,22 +118,106 @@ async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
 }
 
 #[tokio::test]
-async fn a_worker_that_hangs_is_replaced() {
+async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck() {
     let s = Supervisor::new(Settings {
         batch_base: Duration::from_millis(500),
-        per_event: Duration::from_millis(10),
+        per_event: Duration::from_millis(40),
         ..settings(3)
     });
     s.load(1, instance(20, SLOW)).await.unwrap();
     let pid = pid_of_worker(&s).await;
-    signal(pid, "-STOP");
+    // Stopped 300 ms into a pass of about 900 ms: inside plugin 20's code.
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(pid, "-STOP");
+    });
     let started = std::time::Instant::now();
-    let out = s.process(1, &[20], events(3)).await;
+    let out = s.process(1, &[20], events(30)).await;
+    stopper.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(out.strikes.len(), 1);
+    assert_eq!(out.strikes[0].id, 20);
     assert!(out.strikes[0].reason.contains("did not answer"), "{:?}", out.strikes);
-    assert_eq!(out.output.events.len(), 3, "events pass unchanged");
+    assert_eq!(out.output.events.len(), 30, "events pass unchanged");
+    let next = s.process(1, &[20], events(1)).await;
+    assert!(next.strikes.is_empty(), "{next:?}");
     assert_ne!(pid_of_worker(&s).await, pid, "the stopped worker was killed and replaced");
+}
+
+#[tokio::test]
+async fn a_worker_that_fails_outside_any_plugin_strikes_no_one() {
+    let s = Supervisor::new(Settings {
+        batch_base: Duration::from_millis(500),
+        per_event: Duration::from_millis(10),
+        ..settings(1)
+    });
+    s.load(1, instance(20, TAG)).await.unwrap();
+    let pid = pid_of_worker(&s).await;
+    // Stopped before the batch: no plugin is running when it stops answering.
+    signal(pid, "-STOP");
+    let out = s.process(1, &[20], events(3)).await;
+    assert!(out.strikes.is_empty(), "{:?}", out.strikes);
+    assert!(!s.is_disabled(20), "one strike would have disabled it");
+    for e in &out.output.events {
+        assert_eq!(e.succeeded, vec![20], "tried again on a fresh worker");
+        assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true);
+    }
+    assert_ne!(pid_of_worker(&s).await, pid);
+}
+
+/// Events as deep as anything upstream accepts (serde_json's 127 levels) cross into the
+/// worker and back unchanged: the frame around them adds no depth.
+#[tokio::test]
+async fn events_as_deep_as_ingest_reads_cross_the_worker_boundary() {
+    let s = supervisor(1);
+    s.load(1, instance(10, TAG)).await.unwrap();
+    s.load(1, instance(11, TAG)).await.unwrap();
+    let mut deep = json!(0);
+    for _ in 0..124 {
+        deep = json!([deep]);
+    }
+    let event = json!({"uuid": "u0", "team_id": 1, "event": "e", "properties": {"deep": deep}});
+    let text = event.to_string();
+    assert!(serde_json::from_str::<Value>(&text).is_ok(), "ingest reads it");
+    for _ in 0..3 {
+        let out = s.process(1, &[10, 11], vec![event.clone(), events(1)[0].clone()]).await;
+        assert!(out.strikes.is_empty(), "{:?}", out.strikes);
+        assert!(out.output.errors.is_empty(), "{:?}", out.output.errors);
+        let first = out.output.events[0].event.as_ref().unwrap();
+        assert_eq!(first["properties"]["deep"], event["properties"]["deep"]);
+        assert_eq!(first["properties"]["tagged"], true);
+        assert_eq!(out.output.events[0].succeeded, vec![10, 11]);
+    }
+    assert!(!s.is_disabled(10) && !s.is_disabled(11));
+}
+
+/// A plugin whose output would be too large or too deep fails on its own event; the next
+/// plugin of the chain is not blamed and still runs.
+#[tokio::test]
+async fn hostile_output_is_refused_where_it_is_produced() {
+    let s = supervisor(1);
+    let deep = "return { process_event = function(e) local t = {} for i = 1, 10000 do t = {t} end \
+        e.properties.deep = t return e end }";
+    let wide = "return { process_event = function(e) local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end \
+        e.properties.wide = t return e end }";
+    let big = "return { process_event = function(e) e.properties.pad = string.rep('x', 900000) return e end }";
+    s.load(1, instance(30, deep)).await.unwrap();
+    s.load(1, instance(31, wide)).await.unwrap();
+    s.load(1, instance(32, big)).await.unwrap();
+    s.load(1, instance(10, TAG)).await.unwrap();
+    let out = s.process(1, &[30, 31, 32, 10], events(2)).await;
+    assert!(out.strikes.is_empty(), "{:?}", out.strikes);
+    for e in &out.output.events {
+        assert_eq!(e.failed, vec![30, 31, 32], "{e:?}");
+        assert_eq!(e.succeeded, vec![10]);
+        let props = &e.event.as_ref().unwrap()["properties"];
+        assert_eq!(props["tagged"], true);
+        assert!(props.get("deep").is_none() && props.get("wide").is_none() && props.get("pad").is_none());
+    }
+    let reasons: Vec<String> = out.output.errors.iter().map(|(id, _, e)| format!("{id}: {e}")).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("30:") && r.contains("deeper")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("31:") && r.contains("larger")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("32:") && r.contains("allowance")), "{reasons:?}");
 }
 
 /// luau-lang/luau#2970: `table.move` with extreme indexes crashed the host process in

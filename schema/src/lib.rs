@@ -5,6 +5,7 @@
 //! contract so either side can be swapped for PostHog's own.
 
 pub mod clickhouse;
+pub mod json;
 pub mod message;
 pub mod postgres;
 pub mod topics;
