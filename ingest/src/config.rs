@@ -280,12 +280,16 @@ pub struct Config {
     /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
     #[arg(long, env = "PLUGIN_MAX_STRIKES", default_value_t = 3, global = true)]
     pub plugin_max_strikes: u32,
-    /// Consecutive failed calls (errors, limits) before a plugin is degraded, and before
-    /// it is disabled.
+    /// Failed calls (errors, limits) among the recent ones before a plugin is degraded, and
+    /// before it is disabled; at least `PLUGIN_FAILURE_RATIO` of its recent calls must have
+    /// failed as well.
     #[arg(long, env = "PLUGIN_DEGRADE_AFTER_FAILURES", default_value_t = 10, global = true)]
     pub plugin_degrade_after_failures: u32,
     #[arg(long, env = "PLUGIN_DISABLE_AFTER_FAILURES", default_value_t = 100, global = true)]
     pub plugin_disable_after_failures: u32,
+    /// Share of a plugin's recent calls that must fail for it to be degraded or disabled.
+    #[arg(long, env = "PLUGIN_FAILURE_RATIO", default_value_t = 0.5, global = true)]
+    pub plugin_failure_ratio: f64,
     /// Worker processes for on_event and schedules (kept apart from process_event's).
     #[arg(long, env = "PLUGIN_EXPORT_WORKERS", default_value_t = 1, global = true)]
     pub plugin_export_workers: usize,

@@ -42,8 +42,7 @@ pub struct Plugins {
     /// A pool of its own for `on_event`: slow exports never hold up `process_event`.
     exports: Supervisor,
     limits: Limits,
-    degrade_after: u32,
-    disable_after: u32,
+    thresholds: HealthThresholds,
     chains: RwLock<HashMap<i64, Vec<Link>>>,
     on_event_chains: RwLock<HashMap<i64, Vec<Link>>>,
     /// Instances with schedules but neither process_event nor on_event.
@@ -51,8 +50,8 @@ pub struct Plugins {
     on_event_queue: tokio::sync::mpsc::Sender<(i64, Vec<Value>)>,
     on_event_attempts: u32,
     loaded: Mutex<HashMap<i64, Version>>,
-    /// Consecutive failed calls per instance.
-    failures: Mutex<HashMap<i64, u32>>,
+    /// Recent calls and failures per instance.
+    failures: Mutex<HashMap<i64, CallHealth>>,
 }
 
 /// Which configuration version of an instance was last tried, and whether some version
@@ -124,8 +123,11 @@ impl Plugins {
             supervisor: Supervisor::new(settings),
             exports: Supervisor::new(exports),
             limits,
-            degrade_after: config.plugin_degrade_after_failures,
-            disable_after: config.plugin_disable_after_failures,
+            thresholds: HealthThresholds {
+                degrade_after: config.plugin_degrade_after_failures,
+                disable_after: config.plugin_disable_after_failures,
+                failure_ratio: config.plugin_failure_ratio,
+            },
             chains: RwLock::default(),
             on_event_chains: RwLock::default(),
             scheduled_only: RwLock::default(),
@@ -383,28 +385,18 @@ impl Plugins {
         Applied { events, logs }
     }
 
-    /// Consecutive failed calls degrade, then disable, an instance; a batch in which it
-    /// succeeded at all starts the count again.
+    /// Failed calls among the recent ones degrade, then disable, an instance: judged on
+    /// the rate, so a plugin that still succeeds now and then is not healthy for it.
     async fn track_health(&self, id: i64, failed: Option<&(u32, String)>, calls: usize) {
-        let (before, after) = {
+        let failed_calls = failed.map_or(0, |(k, _)| *k as u64);
+        let verdict = {
             let mut failures = self.failures.lock().expect("failures lock");
-            let n = failures.entry(id).or_default();
-            let before = *n;
-            *n = match failed {
-                Some((k, _)) if *k as usize >= calls => before + k,
-                _ => 0,
-            };
-            (before, *n)
+            failures.entry(id).or_default().record(failed_calls, calls as u64, &self.thresholds)
         };
-        let Some((_, last)) = failed else { return };
-        let status = if after >= self.disable_after {
-            "disabled"
-        } else if before < self.degrade_after && after >= self.degrade_after {
-            "degraded"
-        } else {
-            return;
-        };
-        self.set_status(id, status, &format!("{after} consecutive failed calls; last: {last}")).await;
+        let (Some(status), Some((_, last))) = (verdict, failed) else { return };
+        let (recent_failed, recent_calls) = self.failures.lock().expect("failures lock")[&id].counts();
+        let reason = format!("{recent_failed} of the last {recent_calls} calls failed; last: {last}");
+        self.set_status(id, status, &reason).await;
         if status == "disabled" {
             for chains in [&self.chains, &self.on_event_chains] {
                 chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
@@ -561,6 +553,56 @@ fn to_plugin_event(c: &CapturedEvent, team: i64) -> Value {
 }
 
 /// Writes what a chain made of an event back into the captured message.
+/// When an instance's recent failures make it degraded, then disabled.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthThresholds {
+    pub degrade_after: u32,
+    pub disable_after: u32,
+    /// Share of recent calls that must have failed as well.
+    pub failure_ratio: f64,
+}
+
+/// An instance's recent calls: counts halved whenever they pass the window (twice the
+/// disable threshold), so old calls fade and the rate is of what it does now.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallHealth {
+    calls: u64,
+    failed: u64,
+    degraded: bool,
+}
+
+impl CallHealth {
+    /// Adds a batch's calls; says the status it crosses into, if any.
+    pub fn record(&mut self, failed: u64, calls: u64, t: &HealthThresholds) -> Option<&'static str> {
+        self.calls += calls.max(failed);
+        self.failed += failed;
+        let window = u64::from(t.disable_after).saturating_mul(2).max(2);
+        while self.calls > window {
+            self.calls = self.calls.div_ceil(2);
+            self.failed /= 2;
+        }
+        // Within the window the count of failures can reach the threshold; once the
+        // window is full, the rate speaks for the whole of it.
+        let full = self.calls >= window;
+        let failing = |n: u32| {
+            let rate = self.failed as f64 / self.calls.max(1) as f64;
+            rate >= t.failure_ratio && (self.failed >= u64::from(n) || (full && rate * window as f64 >= f64::from(n)))
+        };
+        if failed > 0 && failing(t.disable_after) {
+            Some("disabled")
+        } else if failed > 0 && !self.degraded && failing(t.degrade_after) {
+            self.degraded = true;
+            Some("degraded")
+        } else {
+            None
+        }
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (self.failed, self.calls)
+    }
+}
+
 fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[String], failed: &[String]) {
     let mut data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
     if let Some(name) = e.get("event").and_then(Value::as_str).filter(|n| !n.is_empty()) {
@@ -603,6 +645,35 @@ fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[String], fai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T: HealthThresholds = HealthThresholds { degrade_after: 10, disable_after: 100, failure_ratio: 0.5 };
+
+    /// Batches of 100 calls with `failing` failures each, until a status or `batches`.
+    fn run(failing: u64, batches: usize) -> Vec<&'static str> {
+        let mut h = CallHealth::default();
+        let mut seen = Vec::new();
+        for _ in 0..batches {
+            if let Some(status) = h.record(failing, 100, &T) {
+                seen.push(status);
+                if status == "disabled" {
+                    break;
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn health_is_judged_on_the_failure_rate() {
+        assert_eq!(run(99, 5), vec!["degraded", "disabled"], "one success per batch does not keep it healthy");
+        assert_eq!(run(100, 2), vec!["disabled"], "a whole batch failing");
+        assert_eq!(run(1, 1_000), Vec::<&str>::new(), "a 1% failure rate is noise");
+        assert_eq!(run(40, 1_000), Vec::<&str>::new(), "under the ratio");
+        assert_eq!(run(60, 1_000), vec!["degraded", "disabled"]);
+        let mut h = CallHealth::default();
+        let statuses: Vec<_> = (0..20).filter_map(|_| h.record(1, 1, &T)).collect();
+        assert_eq!(statuses, vec!["degraded"], "one call at a time: degraded after 10 failures");
+    }
 
     #[test]
     fn an_event_goes_to_plugins_and_comes_back() {

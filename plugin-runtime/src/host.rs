@@ -45,6 +45,8 @@ struct HostInner {
     guard: Mutex<Option<Arc<Guard>>>,
     /// Awaited I/O in the current hook call.
     io_spent: Mutex<Duration>,
+    /// Values of the config fields marked `secret`, masked in whatever the plugin logs.
+    secrets: Mutex<Vec<String>>,
 }
 
 /// A MaxMind City database, read once per process and shared by its VMs.
@@ -77,6 +79,7 @@ impl Host {
                 geoip: None,
                 guard: Mutex::default(),
                 io_spent: Mutex::default(),
+                secrets: Mutex::default(),
             }),
         }
     }
@@ -94,28 +97,37 @@ impl Host {
         self
     }
 
+    /// `text` with every secret config value in it replaced by `***`.
+    pub fn mask(&self, text: String) -> String {
+        let secrets = lock(&self.inner.secrets);
+        if !secrets.iter().any(|s| text.contains(s.as_str())) {
+            return text;
+        }
+        secrets.iter().fold(text, |t, s| t.replace(s.as_str(), "***"))
+    }
+
     /// Requests recorded by the stub: `{method, url, headers, body}`.
     pub fn stubbed_requests(&self) -> Vec<Value> {
-        self.inner.http_stub.as_ref().map(|s| s.lock().expect("stub lock").clone()).unwrap_or_default()
+        self.inner.http_stub.as_ref().map(|s| lock(s).clone()).unwrap_or_default()
     }
 
     pub fn take_logs(&self) -> Vec<LogEntry> {
-        std::mem::take(&mut self.inner.logs.lock().expect("log lock").entries)
+        std::mem::take(&mut lock(&self.inner.logs).entries)
     }
 
     /// Log lines dropped by the rate limit so far.
     pub fn dropped_logs(&self) -> u64 {
-        self.inner.logs.lock().expect("log lock").dropped
+        lock(&self.inner.logs).dropped
     }
 
     pub(crate) fn enter(&self, hook: Hook) {
-        *self.inner.hook.lock().expect("hook lock") = Some(hook);
+        *lock(&self.inner.hook) = Some(hook);
         self.inner.http_calls.store(0, std::sync::atomic::Ordering::Relaxed);
-        *self.inner.io_spent.lock().expect("io lock") = Duration::ZERO;
+        *lock(&self.inner.io_spent) = Duration::ZERO;
     }
 
     pub(crate) fn attach(&self, guard: Arc<Guard>) {
-        *self.inner.guard.lock().expect("guard lock") = Some(guard);
+        *lock(&self.inner.guard) = Some(guard);
     }
 
     /// Awaits a host operation for the plugin. In `setup`, `on_event`, schedules and
@@ -128,7 +140,7 @@ impl Host {
         timeout: Duration,
         f: impl std::future::Future<Output = mlua::Result<T>>,
     ) -> mlua::Result<T> {
-        let guard = self.inner.guard.lock().expect("guard lock").clone();
+        let guard = lock(&self.inner.guard).clone();
         if self.hook() == Some(Hook::ProcessEvent) {
             // No Lua runs during the wait to notice the deadline: bound the wait by it.
             let left = guard.as_ref().and_then(|g| g.left());
@@ -141,7 +153,7 @@ impl Host {
                 Err(no_answer(timeout))
             });
         }
-        let left = allowance.saturating_sub(*self.inner.io_spent.lock().expect("io lock"));
+        let left = allowance.saturating_sub(*lock(&self.inner.io_spent));
         if left.is_zero() {
             let message = format!("this call has awaited I/O for its whole allowance of {allowance:?}");
             return Err(mlua::Error::runtime(message));
@@ -150,7 +162,7 @@ impl Host {
         let started = Instant::now();
         let timeout = timeout.min(left);
         let out = tokio::time::timeout(timeout, f).await;
-        *self.inner.io_spent.lock().expect("io lock") += started.elapsed();
+        *lock(&self.inner.io_spent) += started.elapsed();
         if let (Some(g), Some(left)) = (guard, paused) {
             g.resume(left);
         }
@@ -158,15 +170,15 @@ impl Host {
     }
 
     pub(crate) fn leave(&self) {
-        *self.inner.hook.lock().expect("hook lock") = None;
+        *lock(&self.inner.hook) = None;
     }
 
     fn hook(&self) -> Option<Hook> {
-        *self.inner.hook.lock().expect("hook lock")
+        *lock(&self.inner.hook)
     }
 
     fn log(&self, level: &str, message: String, limits: &Limits) {
-        let mut state = self.inner.logs.lock().expect("log lock");
+        let mut state = lock(&self.inner.logs);
         let now = Instant::now();
         if state.window_start.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60)) {
             state.window_start = Some(now);
@@ -177,10 +189,17 @@ impl Host {
             return;
         }
         state.in_window += 1;
-        let message = truncate(message, limits.log_line_bytes);
+        let message = truncate(self.mask(message), limits.log_line_bytes);
         let at_ms = (time_now().as_millis()) as i64;
         state.entries.push(LogEntry { level: level.to_string(), message, at_ms });
     }
+}
+
+/// A host lock, even after a panic elsewhere while it was held: what these locks guard
+/// is replaced whole, never left half-changed, and one plugin's call must not leave the
+/// worker's other plugins unable to log or time their calls.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn no_answer(timeout: Duration) -> mlua::Error {
@@ -202,6 +221,9 @@ fn truncate(mut s: String, max: usize) -> String {
     }
     s
 }
+
+/// Longest `ctx.retry` reason kept.
+const MAX_REASON_BYTES: usize = 1024;
 
 /// Raised by `ctx.retry(reason)`: `on_event` or a schedule asks to be run again.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +251,16 @@ pub(crate) fn context(
 ) -> mlua::Result<Table> {
     let ctx = lua.create_table()?;
     let config_map = config;
+    // Short values would mask ordinary words; a secret that short is no secret anyway.
+    *lock(&host.inner.secrets) = source
+        .manifest
+        .config
+        .iter()
+        .filter(|f| f.secret)
+        .filter_map(|f| config.get(&f.key).and_then(Value::as_str))
+        .filter(|v| v.len() >= 4)
+        .map(str::to_string)
+        .collect();
     let config = lua.to_value(&Value::Object(config.clone()))?;
     freeze(&config);
     ctx.raw_set("config", config)?;
@@ -246,7 +278,9 @@ pub(crate) fn context(
     }
     ctx.raw_set("log", log)?;
 
-    ctx.raw_set("json", json_table(lua, limits.memory_bytes)?)?;
+    // A JSON tree takes up to 16 times its text outside the Lua heap: encode what could
+    // be decoded back within the plugin's own memory.
+    ctx.raw_set("json", json_table(lua, (limits.memory_bytes / 8).max(64 << 10))?)?;
     ctx.raw_set("crypto", crypto_table(lua)?)?;
     let time = lua.create_table()?;
     time.raw_set("now_ms", lua.create_function(|_, ()| Ok(time_now().as_millis() as f64))?)?;
@@ -257,7 +291,15 @@ pub(crate) fn context(
     ctx.raw_set("geoip", geoip_table(lua, host)?)?;
     ctx.raw_set(
         "retry",
-        lua.create_function(|_, reason: Option<String>| -> mlua::Result<()> {
+        lua.create_function(|_, reason: Option<mlua::String>| -> mlua::Result<()> {
+            // The reason ends up in logs and statuses: capped like every plugin text.
+            let reason = reason.map(|r| {
+                let bytes = r.as_bytes();
+                truncate(
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_REASON_BYTES + 4)]).into_owned(),
+                    MAX_REASON_BYTES,
+                )
+            });
             Err(mlua::Error::external(RetryRequested(reason.unwrap_or_default())))
         })?,
     )?;
@@ -518,7 +560,7 @@ fn http_table(
                     let body = request.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
                     let headers: Map<String, Value> =
                         request.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-                    stub.lock().expect("stub lock").push(serde_json::json!({
+                    lock(stub).push(serde_json::json!({
                         "method": request.method.as_str(), "url": request.url, "headers": headers, "body": body,
                     }));
                     let answer = http::Response { status: 200, headers: Default::default(), body: Vec::new() };

@@ -144,7 +144,10 @@ impl Policy {
             }
             let port = url.port_or_known_default().unwrap_or(80);
             let addrs = self.resolve(&bare, port).await?;
+            // No proxy, whatever the environment says: a proxy resolves names itself and
+            // would reach what the pinned, checked addresses keep out.
             let client = reqwest::Client::builder()
+                .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(timeout)
                 .resolve_to_addrs(&bare, &addrs)
@@ -212,6 +215,11 @@ impl Policy {
 /// Addresses on the public internet: not loopback, private (10/8, 172.16/12,
 /// 192.168/16, fc00::/7), link-local (169.254/16 — cloud metadata —, fe80::/10),
 /// carrier-grade NAT (100.64/10), unspecified, broadcast, multicast or documentation.
+///
+/// IPv6 is public only inside global unicast (2000::/3), and every form that carries an
+/// IPv4 address (mapped, compatible, NAT64, 6to4, ISATAP) is judged by that address, so
+/// `64:ff9b::a9fe:a9fe` is the metadata service it reaches. Teredo and local-use NAT64
+/// relay to addresses that cannot be checked here, so they are not public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -224,20 +232,49 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
+            let global_unicast = (s[0] & 0xe000) == 0x2000;
+            let teredo = s[0] == 0x2001 && s[1] == 0;
+            let documentation = s[0] == 0x2001 && s[1] == 0x0db8;
+            let local_nat64 = s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1;
+            global_unicast && !teredo && !documentation && !local_nat64
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries, in any of the forms that route to it.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let tail = || std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    // IPv4-compatible `::a.b.c.d` (but not `::` and `::1`, which are IPv6's own).
+    if s[..6].iter().all(|&x| x == 0) && (s[6] != 0 || s[7] > 1) {
+        return Some(tail());
+    }
+    // NAT64 well-known prefix 64:ff9b::/96.
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6].iter().all(|&x| x == 0) {
+        return Some(tail());
+    }
+    // 6to4 2002:AABB:CCDD::/48.
+    if s[0] == 0x2002 {
+        return Some(std::net::Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+    }
+    // ISATAP interface identifier `::0:5efe:a.b.c.d` / `::200:5efe:a.b.c.d`, any prefix.
+    if (s[4] == 0 || s[4] == 0x0200) && s[5] == 0x5efe {
+        return Some(tail());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -261,10 +298,37 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // Every IPv6 form that carries an IPv4 address, carrying a private one.
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:0101::",
+            "2001:db8::200:5efe:10.0.0.1",
+            "fe80::5efe:169.254.169.254",
+            // Relays to addresses that cannot be checked, and what is not global unicast.
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::8.8.8.8",
+            "2001:db8::1",
+            "fec0::1",
+            "100::1",
+            "240.0.0.1",
+            "198.18.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "172.32.0.1", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+            "::8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -5,8 +5,11 @@
 //! (storage) in ingest.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Longest time-to-live a value gets; longer ones (`2^63` seconds, say) are cut to it.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -14,6 +17,8 @@ pub enum KvError {
     NotAList(String),
     #[error("{0} does not hold an integer")]
     NotAnInteger(String),
+    #[error("{0} would overflow a 64-bit integer")]
+    Overflow(String),
     #[error("the in-memory store is full ({0} keys)")]
     Full(usize),
     #[error("cache: {0}")]
@@ -95,6 +100,7 @@ impl KeyValue {
     }
 
     pub async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), KvError> {
+        let ttl = ttl.map(|t| t.min(MAX_TTL));
         match &self.backend {
             Backend::Memory(m) => m.set(self.key(key), Entry::Text(value.to_string()), ttl),
             Backend::Redis(c) => {
@@ -124,7 +130,7 @@ impl KeyValue {
     pub async fn del(&self, key: &str) -> Result<(), KvError> {
         match &self.backend {
             Backend::Memory(m) => {
-                m.entries.lock().expect("kv lock").remove(&self.key(key));
+                m.lock().remove(&self.key(key));
                 Ok(())
             }
             Backend::Redis(c) => Ok(redis::cmd("DEL").arg(self.key(key)).query_async::<()>(&mut c.clone()).await?),
@@ -154,12 +160,14 @@ impl KeyValue {
             None => 0,
             Some(t) => t.parse::<i64>().map_err(|_| KvError::NotAnInteger(key.clone()))?,
         };
+        let next = current.checked_add(by).ok_or_else(|| KvError::Overflow(key.clone()))?;
         let ttl = m.ttl_of(&key);
-        m.set(key, Entry::Text((current + by).to_string()), ttl)?;
-        Ok(current + by)
+        m.set(key, Entry::Text(next.to_string()), ttl)?;
+        Ok(next)
     }
 
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, KvError> {
+        let ttl = ttl.min(MAX_TTL);
         let m = match &self.backend {
             Backend::Memory(m) => m,
             Backend::Redis(c) => {
@@ -173,10 +181,10 @@ impl KeyValue {
             Backend::Postgres(_) => return Err(KvError::Unsupported("expire")),
             Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
         };
-        let mut entries = m.entries.lock().expect("kv lock");
+        let mut entries = m.lock();
         match entries.get_mut(&self.key(key)) {
             Some((_, expires)) => {
-                *expires = Some(Instant::now() + ttl);
+                *expires = Instant::now().checked_add(ttl);
                 Ok(true)
             }
             None => Ok(false),
@@ -194,7 +202,7 @@ impl KeyValue {
         };
         let key = self.key(key);
         m.make_room(&key)?;
-        let mut entries = m.entries.lock().expect("kv lock");
+        let mut entries = m.lock();
         let (entry, _) = entries.entry(key.clone()).or_insert_with(|| (Entry::List(VecDeque::new()), None));
         match entry {
             Entry::List(items) => {
@@ -221,13 +229,13 @@ impl KeyValue {
             Backend::Unavailable(reason) => return Err(KvError::Unavailable(reason.to_string())),
         };
         let key = self.key(key);
-        let entries = m.entries.lock().expect("kv lock");
+        let entries = m.lock();
         match entries.get(&key).filter(|(_, e)| e.is_none_or(|e| e > Instant::now())) {
             None => Ok(Vec::new()),
             Some((Entry::Text(_), _)) => Err(KvError::NotAList(key)),
             Some((Entry::List(items), _)) => {
                 let len = items.len() as i64;
-                let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i.min(len) };
+                let norm = |i: i64| if i < 0 { len.saturating_add(i).max(0) } else { i.min(len) };
                 let (from, to) = (norm(start), norm(stop).min(len - 1));
                 Ok((from..=to).filter_map(|i| items.get(i as usize).cloned()).collect())
             }
@@ -257,8 +265,15 @@ impl Memory {
         Memory { max_keys, entries: Mutex::default() }
     }
 
+    /// The map, even after a panic elsewhere while it was held: every change to it is a
+    /// single insert or remove, so it is never left half-changed, and a poisoned lock
+    /// must not take every other plugin of the worker down with it.
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Entry, Option<Instant>)>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn get(&self, key: &str) -> Result<Option<String>, KvError> {
-        let entries = self.entries.lock().expect("kv lock");
+        let entries = self.lock();
         match entries.get(key) {
             Some((_, Some(expires))) if *expires <= Instant::now() => Ok(None),
             Some((Entry::Text(t), _)) => Ok(Some(t.clone())),
@@ -268,12 +283,12 @@ impl Memory {
     }
 
     fn ttl_of(&self, key: &str) -> Option<Duration> {
-        let entries = self.entries.lock().expect("kv lock");
+        let entries = self.lock();
         entries.get(key).and_then(|(_, e)| *e).map(|e| e.saturating_duration_since(Instant::now()))
     }
 
     fn make_room(&self, key: &str) -> Result<(), KvError> {
-        let mut entries = self.entries.lock().expect("kv lock");
+        let mut entries = self.lock();
         if entries.len() >= self.max_keys && !entries.contains_key(key) {
             let now = Instant::now();
             entries.retain(|_, (_, e)| e.is_none_or(|e| e > now));
@@ -286,8 +301,8 @@ impl Memory {
 
     fn set(&self, key: String, entry: Entry, ttl: Option<Duration>) -> Result<(), KvError> {
         self.make_room(&key)?;
-        let expires = ttl.map(|t| Instant::now() + t);
-        self.entries.lock().expect("kv lock").insert(key, (entry, expires));
+        let expires = ttl.and_then(|t| Instant::now().checked_add(t));
+        self.lock().insert(key, (entry, expires));
         Ok(())
     }
 }
@@ -319,6 +334,22 @@ mod tests {
         kv.set("t", "x", Some(Duration::from_millis(10))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(kv.get("t").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn extreme_arguments_are_errors_or_clamped_never_panics() {
+        let kv = KeyValue::memory(100);
+        kv.set("k", "1", None).await.unwrap();
+        assert!(kv.expire("k", Duration::from_secs(u64::MAX)).await.unwrap());
+        kv.set("t", "1", Some(Duration::MAX)).await.unwrap();
+        assert_eq!(kv.get("t").await.unwrap().as_deref(), Some("1"));
+        kv.set("n", &i64::MAX.to_string(), None).await.unwrap();
+        assert!(matches!(kv.incr("n", 1).await, Err(KvError::Overflow(_))));
+        kv.lpush("l", "a").await.unwrap();
+        assert_eq!(kv.lrange("l", i64::MIN, i64::MAX).await.unwrap(), vec!["a"]);
+        assert_eq!(kv.lrange("l", i64::MAX, i64::MIN).await.unwrap(), Vec::<String>::new());
+        // The store goes on serving.
+        assert_eq!(kv.get("k").await.unwrap().as_deref(), Some("1"));
     }
 
     #[tokio::test]

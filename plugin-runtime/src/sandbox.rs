@@ -294,7 +294,19 @@ impl Vm {
         let hit = self.guard.hit();
         self.guard.disarm();
         self.host.leave();
-        result.map_err(|e| classify(hook, e, hit, &self.limits))
+        result.map_err(|e| self.masked(classify(hook, e, hit, &self.limits)))
+    }
+}
+
+impl Vm {
+    /// Error texts end up in the same logs as log lines: secrets masked alike.
+    fn masked(&self, e: PluginError) -> PluginError {
+        match e {
+            PluginError::Failed { hook, message } => PluginError::Failed { hook, message: self.host.mask(message) },
+            PluginError::Retry(reason) => PluginError::Retry(self.host.mask(reason)),
+            PluginError::InvalidEvent(m) => PluginError::InvalidEvent(self.host.mask(m)),
+            other => other,
+        }
     }
 }
 

@@ -29,12 +29,16 @@ use crate::protocol::{
 };
 use crate::sandbox::PluginError;
 
+/// What a worker takes from the host's environment: how to log, and nothing else.
+const WORKER_INHERITS: [&str; 3] = ["RUST_LOG", "LOG_FORMAT", "TZ"];
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The worker program and its arguments (e.g. `sluice-ingest plugin-worker`).
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// Environment of the workers (where cache and storage live, see `worker`).
+    /// Environment of the workers (where cache and storage live, see `worker`); nothing
+    /// else of the host's reaches them but `RUST_LOG`, `LOG_FORMAT` and `TZ`.
     pub env: Vec<(String, String)>,
     pub workers: usize,
     /// Time a batch may take on top of `per_event` for each event and instance.
@@ -333,8 +337,13 @@ impl Supervisor {
             }
         }
         if slot.is_none() {
+            // A minimal, explicit environment: nothing of the host's (its secrets, its
+            // proxies) reaches plugin code unless listed here.
+            let inherited = WORKER_INHERITS.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)));
             let mut child = Command::new(&self.settings.program)
                 .args(&self.settings.args)
+                .env_clear()
+                .envs(inherited)
                 .envs(self.settings.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -431,3 +431,89 @@ async fn cache_values_are_capped() {
     let out = vm.process_event(&event()).await.unwrap().unwrap();
     assert!(out["properties"]["err"].as_str().unwrap().contains("over the 1000 byte limit"), "{out}");
 }
+
+/// Hostile values handed to the host: deep tables, tables that expand through shared
+/// references, JSON text that parses into far more than it says, extreme numbers. Each is
+/// an error inside the plugin; the worker's memory and stack stay its own, and the shared
+/// store goes on serving every plugin.
+#[tokio::test]
+async fn hostile_values_are_refused_by_every_host_function() {
+    let kv = KeyValue::memory(1000);
+    let host = || Host::new(kv.namespaced("c/"), kv.namespaced("s/"));
+    let attacks = [
+        ("deep log", "local t = {} for i = 1, 10000 do t = {t} end ctx.log.info(t)"),
+        ("deep encode", "local t = {} for i = 1, 10000 do t = {t} end ctx.json.encode(t)"),
+        ("deep cache", "local t = {} for i = 1, 10000 do t = {t} end ctx.cache.set('k', t)"),
+        ("deep return", "local t = {} for i = 1, 10000 do t = {t} end event.properties.t = t"),
+        ("wide log", "local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end ctx.log.info(t)"),
+        ("wide encode", "local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end ctx.json.encode(t)"),
+        ("wide cache", "local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end ctx.cache.set('k', t)"),
+        ("wide return", "local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end event.properties.t = t"),
+        ("decode bomb", "ctx.json.decode('[' .. string.rep('[0],', 3000000) .. '0]')"),
+        ("expire overflow", "ctx.cache.set('k', 1) ctx.cache.expire('k', 2^63)"),
+        ("incr overflow", "ctx.cache.set('n', 9007199254740991) ctx.cache.incr('n', 9223372036854775807)"),
+    ];
+    let limits = Limits { process_event_wall: Duration::from_secs(5), memory_bytes: 64 << 20, ..Limits::default() };
+    for (name, body) in attacks {
+        let main = hook(&format!("{body} return event"));
+        let vm = Vm::new(&source(&main), &Default::default(), limits.clone(), host()).await.unwrap();
+        let started = Instant::now();
+        let out = vm.process_event(&event()).await;
+        println!("{name}: {:?} in {:?}", out.as_ref().err(), started.elapsed());
+        match out {
+            Err(_) => {}
+            // A log line past its size is written as `<table>`; an extreme TTL is clamped.
+            Ok(Some(e)) if matches!(name, "deep log" | "wide log" | "expire overflow") => {
+                assert_eq!(e["properties"]["a"], 1, "{name}")
+            }
+            Ok(other) => panic!("{name}: {other:?}"),
+        }
+        let logs = vm.take_logs();
+        assert!(logs.iter().all(|l| l.message.len() < 2_000), "{name}: {logs:?}");
+    }
+    // Every plugin of this worker still has its store.
+    let vm = Vm::new(
+        &source(&hook("ctx.cache.set('ok', 2) event.properties.ok = ctx.cache.get('ok') return event")),
+        &Default::default(),
+        limits,
+        host(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(vm.process_event(&event()).await.unwrap().unwrap()["properties"]["ok"], 2);
+}
+
+#[tokio::test]
+async fn a_retry_reason_is_capped_like_every_plugin_text() {
+    let v = vm("return { on_event = function(e, ctx) ctx.retry(string.rep('x', 1000000)) end }").await;
+    match v.run_hook(Hook::OnEvent, Some(&event())).await {
+        Err(PluginError::Retry(reason)) => assert!(reason.len() <= 1024 + 3, "{} bytes", reason.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn secret_config_values_are_masked_in_logs_and_errors() {
+    let manifest = json!({"name": "leaky", "config": [
+        {"key": "api_key", "type": "string", "secret": true},
+        {"key": "region", "type": "string"}
+    ]});
+    let main = "return { process_event = function(e, ctx) \
+        ctx.log.info('key is ' .. ctx.config.api_key .. ' in ' .. ctx.config.region) \
+        ctx.log.warn({k = ctx.config.api_key}) \
+        error('failed with ' .. ctx.config.api_key) end }";
+    let config = json!({"api_key": "sk_live_0123456789", "region": "eu-west"});
+    let kv = KeyValue::memory(10);
+    let vm = Vm::new(
+        &source_with(main, manifest),
+        config.as_object().unwrap(),
+        Limits::default(),
+        Host::new(kv.clone(), kv),
+    )
+    .await
+    .unwrap();
+    let err = vm.process_event(&event()).await.unwrap_err().to_string();
+    let logs: Vec<String> = vm.take_logs().into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, vec!["key is *** in eu-west".to_string(), r#"{"k":"***"}"#.to_string()]);
+    assert!(err.contains("failed with ***") && !err.contains("sk_live"), "{err}");
+}
