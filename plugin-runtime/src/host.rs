@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
+use mlua::{Lua, LuaSerdeExt, Table, Thread, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -36,6 +36,8 @@ struct HostInner {
     storage: KeyValue,
     logs: Mutex<LogState>,
     hook: Mutex<Option<Hook>>,
+    /// The Lua thread the current hook call runs on: only its own waits stop the clock.
+    hook_thread: Mutex<Option<Thread>>,
     /// `http.fetch` calls in the current hook call.
     http_calls: std::sync::atomic::AtomicU32,
     /// `sluice-plugin test`: requests are recorded and answered 200, never sent.
@@ -74,6 +76,7 @@ impl Host {
                 storage,
                 logs: Mutex::default(),
                 hook: Mutex::default(),
+                hook_thread: Mutex::default(),
                 http_calls: Default::default(),
                 http_stub: None,
                 geoip: None,
@@ -120,8 +123,9 @@ impl Host {
         lock(&self.inner.logs).dropped
     }
 
-    pub(crate) fn enter(&self, hook: Hook) {
+    pub(crate) fn enter(&self, hook: Hook, thread: Thread) {
         *lock(&self.inner.hook) = Some(hook);
+        *lock(&self.inner.hook_thread) = Some(thread);
         self.inner.http_calls.store(0, std::sync::atomic::Ordering::Relaxed);
         *lock(&self.inner.io_spent) = Duration::ZERO;
     }
@@ -130,12 +134,21 @@ impl Host {
         *lock(&self.inner.guard) = Some(guard);
     }
 
+    /// Whether `lua` is running the current hook call's own thread (not a coroutine the
+    /// plugin made).
+    fn on_hook_thread(&self, lua: &Lua) -> bool {
+        lock(&self.inner.hook_thread).as_ref() == Some(&lua.current_thread())
+    }
+
     /// Awaits a host operation for the plugin. In `setup`, `on_event`, schedules and
     /// `teardown` the time is off the hook's wall clock (the spec: "excluding awaited
-    /// I/O") and counts against the call's I/O allowance instead. In `process_event` the
-    /// clock runs on: its limit is the pipeline's latency.
+    /// I/O") and counts against the call's I/O allowance instead, when the call's own
+    /// thread waits: called from a coroutine, the wait gives control back to the plugin,
+    /// which must not run off the clock. In `process_event` the clock runs on: its limit
+    /// is the pipeline's latency.
     async fn io<T>(
         &self,
+        on_hook_thread: bool,
         allowance: Duration,
         timeout: Duration,
         f: impl std::future::Future<Output = mlua::Result<T>>,
@@ -158,19 +171,20 @@ impl Host {
             let message = format!("this call has awaited I/O for its whole allowance of {allowance:?}");
             return Err(mlua::Error::runtime(message));
         }
-        let paused = guard.as_ref().and_then(|g| g.pause());
+        let paused = guard.as_ref().filter(|_| on_hook_thread).and_then(|g| g.pause());
         let started = Instant::now();
         let timeout = timeout.min(left);
         let out = tokio::time::timeout(timeout, f).await;
         *lock(&self.inner.io_spent) += started.elapsed();
-        if let (Some(g), Some(left)) = (guard, paused) {
-            g.resume(left);
+        if let (Some(g), Some(pause)) = (guard, paused) {
+            g.resume(pause);
         }
         out.unwrap_or_else(|_| Err(no_answer(timeout)))
     }
 
     pub(crate) fn leave(&self) {
         *lock(&self.inner.hook) = None;
+        *lock(&self.inner.hook_thread) = None;
     }
 
     fn hook(&self) -> Option<Hook> {
@@ -404,8 +418,13 @@ fn kv_table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool)
             Some(t) => convert::from_json_text(lua, &t, memory),
         }
     };
-    let store =
-        Store { kv: kv.clone(), host: host.clone(), io_allowance: limits.hook_io, timeout: limits.store_timeout };
+    let store = Store {
+        kv: kv.clone(),
+        host: host.clone(),
+        io_allowance: limits.hook_io,
+        timeout: limits.store_timeout,
+        on_hook_thread: false,
+    };
     t.raw_set(
         "get",
         store.function(lua, move |lua, s, key: String| async move { decode(&lua, s.run(s.kv.get(&key)).await?) })?,
@@ -462,6 +481,8 @@ struct Store {
     host: Host,
     io_allowance: Duration,
     timeout: Duration,
+    /// Set per call: see [`Host::io`].
+    on_hook_thread: bool,
 }
 
 impl Store {
@@ -474,12 +495,16 @@ impl Store {
         Fut: std::future::Future<Output = mlua::Result<R>> + mlua::MaybeSend + 'static,
     {
         let store = self.clone();
-        lua.create_async_function(move |lua, args: A| f(lua, store.clone(), args))
+        lua.create_async_function(move |lua, args: A| {
+            let on_hook_thread = store.host.on_hook_thread(&lua);
+            f(lua, Store { on_hook_thread, ..store.clone() }, args)
+        })
     }
 
     /// One store operation, as the host's I/O.
     async fn run<T>(&self, op: impl std::future::Future<Output = Result<T, crate::kv::KvError>>) -> mlua::Result<T> {
-        self.host.io(self.io_allowance, self.timeout, async { op.await.map_err(mlua::Error::external) }).await
+        let op = async { op.await.map_err(mlua::Error::external) };
+        self.host.io(self.on_hook_thread, self.io_allowance, self.timeout, op).await
     }
 }
 
@@ -547,6 +572,7 @@ fn http_table(
         "fetch",
         lua.create_async_function(move |lua, (url, options): (String, Option<Table>)| {
             let (policy, h) = (policy.clone(), h.clone());
+            let on_hook_thread = h.on_hook_thread(&lua);
             async move {
                 let hook = h.hook();
                 if hook == Some(Hook::ProcessEvent) && !allowed_in_process_event {
@@ -567,7 +593,7 @@ fn http_table(
                     return answer.into_lua(&lua);
                 }
                 let fetch = async { policy.fetch(request).await.map_err(|e| mlua::Error::runtime(e.to_string())) };
-                let response = h.io(io, timeout, fetch).await?;
+                let response = h.io(on_hook_thread, io, timeout, fetch).await?;
                 response.into_lua(&lua)
             }
         })?,

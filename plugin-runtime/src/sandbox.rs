@@ -288,9 +288,15 @@ impl Vm {
             Hook::ProcessEvent => (self.limits.process_event_wall, self.limits.process_event_ticks),
             _ => (self.limits.hook_wall, self.limits.hook_ticks),
         };
-        self.host.enter(hook);
+        // The call runs on a thread of its own making, so the host can tell its waits
+        // from those of coroutines the plugin made.
+        let thread = self.lua.create_thread(f).map_err(|e| classify(hook, e, None, &self.limits))?;
+        self.host.enter(hook, thread.clone());
         self.guard.arm(wall, ticks);
-        let result = f.call_async::<MultiValue>(args).await;
+        let result = match thread.into_async::<MultiValue>(args) {
+            Ok(running) => running.await,
+            Err(e) => Err(e),
+        };
         let hit = self.guard.hit();
         self.guard.disarm();
         self.host.leave();

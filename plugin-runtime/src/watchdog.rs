@@ -4,8 +4,18 @@
 //! there is slow. Instead a [`Guard`] holds a deadline and an `expired` flag; one thread
 //! per process checks the armed deadlines every few milliseconds and sets the flag, and
 //! the interrupt only loads it.
+//!
+//! The clock stops while the host awaits I/O for the call's own thread (the host decides
+//! which waits qualify: one from a coroutine of the plugin's gives control back to the
+//! plugin, so it stays on the clock). A resume that belongs to an earlier call (a
+//! coroutine left pending) changes nothing.
+//!
+//! A single C call (a quadratic `string.find`) runs no interrupt at all. In the worker
+//! process the watchdog ends that from outside ([`enforce_hard_deadlines`]): a call still
+//! running well past its deadline aborts the process, and the supervisor, which knows
+//! which plugin was running, strikes it and restarts the worker.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,16 +26,29 @@ const RESOLUTION: Duration = Duration::from_millis(5);
 pub struct Guard {
     /// Microseconds since the watchdog's epoch; 0 = not armed.
     deadline_us: AtomicU64,
+    /// The wall limit of the armed call, for the hard deadline's grace.
+    wall_us: AtomicU64,
     expired: AtomicBool,
     ticks: AtomicU64,
     tick_budget: AtomicU64,
+    /// Which call is armed: pauses of an earlier call are recognised and ignored.
+    call: AtomicU64,
+    /// I/O waits in progress, and when the first began (0: the clock runs).
+    pauses: AtomicU32,
+    paused_at_us: AtomicU64,
+}
+
+/// A pause of one call, to give back to [`Guard::resume`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    call: u64,
 }
 
 impl Guard {
     /// A guard the process's watchdog thread watches for as long as it lives.
     pub fn new() -> Arc<Guard> {
         let guard = Arc::new(Guard::default());
-        watchdog().guards.lock().expect("watchdog lock").push(Arc::downgrade(&guard));
+        watchdog().guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(&guard));
         guard
     }
 
@@ -33,29 +56,31 @@ impl Guard {
     pub fn arm(&self, wall: Duration, ticks: u64) {
         let w = watchdog();
         let deadline = (w.epoch.elapsed() + wall).as_micros() as u64;
+        self.call.fetch_add(1, Ordering::AcqRel);
+        self.pauses.store(0, Ordering::Relaxed);
+        self.paused_at_us.store(0, Ordering::Relaxed);
         self.expired.store(false, Ordering::Relaxed);
         self.ticks.store(0, Ordering::Relaxed);
         self.tick_budget.store(ticks, Ordering::Relaxed);
+        self.wall_us.store(wall.as_micros() as u64, Ordering::Relaxed);
         self.deadline_us.store(deadline.max(1), Ordering::Release);
     }
 
-    /// Stops the clock of an armed, unexpired call while the host awaits I/O for it;
-    /// returns the time it had left, for [`Guard::resume`].
-    pub fn pause(&self) -> Option<Duration> {
-        let deadline = self.deadline_us.load(Ordering::Acquire);
-        if deadline == 0 || self.expired.load(Ordering::Relaxed) {
+    /// Stops the clock of an armed, unexpired call while the host awaits I/O for it.
+    pub fn pause(&self) -> Option<Pause> {
+        if self.deadline_us.load(Ordering::Acquire) == 0 || self.expired.load(Ordering::Relaxed) {
             return None;
         }
-        self.deadline_us.store(0, Ordering::Release);
-        let now = watchdog().epoch.elapsed().as_micros() as u64;
-        Some(Duration::from_micros(deadline.saturating_sub(now)))
+        if self.pauses.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.paused_at_us.store(now_us().max(1), Ordering::Release);
+        }
+        Some(Pause { call: self.call.load(Ordering::Acquire) })
     }
 
     /// Time left to an armed call, if any.
     pub fn left(&self) -> Option<Duration> {
         let deadline = self.deadline_us.load(Ordering::Acquire);
-        let now = watchdog().epoch.elapsed().as_micros() as u64;
-        (deadline != 0).then(|| Duration::from_micros(deadline.saturating_sub(now)))
+        (deadline != 0).then(|| Duration::from_micros(deadline.saturating_sub(now_us())))
     }
 
     /// Marks the call out of time now, for a wait the host cut at the deadline (the
@@ -66,14 +91,29 @@ impl Guard {
         }
     }
 
-    /// Restarts the clock with the time left at [`Guard::pause`]; ticks go on counting.
-    pub fn resume(&self, left: Duration) {
-        let deadline = (watchdog().epoch.elapsed() + left).as_micros() as u64;
-        self.deadline_us.store(deadline.max(1), Ordering::Release);
+    /// Ends a pause: when the last wait of the call ends, the deadline moves by the time
+    /// the clock stood still.
+    pub fn resume(&self, pause: Pause) {
+        if pause.call != self.call.load(Ordering::Acquire) {
+            return;
+        }
+        let before = self.pauses.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if before != Ok(1) {
+            return;
+        }
+        let since = self.paused_at_us.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            let _ = self.deadline_us.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d != 0).then(|| d + now_us().saturating_sub(since))
+            });
+        }
     }
 
     pub fn disarm(&self) {
+        self.call.fetch_add(1, Ordering::AcqRel);
         self.deadline_us.store(0, Ordering::Release);
+        self.pauses.store(0, Ordering::Relaxed);
+        self.paused_at_us.store(0, Ordering::Relaxed);
         self.expired.store(false, Ordering::Relaxed);
     }
 
@@ -112,23 +152,52 @@ pub enum Exceeded {
 struct Watchdog {
     epoch: Instant,
     guards: Mutex<Vec<Weak<Guard>>>,
+    /// Abort the process when a call runs past its deadline by this much more than its
+    /// own limit (`None`: never, as in tests and the `sluice-plugin` tool).
+    hard_grace_us: AtomicU64,
+}
+
+fn now_us() -> u64 {
+    watchdog().epoch.elapsed().as_micros() as u64
+}
+
+/// In the worker process: a call that runs past its deadline by its own limit plus
+/// `grace` without ending (a single C call never reaches an interrupt) aborts the
+/// process. The supervisor sees the worker die while that plugin runs.
+pub fn enforce_hard_deadlines(grace: Duration) {
+    watchdog().hard_grace_us.store(grace.as_micros().max(1) as u64, Ordering::Relaxed);
 }
 
 fn watchdog() -> &'static Watchdog {
     static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
     WATCHDOG.get_or_init(|| {
-        let w: &'static Watchdog = Box::leak(Box::new(Watchdog { epoch: Instant::now(), guards: Mutex::default() }));
+        let w: &'static Watchdog = Box::leak(Box::new(Watchdog {
+            epoch: Instant::now(),
+            guards: Mutex::default(),
+            hard_grace_us: AtomicU64::new(0),
+        }));
         std::thread::Builder::new()
             .name("plugin-watchdog".into())
             .spawn(move || loop {
                 std::thread::sleep(RESOLUTION);
                 let now = w.epoch.elapsed().as_micros() as u64;
-                let mut guards = w.guards.lock().expect("watchdog lock");
+                let hard_grace = w.hard_grace_us.load(Ordering::Relaxed);
+                let mut guards = w.guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 guards.retain(|g| match g.upgrade() {
                     Some(g) => {
                         let deadline = g.deadline_us.load(Ordering::Acquire);
-                        if deadline != 0 && now >= deadline {
+                        let paused = g.paused_at_us.load(Ordering::Acquire) != 0;
+                        if deadline != 0 && !paused && now >= deadline {
                             g.expired.store(true, Ordering::Relaxed);
+                            let limit = g.wall_us.load(Ordering::Relaxed);
+                            if hard_grace != 0 && now >= deadline + limit + hard_grace {
+                                eprintln!(
+                                    "plugin-watchdog: a plugin call ran {} ms past its deadline without \
+                                     reaching an interrupt; aborting the worker",
+                                    (now - deadline) / 1000
+                                );
+                                std::process::abort();
+                            }
                         }
                         true
                     }
@@ -162,14 +231,26 @@ mod tests {
     fn a_paused_clock_does_not_run_out() {
         let g = Guard::new();
         g.arm(Duration::from_millis(30), u64::MAX);
-        let left = g.pause().expect("armed");
-        assert!(left <= Duration::from_millis(30));
+        let pause = g.pause().expect("armed");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(g.check(), None, "paused");
-        g.resume(left);
+        assert_eq!(g.hit(), None, "paused");
+        g.resume(pause);
         assert_eq!(g.check(), None, "the time left is still there");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(g.check(), Some(Exceeded::Time));
-        assert_eq!(g.pause(), None, "an expired call stays expired");
+        assert!(g.pause().is_none(), "an expired call stays expired");
+    }
+
+    #[test]
+    fn a_pause_of_an_earlier_call_changes_nothing() {
+        let g = Guard::new();
+        g.arm(Duration::from_secs(30), u64::MAX);
+        let stale = g.pause().expect("armed");
+        g.disarm();
+        g.arm(Duration::from_millis(20), u64::MAX);
+        std::thread::sleep(Duration::from_millis(10));
+        g.resume(stale);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(g.check(), Some(Exceeded::Time), "the earlier call's time did not carry over");
     }
 }

@@ -14,11 +14,16 @@ use crate::protocol::{
 };
 use crate::sandbox::{Hook, PluginError, Vm};
 
+/// How long past its deadline (and its own limit again) a call that reaches no
+/// interrupt may run before the worker aborts.
+const HARD_DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Keys the in-memory cache and storage of one worker may hold.
 const MEMORY_KEYS: usize = 100_000;
 
 /// Serves requests from stdin until it closes.
 pub async fn serve() -> std::io::Result<()> {
+    crate::watchdog::enforce_hard_deadlines(HARD_DEADLINE_GRACE);
     let mut input = tokio::io::stdin();
     let mut output = tokio::io::stdout();
     let stores = Stores::from_env().await;

@@ -517,3 +517,62 @@ async fn secret_config_values_are_masked_in_logs_and_errors() {
     assert_eq!(logs, vec!["key is *** in eu-west".to_string(), r#"{"k":"***"}"#.to_string()]);
     assert!(err.contains("failed with ***") && !err.contains("sk_live"), "{err}");
 }
+
+/// An I/O call made from a coroutine of the plugin's own gives control back to the
+/// plugin while the I/O is pending; the clock must run on, in every hook, and a pause
+/// left over from one call must not lend its time to the next.
+#[test]
+fn io_from_a_coroutine_does_not_stop_the_clock() {
+    let server = tokio::runtime::Runtime::new().unwrap();
+    let port = server.block_on(receiver("/"));
+    let manifest = json!({"name": "escape", "config": [{"key": "where", "type": "string"}],
+        "http": {"allow": ["127.0.0.1"], "in_process_event": true}});
+    let main = format!(
+        "local p = {{}} \
+         local function escape(ctx) \
+           local co = coroutine.create(function() ctx.http.fetch('http://127.0.0.1:{port}/slower') end) \
+           coroutine.resume(co) return co end \
+         function p.setup(ctx) \
+           if ctx.config.where == 'setup' then escape(ctx) while true do end end \
+           if ctx.config.where == 'carry' then ctx.global.co = escape(ctx) end end \
+         function p.process_event(e, ctx) \
+           if ctx.config.where == 'process_event' then escape(ctx) while true do end end \
+           if ctx.config.where == 'carry' then coroutine.resume(ctx.global.co) while true do end end \
+           return e end \
+         function p.on_event(e, ctx) if ctx.config.where == 'on_event' then escape(ctx) while true do end end end \
+         return p"
+    );
+    let mut limits = Limits {
+        hook_wall: Duration::from_millis(300),
+        process_event_wall: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    limits.http.allow_private_addresses = true;
+    limits.http.allow_in_process_event = true;
+    for place in ["setup", "process_event", "on_event", "carry"] {
+        let (main, manifest, limits) = (main.clone(), manifest.clone(), limits.clone());
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On a thread of its own: a plugin that escapes its clock blocks its thread for
+        // good, and the test must still end.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let out = rt.block_on(async {
+                let config = json!({"where": place});
+                let kv = KeyValue::memory(10);
+                let source = source_with(&main, manifest);
+                let vm = Vm::new(&source, config.as_object().unwrap(), limits, Host::new(kv.clone(), kv)).await?;
+                match place {
+                    "on_event" => vm.run_hook(Hook::OnEvent, Some(&event())).await.map(|_| None),
+                    _ => vm.process_event(&event()).await,
+                }
+            });
+            let _ = tx.send(out);
+        });
+        // A liveness bound far above the limits: before, these ran until killed.
+        let out =
+            rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("{place}: still running after 20 s"));
+        assert!(matches!(out, Err(PluginError::Timeout { .. })), "{place}: {out:?}");
+        println!("{place}: stopped after {:?}", started.elapsed());
+    }
+}

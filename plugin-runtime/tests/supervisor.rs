@@ -242,3 +242,27 @@ async fn the_table_move_reproducer_does_not_take_the_host_down() {
     let next = s.process(1, &[10], events(1)).await;
     assert_eq!(next.output.events[0].succeeded, vec![10]);
 }
+
+/// A single C call reaches no interrupt (a quadratic plain `string.find`): the worker's
+/// watchdog aborts it from outside well before the supervisor's batch budget, and the
+/// plugin that was running is struck.
+#[tokio::test]
+async fn a_call_that_never_reaches_an_interrupt_is_ended_from_outside() {
+    let s = Supervisor::new(Settings { batch_base: Duration::from_secs(60), ..settings(3) });
+    let quadratic = "return { process_event = function(e) \
+        local s = string.rep('a', 4000000) local p = string.rep('a', 200000) .. 'b' \
+        string.find(s, p, 1, true) return e end }";
+    let mut limits = Limits { process_event_wall: Duration::from_millis(100), ..Limits::default() };
+    limits.process_event_ticks = u64::MAX;
+    let mut i = instance(40, quadratic);
+    i.limits = limits;
+    s.load(1, i).await.unwrap();
+    s.load(1, instance(10, TAG)).await.unwrap();
+    let started = std::time::Instant::now();
+    let out = s.process(1, &[40, 10], events(1)).await;
+    println!("ended after {:?}", started.elapsed());
+    assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
+    assert_eq!(out.strikes[0].id, 40);
+    assert!(out.strikes[0].reason.contains("exited"), "the worker aborted, not the batch budget: {:?}", out.strikes);
+    assert_eq!(out.output.events[0].event.as_ref().unwrap()["properties"]["tagged"], true);
+}
