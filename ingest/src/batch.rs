@@ -16,6 +16,7 @@ use serde_json::Value;
 use sluice_schema::CapturedEvent;
 
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::plugins::AfterPlugins;
 use crate::process::{self, DependencyDown, Deps, Outcome};
 use crate::telemetry;
 use crate::write::{ClickHouse, SourcedRow};
@@ -275,8 +276,14 @@ async fn run_plugins(
         logs.extend(applied.logs);
         for (i, event) in indices.into_iter().zip(applied.events) {
             parsed[i] = match event {
-                Some(c) => Parsed::Event(c),
-                None => Parsed::Dropped("plugin"),
+                AfterPlugins::Keep(c) => Parsed::Event(c),
+                AfterPlugins::Dropped => Parsed::Dropped("plugin"),
+                AfterPlugins::Dead(error) => Parsed::Dead(DeadLetter {
+                    stage: "plugins",
+                    error,
+                    error_class: "required_plugin",
+                    team_id: Some(team),
+                }),
             };
         }
     }

@@ -34,6 +34,8 @@ struct Link {
     id: i64,
     /// `name (id)`, as `$plugins_succeeded` lists it.
     label: String,
+    /// Its manifest says `required`: an event it did not process is not stored.
+    required: bool,
 }
 
 pub struct Plugins {
@@ -44,6 +46,9 @@ pub struct Plugins {
     limits: Limits,
     thresholds: HealthThresholds,
     chains: RwLock<HashMap<i64, Vec<Link>>>,
+    /// Teams with a required plugin that cannot run (disabled, or never loaded), and why:
+    /// their events are dead-lettered, not stored unprocessed.
+    blocked: RwLock<HashMap<i64, String>>,
     on_event_chains: RwLock<HashMap<i64, Vec<Link>>>,
     /// Instances with schedules but neither process_event nor on_event.
     scheduled_only: RwLock<std::collections::HashSet<i64>>,
@@ -65,10 +70,19 @@ struct Version {
     team: i64,
 }
 
+/// What became of one event in its team's chain.
+pub enum AfterPlugins {
+    Keep(CapturedEvent),
+    /// A plugin dropped it.
+    Dropped,
+    /// A required plugin did not process it: dead-lettered with this reason.
+    Dead(String),
+}
+
 /// What the chain did to a batch's events of one team.
 pub struct Applied {
-    /// Per event: its new version, or `None` when a plugin dropped it.
-    pub events: Vec<Option<CapturedEvent>>,
+    /// Per event, in order.
+    pub events: Vec<AfterPlugins>,
     /// Rows for ClickHouse `plugin_log_entries`.
     pub logs: Vec<Value>,
 }
@@ -129,6 +143,7 @@ impl Plugins {
                 failure_ratio: config.plugin_failure_ratio,
             },
             chains: RwLock::default(),
+            blocked: RwLock::default(),
             on_event_chains: RwLock::default(),
             scheduled_only: RwLock::default(),
             on_event_queue: tx,
@@ -244,8 +259,10 @@ impl Plugins {
         }
     }
 
+    /// Whether the team's events go through [`Plugins::apply`].
     pub fn has_chain(&self, team: i64) -> bool {
         self.chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
+            || self.blocked.read().expect("blocked lock").contains_key(&team)
     }
 
     /// Loads what changed since the last call and rebuilds the chains.
@@ -260,7 +277,13 @@ impl Plugins {
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
         let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();
         let mut scheduled_only = std::collections::HashSet::new();
+        let mut blocked: HashMap<i64, String> = HashMap::new();
         for row in rows {
+            let label = format!("{} ({})", row.manifest.name, row.id);
+            let required = row.manifest.required;
+            if row.enabled && required && row.status == "disabled" {
+                blocked.insert(row.team_id, format!("required plugin {label} is disabled"));
+            }
             if !row.enabled || row.status == "disabled" {
                 continue;
             }
@@ -304,9 +327,12 @@ impl Plugins {
             let Some(hooks) =
                 self.loaded.lock().expect("loaded lock").get(&row.id).filter(|l| l.running).map(|l| l.hooks.clone())
             else {
+                if required {
+                    blocked.insert(row.team_id, format!("required plugin {label} did not load"));
+                }
                 continue;
             };
-            let link = Link { id: row.id, label: format!("{} ({})", row.manifest.name, row.id) };
+            let link = Link { id: row.id, label, required };
             if hooks.iter().any(|h| h == "process_event") {
                 chains.entry(row.team_id).or_default().push(link.clone());
             }
@@ -317,6 +343,7 @@ impl Plugins {
             }
         }
         *self.scheduled_only.write().expect("lock") = scheduled_only;
+        *self.blocked.write().expect("blocked lock") = blocked;
         *self.chains.write().expect("chains lock") = chains;
         *self.on_event_chains.write().expect("chains lock") = on_event_chains;
         Ok(())
@@ -324,6 +351,12 @@ impl Plugins {
 
     /// Runs the team's chain over `events` (all of `team`).
     pub async fn apply(&self, team: i64, events: Vec<CapturedEvent>, flavor: Flavor) -> Applied {
+        if let Some(reason) = self.blocked.read().expect("blocked lock").get(&team).cloned() {
+            return Applied {
+                events: events.iter().map(|_| AfterPlugins::Dead(reason.clone())).collect(),
+                logs: Vec::new(),
+            };
+        }
         let chain = self.chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
         let inputs: Vec<Value> = events.iter().map(|e| to_plugin_event(e, team)).collect();
         let started = std::time::Instant::now();
@@ -371,15 +404,25 @@ impl Plugins {
             self.track_health(link.id, failed_now.get(&link.id), events.len()).await;
         }
 
+        let errors = &outcome.output.errors;
         let events = events
             .into_iter()
             .zip(outcome.output.events)
-            .map(|(mut captured, processed)| {
-                let event = processed.event?;
+            .enumerate()
+            .map(|(i, (mut captured, processed))| {
+                let missed = chain.iter().find(|l| l.required && processed.failed.contains(&l.id));
+                if let Some(link) = missed {
+                    let why = errors
+                        .iter()
+                        .find(|(id, at, _)| *id == link.id && *at == i)
+                        .map_or_else(|| "it could not run".to_string(), |(_, _, e)| e.to_string());
+                    return AfterPlugins::Dead(format!("required plugin {} did not process it: {why}", link.label));
+                }
+                let Some(event) = processed.event else { return AfterPlugins::Dropped };
                 let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(*id)).collect();
                 let failed: Vec<String> = processed.failed.iter().map(|id| label(*id)).collect();
                 from_plugin_event(&mut captured, &event, &succeeded, &failed);
-                Some(captured)
+                AfterPlugins::Keep(captured)
             })
             .collect();
         Applied { events, logs }
@@ -406,6 +449,15 @@ impl Plugins {
 
     async fn set_status(&self, id: i64, status: &str, reason: &str) {
         warn!(plugin_config = id, status, reason, "plugin state changed");
+        if status == "disabled" {
+            let chains = self.chains.read().expect("chains lock");
+            for (team, chain) in chains.iter() {
+                if let Some(link) = chain.iter().find(|l| l.id == id && l.required) {
+                    let why = format!("required plugin {} is disabled: {reason}", link.label);
+                    self.blocked.write().expect("blocked lock").insert(*team, why);
+                }
+            }
+        }
         let result = sqlx::query("UPDATE plugin_configs SET status = $2, status_reason = $3 WHERE id = $1")
             .bind(id)
             .bind(status)

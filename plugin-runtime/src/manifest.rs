@@ -21,6 +21,12 @@ pub struct Manifest {
     pub http: HttpManifest,
     #[serde(default)]
     pub schedule: Vec<Schedule>,
+    /// Events must not be stored unless this plugin processed them (a filter of personal
+    /// data, say): when it fails on an event, is disabled, or cannot run, ingest
+    /// dead-letters the event (`required_plugin`) instead of storing it unprocessed;
+    /// `dlq replay` brings those events back once the plugin works again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
     /// Limits the plugin asks for; each is capped by the operator's (see
     /// [`crate::limits::Limits::asked_by`]), so asking can only lower them.
     #[serde(default, skip_serializing_if = "AskedLimits::is_empty")]
