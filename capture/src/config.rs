@@ -135,7 +135,7 @@ pub struct Config {
     /// Memory all requests in flight may take together; a request that cannot get its
     /// share at once is answered 503 (SDKs retry). Capture's peak memory is about this
     /// plus the producer queue (`KAFKA_QUEUE_MAX_KBYTES`) plus 30 MiB.
-    #[arg(long, env = "MEMORY_BUDGET_BYTES", default_value_t = 160 * 1024 * 1024)]
+    #[arg(long, env = "MEMORY_BUDGET_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub memory_budget_bytes: usize,
     /// Time allowed to read a request's headers.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]

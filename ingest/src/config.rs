@@ -287,6 +287,12 @@ pub struct Config {
     pub plugin_degrade_after_failures: u32,
     #[arg(long, env = "PLUGIN_DISABLE_AFTER_FAILURES", default_value_t = 100, global = true)]
     pub plugin_disable_after_failures: u32,
+    /// Keys one plugin configuration may keep in its cache, and again in its storage.
+    #[arg(long, env = "PLUGIN_STORE_MAX_KEYS", default_value_t = 10_000, global = true)]
+    pub plugin_store_max_keys: usize,
+    /// Bytes (keys and values) one plugin configuration may keep in its cache, and again in its storage.
+    #[arg(long, env = "PLUGIN_STORE_MAX_BYTES", default_value_t = 16 << 20, global = true)]
+    pub plugin_store_max_bytes: usize,
     /// Share of a plugin's recent calls that must fail for it to be degraded or disabled.
     #[arg(long, env = "PLUGIN_FAILURE_RATIO", default_value_t = 0.5, global = true)]
     pub plugin_failure_ratio: f64,

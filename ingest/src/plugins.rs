@@ -109,6 +109,11 @@ impl Plugins {
             process_event_ticks: config.plugin_process_event_ticks,
             hook_wall: Duration::from_millis(config.plugin_hook_timeout_ms),
             hook_io: Duration::from_millis(config.plugin_hook_io_ms),
+            store: sluice_plugin_runtime::kv::Quota {
+                keys: config.plugin_store_max_keys,
+                bytes: config.plugin_store_max_bytes,
+                ..Default::default()
+            },
             ..Limits::default()
         };
         limits.http.allow_private_addresses = config.plugin_http_allow_private;

@@ -28,6 +28,9 @@ pub struct Limits {
     pub log_lines_per_minute: u32,
     /// Largest value `cache.set` / `storage.set` accept.
     pub value_bytes: usize,
+    /// What one plugin configuration may keep in its cache, and again in its storage.
+    #[serde(default)]
+    pub store: crate::kv::Quota,
     /// Largest event `process_event` may return, as JSON.
     #[serde(default = "default_event_bytes")]
     pub event_bytes: usize,
@@ -59,6 +62,7 @@ impl Default for Limits {
             log_line_bytes: 1024,
             log_lines_per_minute: 600,
             value_bytes: 64 << 10,
+            store: crate::kv::Quota::default(),
             event_bytes: default_event_bytes(),
             http: HttpLimits {
                 timeout: Duration::from_secs(5),

@@ -142,8 +142,12 @@ impl Stores {
 }
 
 async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
-    let host = Host::new(stores.cache.for_plugin_config(instance.id), stores.storage.for_plugin_config(instance.id))
-        .with_geoip(stores.geoip.clone());
+    let quota = instance.limits.store;
+    let host = Host::new(
+        stores.cache.for_plugin_config(instance.id, quota),
+        stores.storage.for_plugin_config(instance.id, quota),
+    )
+    .with_geoip(stores.geoip.clone());
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 

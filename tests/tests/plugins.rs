@@ -746,3 +746,53 @@ fn a_required_plugin_is_never_skipped_and_deep_events_do_not_disable_it() {
     let stored = clickhouse_rows(&format!("SELECT event FROM {} WHERE event = 'after'", ingest.table("events")));
     assert!(stored.is_empty(), "stored without its required plugin");
 }
+
+/// The same quota checks against a plugin configuration's store on each real backend.
+async fn quota_holds(a: &sluice_plugin_runtime::KeyValue, b: &sluice_plugin_runtime::KeyValue, lists: bool) {
+    use sluice_plugin_runtime::kv::KvError;
+    for k in ["k1", "k2", "k3"] {
+        a.set(k, "v", None).await.unwrap();
+    }
+    assert!(matches!(a.set("k4", "v", None).await, Err(KvError::Quota(_))), "a fourth key");
+    a.set("k1", "replaced", None).await.unwrap();
+    assert!(matches!(a.set("k2", &"x".repeat(2_000), None).await, Err(KvError::Quota(_))), "over the bytes");
+    assert!(matches!(a.set(&"k".repeat(100), "v", None).await, Err(KvError::Quota(_))), "key too long");
+    b.set("k4", "v", None).await.unwrap();
+    a.del("k1").await.unwrap();
+    a.set("k4", "v", None).await.unwrap();
+    assert_eq!(a.get("k4").await.unwrap().as_deref(), Some("v"));
+    if lists {
+        // Expired keys stop counting; lists count their items.
+        a.set("k2", "v", Some(Duration::from_millis(20))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        a.set("k5", "v", None).await.unwrap();
+        a.del("k5").await.unwrap();
+        for _ in 0..10 {
+            b.lpush("l", &"x".repeat(99)).await.unwrap();
+        }
+        assert!(matches!(b.lpush("l", &"x".repeat(99)).await, Err(KvError::Quota(_))));
+        assert_eq!(b.llen("l").await.unwrap(), 10);
+    }
+}
+
+#[test]
+fn plugin_store_quotas_hold_on_redis_and_postgres() {
+    use sluice_plugin_runtime::kv::Quota;
+    use sluice_plugin_runtime::KeyValue;
+    let quota = Quota { keys: 3, bytes: 1_000, key_bytes: 64 };
+    let db = Database::create("plugins_quota");
+    db.run(&["migrate"]);
+    let (team, _) = db.team("quota");
+    let first = install(&db, &plugin_dir("q1", json!({"name": "q1"}), DROPPER), team, &[]);
+    let second = install(&db, &plugin_dir("q2", json!({"name": "q2"}), DROPPER), team, &[]);
+    sluice_tests::block_on(async {
+        let client = redis::Client::open(sluice_tests::redis_url()).unwrap();
+        let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let cache = KeyValue::redis(redis, &format!("{}/", unique("quota")));
+        quota_holds(&cache.for_plugin_config(1, quota), &cache.for_plugin_config(2, quota), true).await;
+
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let storage = KeyValue::postgres(pool);
+        quota_holds(&storage.for_plugin_config(first, quota), &storage.for_plugin_config(second, quota), false).await;
+    });
+}
