@@ -13,12 +13,15 @@ injects, in a seeded order with every kind at least once:
   only for servers that script started), and a proxy cutting ClickHouse for 20 s.
 At the end it waits for every lane to catch up and prints a table: sent, acknowledged,
 found exactly once in ClickHouse (FINAL), dead-lettered, LOST (acknowledged, in
-neither), duplicates under FINAL, duplicate rows before merge, persons check, max lag,
-peak RSS per process kind. It exits non-zero when anything was lost or duplicated under
-FINAL, or a person check failed.
+neither), duplicates under FINAL, duplicate rows before merge, persons check (every
+distinct id on one person, every identify merged, and the same persons as one ingest
+process per lane makes when it replays the same topics from the start into a database of
+its own), max lag, peak RSS per process kind. It exits non-zero when anything was lost or
+duplicated under FINAL, or a person check failed.
 
 Settings (environment): CHAOS_SECONDS (traffic duration, 120), CHAOS_RATE (events/s over
-all SDK clients, 400), CHAOS_SEED, CHAOS_BIN (binaries), CHAOS_OUT (work dir).
+all SDK clients, 400), CHAOS_SEED, CHAOS_BIN (binaries), CHAOS_OUT (work dir),
+CHAOS_COMPARE_SINGLE (0 skips the single-process replay).
 """
 import json
 import os
@@ -347,7 +350,7 @@ def dead_lettered(kafka_port):
     return found
 
 
-def lag(kafka_port):
+def lag(kafka_port, group_prefix="sluice-ingest-"):
     """Messages not yet committed by each lane's group, summed over partitions.
 
     Read through the admin API (OffsetFetch only): a consumer carrying the lanes' group id,
@@ -362,7 +365,7 @@ def lag(kafka_port):
     try:
         for lane, topic in LANES.items():
             parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            request = ConsumerGroupTopicPartitions(f"sluice-ingest-{lane}", parts)
+            request = ConsumerGroupTopicPartitions(f"{group_prefix}{lane}", parts)
             answer = admin.list_consumer_group_offsets([request], request_timeout=10)
             committed = list(answer.values())[0].result(timeout=15).topic_partitions
             n = 0
@@ -591,18 +594,15 @@ def main():
     dup_final = sum(1 for n in final.values() if n > 1)
     bad_missing = [u for u in bad if u not in dead]
 
-    # Persons: every distinct id on exactly one person; every identify merged.
-    team = re.search(r"^\s*(\d+)", created)
+    # Persons: every distinct id on exactly one person; every identify merged; the same
+    # persons as one process per lane makes of the same messages.
     persons_ok, persons_detail = True, []
-    psql = ["psql", DATABASE_URL, "-tA", "-c"]
-    q = ("SELECT d.distinct_id, d.person_id FROM person_distinct_ids d JOIN teams t ON t.id = d.team_id "
-         f"WHERE t.api_token = '{token}'")
-    r = subprocess.run(psql + [q], capture_output=True, text=True)
-    owner = {}
-    for line in r.stdout.splitlines():
-        if "|" in line:
-            d, p = line.split("|")
-            owner.setdefault(d, set()).add(p)
+    owner, groups = {}, set()
+    try:
+        owner, groups = person_groups(DATABASE_URL, token)
+    except RuntimeError as e:
+        persons_ok = False
+        persons_detail.append(str(e))
     multi = [d for d, ps in owner.items() if len(ps) != 1]
     if multi:
         persons_ok = False
@@ -611,9 +611,21 @@ def main():
     if unmerged:
         persons_ok = False
         persons_detail.append(f"{len(unmerged)} of {len(merges)} identifies not merged, e.g. {unmerged[:3]}")
-    if r.returncode != 0:
-        persons_ok = False
-        persons_detail.append(r.stderr.strip())
+    same_as_single = "not compared (CHAOS_COMPARE_SINGLE=0)"
+    if os.environ.get("CHAOS_COMPARE_SINGLE", "1") != "0":
+        say("replaying every lane through one ingest process per lane, to compare persons")
+        try:
+            _, reference = single_process_persons(env, ingest_bin, kafka_port, token)
+            differ = groups ^ reference
+            same_as_single = (f"same {len(groups)} persons" if not differ
+                              else f"DIFFERENT: {len(groups - reference)} here, {len(reference - groups)} there")
+            if differ:
+                persons_ok = False
+                persons_detail.append(f"persons differ from the single-process run ({len(differ)} groups)")
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            persons_ok = False
+            same_as_single = f"FAILED: {e}"
+            persons_detail.append(f"single-process run failed: {e}")
 
     stop_all()
     kinds = sorted({k for _, k, _ in done if k != "broker_recovered"})
@@ -634,6 +646,7 @@ def main():
         ("persons", "ok: every distinct id on one person, every identify merged" if persons_ok
          else "FAILED: " + "; ".join(persons_detail)),
         ("merges expected", len(merges)),
+        ("persons vs a single-process replay", same_as_single),
         ("max lag (messages, all lanes)", max_lag),
     ] + [(f"peak RSS {k}", f"{v / 1024:.0f} MiB") for k, v in sorted(Proc.peaks.items())]
     width = max(len(k) for k, _ in table)
@@ -652,6 +665,58 @@ def main():
         print(f"{len(bad_missing)} injected bad messages not dead-lettered")
     print("chaos: FAILED" if failed else "chaos: passed")
     return 1 if failed else 0
+
+
+def person_groups(database_url, token):
+    """The team's persons as sets of distinct ids, and each distinct id's persons."""
+    q = ("SELECT d.distinct_id, d.person_id FROM person_distinct_ids d JOIN teams t ON t.id = d.team_id "
+         f"WHERE t.api_token = '{token}'")
+    r = subprocess.run(["psql", database_url, "-tA", "-c", q], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip())
+    owner, members = {}, {}
+    for line in r.stdout.splitlines():
+        if "|" in line:
+            d, p = line.split("|")
+            owner.setdefault(d, set()).add(p)
+            members.setdefault(p, set()).add(d)
+    return owner, {frozenset(m) for m in members.values()}
+
+
+def single_process_persons(env, ingest_bin, kafka_port, token):
+    """Replays every lane's topic, from the start, through one ingest process per lane
+    into a database of its own, and returns its persons: the reference the many-process
+    run must agree with."""
+    name = f"chaos_{SEED}_single"
+    base = DATABASE_URL.rsplit("/", 1)[0]
+    admin = ["psql", DATABASE_URL, "-tA", "-c"]
+    subprocess.run(admin + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+    subprocess.run(admin + [f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    url = f"{base}/{name}"
+    single = dict(env, DATABASE_URL=url, CLICKHOUSE_DATABASE=name, REDIS_KEY_PREFIX=f"chaos-{SEED}-single/")
+    subprocess.run([ingest_bin, "migrate"], env=single, check=True, capture_output=True)
+    subprocess.run([ingest_bin, "teams", "create", "--name", "single"], env=single, check=True, capture_output=True)
+    subprocess.run(["psql", url, "-tA", "-c", f"UPDATE teams SET api_token = '{token}'"], check=True,
+                   capture_output=True)
+    procs = []
+    for lane in LANES:
+        e = dict(single, LANE=lane, ADDRESS=f"127.0.0.1:{free_port()}", KAFKA_GROUP_ID=f"chaos-single-{SEED}-{lane}")
+        procs.append(Proc("ingest-single", f"ingest-single-{lane}", [ingest_bin], e))
+    PROCS.extend(procs)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        time.sleep(2)
+        try:
+            lags = lag(kafka_port, f"chaos-single-{SEED}-")
+        except Exception:  # noqa: BLE001 - the groups may not exist yet
+            continue
+        if len(lags) == len(LANES) and sum(lags.values()) == 0:
+            break
+    else:
+        say("the single-process replay did not catch up")
+    for p in procs:
+        p.stop(signal.SIGTERM)
+    return person_groups(url, token)
 
 
 def interrupted(signum, _frame):
