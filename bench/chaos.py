@@ -53,6 +53,9 @@ TOPICS = list(LANES.values()) + ["session_recording_snapshot_item_events",
                                  "session_recording_snapshot_item_overflow", "events_dead_letter_queue"]
 DLQ = "events_dead_letter_queue"
 BROKER_STORAGE = os.environ.get("CHAOS_BROKER_STORAGE", "sqlite")
+# How long the single-process replay may take to catch up before the comparison is
+# reported as not made.
+REPLAY_SECONDS = int(os.environ.get("CHAOS_REPLAY_SECONDS", "600"))
 
 rng = random.Random(SEED)
 started_at = time.time()
@@ -115,7 +118,7 @@ class Proc:
 
     def start(self):
         self.p = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
-                                  cwd=self.cwd)
+                                  cwd=self.cwd, preexec_fn=die_with_parent)
 
     def sample(self):
         if self.p and self.p.poll() is None:
@@ -140,6 +143,14 @@ class Proc:
 
 PROCS = []
 NODES = []
+
+
+def die_with_parent():
+    """In the child: SIGKILL when the harness dies, however it dies, so a crashed run
+    leaves no processes behind (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def stop_all():
@@ -356,29 +367,56 @@ def lag(kafka_port, group_prefix="sluice-ingest-"):
     Read through the admin API (OffsetFetch only): a consumer carrying the lanes' group id,
     even one that never subscribes, kept those groups rebalancing on Tansu, so the lanes
     never caught up while the harness watched them."""
+
+    try:
+        return lag_of(kafka_port, group_prefix)
+    except Exception:
+        # Clients that failed (a broker restart can leave them stuck) are replaced, and
+        # kept: destroying one with a request pending aborts the process (below).
+        _RETIRED.append(_CLIENTS.pop(kafka_port, None))
+        raise
+
+
+def lag_of(kafka_port, group_prefix):
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    admin, reader = kafka_clients(kafka_port)
+    total = {}
+    for lane, topic in LANES.items():
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        request = ConsumerGroupTopicPartitions(f"{group_prefix}{lane}", parts)
+        answer = admin.list_consumer_group_offsets([request], request_timeout=10)
+        committed = list(answer.values())[0].result(timeout=15).topic_partitions
+        n = 0
+        for p in committed:
+            high = reader.get_watermark_offsets(TopicPartition(topic, p.partition), timeout=10)[1]
+            # Tansu 0.6's memory engine reports the high watermark as the last
+            # batch's base offset + 1, so a group can be past it; the tail of that
+            # batch is waited for below, by ClickHouse settling.
+            n += max(0, high - max(p.offset, 0))
+        total[lane] = n
+    return total
+
+
+_CLIENTS = {}
+_RETIRED = []
+
+
+def kafka_clients(kafka_port):
+    """One admin client and one watermark reader for the whole run: librdkafka aborts the
+    process (`rd_kafka_enq_once_del_source_return`) when a client is destroyed while an
+    admin request of its own is still pending, which a client per probe did."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "log_level": 2})
-    reader = watermark_reader(kafka_port)
-    total = {}
-    try:
-        for lane, topic in LANES.items():
-            parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            request = ConsumerGroupTopicPartitions(f"{group_prefix}{lane}", parts)
-            answer = admin.list_consumer_group_offsets([request], request_timeout=10)
-            committed = list(answer.values())[0].result(timeout=15).topic_partitions
-            n = 0
-            for p in committed:
-                high = reader.get_watermark_offsets(TopicPartition(topic, p.partition), timeout=10)[1]
-                # Tansu 0.6's memory engine reports the high watermark as the last
-                # batch's base offset + 1, so a group can be past it; the tail of that
-                # batch is waited for below, by ClickHouse settling.
-                n += max(0, high - max(p.offset, 0))
-            total[lane] = n
-    finally:
-        reader.close()
-    return total
+    # Renewed every half minute as well: after broker restarts a client was seen to go on
+    # answering without error but never seeing the lanes catch up.
+    held = _CLIENTS.get(kafka_port)
+    if held and time.time() - held[2] > 30:
+        _RETIRED.append(_CLIENTS.pop(kafka_port))
+    if kafka_port not in _CLIENTS:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "log_level": 2})
+        _CLIENTS[kafka_port] = (admin, watermark_reader(kafka_port), time.time())
+    return _CLIENTS[kafka_port][:2]
 
 
 def watermark_reader(kafka_port):
@@ -527,7 +565,7 @@ def main():
         host = f"http://127.0.0.1:{captures[(i + 1) % 2].port}"
         NODES.append(subprocess.Popen(["node", "chaos.mjs", host, token, f"js{i}", str(count), str(per_client), out],
                                       cwd=node_dir, stdout=open(os.path.join(OUT, f"node-{i}.log"), "wb"),
-                                      stderr=subprocess.STDOUT))
+                                      stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
     merges = merges_of("py0", count, True) + merges_of("py1", count, True) + merges_of("py2", count, True) \
         + merges_of("js0", count, False) + merges_of("js1", count, False)
 
@@ -625,13 +663,19 @@ def main():
     if os.environ.get("CHAOS_COMPARE_SINGLE", "1") != "0":
         say("replaying every lane through one ingest process per lane, to compare persons")
         try:
-            _, reference = single_process_persons(env, ingest_bin, kafka_port, token)
+            replayed = single_process_persons(env, ingest_bin, kafka_port, token)
+            if replayed is None:
+                # The broker, not Sluice: say so in the table rather than fail the run.
+                raise TimeoutError(f"the replay did not catch up within {REPLAY_SECONDS} s")
+            _, reference = replayed
             differ = groups ^ reference
             same_as_single = (f"same {len(groups)} persons" if not differ
                               else f"DIFFERENT: {len(groups - reference)} here, {len(reference - groups)} there")
             if differ:
                 persons_ok = False
                 persons_detail.append(f"persons differ from the single-process run ({len(differ)} groups)")
+        except TimeoutError as e:
+            same_as_single = f"not compared: {e}"
         except (RuntimeError, subprocess.CalledProcessError) as e:
             persons_ok = False
             same_as_single = f"FAILED: {e}"
@@ -713,19 +757,19 @@ def single_process_persons(env, ingest_bin, kafka_port, token):
         e = dict(single, LANE=lane, ADDRESS=f"127.0.0.1:{free_port()}", KAFKA_GROUP_ID=f"chaos-single-{SEED}-{lane}")
         procs.append(Proc("ingest-single", f"ingest-single-{lane}", [ingest_bin], e))
     PROCS.extend(procs)
-    deadline = time.time() + 900
-    while time.time() < deadline:
+    deadline = time.time() + REPLAY_SECONDS
+    caught_up = False
+    while time.time() < deadline and not caught_up:
         time.sleep(2)
         try:
             lags = lag(kafka_port, f"chaos-single-{SEED}-")
         except Exception:  # noqa: BLE001 - the groups may not exist yet
             continue
-        if len(lags) == len(LANES) and sum(lags.values()) == 0:
-            break
-    else:
-        say("the single-process replay did not catch up")
+        caught_up = len(lags) == len(LANES) and sum(lags.values()) == 0
     for p in procs:
         p.stop(signal.SIGTERM)
+    if not caught_up:
+        return None
     return person_groups(url, token)
 
 

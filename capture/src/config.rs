@@ -61,7 +61,7 @@ pub struct Config {
 
     // --- Redis -----------------------------------------------------------------
     /// Redis holding quota limits and overflow lists; capture fails open without it.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of the Redis keys (`<prefix>quota-limits/events`, `<prefix>capture-overflow/replay`, ...).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
@@ -82,7 +82,12 @@ pub struct Config {
     #[arg(long, env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
     pub team_token_check: bool,
     /// Postgres holding the teams.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/sluice"
+    )]
     pub database_url: String,
     /// Query returning every valid token in its first column.
     #[arg(long, env = "TEAM_TOKEN_QUERY", default_value = "SELECT api_token FROM teams")]

@@ -13,7 +13,9 @@ pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(&config.database_url)
         .await
-        .with_context(|| format!("cannot connect to Postgres at DATABASE_URL={}", config.database_url))
+        .with_context(|| {
+            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_schema::redact::url(&config.database_url))
+        })
 }
 
 /// ClickHouse for an operator command.
@@ -25,7 +27,9 @@ pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
         config.clickhouse_compression,
     )
     .await
-    .with_context(|| format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", config.clickhouse_url))
+    .with_context(|| {
+        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_schema::redact::url(&config.clickhouse_url))
+    })
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -215,7 +215,13 @@ pub struct Config {
     pub batch_concurrency: usize,
 
     /// Postgres holding teams (and persons).
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/sluice", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/sluice",
+        global = true
+    )]
     pub database_url: String,
     /// Most Postgres connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, global = true)]
@@ -235,7 +241,7 @@ pub struct Config {
     pub restrict_skip_persons: String,
 
     /// Redis holding restrictions set at run time; empty for none.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379", global = true)]
     pub redis_url: String,
     /// Prefix of the Redis keys (`<prefix>ingest-restrictions/drop-events`, `.../skip-persons`).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/", global = true)]
@@ -251,7 +257,13 @@ pub struct Config {
     pub redis_stale_after_ms: u64,
 
     /// ClickHouse HTTP interface.
-    #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123", global = true)]
+    #[arg(
+        long,
+        env = "CLICKHOUSE_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8123",
+        global = true
+    )]
     pub clickhouse_url: String,
     /// ClickHouse database holding Sluice's tables.
     #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "sluice", global = true)]
