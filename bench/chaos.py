@@ -366,21 +366,23 @@ def lag(kafka_port, group_prefix="sluice-ingest-"):
 
     Read through the admin API (OffsetFetch only): a consumer carrying the lanes' group id,
     even one that never subscribes, kept those groups rebalancing on Tansu, so the lanes
-    never caught up while the harness watched them."""
-
-    try:
-        return lag_of(kafka_port, group_prefix)
-    except Exception:
-        # Clients that failed (a broker restart can leave them stuck) are replaced, and
-        # kept: destroying one with a request pending aborts the process (below).
-        _RETIRED.append(_CLIENTS.pop(kafka_port, None))
-        raise
+    never caught up while the harness watched them. Each probe runs in a process of its
+    own: librdkafka's admin client aborted the whole harness twice
+    (`rd_kafka_enq_once_del_source_return: Assertion eonce->refcnt > 0`), and a client
+    kept across broker restarts went stale."""
+    probe = subprocess.run([sys.executable, os.path.abspath(__file__), "--lag", str(kafka_port), group_prefix],
+                           capture_output=True, text=True, timeout=90)
+    if probe.returncode != 0:
+        raise RuntimeError(f"lag probe failed ({probe.returncode}): {probe.stderr.strip()[-300:]}")
+    return json.loads(probe.stdout)
 
 
 def lag_of(kafka_port, group_prefix):
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
 
-    admin, reader = kafka_clients(kafka_port)
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "log_level": 2})
+    reader = watermark_reader(kafka_port)
     total = {}
     for lane, topic in LANES.items():
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -390,33 +392,12 @@ def lag_of(kafka_port, group_prefix):
         n = 0
         for p in committed:
             high = reader.get_watermark_offsets(TopicPartition(topic, p.partition), timeout=10)[1]
-            # Tansu 0.6's memory engine reports the high watermark as the last
-            # batch's base offset + 1, so a group can be past it; the tail of that
-            # batch is waited for below, by ClickHouse settling.
+            # Tansu 0.6's memory engine can report the high watermark below the log end,
+            # so a group can be past it; the tail is waited for below, by ClickHouse
+            # settling.
             n += max(0, high - max(p.offset, 0))
         total[lane] = n
     return total
-
-
-_CLIENTS = {}
-_RETIRED = []
-
-
-def kafka_clients(kafka_port):
-    """One admin client and one watermark reader for the whole run: librdkafka aborts the
-    process (`rd_kafka_enq_once_del_source_return`) when a client is destroyed while an
-    admin request of its own is still pending, which a client per probe did."""
-    from confluent_kafka.admin import AdminClient
-
-    # Renewed every half minute as well: after broker restarts a client was seen to go on
-    # answering without error but never seeing the lanes catch up.
-    held = _CLIENTS.get(kafka_port)
-    if held and time.time() - held[2] > 30:
-        _RETIRED.append(_CLIENTS.pop(kafka_port))
-    if kafka_port not in _CLIENTS:
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}", "log_level": 2})
-        _CLIENTS[kafka_port] = (admin, watermark_reader(kafka_port), time.time())
-    return _CLIENTS[kafka_port][:2]
 
 
 def watermark_reader(kafka_port):
@@ -777,7 +758,12 @@ def interrupted(signum, _frame):
     raise SystemExit(f"interrupted by signal {signum}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["--lag"]:
+    # One lag probe, in a process of its own (see `lag`).
+    print(json.dumps(lag_of(int(sys.argv[2]), sys.argv[3])))
+    sys.stdout.flush()
+    os._exit(0)
+elif __name__ == "__main__":
     signal.signal(signal.SIGTERM, interrupted)
     try:
         code = main()
