@@ -18,7 +18,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -200,7 +200,7 @@ async fn read_chunks(
     memory: &mut Reservation,
 ) -> Result<Bytes, CaptureError> {
     let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
+    let mut rest: Vec<u8> = Vec::new();
     loop {
         let frame = match tokio::time::timeout(chunk_timeout, body.frame()).await {
             Err(_) => return Err(CaptureError::BodyTimeout),
@@ -222,8 +222,9 @@ async fn read_chunks(
                 first = Some(data)
             }
             _ => {
-                // The first frame is copied into the buffer, which may double as it grows.
-                memory.hold(data.len() + first.as_ref().map_or(0, Bytes::len) + rest.len())?;
+                // Later frames are gathered in a buffer that grows only into reserved memory.
+                let pending = first.as_ref().map_or(0, Bytes::len);
+                memory.make_room(&mut rest, pending + data.len())?;
                 if let Some(f) = first.take() {
                     rest.extend_from_slice(&f);
                 }
@@ -231,7 +232,7 @@ async fn read_chunks(
             }
         }
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
 async fn liveness(State(state): State<Arc<AppState>>) -> Response {
@@ -400,5 +401,24 @@ pub async fn serve(
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(drain_timeout, connections.acquire_many(all)).await.is_err() {
         warn!("drain timeout reached with connections still open");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body in many frames reserves about what its buffer takes (it grows by doubling),
+    /// not a fresh copy of the buffer for every frame.
+    #[tokio::test]
+    async fn a_body_in_many_frames_reserves_what_its_buffer_takes() {
+        let frames: Vec<Result<Bytes, std::io::Error>> =
+            (0..160).map(|_| Ok(Bytes::from(vec![b'x'; 64 * 1024]))).collect();
+        let body = Body::from_stream(futures::stream::iter(frames));
+        let budget = MemoryBudget::new(1 << 30, 64 << 20);
+        let mut memory = budget.reservation();
+        let read = read_chunks(body, 20 << 20, Duration::from_secs(5), &mut memory).await.unwrap();
+        assert_eq!(read.len(), 10 << 20);
+        assert!(memory.held() <= 2 * (10 << 20) + (64 << 10), "{} held for 10 MiB", memory.held());
     }
 }
