@@ -437,12 +437,12 @@ impl Plugins {
     /// the rate, so a plugin that still succeeds now and then is not healthy for it.
     async fn track_health(&self, id: i64, failed: Option<&(u32, String)>, calls: usize) {
         let failed_calls = failed.map_or(0, |(k, _)| *k as u64);
-        let verdict = {
+        let (verdict, (recent_failed, recent_calls)) = {
             let mut failures = self.failures.lock().expect("failures lock");
-            failures.entry(id).or_default().record(failed_calls, calls as u64, &self.thresholds)
+            let health = failures.entry(id).or_default();
+            (health.record(failed_calls, calls as u64, &self.thresholds), health.counts())
         };
         let (Some(status), Some((_, last))) = (verdict, failed) else { return };
-        let (recent_failed, recent_calls) = self.failures.lock().expect("failures lock")[&id].counts();
         let reason = format!("{recent_failed} of the last {recent_calls} calls failed; last: {last}");
         self.set_status(id, status, &reason).await;
         if status == "disabled" {

@@ -418,15 +418,19 @@ impl State {
     }
 
     fn put(&mut self, namespace: &str, quota: Option<Quota>, key: String, entry: Entry, expires: Option<Instant>) {
+        let old = self.entries.get(&key).map(|(e, _)| e.bytes());
+        self.account(namespace, quota, &key, old, entry.bytes());
+        self.entries.insert(key, (entry, expires));
+    }
+
+    /// Books a key's value going from `old` bytes (`None`: a new key) to `new`.
+    fn account(&mut self, namespace: &str, quota: Option<Quota>, key: &str, old: Option<usize>, new: usize) {
         if quota.is_some() {
             let own = key.len().saturating_sub(namespace.len());
-            let added = own + entry.bytes();
-            let old = self.entries.get(&key).map(|(e, _)| own + e.bytes());
             let u = self.usage.entry(namespace.to_string()).or_default();
             u.keys += usize::from(old.is_none());
-            u.bytes = u.bytes - old.unwrap_or(0) + added;
+            u.bytes = u.bytes - old.map_or(0, |b| own + b) + own + new;
         }
-        self.entries.insert(key, (entry, expires));
     }
 }
 
@@ -506,20 +510,18 @@ impl Memory {
         if state.live(&key).is_none() {
             state.forget(namespace, &key);
         }
-        let (mut items, expires) = match state.entries.get(&key) {
+        let old = match state.entries.get(&key) {
             Some((Entry::Text(_), _)) => return Err(KvError::NotAList(key)),
-            Some((Entry::List(items), expires)) => (items.clone(), *expires),
-            None => (VecDeque::new(), None),
+            Some((entry, _)) => Some(entry.bytes()),
+            None => None,
         };
+        let new = old.unwrap_or(0) + value.len();
+        state.fits(namespace, quota, &key, new)?;
+        state.account(namespace, quota, &key, old, new);
+        let (entry, _) = state.entries.entry(key).or_insert_with(|| (Entry::List(VecDeque::new()), None));
+        let Entry::List(items) = entry else { unreachable!("a text entry was refused above") };
         items.push_front(value.to_string());
-        let entry = Entry::List(items);
-        state.fits(namespace, quota, &key, entry.bytes())?;
-        let n = match &entry {
-            Entry::List(items) => items.len() as i64,
-            Entry::Text(_) => 0,
-        };
-        state.put(namespace, quota, key, entry, expires);
-        Ok(n)
+        Ok(items.len() as i64)
     }
 }
 

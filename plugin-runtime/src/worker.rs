@@ -52,7 +52,7 @@ pub async fn serve() -> std::io::Result<()> {
                 write_frame(&mut output, &Response::Unloaded { id }).await?;
             }
             Request::Process { chain, events } => {
-                let mut batch = Batch::read(&events, &chain);
+                let mut batch = Batch::read(events, &chain);
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     let started = std::time::Instant::now();
@@ -63,7 +63,7 @@ pub async fn serve() -> std::io::Result<()> {
                 write_frame(&mut output, &Response::Processed(batch.write())).await?;
             }
             Request::OnEvent { chain, events, attempts } => {
-                let batch = Batch::read(&events, &chain);
+                let batch = Batch::read(events, &chain);
                 let mut out = WireOutput::default();
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
@@ -165,20 +165,16 @@ impl Batch {
     /// An event the worker cannot read (the supervisor only sends what it read itself,
     /// so this is a defect, not a plugin's doing) goes back as it came, failed by every
     /// instance of the chain, and no plugin sees it.
-    fn read(events: &[String], chain: &[i64]) -> Batch {
+    fn read(events: Vec<String>, chain: &[i64]) -> Batch {
         let mut out = ChainOutput::default();
-        for text in events {
+        for text in &events {
             let processed = match serde_json::from_str::<Value>(text) {
                 Ok(v) => ProcessedEvent { event: Some(v), succeeded: Vec::new(), failed: Vec::new() },
                 Err(_) => ProcessedEvent { event: None, succeeded: Vec::new(), failed: chain.to_vec() },
             };
             out.events.push(processed);
         }
-        Batch {
-            out,
-            sizes: events.iter().map(String::len).collect(),
-            texts: events.iter().cloned().map(Some).collect(),
-        }
+        Batch { out, sizes: events.iter().map(String::len).collect(), texts: events.into_iter().map(Some).collect() }
     }
 
     fn write(self) -> WireOutput {
