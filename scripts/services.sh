@@ -85,6 +85,8 @@ install_missing() {
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v clickhouse-server >/dev/null || pkgs+=(clickhouse-server clickhouse-client)
   command -v curl >/dev/null || pkgs+=(curl)
+  # The TLS tests put stunnel in front of a Tansu broker (tests/src/tls.rs).
+  command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || pkgs+=(stunnel4)
   if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   if [ -z "$TANSU" ] || { [ "$TANSU" = "$HOME/.cargo/bin/tansu" ] && ! tansu_has_features; }; then
     # Built once (15-20 minutes on 2 cores), then reused from ~/.cargo/bin.

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use sluice_connect::kafka::KafkaSecurity;
+use sluice_connect::redis::RedisTls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -58,11 +60,17 @@ pub struct Config {
     /// librdkafka debug contexts (e.g. `broker,msg,eos`), empty for none.
     #[arg(long, env = "KAFKA_DEBUG", default_value = "")]
     pub kafka_debug: String,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurity,
 
     // --- Redis -----------------------------------------------------------------
-    /// Redis holding quota limits and overflow lists; capture fails open without it.
+    /// Redis holding quota limits and overflow lists (rediss:// for TLS; or a file holding
+    /// the URL, named by REDIS_URL_FILE). Capture fails open while Redis cannot be read;
+    /// empty turns the lists off.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub redis_tls: RedisTls,
     /// Prefix of the Redis keys (`<prefix>quota-limits/events`, `<prefix>capture-overflow/replay`, ...).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
     pub redis_key_prefix: String,
@@ -81,7 +89,8 @@ pub struct Config {
     /// Fails open: while the list cannot be read, every well-formed token is accepted.
     #[arg(long, env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
     pub team_token_check: bool,
-    /// Postgres holding the teams.
+    /// Postgres holding the teams (`sslmode`, `sslrootcert` in the URL for TLS; or a file
+    /// holding the URL, named by DATABASE_URL_FILE).
     #[arg(
         long,
         env = "DATABASE_URL",

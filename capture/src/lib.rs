@@ -69,6 +69,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let health = Health::new(Config::ms(config.liveness_stall_ms));
     health.tick_server();
     let metrics = telemetry::metrics_handle();
+    // Every connection setting is checked before anything connects: one that cannot be
+    // honoured stops capture here, naming it.
+    let redis = match config.redis_url.as_str() {
+        "" => None,
+        url => Some(sluice_connect::redis::client(url, &config.redis_tls)?),
+    };
+    let team_database = match config.team_token_check {
+        true => Some(sluice_connect::postgres::options(&config.database_url)?),
+        false => None,
+    };
 
     let sink = KafkaSink::new(
         KafkaSettings {
@@ -81,6 +91,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             message_timeout_ms: config.kafka_message_timeout_ms,
             message_max_bytes: config.kafka_message_max_bytes,
             debug: config.kafka_debug.clone(),
+            security: config.kafka_security.clone(),
         },
         health.clone(),
     )?;
@@ -101,7 +112,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let refresher = limits::spawn_refresher(
         lists.clone(),
         RefreshSettings {
-            url: config.redis_url.clone(),
+            client: redis,
             key_prefix: config.redis_key_prefix.clone(),
             interval: Config::ms(config.redis_refresh_interval_ms),
             timeout: Config::ms(config.redis_timeout_ms),
@@ -112,7 +123,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let token_refresher = team_tokens::spawn_refresher(
         team_tokens.clone(),
         TokenRefresh {
-            database_url: config.database_url.clone(),
+            database: team_database,
             query: config.team_token_query.clone(),
             interval: Config::ms(config.team_token_refresh_interval_ms),
             timeout: Config::ms(config.redis_timeout_ms.max(1_000)),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::every::Every;
 use crate::telemetry;
@@ -92,7 +92,9 @@ impl RedisLists {
 }
 
 pub struct RefreshSettings {
-    pub url: String,
+    /// Built at start-up, so a URL or TLS setting that cannot be honoured stops capture
+    /// there; `None` when the operator turned the lists off.
+    pub client: Option<redis::Client>,
     pub key_prefix: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -105,23 +107,33 @@ pub fn spawn_refresher(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match redis::Client::open(settings.url.as_str()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                warn!(error = %e, "REDIS_URL is not usable; quota limits and forced overflow are off");
-                None
-            }
+        let Some(client) = settings.client.clone() else {
+            warn!("REDIS_URL is empty: quota limits and forced overflow are off");
+            return;
         };
         let mut conn = None;
+        // Failures are told once when they start (a wrong password or certificate shows
+        // at start-up), then at debug level until a refresh succeeds again.
+        let mut failing = false;
         let mut every = Every::now(settings.interval, stop);
         while every.tick().await {
-            let Some(client) = &client else { continue };
-            match refresh_once(client, &mut conn, &lists, &settings).await {
-                Ok(()) => telemetry::redis_refresh(true),
+            match refresh_once(&client, &mut conn, &lists, &settings).await {
+                Ok(()) => {
+                    if failing {
+                        info!("redis lists readable again");
+                    }
+                    failing = false;
+                    telemetry::redis_refresh(true);
+                }
                 Err(e) => {
                     conn = None;
                     telemetry::redis_refresh(false);
-                    debug!(error = %e, "redis list refresh failed; keeping last lists until they go stale");
+                    if failing {
+                        debug!(error = %e, "redis list refresh failed; keeping last lists until they go stale");
+                    } else {
+                        warn!(error = %e, "redis lists cannot be read; keeping the last lists until they go stale, then failing open");
+                    }
+                    failing = true;
                 }
             }
         }

@@ -6,12 +6,16 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: this sets environment variables.
+    sluice_connect::files::load_secret_files()?;
     let config = Config::parse();
     telemetry::init_logging(config.log_format);
-    let listener = TcpListener::bind(config.address).await?;
-    sluice_capture::run(config, listener, shutdown_signal()).await
+    sluice_connect::install_tls_provider();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        let listener = TcpListener::bind(config.address).await?;
+        sluice_capture::run(config, listener, shutdown_signal()).await
+    })
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).

@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
+use sluice_connect::kafka::{KafkaSecurity, Role};
 use sluice_schema::{CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW, HEADER_TOKEN, HEADER_UUID};
 use uuid::Uuid;
 
@@ -97,6 +98,7 @@ pub struct KafkaSettings {
     pub message_timeout_ms: u64,
     pub message_max_bytes: usize,
     pub debug: String,
+    pub security: KafkaSecurity,
 }
 
 /// Feeds the producer's statistics into health and metrics; librdkafka calls it from its
@@ -116,6 +118,10 @@ impl ClientContext for ProducerContext {
         if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
             tracing::error!(error = %error, reason, "fatal kafka producer error; the producer will be recreated");
             self.fatal.store(true, Ordering::Relaxed);
+            return;
+        }
+        if sluice_connect::kafka::is_refusal(&error) {
+            tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
             return;
         }
         // Brokers close idle connections and librdkafka reports that as "all brokers
@@ -145,12 +151,14 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn new(settings: KafkaSettings, health: Health) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
+        let mut config = settings
+            .security
+            .client_config(&settings.hosts, Role::Producer)
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         if !settings.debug.is_empty() {
             config.set("debug", &settings.debug);
         }
         config
-            .set("bootstrap.servers", &settings.hosts)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.codec", &settings.compression)

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -35,7 +35,9 @@ impl TeamTokens {
 }
 
 pub struct TokenRefresh {
-    pub database_url: String,
+    /// Parsed at start-up (a URL or certificate that cannot be used stops capture there);
+    /// `None` when the check is off.
+    pub database: Option<PgConnectOptions>,
     pub query: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -49,28 +51,29 @@ pub fn spawn_refresher(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if !tokens.enabled {
-            return;
-        }
-        let pool = match PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(settings.timeout)
-            .connect_lazy(&settings.database_url)
-        {
-            Ok(pool) => pool,
-            Err(e) => {
-                warn!(error = %e, "DATABASE_URL is not usable; the team token check stays open");
-                return;
-            }
-        };
+        let (true, Some(database)) = (tokens.enabled, settings.database.clone()) else { return };
+        let pool =
+            PgPoolOptions::new().max_connections(1).acquire_timeout(settings.timeout).connect_lazy_with(database);
         let mut every = Every::now(settings.interval, stop);
+        // Told once when failures start (a wrong password shows at start-up), then quietly.
+        let mut failing = false;
         while every.tick().await {
             let read = sqlx::query_scalar::<_, String>(&settings.query).fetch_all(&pool);
-            match tokio::time::timeout(settings.timeout, read).await {
-                Ok(Ok(list)) => tokens.known.replace(list.into_iter().collect()),
-                Ok(Err(e)) => debug!(error = %e, "team token refresh failed"),
-                Err(_) => debug!("team token refresh timed out"),
+            let error = match tokio::time::timeout(settings.timeout, read).await {
+                Ok(Ok(list)) => {
+                    tokens.known.replace(list.into_iter().collect());
+                    failing = false;
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            if failing {
+                debug!(error, "team token refresh failed");
+            } else {
+                warn!(error, "team tokens cannot be read; the check stays open until they can");
             }
+            failing = true;
         }
     })
 }

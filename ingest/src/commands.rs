@@ -11,24 +11,23 @@ pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&config.database_url)
+        .connect_with(config.postgres()?)
         .await
         .with_context(|| {
-            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_schema::redact::url(&config.database_url))
+            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_connect::redact::url(&config.database_url))
         })
 }
 
 /// ClickHouse for an operator command.
 pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
     ClickHouse::connect(
-        &config.clickhouse_url,
+        &config.clickhouse(std::time::Duration::from_secs(30))?,
         &config.clickhouse_database,
-        std::time::Duration::from_secs(30),
         config.clickhouse_compression,
     )
     .await
     .with_context(|| {
-        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_schema::redact::url(&config.clickhouse_url))
+        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse_url))
     })
 }
 

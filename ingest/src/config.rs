@@ -4,6 +4,11 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_connect::kafka::{KafkaSecurity, Role};
+use sluice_connect::redis::RedisTls;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::write::{ClickHouseError, Endpoint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lane {
@@ -197,6 +202,8 @@ pub struct Config {
     /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
     #[arg(long, env = "KAFKA_DEBUG", default_value = "", global = true)]
     pub kafka_debug: String,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurity,
     /// Dead-letter topic.
     #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
     pub kafka_dlq_topic: String,
@@ -214,7 +221,8 @@ pub struct Config {
     #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 8, global = true)]
     pub batch_concurrency: usize,
 
-    /// Postgres holding teams (and persons).
+    /// Postgres holding teams (and persons): `sslmode` (up to verify-full) and
+    /// `sslrootcert` in the URL for TLS; or a file holding the URL, named by DATABASE_URL_FILE.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -240,9 +248,12 @@ pub struct Config {
     #[arg(long, env = "RESTRICT_SKIP_PERSONS", default_value = "", global = true)]
     pub restrict_skip_persons: String,
 
-    /// Redis holding restrictions set at run time; empty for none.
+    /// Redis holding restrictions set at run time, plugin caches and reload notices
+    /// (rediss:// for TLS; or a file holding the URL, named by REDIS_URL_FILE); empty for none.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379", global = true)]
     pub redis_url: String,
+    #[command(flatten)]
+    pub redis_tls: RedisTls,
     /// Prefix of the Redis keys (`<prefix>ingest-restrictions/drop-events`, `.../skip-persons`).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/", global = true)]
     pub redis_key_prefix: String,
@@ -256,7 +267,8 @@ pub struct Config {
     #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000, global = true)]
     pub redis_stale_after_ms: u64,
 
-    /// ClickHouse HTTP interface.
+    /// ClickHouse HTTP interface, http:// or https:// (or a file holding the URL, named by
+    /// CLICKHOUSE_URL_FILE); it may carry the user and password.
     #[arg(
         long,
         env = "CLICKHOUSE_URL",
@@ -265,6 +277,15 @@ pub struct Config {
         global = true
     )]
     pub clickhouse_url: String,
+    /// ClickHouse user; empty for the URL's, or none.
+    #[arg(long, env = "CLICKHOUSE_USER", default_value = "", global = true)]
+    pub clickhouse_user: String,
+    /// ClickHouse password (or a file holding it, named by CLICKHOUSE_PASSWORD_FILE).
+    #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true, default_value = "", global = true)]
+    pub clickhouse_password: String,
+    /// CA certificates (PEM file) an https:// ClickHouse is checked against, besides the public roots.
+    #[arg(long, env = "CLICKHOUSE_CA_FILE", global = true)]
+    pub clickhouse_ca_file: Option<std::path::PathBuf>,
     /// ClickHouse database holding Sluice's tables.
     #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "sluice", global = true)]
     pub clickhouse_database: String,
@@ -361,6 +382,37 @@ impl Config {
 
     pub fn group_id(&self) -> String {
         self.kafka_group_id.clone().unwrap_or_else(|| format!("sluice-ingest-{}", self.lane.as_str()))
+    }
+
+    /// A Kafka client configuration for `role`: brokers, security, pass-through properties.
+    pub fn kafka(&self, role: Role) -> anyhow::Result<rdkafka::ClientConfig> {
+        let mut config = self.kafka_security.client_config(&self.kafka_hosts, role)?;
+        if !self.kafka_debug.is_empty() {
+            config.set("debug", &self.kafka_debug);
+        }
+        Ok(config)
+    }
+
+    pub fn postgres(&self) -> Result<PgConnectOptions, sluice_connect::postgres::PostgresSettingError> {
+        sluice_connect::postgres::options(&self.database_url)
+    }
+
+    /// `None` when `REDIS_URL` is empty (the operator turned Redis off).
+    pub fn redis(&self) -> Result<Option<redis::Client>, sluice_connect::redis::RedisSettingError> {
+        match self.redis_url.as_str() {
+            "" => Ok(None),
+            url => sluice_connect::redis::client(url, &self.redis_tls).map(Some),
+        }
+    }
+
+    pub fn clickhouse(&self, timeout: std::time::Duration) -> Result<Endpoint, ClickHouseError> {
+        Endpoint::new(
+            &self.clickhouse_url,
+            &self.clickhouse_user,
+            &self.clickhouse_password,
+            self.clickhouse_ca_file.clone(),
+            timeout,
+        )
     }
 }
 

@@ -180,6 +180,14 @@ impl ClientContext for LaneContext {
             }
         }
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if sluice_connect::kafka::is_refusal(&error) {
+            tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
+        } else {
+            warn!(error = %error, reason, "kafka client error");
+        }
+    }
 }
 
 impl ConsumerContext for LaneContext {

@@ -6,7 +6,8 @@ use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_connect::kafka::Role;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -43,8 +44,8 @@ fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
 
 /// Reads the whole dead-letter topic, up to its end at the time of the call.
 fn read_all(config: &Config) -> anyhow::Result<Vec<OwnedMessage>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_hosts)
+    let consumer: BaseConsumer = config
+        .kafka(Role::Consumer)?
         .set("group.id", "sluice-ingest-dlq-reader")
         .set("enable.auto.commit", "false")
         .create()?;
@@ -123,11 +124,8 @@ pub async fn replay(config: &Config, selection: &Selection, to: Option<&str>, dr
         println!("dry run: would replay {} of {} dead letters", chosen.len(), all.len());
         return Ok(());
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_hosts)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()?;
+    let producer: FutureProducer =
+        config.kafka(Role::Producer)?.set("acks", "all").set("enable.idempotence", "true").create()?;
     let default_topic = config.topic();
     for m in &chosen {
         let topic = to.or_else(|| header(m, "dlq_source_topic")).unwrap_or(&default_topic);

@@ -32,10 +32,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
+use sluice_connect::kafka::Role;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -48,7 +48,7 @@ use crate::plugins::Plugins;
 use crate::process::Deps;
 use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
-use crate::write::ClickHouse;
+use crate::write::{ClickHouse, Endpoint};
 
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
 /// committed first.
@@ -74,10 +74,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     health.tick();
     health::serve(config.address, health.clone(), metrics).await?;
 
+    // Every connection setting is checked before anything connects: one that cannot be
+    // honoured stops the process here, naming it.
+    let redis = config.redis()?;
+    let clickhouse = config.clickhouse(Duration::from_millis(config.clickhouse_timeout_ms))?;
+    let consumer_config = config.kafka(Role::Consumer)?;
+    let producer_config = config.kafka(Role::Producer)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)?;
+        .connect_lazy_with(config.postgres()?);
     let teams =
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
     let persons = PersonStore::new(pool.clone());
@@ -91,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         plugins::spawn_reloader(
             plugins.clone(),
             Duration::from_millis(config.plugin_reload_interval_ms),
-            config.redis_url.clone(),
+            redis.clone(),
             plugins::reload_channel(&config.redis_key_prefix),
         );
         Some((plugins, on_event_queue))
@@ -106,14 +112,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     restrict::spawn_refresher(
         restrictions.clone(),
         RedisSettings {
-            url: config.redis_url.clone(),
+            client: redis.clone(),
             key_prefix: config.redis_key_prefix.clone(),
             interval: Duration::from_millis(config.redis_refresh_interval_ms),
             timeout: Duration::from_millis(config.redis_timeout_ms),
         },
     );
     let ch = tokio::select! {
-        ch = connect_clickhouse(&config, &health) => Arc::new(ch),
+        ch = connect_clickhouse(&config, &clickhouse, &health) => Arc::new(ch),
         _ = stopping.cancelled() => {
             info!("stopped before ClickHouse answered");
             return Ok(());
@@ -126,7 +132,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             plugins.clone(),
             ch.clone(),
             schedules::Settings {
-                redis_url: config.redis_url.clone(),
+                redis: redis.clone(),
                 key_prefix: config.redis_key_prefix.clone(),
                 minute: Duration::from_millis(config.plugin_schedule_minute_ms),
             },
@@ -136,12 +142,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let on_event_wait = Duration::from_millis(config.plugin_on_event_enqueue_timeout_ms);
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
-    let mut consumer_config = ClientConfig::new();
-    if !config.kafka_debug.is_empty() {
-        consumer_config.set("debug", &config.kafka_debug);
-    }
     let consumer: Arc<LaneConsumer> = consumer_config
-        .set("bootstrap.servers", &config.kafka_hosts)
+        .clone()
         .set("group.id", config.group_id())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -151,11 +153,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_hosts)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()?;
+    let producer: FutureProducer =
+        producer_config.clone().set("acks", "all").set("enable.idempotence", "true").create()?;
     health::spawn_probe(
         health.clone(),
         Dependencies { postgres: pool, clickhouse: ch.clone(), kafka: producer.clone() },
@@ -331,18 +330,11 @@ async fn commit(consumer: &Arc<LaneConsumer>, batch: &[rdkafka::message::OwnedMe
     }
 }
 
-async fn connect_clickhouse(config: &Config, health: &Health) -> ClickHouse {
+async fn connect_clickhouse(config: &Config, endpoint: &Endpoint, health: &Health) -> ClickHouse {
     let mut backoff = Duration::from_millis(200);
     loop {
         health.tick();
-        match ClickHouse::connect(
-            &config.clickhouse_url,
-            &config.clickhouse_database,
-            Duration::from_millis(config.clickhouse_timeout_ms),
-            config.clickhouse_compression,
-        )
-        .await
-        {
+        match ClickHouse::connect(endpoint, &config.clickhouse_database, config.clickhouse_compression).await {
             Ok(ch) => return ch,
             Err(e) => {
                 warn!(error = %e, "clickhouse not reachable yet");

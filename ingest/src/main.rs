@@ -6,10 +6,26 @@ use sluice_ingest::{commands, plugin_commands, telemetry};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Before any thread exists: this sets environment variables.
+    if let Err(e) = sluice_connect::files::load_secret_files() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     telemetry::init_logging(cli.config.log_format);
+    sluice_connect::install_tls_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => sluice_ingest::run(cli.config, shutdown_signal()).await,
         Command::Migrate => commands::migrate(&cli.config).await,

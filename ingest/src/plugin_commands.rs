@@ -17,11 +17,15 @@ type Settings = Map<String, Value>;
 /// Tells running ingest processes to load the change now (they also poll, so a notice
 /// that cannot be sent only delays it).
 async fn notify_reload(config: &Config, id: i64) {
-    if config.redis_url.is_empty() {
-        return;
-    }
+    let client = match config.redis() {
+        Ok(Some(client)) => client,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("note: no reload notice sent ({e}); ingest picks the change up within PLUGIN_RELOAD_INTERVAL_MS");
+            return;
+        }
+    };
     let publish = async {
-        let client = redis::Client::open(config.redis_url.as_str())?;
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd("PUBLISH")
             .arg(crate::plugins::reload_channel(&config.redis_key_prefix))
@@ -33,7 +37,7 @@ async fn notify_reload(config: &Config, id: i64) {
         Ok(Ok(_)) => {}
         _ => eprintln!(
             "note: no reload notice sent (Redis at REDIS_URL={} not reachable); ingest picks the change up within PLUGIN_RELOAD_INTERVAL_MS",
-            config.redis_url
+            sluice_connect::redact::url(&config.redis_url)
         ),
     }
 }

@@ -120,12 +120,16 @@ impl Plugins {
         let settings = Settings {
             program: std::env::current_exe()?,
             args: vec!["plugin-worker".into()],
-            env: vec![
+            // What the workers connect to, and nothing else of ingest's environment.
+            env: [
                 ("SLUICE_PLUGIN_CACHE_REDIS_URL".into(), config.redis_url.clone()),
                 ("SLUICE_PLUGIN_CACHE_PREFIX".into(), format!("{}plugin-cache/", config.redis_key_prefix)),
                 ("SLUICE_PLUGIN_STORAGE_DATABASE_URL".into(), config.database_url.clone()),
                 ("SLUICE_PLUGIN_GEOIP_DATABASE".into(), config.geoip_database_path.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain(config.redis_tls.to_vars("SLUICE_PLUGIN_CACHE_"))
+            .collect(),
             workers: config.plugin_workers,
             batch_base: Duration::from_secs(5),
             per_event: limits.process_event_wall,
@@ -482,15 +486,19 @@ pub fn reload_channel(key_prefix: &str) -> String {
 
 /// Re-reads plugin configurations when a reload notice arrives on Redis, and every
 /// `interval` anyway (a notice lost while Redis was away is caught up with).
-pub fn spawn_reloader(plugins: std::sync::Arc<Plugins>, interval: Duration, redis_url: String, channel: String) {
+pub fn spawn_reloader(
+    plugins: std::sync::Arc<Plugins>,
+    interval: Duration,
+    redis: Option<redis::Client>,
+    channel: String,
+) {
     let notice = std::sync::Arc::new(tokio::sync::Notify::new());
-    if !redis_url.is_empty() {
+    if let Some(client) = redis {
         let notice = notice.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
             loop {
                 let subscribed = async {
-                    let client = redis::Client::open(redis_url.as_str())?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, redis::RedisError>(pubsub)

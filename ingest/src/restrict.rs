@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
-use tracing::{debug, warn};
+use tracing::debug;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Sets {
@@ -73,7 +73,8 @@ fn matches(set: &HashSet<String>, token: &str, distinct_id: &str) -> bool {
 }
 
 pub struct RedisSettings {
-    pub url: String,
+    /// `None` when the operator turned Redis off.
+    pub client: Option<redis::Client>,
     pub key_prefix: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -82,16 +83,7 @@ pub struct RedisSettings {
 /// Re-reads the Redis restrictions every `interval` while the process runs. An empty
 /// URL turns Redis restrictions off.
 pub fn spawn_refresher(restrictions: Arc<Restrictions>, settings: RedisSettings) {
-    if settings.url.is_empty() {
-        return;
-    }
-    let client = match redis::Client::open(settings.url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "REDIS_URL is not usable; restrictions come from configuration only");
-            return;
-        }
-    };
+    let Some(client) = settings.client.clone() else { return };
     tokio::spawn(async move {
         let mut conn = None;
         let mut ticks = tokio::time::interval(settings.interval);

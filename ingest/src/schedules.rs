@@ -21,23 +21,17 @@ use crate::write::ClickHouse;
 const RUNNING_LOCK: Duration = Duration::from_secs(30);
 
 pub struct Settings {
-    pub redis_url: String,
+    /// `None` when the operator turned Redis off.
+    pub redis: Option<redis::Client>,
     pub key_prefix: String,
     /// The length of a "minute" (hours and days are 60 and 1,440 of them). Shorter in tests.
     pub minute: Duration,
 }
 
 pub fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settings) {
-    if settings.redis_url.is_empty() {
+    let Some(client) = settings.redis.clone() else {
         warn!("no REDIS_URL: plugin schedules are off");
         return;
-    }
-    let client = match redis::Client::open(settings.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "REDIS_URL is not usable: plugin schedules are off");
-            return;
-        }
     };
     let token = uuid::Uuid::new_v4().to_string();
     tokio::spawn(async move {

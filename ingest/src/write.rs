@@ -5,6 +5,7 @@
 //! found by halving the insert and handed back, so one bad row cannot stall a lane).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use flate2::write::GzEncoder;
@@ -17,6 +18,76 @@ pub enum ClickHouseError {
     Unreachable(#[from] reqwest::Error),
     #[error("clickhouse refused the query ({status}): {body}")]
     Refused { status: u16, code: Option<u32>, body: String },
+    #[error("CLICKHOUSE_URL={url} is not usable: {reason}")]
+    Setting { url: String, reason: String },
+    #[error("CLICKHOUSE_CA_FILE={path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+}
+
+/// Where ClickHouse is and who Sluice is to it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Without user info: reqwest quotes the URL in its errors, and those are logged.
+    url: String,
+    user: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("url", &self.url).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// `url` may carry the user and password (`https://user:password@host:8443`);
+    /// `user` and `password`, when not empty, take their place.
+    pub fn new(
+        url: &str,
+        user: &str,
+        password: &str,
+        ca_file: Option<PathBuf>,
+        timeout: Duration,
+    ) -> Result<Endpoint, ClickHouseError> {
+        let unusable = |reason: String| ClickHouseError::Setting { url: sluice_connect::redact::url(url), reason };
+        let mut parsed = reqwest::Url::parse(url).map_err(|e| unusable(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(unusable("the scheme must be http or https".into()));
+        }
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let given = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let user = given(user).or_else(|| given(&decode(parsed.username())));
+        let password = given(password).or_else(|| parsed.password().map(decode).filter(|p| !p.is_empty()));
+        if password.is_some() && user.is_none() {
+            return Err(unusable("a password without a user (set CLICKHOUSE_USER)".into()));
+        }
+        if ca_file.is_some() && parsed.scheme() != "https" {
+            return Err(unusable("CLICKHOUSE_CA_FILE is set but the URL is not https://".into()));
+        }
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        let url = parsed.as_str().trim_end_matches('/').to_string();
+        Ok(Endpoint { url, user, password, ca_file, timeout })
+    }
+
+    fn client(&self) -> Result<reqwest::Client, ClickHouseError> {
+        // rustls, explicitly, with the public roots plus the operator's CA.
+        let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(self.timeout);
+        if let Some(path) = &self.ca_file {
+            let ca_error = |reason: String| ClickHouseError::CaFile { path: path.clone(), reason };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(ca_error("no certificate in it".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(builder.build()?)
+    }
 }
 
 /// Exception codes that blame the data of a row (a value that does not parse as its
@@ -60,7 +131,7 @@ pub enum Compression {
 
 pub struct ClickHouse {
     http: reqwest::Client,
-    url: String,
+    endpoint: Endpoint,
     compression: Compression,
     pub database: String,
     pub flavor: Flavor,
@@ -72,15 +143,13 @@ pub type SourcedRow = (usize, Value);
 impl ClickHouse {
     /// Connects and reads the server's version, which decides the column types.
     pub async fn connect(
-        url: &str,
+        endpoint: &Endpoint,
         database: &str,
-        timeout: Duration,
         compression: Compression,
     ) -> Result<Self, ClickHouseError> {
-        let http = reqwest::Client::builder().timeout(timeout).build()?;
         let mut ch = ClickHouse {
-            http,
-            url: url.trim_end_matches('/').to_string(),
+            http: endpoint.client()?,
+            endpoint: endpoint.clone(),
             compression,
             database: database.to_string(),
             flavor: Flavor::Legacy,
@@ -92,13 +161,22 @@ impl ClickHouse {
 
     /// Runs a statement (POST, so DDL and inserts are allowed) and returns its output.
     pub async fn query(&self, sql: &str) -> Result<String, ClickHouseError> {
-        let response = self.http.post(&self.url).body(sql.to_string()).send().await?;
+        let response = self.post().body(sql.to_string()).send().await?;
         let status = response.status();
         let body = response.text().await?;
         if !status.is_success() {
             return Err(ClickHouseError::refused(status.as_u16(), body));
         }
         Ok(body.trim().to_string())
+    }
+
+    fn post(&self) -> reqwest::RequestBuilder {
+        let request = self.http.post(&self.endpoint.url);
+        match &self.endpoint.user {
+            // Basic authentication: what every ClickHouse since 18 reads.
+            Some(user) => request.basic_auth(user, self.endpoint.password.as_deref()),
+            None => request,
+        }
     }
 
     pub async fn migrate(&self) -> Result<usize, ClickHouseError> {
@@ -158,7 +236,7 @@ impl ClickHouse {
             serde_json::to_writer(&mut body, row).expect("JSON values serialize");
             body.push(b'\n');
         }
-        let mut request = self.http.post(&self.url);
+        let mut request = self.post();
         request = match self.compression {
             Compression::None => request.body(body),
             Compression::Gzip => {
@@ -183,6 +261,30 @@ impl ClickHouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_come_from_the_url_or_the_settings_and_leave_the_url() {
+        let t = Duration::from_secs(1);
+        let e = Endpoint::new("https://ch%40ops:p%2Fw@ch.example:8443/", "", "", None, t).unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.user.as_deref(), e.password.as_deref()),
+            ("https://ch.example:8443", Some("ch@ops"), Some("p/w"))
+        );
+        let e = Endpoint::new("https://a:b@ch.example:8443", "sluice", "SECRETPW", None, t).unwrap();
+        assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("sluice"), Some("SECRETPW")));
+        assert!(!format!("{e:?}").contains("SECRETPW"));
+        let e = Endpoint::new("http://127.0.0.1:8123", "", "", None, t).unwrap();
+        assert_eq!((e.url.as_str(), e.user.as_deref()), ("http://127.0.0.1:8123", None));
+        let err = Endpoint::new("http://127.0.0.1:8123", "", "SECRETPW", None, t).unwrap_err().to_string();
+        assert!(err.contains("without a user") && !err.contains("SECRETPW"), "{err}");
+        let err =
+            Endpoint::new("http://u:SECRETPW@ch:8123", "", "", Some("/ca.pem".into()), t).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "CLICKHOUSE_URL=http://u:***@ch:8123 is not usable: CLICKHOUSE_CA_FILE is set but the URL is not https://"
+        );
+        assert!(Endpoint::new("tcp://ch:9000", "", "", None, t).is_err());
+    }
 
     #[test]
     fn data_errors_blame_rows_and_the_rest_do_not() {

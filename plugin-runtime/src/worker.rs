@@ -114,21 +114,26 @@ impl Stores {
             None => memory.namespaced("cache/"),
             Some(url) => {
                 let prefix = var("SLUICE_PLUGIN_CACHE_PREFIX").unwrap_or_default();
-                let connect = async {
-                    let client = redis::Client::open(url.as_str())?;
-                    redis::aio::ConnectionManager::new(client).await
-                };
-                match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
-                    Ok(Ok(c)) => KeyValue::redis(c, &prefix),
-                    Ok(Err(e)) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
-                    Err(_) => KeyValue::unavailable("cache unavailable: redis did not answer"),
+                let tls = sluice_connect::redis::RedisTls::from_vars("SLUICE_PLUGIN_CACHE_");
+                match sluice_connect::redis::client(&url, &tls) {
+                    Err(e) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
+                    Ok(client) => {
+                        let connect = redis::aio::ConnectionManager::new(client);
+                        match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+                            Ok(Ok(c)) => KeyValue::redis(c, &prefix),
+                            Ok(Err(e)) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
+                            Err(_) => KeyValue::unavailable("cache unavailable: redis did not answer"),
+                        }
+                    }
                 }
             }
         };
         let storage = match var("SLUICE_PLUGIN_STORAGE_DATABASE_URL") {
             None => memory.namespaced("storage/"),
-            Some(url) => match sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy(&url) {
-                Ok(pool) => KeyValue::postgres(pool),
+            Some(url) => match sluice_connect::postgres::options(&url) {
+                Ok(options) => KeyValue::postgres(
+                    sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(options),
+                ),
                 Err(e) => KeyValue::unavailable(&format!("storage unavailable: {e}")),
             },
         };

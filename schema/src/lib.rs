@@ -8,7 +8,6 @@ pub mod clickhouse;
 pub mod json;
 pub mod message;
 pub mod postgres;
-pub mod redact;
 pub mod topics;
 
 /// Namespace of person uuids: UUIDv5(namespace, "{team_id}:{distinct_id}"), so a person's
