@@ -17,6 +17,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
+pub mod tls;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
 }
@@ -46,6 +48,19 @@ pub fn bin_path(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first", path.display());
     path
+}
+
+/// The Tansu broker `scripts/services.sh` installs (`TANSU` overrides).
+pub fn tansu_path() -> String {
+    if let Ok(p) = std::env::var("TANSU") {
+        return p;
+    }
+    let cargo_bin = format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default());
+    if std::path::Path::new(&cargo_bin).exists() {
+        cargo_bin
+    } else {
+        "tansu".into()
+    }
 }
 
 pub fn free_port() -> u16 {

@@ -18,7 +18,7 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start(port: u16) -> OwnBroker {
-        let tansu = which_tansu();
+        let tansu = sluice_tests::tansu_path();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu)
             .args([
@@ -55,19 +55,6 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn which_tansu() -> String {
-    if let Ok(p) = std::env::var("TANSU") {
-        return p;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo_bin = format!("{home}/.cargo/bin/tansu");
-    if std::path::Path::new(&cargo_bin).exists() {
-        cargo_bin
-    } else {
-        "tansu".into()
     }
 }
 
