@@ -121,6 +121,20 @@ impl TlsStack {
         self.children.push(child);
     }
 
+    /// Waits for the server just spawned to listen; if it exits first (a port taken
+    /// between choosing and binding it, a configuration it refuses), says so with its log.
+    fn wait_for_child(&mut self, name: &str, port: u16) {
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let child = self.children.last_mut().expect("a server was spawned");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited ({status}) before listening on {port}:\n{}", self.log(name));
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{name} did not listen on {port}:\n{}", self.log(name));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -152,7 +166,7 @@ impl TlsStack {
             c
         };
         self.spawn("tansu-setup", &mut broker(false));
-        wait_for_port("tansu", inner);
+        self.wait_for_child("tansu-setup", inner);
         let tansu_cli = |args: &[&str]| {
             let out = Command::new(&tansu).args(args).output().expect("tansu");
             assert!(out.status.success(), "tansu {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -178,7 +192,7 @@ impl TlsStack {
         let _ = setup.wait();
         wait_for_port_closed(inner);
         self.spawn("tansu", &mut broker(true));
-        wait_for_port("tansu", inner);
+        self.wait_for_child("tansu", inner);
 
         let config = self.dir.join("stunnel.conf");
         std::fs::write(
@@ -199,7 +213,7 @@ impl TlsStack {
             })
             .expect("stunnel4 installed (scripts/services.sh installs it)");
         self.spawn("stunnel", Command::new(stunnel).arg(&config));
-        wait_for_port("stunnel", self.kafka_port);
+        self.wait_for_child("stunnel", self.kafka_port);
     }
 
     fn start_redis(&mut self) {
@@ -242,7 +256,7 @@ impl TlsStack {
                 "+@all",
             ]),
         );
-        wait_for_port("redis", self.redis_port);
+        self.wait_for_child("redis", self.redis_port);
     }
 
     fn start_postgres(&mut self) {
@@ -346,7 +360,7 @@ impl TlsStack {
         )
         .expect("config.xml");
         self.spawn("clickhouse", Command::new("clickhouse-server").arg(format!("--config-file={}", d("config.xml"))));
-        wait_for_port("clickhouse", self.clickhouse_port);
+        self.wait_for_child("clickhouse", self.clickhouse_port);
     }
 
     /// Settings that take both binaries through every server of the stack, TLS verified
