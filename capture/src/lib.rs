@@ -69,6 +69,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let health = Health::new(Config::ms(config.liveness_stall_ms));
     health.tick_server();
     let metrics = telemetry::metrics_handle();
+    telemetry::register();
     // Every connection setting is checked before anything connects: one that cannot be
     // honoured stops capture here, naming it.
     let redis = match config.redis_url.as_str() {

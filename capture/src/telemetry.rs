@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_schema::metrics::{Kind, Metric};
 
 use crate::config::LogFormat;
 use crate::overflow::OverflowReason;
@@ -25,38 +26,50 @@ const BROKER_UP: &str = "capture_kafka_broker_up";
 const PRODUCER_RECREATED: &str = "capture_producer_recreated_total";
 const REDIS_REFRESHES: &str = "capture_redis_refreshes_total";
 
+/// Seconds, from a millisecond (a request answered from memory) to 10 s (one that
+/// waited for Kafka through a broker failover).
+const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Bytes, from a single small event to the largest batch body.
+const BYTES: &[f64] = &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
+/// Decoded size over received size.
+const RATIO: &[f64] = &[1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+
+/// Every metric: name, kind, help.
+const METRICS: &[Metric] = &[
+    (REQUESTS, Kind::Counter, "HTTP requests answered, by route and status code."),
+    (
+        REQUEST_DURATION,
+        Kind::Histogram(SECONDS),
+        "Time from a request's arrival to its answer, Kafka's acknowledgement included, by route.",
+    ),
+    (EVENTS_RECEIVED, Kind::Counter, "Events parsed from requests, by route."),
+    (EVENTS_INGESTED, Kind::Counter, "Events Kafka acknowledged, by the lane they were written to."),
+    (EVENTS_DROPPED, Kind::Counter, "Events not written, by cause."),
+    (PAYLOAD_BYTES, Kind::Histogram(BYTES), "Request bodies as received, by route."),
+    (DECOMPRESSION_RATIO, Kind::Histogram(RATIO), "Decoded size over received size of compressed bodies, by route."),
+    (OVERFLOW_REROUTES, Kind::Counter, "Events sent to the overflow lane instead of the main one, by reason."),
+    (PRODUCER_QUEUE_MESSAGES, Kind::Gauge, "Messages in the Kafka producer's queue, not yet acknowledged."),
+    (PRODUCER_QUEUE_BYTES, Kind::Gauge, "Bytes in the Kafka producer's queue, not yet acknowledged."),
+    (BROKER_UP, Kind::Gauge, "1 while the Kafka brokers answer capture's probe, else 0 (readiness follows it)."),
+    (
+        PRODUCER_RECREATED,
+        Kind::Counter,
+        "Kafka producers recreated after a fatal error or repeated unacknowledged requests.",
+    ),
+    (REDIS_REFRESHES, Kind::Counter, "Refreshes of the Redis lists (quotas, forced overflow), by outcome."),
+];
+
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(REQUEST_DURATION.into()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(PAYLOAD_BYTES.into()),
-                        &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0],
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(DECOMPRESSION_RATIO.into()),
-                        &[1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
-                    )
-                })
-                .expect("bucket lists are non-empty")
-                .install_recorder()
-                .expect("the metrics recorder is installed once")
-        })
-        .clone()
+    HANDLE.get_or_init(|| sluice_schema::metrics::install(METRICS)).clone()
 }
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // stderr, as ingest's: one stream for both binaries' logs (ingest's stdout is its
+    // operator commands' output).
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -107,4 +120,16 @@ pub fn redis_refresh(ok: bool) {
 
 pub fn producer_recreated() {
     counter!(PRODUCER_RECREATED).increment(1);
+}
+
+/// Creates the counters whose labels are known in advance at zero, so the first drop or
+/// reroute is seen by `increase()` and dashboards show 0 rather than nothing.
+pub fn register() {
+    for cause in ["quota_limited", "quota_limited_recordings"] {
+        counter!(EVENTS_DROPPED, "cause" => cause).increment(0);
+    }
+    for reason in [OverflowReason::Rate, OverflowReason::Forced] {
+        counter!(OVERFLOW_REROUTES, "reason" => reason.as_str()).increment(0);
+    }
+    counter!(PRODUCER_RECREATED).increment(0);
 }

@@ -176,8 +176,8 @@ pub async fn handle(
             .await
             .inspect_err(|_| telemetry::dependency_retry("clickhouse"))?;
         telemetry::clickhouse_rows(table, table_rows.len() - refused_here.len());
+        telemetry::clickhouse_refused(table, refused_here.len());
         for (i, error) in refused_here {
-            telemetry::clickhouse_refused(table);
             refused.entry(i).or_insert(format!("{table}: {error}"));
         }
     }
@@ -189,7 +189,7 @@ pub async fn handle(
             .insert("plugin_log_entries", &rows, &format!("{token}-plugin-logs"))
             .await
             .inspect_err(|_| telemetry::dependency_retry("clickhouse"))?;
-        refused_logs.iter().for_each(|_| telemetry::clickhouse_refused("plugin_log_entries"));
+        telemetry::clickhouse_refused("plugin_log_entries", refused_logs.len());
     }
     // A refused row's event goes to the dead letters whole; replaying it after the cause
     // is fixed rewrites every row it makes, which are all idempotent.

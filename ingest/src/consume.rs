@@ -19,7 +19,7 @@
 //! on what actually arrives holds whatever the broker, the race or the reason.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -170,17 +170,6 @@ impl LaneContext {
 }
 
 impl ClientContext for LaneContext {
-    /// librdkafka's statistics carry each assigned partition's lag behind its end.
-    fn stats(&self, stats: rdkafka::Statistics) {
-        for (topic, t) in &stats.topics {
-            for (id, p) in &t.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    telemetry::consumer_lag(topic, *id, p.consumer_lag);
-                }
-            }
-        }
-    }
-
     fn error(&self, error: KafkaError, reason: &str) {
         if sluice_connect::kafka::is_refusal(&error) {
             tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
@@ -188,6 +177,60 @@ impl ClientContext for LaneContext {
             warn!(error = %error, reason, "kafka client error");
         }
     }
+}
+
+/// Reports each owned partition's lag (its end minus the group's committed offset) every
+/// `interval`, from a task of its own: librdkafka's statistics are delivered only while
+/// the lane polls, and a lane retrying a batch through an outage does not poll, which is
+/// exactly when its lag matters. Holds the consumer weakly, so it never delays its close.
+pub fn spawn_lag_reporter(consumer: &Arc<LaneConsumer>, interval: Duration) {
+    let consumer = Arc::downgrade(consumer);
+    tokio::spawn(async move {
+        let mut reported: HashMap<Partition, i64> = HashMap::new();
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(strong) = consumer.upgrade() else { return };
+            let lane = strong.context().lane;
+            let Ok(lags) = tokio::task::spawn_blocking(move || partition_lags(&strong)).await else { continue };
+            // A partition given to another process is its to report now; left at its last
+            // value here, a sum over replicas would count it twice.
+            for (topic, partition) in reported.keys().filter(|p| !lags.contains_key(*p)) {
+                telemetry::consumer_lag(lane, topic, *partition, 0);
+            }
+            for ((topic, partition), lag) in &lags {
+                telemetry::consumer_lag(lane, topic, *partition, *lag);
+            }
+            reported = lags;
+        }
+    });
+}
+
+/// Lag of every partition owned now; a partition whose offsets the broker does not
+/// give within the call timeout is left out of this round.
+fn partition_lags(consumer: &LaneConsumer) -> HashMap<Partition, i64> {
+    let mut lags = HashMap::new();
+    let owned = consumer.context().owned();
+    if owned.is_empty() {
+        return lags;
+    }
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition) in &owned {
+        wanted.add_partition(topic, *partition);
+    }
+    let Ok(committed) = consumer.committed_offsets(wanted, BROKER_CALL_TIMEOUT) else { return lags };
+    for p in committed.elements() {
+        let Ok((low, high)) = consumer.fetch_watermarks(p.topic(), p.partition(), BROKER_CALL_TIMEOUT) else {
+            continue;
+        };
+        let position = match p.offset() {
+            Offset::Offset(o) => o.max(low),
+            _ => low,
+        };
+        lags.insert((p.topic().to_string(), p.partition()), (high - position).max(0));
+    }
+    lags
 }
 
 impl ConsumerContext for LaneContext {

@@ -29,12 +29,14 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Arc<Self> {
-        Arc::new(Health {
+        let health = Arc::new(Health {
             started: Instant::now(),
             loop_tick_ms: AtomicU64::new(0),
             batch_failing: AtomicBool::new(false),
             probe_failing: AtomicBool::new(false),
-        })
+        });
+        crate::telemetry::ready(health.ready());
+        health
     }
 
     /// The consume loop is alive.
@@ -44,6 +46,7 @@ impl Health {
 
     pub fn batch_failing(&self, failing: bool) {
         self.batch_failing.store(failing, Ordering::Relaxed);
+        crate::telemetry::ready(self.ready());
     }
 
     fn live(&self) -> bool {
@@ -91,6 +94,7 @@ pub fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Duration) {
             ticks.tick().await;
             let down = probe(&deps, period.max(Duration::from_secs(1))).await;
             let was_failing = health.probe_failing.swap(!down.is_empty(), Ordering::Relaxed);
+            crate::telemetry::ready(health.ready());
             match (was_failing, down.is_empty()) {
                 (false, false) => warn!(?down, "dependencies not answering; not ready"),
                 (true, true) => info!("dependencies answering again; ready"),

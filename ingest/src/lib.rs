@@ -50,6 +50,10 @@ use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
 use crate::write::{ClickHouse, Endpoint};
 
+/// How often each owned partition's lag is read from the broker for
+/// `ingest_consumer_lag_messages`.
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
 /// committed first.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let drained = stopping.deadline_passed();
     let metrics = telemetry::metrics_handle();
     let health = Health::new();
+    telemetry::register(lane);
     health.tick();
     health::serve(config.address, health.clone(), metrics).await?;
 
@@ -149,10 +154,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
-        .set("statistics.interval.ms", "5000")
         .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
+    consume::spawn_lag_reporter(&consumer, LAG_REPORT_INTERVAL);
     let producer: FutureProducer =
         producer_config.clone().set("acks", "all").set("enable.idempotence", "true").create()?;
     health::spawn_probe(

@@ -458,6 +458,11 @@ impl Plugins {
 
     async fn set_status(&self, id: i64, status: &str, reason: &str) {
         warn!(plugin_config = id, status, reason, "plugin state changed");
+        crate::telemetry::plugin_state_changed(match status {
+            "disabled" => "disabled",
+            "degraded" => "degraded",
+            _ => "other",
+        });
         if status == "disabled" {
             let chains = self.chains.read().expect("chains lock");
             for (team, chain) in chains.iter() {

@@ -7,6 +7,7 @@
 pub mod clickhouse;
 pub mod json;
 pub mod message;
+pub mod metrics;
 pub mod postgres;
 pub mod topics;
 

@@ -81,10 +81,10 @@ fn sdk_events_become_rows(sdk: Sdk) {
             "ingest_events_consumed_total",
             "ingest_events_processed_total",
             "ingest_end_to_end_lag_seconds",
-            "ingest_step_duration_seconds{step=\"persons\"",
+            "ingest_step_duration_seconds_count{step=\"persons\"",
             "ingest_person_writes_total",
             "ingest_clickhouse_rows_total",
-            "ingest_consumer_lag{",
+            "ingest_consumer_lag_messages{",
         ],
         Duration::from_secs(15),
     );
