@@ -85,6 +85,8 @@ install_missing() {
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v clickhouse-server >/dev/null || pkgs+=(clickhouse-server clickhouse-client)
   command -v curl >/dev/null || pkgs+=(curl)
+  # The observability tests run a real Prometheus, and promtool tests the alert rules.
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || pkgs+=(prometheus)
   # The TLS tests put stunnel in front of a Tansu broker (tests/src/tls.rs).
   command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || pkgs+=(stunnel4)
   if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
