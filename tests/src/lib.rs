@@ -19,6 +19,18 @@ use serde_json::Value;
 
 pub mod tls;
 
+/// A plugin that counts its events in `ctx.cache` (Redis) into `properties.seen` and keeps
+/// the last event name in `ctx.storage` (Postgres): it works only if both stores do.
+pub const COUNTER_PLUGIN: &str = r#"
+return {
+    process_event = function(event, ctx)
+        event.properties.seen = ctx.cache.incr("seen")
+        ctx.storage.set("last", event.event)
+        return event
+    end,
+}
+"#;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
 }

@@ -382,15 +382,7 @@ fn a_schedule_runs_once_per_period_with_two_ingest_processes() {
     assert!(periods.windows(2).all(|w| w[1] - w[0] >= 1000), "{periods:?}");
 }
 
-const COUNTER: &str = r#"
-return {
-    process_event = function(event, ctx)
-        event.properties.seen = ctx.cache.incr("seen")
-        ctx.storage.set("last", event.event)
-        return event
-    end,
-}
-"#;
+use sluice_tests::COUNTER_PLUGIN as COUNTER;
 
 /// `ctx.cache` is Redis and `ctx.storage` Postgres, each namespaced by plugin config:
 /// the same plugin for two teams counts apart.

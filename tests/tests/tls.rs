@@ -13,15 +13,7 @@ use serde_json::{json, Value};
 use sluice_tests::tls::TlsStack;
 use sluice_tests::{bin_path, free_port, http, unique, Sdk};
 
-const COUNTER: &str = r#"
-return {
-    process_event = function(event, ctx)
-        event.properties.seen = ctx.cache.incr("seen")
-        ctx.storage.set("last", event.event)
-        return event
-    end,
-}
-"#;
+use sluice_tests::COUNTER_PLUGIN as COUNTER;
 
 struct Process {
     child: Child,
@@ -39,6 +31,23 @@ impl Process {
             .spawn()
             .expect("start");
         Process { child, log }
+    }
+
+    /// `sluice-capture` with `env` on a port of its own; returns it and its address.
+    fn capture(env: &[(String, String)], tag: &str) -> (Process, String) {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut env = env.to_vec();
+        set(&mut env, "ADDRESS", &address);
+        let log = std::env::temp_dir().join(format!("{}.log", unique(tag)));
+        (Process::start("sluice-capture", &env, log), address)
+    }
+
+    fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log_text().contains(text) {
+            assert!(start.elapsed() < timeout, "{text:?} not logged:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn log_text(&self) -> String {
@@ -268,11 +277,8 @@ fn wrong_credentials_are_reported_without_the_credentials() {
 
     // Kafka: capture never becomes ready and says why.
     let mut bad = env.clone();
-    let address = format!("127.0.0.1:{}", free_port());
-    set(&mut bad, "ADDRESS", &address);
     set(&mut bad, "KAFKA_SASL_PASSWORD", &wrong);
-    let mut capture =
-        Process::start("sluice-capture", &bad, std::env::temp_dir().join(format!("{}.log", unique("tls-wrong"))));
+    let (mut capture, address) = Process::capture(&bad, "tls-wrong");
     assert!(!capture.wait_ready(&address, Duration::from_secs(8)), "ready with a wrong Kafka password");
     let log = capture.log_text();
     assert!(log.to_lowercase().contains("authentication"), "{log}");
@@ -281,18 +287,11 @@ fn wrong_credentials_are_reported_without_the_credentials() {
 
     // Redis: capture runs (quotas fail open, as documented) and says Redis refused it.
     let mut bad = env.clone();
-    let address = format!("127.0.0.1:{}", free_port());
-    set(&mut bad, "ADDRESS", &address);
     let url = env.iter().find(|(k, _)| k == "REDIS_URL").unwrap().1.replace(&stack.redis_password, &wrong);
     set(&mut bad, "REDIS_URL", &url);
-    let mut capture =
-        Process::start("sluice-capture", &bad, std::env::temp_dir().join(format!("{}.log", unique("tls-wrong"))));
+    let (mut capture, address) = Process::capture(&bad, "tls-wrong");
     assert!(capture.wait_ready(&address, Duration::from_secs(30)), "{}", capture.log_text());
-    let start = Instant::now();
-    while !capture.log_text().contains("redis lists cannot be read") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", capture.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    capture.wait_for_log("redis lists cannot be read", Duration::from_secs(10));
     scan("capture with a wrong Redis password", &capture.log_text());
 }
 
@@ -328,10 +327,7 @@ fn servers_are_verified_against_the_configured_ca() {
     // Kafka: without its CA, capture is never ready and logs the refusal as an error.
     let mut bad = env.clone();
     bad.retain(|(k, _)| k != "KAFKA_SSL_CA_LOCATION");
-    let address = format!("127.0.0.1:{}", free_port());
-    set(&mut bad, "ADDRESS", &address);
-    let mut capture =
-        Process::start("sluice-capture", &bad, std::env::temp_dir().join(format!("{}.log", unique("tls-ca"))));
+    let (mut capture, address) = Process::capture(&bad, "tls-ca");
     assert!(!capture.wait_ready(&address, Duration::from_secs(8)), "ready without the broker's CA");
     assert!(capture.log_text().contains("kafka refused the connection"), "{}", capture.log_text());
     drop(capture);
@@ -339,16 +335,9 @@ fn servers_are_verified_against_the_configured_ca() {
     // Redis: without its CA, the lists cannot be read, and capture says so.
     let mut bad = env.clone();
     bad.retain(|(k, _)| k != "REDIS_TLS_CA_FILE");
-    let address = format!("127.0.0.1:{}", free_port());
-    set(&mut bad, "ADDRESS", &address);
-    let mut capture =
-        Process::start("sluice-capture", &bad, std::env::temp_dir().join(format!("{}.log", unique("tls-ca"))));
+    let (mut capture, address) = Process::capture(&bad, "tls-ca");
     assert!(capture.wait_ready(&address, Duration::from_secs(30)), "{}", capture.log_text());
-    let start = Instant::now();
-    while !capture.log_text().contains("redis lists cannot be read") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", capture.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    capture.wait_for_log("redis lists cannot be read", Duration::from_secs(10));
 }
 
 fn rcgen_ca() -> String {
