@@ -179,10 +179,13 @@ impl ClientContext for LaneContext {
     }
 }
 
-/// Reports each owned partition's lag (its end minus the group's committed offset) every
-/// `interval`, from a task of its own: librdkafka's statistics are delivered only while
-/// the lane polls, and a lane retrying a batch through an outage does not poll, which is
-/// exactly when its lag matters. Holds the consumer weakly, so it never delays its close.
+/// Reports each owned partition's lag (its end minus the lane's position, which stops
+/// while a batch is retried) every `interval`, from a task of its own: librdkafka's
+/// statistics are delivered only while the lane polls, and a lane retrying a batch
+/// through an outage does not poll, which is exactly when its lag matters. One
+/// watermark request per owned partition per round, the position is local: a broker
+/// that is struggling (the chaos run's sqlite Tansu) gets as little extra as possible.
+/// Holds the consumer weakly, so it never delays its close.
 pub fn spawn_lag_reporter(consumer: &Arc<LaneConsumer>, interval: Duration) {
     let consumer = Arc::downgrade(consumer);
     tokio::spawn(async move {
@@ -207,26 +210,20 @@ pub fn spawn_lag_reporter(consumer: &Arc<LaneConsumer>, interval: Duration) {
     });
 }
 
-/// Lag of every partition owned now; a partition whose offsets the broker does not
-/// give within the call timeout is left out of this round.
+/// Lag of every owned partition the lane has read from; a partition not read from yet,
+/// or whose end the broker does not give within the call timeout, is left out of this
+/// round.
 fn partition_lags(consumer: &LaneConsumer) -> HashMap<Partition, i64> {
     let mut lags = HashMap::new();
     let owned = consumer.context().owned();
-    if owned.is_empty() {
-        return lags;
-    }
-    let mut wanted = TopicPartitionList::new();
-    for (topic, partition) in &owned {
-        wanted.add_partition(topic, *partition);
-    }
-    let Ok(committed) = consumer.committed_offsets(wanted, BROKER_CALL_TIMEOUT) else { return lags };
-    for p in committed.elements() {
-        let Ok((low, high)) = consumer.fetch_watermarks(p.topic(), p.partition(), BROKER_CALL_TIMEOUT) else {
+    let Ok(positions) = consumer.position() else { return lags };
+    for p in positions.elements() {
+        let Offset::Offset(position) = p.offset() else { continue };
+        if !owned.iter().any(|(t, n)| t == p.topic() && *n == p.partition()) {
             continue;
-        };
-        let position = match p.offset() {
-            Offset::Offset(o) => o.max(low),
-            _ => low,
+        }
+        let Ok((_, high)) = consumer.fetch_watermarks(p.topic(), p.partition(), BROKER_CALL_TIMEOUT) else {
+            continue;
         };
         lags.insert((p.topic().to_string(), p.partition()), (high - position).max(0));
     }

@@ -52,7 +52,7 @@ use crate::write::{ClickHouse, Endpoint};
 
 /// How often each owned partition's lag is read from the broker for
 /// `ingest_consumer_lag_messages`.
-const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
 /// committed first.
