@@ -196,16 +196,19 @@ pub fn spawn_lag_reporter(consumer: &Arc<LaneConsumer>, interval: Duration) {
             ticks.tick().await;
             let Some(strong) = consumer.upgrade() else { return };
             let lane = strong.context().lane;
+            let owned = strong.context().owned();
             let Ok(lags) = tokio::task::spawn_blocking(move || partition_lags(&strong)).await else { continue };
             // A partition given to another process is its to report now; left at its last
-            // value here, a sum over replicas would count it twice.
-            for (topic, partition) in reported.keys().filter(|p| !lags.contains_key(*p)) {
+            // value here, a sum over replicas would count it twice. One merely missing from
+            // this round (its watermark call timed out) keeps its last value.
+            for (topic, partition) in reported.keys().filter(|p| !owned.contains(*p)) {
                 telemetry::consumer_lag(lane, topic, *partition, 0);
             }
+            reported.retain(|p, _| owned.contains(p));
             for ((topic, partition), lag) in &lags {
                 telemetry::consumer_lag(lane, topic, *partition, *lag);
             }
-            reported = lags;
+            reported.extend(lags);
         }
     });
 }
