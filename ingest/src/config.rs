@@ -194,6 +194,13 @@ pub struct Config {
     /// engine); with Apache Kafka or Redpanda no jump happens and this costs nothing.
     #[arg(long, env = "KAFKA_GAP_REWIND_MESSAGES", default_value_t = 1_000, global = true)]
     pub kafka_gap_rewind_messages: i64,
+    /// A partition of the lane's topic that has messages past its committed offset and no
+    /// commit for this long, while this process is ready and its own assignment unchanged,
+    /// is consumed by no one (a broker's group coordinator can leave a partition unassigned
+    /// without telling any member): the process then leaves and rejoins the group, so that
+    /// the group forms again. Longer than the slowest batch; 0 turns the check off.
+    #[arg(long, env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value_t = 60_000, global = true)]
+    pub kafka_stalled_partition_rejoin_ms: u64,
     /// After SIGTERM, how long the batch in flight may take to be written and committed
     /// (dependency retries included), and queued plugin exports to be handed over,
     /// before the process exits leaving the rest uncommitted for the next owner.

@@ -19,8 +19,9 @@
 //! on what actually arrives holds whatever the broker, the race or the reason.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -34,9 +35,9 @@ pub type LaneConsumer = StreamConsumer<LaneContext>;
 
 /// How long one broker call made while reading (committed offsets, watermarks, a seek)
 /// may take before the message that needed it is put back.
-const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Partition = (String, i32);
+pub(crate) type Partition = (String, i32);
 
 /// Where one owned partition stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,17 +81,21 @@ struct Positions {
     owned: HashMap<Partition, Track>,
     epochs: u64,
     revocations: u64,
+    /// When the assignment here last changed.
+    changed: Option<Instant>,
 }
 
 impl Positions {
     fn assign(&mut self, partition: Partition) {
         self.epochs += 1;
         self.owned.insert(partition, Track { next: None, sought: None, epoch: self.epochs });
+        self.changed = Some(Instant::now());
     }
 
     fn revoke(&mut self, partition: &Partition) {
         self.owned.remove(partition);
         self.revocations += 1;
+        self.changed = Some(Instant::now());
     }
 
     fn epoch(&self, partition: &Partition) -> Option<u64> {
@@ -145,28 +150,56 @@ impl Positions {
     }
 }
 
-/// The consumer's context: keeps [`Positions`] through rebalances and reports lag.
+/// The consumer's context: keeps [`Positions`] through rebalances, and carries a request
+/// to rejoin the group from the [`crate::watch`] task to the consume loop.
 pub struct LaneContext {
     positions: Mutex<Positions>,
     /// How far before a missing offset the first search for it starts (see
     /// `KAFKA_GAP_REWIND_MESSAGES`).
     rewind: i64,
     lane: &'static str,
+    rejoin: AtomicBool,
 }
 
 impl LaneContext {
     pub fn new(rewind: i64, lane: &'static str) -> Self {
-        LaneContext { positions: Mutex::default(), rewind, lane }
+        LaneContext { positions: Mutex::default(), rewind, lane, rejoin: AtomicBool::new(false) }
     }
 
     fn positions(&self) -> std::sync::MutexGuard<'_, Positions> {
         self.positions.lock().expect("positions lock")
     }
 
+    pub fn lane(&self) -> &'static str {
+        self.lane
+    }
+
     /// The partitions assigned here now.
     pub fn owned(&self) -> Vec<(String, i32)> {
         self.positions().owned.keys().cloned().collect()
     }
+
+    /// When the assignment here last changed; `None` before the first.
+    pub fn assignment_changed(&self) -> Option<Instant> {
+        self.positions().changed
+    }
+
+    /// Asks the consume loop to leave and rejoin the group before its next batch.
+    pub fn request_rejoin(&self) {
+        self.rejoin.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Leaves the group and joins it again, if [`LaneContext::request_rejoin`] asked for it:
+/// the group then forms anew, and its leader assigns every partition from what the
+/// members report. Called between batches, when everything read is committed.
+pub fn rejoin_if_asked(consumer: &LaneConsumer, topic: &str) -> Result<(), KafkaError> {
+    if !consumer.context().rejoin.swap(false, Ordering::Relaxed) {
+        return Ok(());
+    }
+    info!(topic, "leaving and rejoining the consumer group");
+    consumer.unsubscribe();
+    consumer.subscribe(&[topic]).inspect_err(|_| consumer.context().request_rejoin())
 }
 
 impl ClientContext for LaneContext {
@@ -177,60 +210,6 @@ impl ClientContext for LaneContext {
             warn!(error = %error, reason, "kafka client error");
         }
     }
-}
-
-/// Reports each owned partition's lag (its end minus the lane's position, which stops
-/// while a batch is retried) every `interval`, from a task of its own: librdkafka's
-/// statistics are delivered only while the lane polls, and a lane retrying a batch
-/// through an outage does not poll, which is exactly when its lag matters. One
-/// watermark request per owned partition per round, the position is local: a broker
-/// that is struggling (the chaos run's sqlite Tansu) gets as little extra as possible.
-/// Holds the consumer weakly, so it never delays its close.
-pub fn spawn_lag_reporter(consumer: &Arc<LaneConsumer>, interval: Duration) {
-    let consumer = Arc::downgrade(consumer);
-    tokio::spawn(async move {
-        let mut reported: HashMap<Partition, i64> = HashMap::new();
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(strong) = consumer.upgrade() else { return };
-            let lane = strong.context().lane;
-            let owned = strong.context().owned();
-            let Ok(lags) = tokio::task::spawn_blocking(move || partition_lags(&strong)).await else { continue };
-            // A partition given to another process is its to report now; left at its last
-            // value here, a sum over replicas would count it twice. One merely missing from
-            // this round (its watermark call timed out) keeps its last value.
-            for (topic, partition) in reported.keys().filter(|p| !owned.contains(*p)) {
-                telemetry::consumer_lag(lane, topic, *partition, 0);
-            }
-            reported.retain(|p, _| owned.contains(p));
-            for ((topic, partition), lag) in &lags {
-                telemetry::consumer_lag(lane, topic, *partition, *lag);
-            }
-            reported.extend(lags);
-        }
-    });
-}
-
-/// Lag of every owned partition the lane has read from; a partition not read from yet,
-/// or whose end the broker does not give within the call timeout, is left out of this
-/// round.
-fn partition_lags(consumer: &LaneConsumer) -> HashMap<Partition, i64> {
-    let mut lags = HashMap::new();
-    let owned = consumer.context().owned();
-    let Ok(positions) = consumer.position() else { return lags };
-    for p in positions.elements() {
-        let Offset::Offset(position) = p.offset() else { continue };
-        if !owned.iter().any(|(t, n)| t == p.topic() && *n == p.partition()) {
-            continue;
-        }
-        let Ok((_, high)) = consumer.fetch_watermarks(p.topic(), p.partition(), BROKER_CALL_TIMEOUT) else {
-            continue;
-        };
-        lags.insert((p.topic().to_string(), p.partition()), (high - position).max(0));
-    }
-    lags
 }
 
 impl ConsumerContext for LaneContext {

@@ -55,7 +55,8 @@ impl Health {
         idle < LOOP_STALL.as_millis() as u64
     }
 
-    fn ready(&self) -> bool {
+    /// Dependencies answer and batches succeed.
+    pub fn ready(&self) -> bool {
         !self.batch_failing.load(Ordering::Relaxed) && !self.probe_failing.load(Ordering::Relaxed)
     }
 }

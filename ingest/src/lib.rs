@@ -26,6 +26,7 @@ pub mod rows;
 pub mod schedules;
 pub mod telemetry;
 pub mod timestamp;
+pub mod watch;
 pub mod write;
 
 use std::future::Future;
@@ -50,9 +51,9 @@ use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
 use crate::write::{ClickHouse, Endpoint};
 
-/// How often each owned partition's lag is read from the broker for
-/// `ingest_consumer_lag_messages`.
-const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the lane's topic is read from the broker (owned partitions' lag, partitions
+/// no one consumes), at most: a short KAFKA_STALLED_PARTITION_REJOIN_MS reads more often.
+const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Consumes the lane until `shutdown` resolves; the batch in flight is finished and
 /// committed first.
@@ -157,7 +158,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
-    consume::spawn_lag_reporter(&consumer, LAG_REPORT_INTERVAL);
+    let stall_after =
+        Some(Duration::from_millis(config.kafka_stalled_partition_rejoin_ms)).filter(|after| !after.is_zero());
+    watch::spawn(
+        &consumer,
+        health.clone(),
+        watch::Settings {
+            topic: config.topic(),
+            interval: stall_after.map_or(WATCH_INTERVAL, |after| WATCH_INTERVAL.min(after / 3)),
+            stall_after,
+        },
+    );
     let producer: FutureProducer =
         producer_config.clone().set("acks", "all").set("enable.idempotence", "true").create()?;
     health::spawn_probe(
@@ -178,6 +189,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut left_uncommitted = false;
     loop {
         health.tick();
+        if let Err(e) = consume::rejoin_if_asked(&consumer, &config.topic()) {
+            warn!(error = %e, "could not rejoin the consumer group; trying again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         let batch = tokio::select! {
             b = consume::next_batch(&consumer, &limits) => b,
             _ = stopping.cancelled() => break,

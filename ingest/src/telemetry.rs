@@ -19,6 +19,7 @@ const REREAD: &str = "ingest_kafka_reread_messages_total";
 const OFFSET_GAPS: &str = "ingest_kafka_offset_gaps_total";
 const COMMITS_ABANDONED: &str = "ingest_kafka_commits_abandoned_total";
 const CONSUMER_LAG: &str = "ingest_consumer_lag_messages";
+const GROUP_REJOINS: &str = "ingest_group_rejoins_total";
 const BATCH_EVENTS: &str = "ingest_batch_events";
 const BATCH_DURATION: &str = "ingest_batch_duration_seconds";
 const END_TO_END_LAG: &str = "ingest_end_to_end_lag_seconds";
@@ -57,6 +58,12 @@ const METRICS: &[Metric] = &[
         CONSUMER_LAG,
         Kind::Gauge,
         "Messages between the consumer's position and the partition's end, by lane, topic and partition.",
+    ),
+    (
+        GROUP_REJOINS,
+        Kind::Counter,
+        "Times this process rejoined its consumer group because a partition had messages and no commit \
+         while it was ready (KAFKA_STALLED_PARTITION_REJOIN_MS), by lane.",
     ),
     (BATCH_EVENTS, Kind::Histogram(EVENTS), "Events in each batch."),
     (BATCH_DURATION, Kind::Histogram(SECONDS), "Time to process, write and commit one batch."),
@@ -161,6 +168,11 @@ pub fn consumer_lag(lane: &'static str, topic: &str, partition: i32, lag: i64) {
         .set(lag as f64);
 }
 
+/// A rejoin asked for because a partition of the lane's topic was consumed by no one.
+pub fn group_rejoin(lane: &'static str) {
+    counter!(GROUP_REJOINS, "lane" => lane).increment(1);
+}
+
 /// Time spent in one per-event step.
 pub fn step(step: &'static str, seconds: f64) {
     histogram!(STEP_DURATION, "step" => step).record(seconds);
@@ -207,6 +219,7 @@ pub fn plugin_state_changed(status: &'static str) {
 pub fn register(lane: &'static str) {
     counter!(EVENTS_CONSUMED, "lane" => lane).increment(0);
     counter!(EVENTS_PROCESSED, "lane" => lane).increment(0);
+    counter!(GROUP_REJOINS, "lane" => lane).increment(0);
     // The stages that dead-letter (batch parsing, plugins, the ClickHouse write).
     for stage in ["parse", "plugins", "write"] {
         counter!(EVENTS_DEAD_LETTERED, "stage" => stage).increment(0);

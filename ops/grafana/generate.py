@@ -106,6 +106,8 @@ INGEST = dashboard("sluice-ingest", "Sluice / Ingest", [
            legend="{{dependency}}")],
     [panel("Consumer lag per partition", ["ingest_consumer_lag_messages"], legend="{{lane}} {{partition}}"),
      panel("Events consumed per lane", [f"sum by (lane) (rate(ingest_events_consumed_total{RATE}))"], "ops")],
+    [panel("Group rejoins (partitions no one consumed)",
+           [f"sum by (lane) (increase(ingest_group_rejoins_total{RATE}))"])],
 ])
 
 PLUGINS = dashboard("sluice-plugins", "Sluice / Plugins", [
