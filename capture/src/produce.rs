@@ -120,8 +120,7 @@ impl ClientContext for ProducerContext {
             self.fatal.store(true, Ordering::Relaxed);
             return;
         }
-        if sluice_connect::kafka::is_refusal(&error) {
-            tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
+        if sluice_connect::kafka::report_refusal(&error, reason) {
             return;
         }
         // Brokers close idle connections and librdkafka reports that as "all brokers

@@ -8,11 +8,21 @@ use rdkafka::ClientConfig;
 /// Whether the brokers refused who we are, or TLS failed (an unknown CA, a host name
 /// the certificate does not name, a client certificate missing). Waiting does not fix
 /// these, so clients report them as errors rather than as passing disconnections.
-pub fn is_refusal(error: &KafkaError) -> bool {
+fn is_refusal(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL)
     )
+}
+
+/// Logs a refusal (see [`is_refusal`]) as an error naming the settings to check, and says
+/// whether it was one; any other error is the caller's to report.
+pub fn report_refusal(error: &KafkaError, reason: &str) -> bool {
+    if !is_refusal(error) {
+        return false;
+    }
+    tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -204,9 +204,7 @@ pub fn rejoin_if_asked(consumer: &LaneConsumer, topic: &str) -> Result<(), Kafka
 
 impl ClientContext for LaneContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if sluice_connect::kafka::is_refusal(&error) {
-            tracing::error!(error = %error, reason, "kafka refused the connection: check the KAFKA_SASL_* and KAFKA_SSL_* settings");
-        } else {
+        if !sluice_connect::kafka::report_refusal(&error, reason) {
             warn!(error = %error, reason, "kafka client error");
         }
     }
