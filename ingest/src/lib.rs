@@ -13,6 +13,7 @@ pub mod config;
 pub mod consume;
 pub mod dlq;
 pub mod dlq_commands;
+pub mod elements;
 pub mod groups;
 pub mod health;
 pub mod normalize;

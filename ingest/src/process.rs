@@ -19,7 +19,7 @@ use crate::persons::{PersonEvent, PersonStore};
 use crate::resolve::TeamCache;
 use crate::restrict::Restrictions;
 use crate::rows::EventRow;
-use crate::{telemetry, timestamp};
+use crate::{elements, telemetry, timestamp};
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,7 +222,7 @@ pub async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Outcome
     }
 
     // 11. The row.
-    let elements_chain = properties.get("$elements_chain").and_then(Value::as_str).unwrap_or_default().to_string();
+    let elements_chain = elements::take_chain(&mut properties);
     let event = EventRow {
         uuid: captured.uuid,
         person_id: person.as_ref().map_or_else(|| person_uuid(team.id, &captured.distinct_id), |p| p.uuid),
