@@ -89,8 +89,9 @@ pub struct Config {
     /// Fails open: while the list cannot be read, every well-formed token is accepted.
     #[arg(long, env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
     pub team_token_check: bool,
-    /// Postgres holding the teams (`sslmode`, `sslrootcert` in the URL for TLS; or a file
-    /// holding the URL, named by DATABASE_URL_FILE).
+    /// Postgres holding the teams, read in the background for the token check and the SDK
+    /// config (`sslmode`, `sslrootcert` in the URL for TLS; or a file holding the URL,
+    /// named by DATABASE_URL_FILE).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -107,6 +108,24 @@ pub struct Config {
     /// A token list not refreshed for this long is ignored (fail open).
     #[arg(long, env = "TEAM_TOKEN_STALE_AFTER_MS", default_value_t = 120_000)]
     pub team_token_stale_after_ms: u64,
+
+    // --- SDK configuration -----------------------------------------------------------
+    /// Answer the SDK's configuration requests (/array/<token>/config and config.js,
+    /// /flags, /decide) from each team's settings, read from DATABASE_URL in the
+    /// background. Off, or before the first read, every token gets the defaults (no
+    /// session recording); no feature flag is ever returned.
+    #[arg(long, env = "SDK_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sdk_config: bool,
+    /// How often the team settings are re-read.
+    #[arg(long, env = "SDK_CONFIG_REFRESH_INTERVAL_MS", default_value_t = 10_000)]
+    pub sdk_config_refresh_interval_ms: u64,
+    /// Most teams whose answers are held in memory; tokens of the others get the defaults.
+    #[arg(long, env = "SDK_CONFIG_MAX_TEAMS", default_value_t = 100_000)]
+    pub sdk_config_max_teams: usize,
+    /// Request compressions offered to SDKs, comma separated (`gzip-js`, `gzip`, `base64`):
+    /// posthog-js uses gzip-js when offered, else base64, else none.
+    #[arg(long, env = "SDK_CONFIG_SUPPORTED_COMPRESSION", default_value = "gzip,gzip-js")]
+    pub sdk_config_supported_compression: String,
 
     // --- Overflow --------------------------------------------------------------
     /// Reroute hot `token:distinct_id` keys to the overflow topic.

@@ -13,6 +13,7 @@ use crate::decode::DecodeError;
 use crate::parse::ParseError;
 use crate::produce::ProduceError;
 use crate::token::TokenError;
+use crate::v1::V1Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -30,6 +31,8 @@ pub enum CaptureError {
     NoValidEvent(String),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    V1(#[from] V1Error),
     #[error(transparent)]
     Produce(#[from] ProduceError),
     #[error(transparent)]
@@ -55,7 +58,12 @@ impl CaptureError {
             Decode(DecodeError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BodyRead(_) | Decode(_) | Parse(_) | NoValidEvent(_) => StatusCode::BAD_REQUEST,
-            Token(_) => StatusCode::UNAUTHORIZED,
+            Token(_) | V1(V1Error::MissingToken) => StatusCode::UNAUTHORIZED,
+            V1(V1Error::Parse(ParseError::Memory(e))) => match e {
+                BudgetError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BudgetError::Exhausted => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            V1(_) => StatusCode::BAD_REQUEST,
             Produce(ProduceError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Produce(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -74,6 +82,9 @@ impl CaptureError {
             Parse(e) => e.code(),
             NoValidEvent(_) => "no_valid_event",
             Token(e) => e.code(),
+            V1(V1Error::MissingToken) => "missing_api_key",
+            V1(V1Error::Parse(e)) => e.code(),
+            V1(V1Error::Shape) => "invalid_payload_shape",
             Produce(ProduceError::TooLarge { .. }) => "event_too_large",
             Produce(_) => "service_unavailable",
             Overloaded => "overloaded",

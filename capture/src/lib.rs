@@ -22,10 +22,12 @@ pub mod produce;
 pub mod replay;
 pub mod request;
 pub mod route;
+pub mod sdk_config;
 pub mod server;
 pub mod team_tokens;
 pub mod telemetry;
 pub mod token;
+pub mod v1;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowSettings};
 use crate::pipeline::Pipeline;
 use crate::produce::{KafkaSettings, KafkaSink, Sink};
 use crate::route::{Router, Topics};
+use crate::sdk_config::SdkConfigs;
 use crate::server::{AppState, BodyLimits, BodyTimeouts, ConnectionLimits};
 use crate::team_tokens::{TeamTokens, TokenRefresh};
 
@@ -76,7 +79,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         "" => None,
         url => Some(sluice_connect::redis::client(url, &config.redis_tls)?),
     };
-    let team_database = match config.team_token_check {
+    let database = match config.team_token_check || config.sdk_config {
         true => Some(sluice_connect::postgres::options(&config.database_url)?),
         false => None,
     };
@@ -124,10 +127,29 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let token_refresher = team_tokens::spawn_refresher(
         team_tokens.clone(),
         TokenRefresh {
-            database: team_database,
+            database: database.clone().filter(|_| config.team_token_check),
             query: config.team_token_query.clone(),
             interval: Config::ms(config.team_token_refresh_interval_ms),
             timeout: Config::ms(config.redis_timeout_ms.max(1_000)),
+        },
+        stop_rx.clone(),
+    );
+    let sdk_configs = SdkConfigs::new(
+        config
+            .sdk_config_supported_compression
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect(),
+    );
+    let sdk_config_refresher = sdk_config::spawn_refresher(
+        sdk_configs.clone(),
+        sdk_config::Refresh {
+            database: database.filter(|_| config.sdk_config),
+            interval: Config::ms(config.sdk_config_refresh_interval_ms),
+            timeout: Config::ms(config.redis_timeout_ms.max(1_000)),
+            max_teams: config.sdk_config_max_teams,
         },
         stop_rx.clone(),
     );
@@ -155,6 +177,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             max_decompressed_bytes: config.max_decompressed_bytes,
             message_max_bytes: config.kafka_message_max_bytes,
         },
+        sdk_config: sdk_configs,
         health: health.clone(),
         metrics: metrics.clone(),
         body_limits: BodyLimits {
@@ -192,7 +215,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     server::serve(listener, app, limits, drain, shutdown).await;
 
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(refresher, token_refresher, background, prober);
+    let _ = tokio::join!(refresher, token_refresher, sdk_config_refresher, background, prober);
     // Every 200 was sent after its acknowledgement; this flush is for requests the
     // drain timeout cut off, so their messages still get a chance.
     tokio::task::spawn_blocking(move || sink.flush(drain)).await?;

@@ -19,6 +19,8 @@ pub enum Route {
     Engage,
     /// `/s`: session replay.
     Replay,
+    /// `/i/v1/analytics/events`: the v1 batch (Bearer token, per-event results).
+    AnalyticsV1,
 }
 
 impl Route {
@@ -29,6 +31,7 @@ impl Route {
             Route::Batch => "batch",
             Route::Engage => "engage",
             Route::Replay => "replay",
+            Route::AnalyticsV1 => "analytics_v1",
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
@@ -36,7 +36,8 @@ use crate::error::CaptureError;
 use crate::health::Health;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::request::{RequestMeta, Route};
-use crate::telemetry;
+use crate::sdk_config::{Answer, Ask, SdkConfigs};
+use crate::{decode, telemetry, v1};
 
 /// Body limits as received (before decompression), per kind of route.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +50,7 @@ pub struct BodyLimits {
 impl BodyLimits {
     fn for_route(&self, route: Route) -> usize {
         match route {
-            Route::Batch => self.batch,
+            Route::Batch | Route::AnalyticsV1 => self.batch,
             Route::Replay => self.replay,
             Route::Events | Route::LegacyEvents | Route::Engage => self.events,
         }
@@ -58,6 +59,8 @@ impl BodyLimits {
 
 pub struct AppState {
     pub pipeline: Pipeline,
+    /// What `/array/<token>/config`, `/flags` and `/decide` answer.
+    pub sdk_config: SdkConfigs,
     pub health: Health,
     pub metrics: PrometheusHandle,
     pub body_limits: BodyLimits,
@@ -87,10 +90,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         .merge(event_routes(&["/engage"], |_| Route::Engage))
         .merge(post_routes(&["/batch"], Route::Batch))
-        .merge(post_routes(&["/s"], Route::Replay));
+        .merge(post_routes(&["/s"], Route::Replay))
+        .route(
+            "/i/v1/analytics/events",
+            axum::routing::post(|State(state): State<Arc<AppState>>, req: Request| analytics_v1(state, req)),
+        );
 
     Router::new()
         .merge(capture_routes)
+        .merge(sdk_config_routes())
         .route("/", get(|| async { "sluice-capture" }))
         .route("/_liveness", get(liveness))
         .route("/_readiness", get(readiness))
@@ -132,6 +140,73 @@ fn post_routes(paths: &[&'static str], route: Route) -> Router<Arc<AppState>> {
     with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, _)| r.route(&path, capture_handler(route)))
 }
 
+/// The SDK's configuration requests: the config by token in the path, and the flag
+/// endpoints, which name the token in the query or the (possibly compressed) body.
+fn sdk_config_routes() -> Router<Arc<AppState>> {
+    let config = |ask: Ask| {
+        get(move |State(state): State<Arc<AppState>>, Path(token): Path<String>| async move {
+            sdk_answer(&state, ask, Some(&token))
+        })
+    };
+    let flag_routes = |path: &'static str, decide: bool| {
+        let handler = move |State(state): State<Arc<AppState>>, req: Request| flags(state, decide, req);
+        with_trailing_slash(&[path])
+            .into_iter()
+            .fold(Router::new(), |r, (path, _)| r.route(&path, get(handler).post(handler)))
+    };
+    Router::new()
+        .route("/array/{token}/config", config(Ask::ConfigJson))
+        .route("/array/{token}/config.js", config(Ask::ConfigScript))
+        .merge(flag_routes("/flags", false))
+        .merge(flag_routes("/decide", true))
+}
+
+async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let ask = if decide {
+        Ask::Decide { version: param("v").and_then(|v| v.parse().ok()).unwrap_or(1) }
+    } else {
+        Ask::Flags { with_config: param("config").is_some_and(|v| v == "true" || v == "1") }
+    };
+    let mut token = param("token").or_else(|| param("api_key")).map(str::to_string);
+    if token.is_none() {
+        // Old SDKs send `/decide` bodies as they send events (a base64 form, gzip), so
+        // they are read by the same rules, under the same limits.
+        let peer =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        let meta = RequestMeta::new(Route::LegacyEvents, parts.uri.query(), &parts.headers, peer, 0);
+        let read = async {
+            let mut memory = state.memory.reservation();
+            let limit = state.body_limits.events;
+            let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
+            if body.is_empty() && meta.query.data.is_none() {
+                return Ok(None);
+            }
+            let decoded = decode::decode(&meta, body, state.pipeline.max_decompressed_bytes, &mut memory)?;
+            let json: serde_json::Value = serde_json::from_slice(&decoded.json)
+                .map_err(|e| CaptureError::BodyRead(format!("the body is not JSON: {e}")))?;
+            Ok::<_, CaptureError>(
+                ["token", "api_key", "$token"].iter().find_map(|k| json.get(k)?.as_str().map(str::to_string)),
+            )
+        };
+        match read.await {
+            Ok(found) => token = found,
+            Err(e) => return e.into_response(),
+        }
+    }
+    sdk_answer(&state, ask, token.as_deref())
+}
+
+fn sdk_answer(state: &AppState, ask: Ask, token: Option<&str>) -> Response {
+    let limited = token.is_some_and(|t| state.pipeline.router.lists.quota_recordings.contains(t));
+    let Answer { status, content_type, body, outcome } = state.sdk_config.answer(ask, token, limited);
+    telemetry::sdk_config_request(ask.label(), outcome);
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
 async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
@@ -155,6 +230,47 @@ async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
 
     let response = match result {
         Ok(outcome) => success(&meta, outcome),
+        Err(e) => {
+            if e.status().is_server_error() {
+                warn!(route = route.as_str(), error = %e, "request not accepted");
+            }
+            e.into_response()
+        }
+    };
+    telemetry::request_done(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// The v1 batch: decoded like any body, translated to the `/batch` shape, then through the
+/// pipeline; answered per event.
+async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let route = Route::AnalyticsV1;
+    let (parts, body) = req.into_parts();
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let mut meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer, state.trusted_proxy_hops);
+    let limit = state.body_limits.for_route(route);
+    let result = async {
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(CaptureError::BodyTooLarge { limit });
+        }
+        let mut memory = state.memory.reservation();
+        let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
+        let _slot = state.slots.try_acquire().map_err(|_| CaptureError::Overloaded)?;
+        let decoded = decode::decode(&meta, body, state.pipeline.max_decompressed_bytes, &mut memory)?;
+        let translated = v1::translate(&decoded.json, &parts.headers, &mut memory)?;
+        if !translated.accepted.is_empty() {
+            // What goes on is plain JSON now.
+            meta.content_encoding = None;
+            meta.query = Default::default();
+            state.pipeline.handle(&meta, Bytes::from(translated.batch.to_string()), memory).await?;
+        }
+        Ok(translated)
+    }
+    .await;
+    let response = match result {
+        Ok(translated) => (StatusCode::OK, Json(v1::results(&translated))).into_response(),
         Err(e) => {
             if e.status().is_server_error() {
                 warn!(route = route.as_str(), error = %e, "request not accepted");

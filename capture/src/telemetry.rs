@@ -13,6 +13,7 @@ use crate::request::Route;
 use crate::route::Lane;
 
 const REQUESTS: &str = "capture_requests_total";
+const SDK_CONFIG_REQUESTS: &str = "capture_sdk_config_requests_total";
 const REQUEST_DURATION: &str = "capture_request_duration_seconds";
 const EVENTS_RECEIVED: &str = "capture_events_received_total";
 const EVENTS_INGESTED: &str = "capture_events_ingested_total";
@@ -37,6 +38,12 @@ const RATIO: &[f64] = &[1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 /// Every metric: name, kind, help.
 const METRICS: &[Metric] = &[
     (REQUESTS, Kind::Counter, "HTTP requests answered, by route and status code."),
+    (
+        SDK_CONFIG_REQUESTS,
+        Kind::Counter,
+        "SDK configuration requests (config, config_js, flags, decide), by what answered them: the team's \
+         settings, the defaults (settings not read yet) or unknown_token.",
+    ),
     (
         REQUEST_DURATION,
         Kind::Histogram(SECONDS),
@@ -74,6 +81,12 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// A configuration request of the SDK (`config`, `config_js`, `flags`, `decide`), by what
+/// it was answered from: `team`, `defaults` (settings not read yet) or `unknown_token`.
+pub fn sdk_config_request(endpoint: &'static str, outcome: &'static str) {
+    counter!(SDK_CONFIG_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
 }
 
 pub fn request_done(route: Route, status: u16, seconds: f64) {
@@ -132,4 +145,9 @@ pub fn register() {
         counter!(OVERFLOW_REROUTES, "reason" => reason.as_str()).increment(0);
     }
     counter!(PRODUCER_RECREATED).increment(0);
+    for endpoint in ["config", "config_js", "flags", "decide"] {
+        for outcome in ["team", "defaults", "unknown_token"] {
+            counter!(SDK_CONFIG_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(0);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::config::{Config, TeamsCommand};
 use crate::write::ClickHouse;
 
 pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
@@ -69,4 +69,97 @@ pub async fn list_teams(config: &Config) -> anyhow::Result<()> {
         println!("{id}\t{token}\t{name}");
     }
     Ok(())
+}
+
+/// `teams configure`: the settings given change, the others stay; prints them all.
+pub async fn configure_team(config: &Config, command: TeamsCommand) -> anyhow::Result<()> {
+    let TeamsCommand::Configure {
+        token,
+        session_recording,
+        recording_sample_rate,
+        recording_minimum_duration_ms,
+        console_logs,
+        autocapture,
+        heatmaps,
+        exception_autocapture,
+        elements_chain_as_string,
+    } = command
+    else {
+        anyhow::bail!("not a configure command");
+    };
+    if let Some(rate) = recording_sample_rate {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "--recording-sample-rate must be between 0 and 1, not {rate}");
+    }
+    if let Some(ms) = recording_minimum_duration_ms {
+        anyhow::ensure!(ms >= 0, "--recording-minimum-duration-ms must not be negative, not {ms}");
+    }
+    let pool = pool(config).await?;
+    let row: Option<SdkSettings> = sqlx::query_as(
+        "UPDATE teams SET \
+           session_recording_opt_in = COALESCE($2, session_recording_opt_in), \
+           session_recording_sample_rate = CASE WHEN $3::float8 IS NULL THEN session_recording_sample_rate \
+             WHEN $3::float8 >= 1 THEN NULL ELSE $3::float8 END, \
+           session_recording_minimum_duration_ms = CASE WHEN $4::int IS NULL THEN session_recording_minimum_duration_ms \
+             WHEN $4::int = 0 THEN NULL ELSE $4::int END, \
+           capture_console_log_opt_in = COALESCE($5, capture_console_log_opt_in), \
+           autocapture_opt_out = COALESCE(NOT $6, autocapture_opt_out), \
+           heatmaps_opt_in = COALESCE($7, heatmaps_opt_in), \
+           autocapture_exceptions_opt_in = COALESCE($8, autocapture_exceptions_opt_in), \
+           elements_chain_as_string = COALESCE($9, elements_chain_as_string) \
+         WHERE api_token = $1 \
+         RETURNING id, session_recording_opt_in, session_recording_sample_rate, session_recording_minimum_duration_ms, \
+           capture_console_log_opt_in, NOT autocapture_opt_out AS autocapture, heatmaps_opt_in, \
+           autocapture_exceptions_opt_in, elements_chain_as_string",
+    )
+    .bind(&token)
+    .bind(session_recording)
+    .bind(recording_sample_rate)
+    .bind(recording_minimum_duration_ms)
+    .bind(console_logs)
+    .bind(autocapture)
+    .bind(heatmaps)
+    .bind(exception_autocapture)
+    .bind(elements_chain_as_string)
+    .fetch_optional(&pool)
+    .await
+    .context("updating the team (did you run `sluice-ingest migrate`?)")?;
+    let Some(team) = row else {
+        anyhow::bail!("no team has the token {token} (see `sluice-ingest teams list`)");
+    };
+    println!(
+        "team {}: session recording {}, sample rate {}, minimum duration {} ms, console logs {}, autocapture {}, \
+         heatmaps {}, exception autocapture {}, elements as {}",
+        team.id,
+        on(team.session_recording_opt_in),
+        team.session_recording_sample_rate.map_or("all".to_string(), |r| r.to_string()),
+        team.session_recording_minimum_duration_ms.unwrap_or(0),
+        on(team.capture_console_log_opt_in),
+        on(team.autocapture),
+        on(team.heatmaps_opt_in),
+        on(team.autocapture_exceptions_opt_in),
+        if team.elements_chain_as_string { "chain string" } else { "$elements list" },
+    );
+    Ok(())
+}
+
+/// A team's SDK settings as `teams configure` prints them.
+#[derive(sqlx::FromRow)]
+struct SdkSettings {
+    id: i64,
+    session_recording_opt_in: bool,
+    session_recording_sample_rate: Option<f64>,
+    session_recording_minimum_duration_ms: Option<i32>,
+    capture_console_log_opt_in: bool,
+    autocapture: bool,
+    heatmaps_opt_in: bool,
+    autocapture_exceptions_opt_in: bool,
+    elements_chain_as_string: bool,
+}
+
+fn on(flag: bool) -> &'static str {
+    if flag {
+        "on"
+    } else {
+        "off"
+    }
 }

@@ -159,6 +159,39 @@ pub enum TeamsCommand {
     },
     /// List teams with their tokens.
     List,
+    /// Change what the browser SDK is told when it loads (capture's
+    /// `/array/<token>/config`); only the settings given change. Capture picks the
+    /// change up within SDK_CONFIG_REFRESH_INTERVAL_MS.
+    Configure {
+        /// The team's api token.
+        #[arg(long)]
+        token: String,
+        /// Record sessions (true/false).
+        #[arg(long)]
+        session_recording: Option<bool>,
+        /// Share of sessions recorded, 0 to 1 (1: all).
+        #[arg(long)]
+        recording_sample_rate: Option<f64>,
+        /// Sessions shorter than this many milliseconds are not kept (0: all).
+        #[arg(long)]
+        recording_minimum_duration_ms: Option<i32>,
+        /// Console logs in recordings (true/false).
+        #[arg(long)]
+        console_logs: Option<bool>,
+        /// Autocapture of clicks, changes and submits (true/false).
+        #[arg(long)]
+        autocapture: Option<bool>,
+        /// Heatmap data (true/false).
+        #[arg(long)]
+        heatmaps: Option<bool>,
+        /// Exception autocapture (true/false).
+        #[arg(long)]
+        exception_autocapture: Option<bool>,
+        /// Autocapture elements sent as the chain string (true) or as the older
+        /// `$elements` list (false), which ingest converts.
+        #[arg(long)]
+        elements_chain_as_string: Option<bool>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

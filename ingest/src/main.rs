@@ -31,6 +31,9 @@ async fn run(cli: Cli) {
         Command::Migrate => commands::migrate(&cli.config).await,
         Command::Teams { command: TeamsCommand::Create { name } } => commands::create_team(&cli.config, &name).await,
         Command::Teams { command: TeamsCommand::List } => commands::list_teams(&cli.config).await,
+        Command::Teams { command: configure @ TeamsCommand::Configure { .. } } => {
+            commands::configure_team(&cli.config, configure).await
+        }
         Command::Dlq { command: DlqCommand::List { since, team } } => match selection(since, team) {
             Ok(s) => dlq_commands::list(&cli.config, &s).await,
             Err(e) => Err(e),

@@ -84,6 +84,9 @@ CAPTURE = dashboard("sluice-capture", "Sluice / Capture", [
            "ops", legend="{{reason}}"),
      panel("Redis list refreshes per outcome", [f"sum by (outcome) (rate(capture_redis_refreshes_total{RATE}))"],
            "ops", legend="{{outcome}}")],
+    [panel("SDK config requests per endpoint and outcome",
+           [f"sum by (endpoint, outcome) (rate(capture_sdk_config_requests_total{RATE}))"], "reqps",
+           legend="{{endpoint}} {{outcome}}")],
 ])
 
 INGEST = dashboard("sluice-ingest", "Sluice / Ingest", [

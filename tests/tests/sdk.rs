@@ -95,3 +95,30 @@ fn posthog_python_with_and_without_gzip() {
 fn posthog_node_with_and_without_gzip() {
     sdk_sequence("sdk-node", Sdk::Node);
 }
+
+/// posthog-python's `capture_mode="v1"`: `POST /i/v1/analytics/events` with a Bearer
+/// token, the SDK named in `PostHog-Sdk-Info` and per-event results, its body plain,
+/// gzip, deflate (zlib) or zstd. The same sequence arrives as the same five events,
+/// `$lib` taken from the header.
+#[test]
+fn posthog_python_capture_mode_v1_with_every_compression() {
+    let cap = Capture::start("sdk-python-v1", &[]);
+    for (i, compression) in ["none", "gzip", "deflate", "zstd"].into_iter().enumerate() {
+        let token = unique("phc-sdk-v1");
+        let run = unique(&format!("v1-{compression}"));
+        let mut program = Sdk::Python.send_command(&cap.url, &token, &run, false);
+        program.env("SLUICE_CAPTURE_MODE", "v1").env("SLUICE_CAPTURE_COMPRESSION", compression);
+        run_sdk(&cap, &mut program, &format!("posthog-python v1 ({compression})"));
+        let records: Vec<Record> = cap
+            .read(&cap.topics.main, 5 * (i + 1))
+            .into_iter()
+            .filter(|r| r.value["token"] == token.as_str())
+            .collect();
+        check_sequence(&records, &token, &run);
+        for r in &records {
+            assert_eq!(r.data()["properties"]["$lib"], "posthog-python", "{compression}: from PostHog-Sdk-Info");
+            assert!(r.value["sent_at"].is_string(), "{compression}: the batch's send time");
+        }
+    }
+    assert!(cap.log_text().lines().all(|l| !l.contains("ERROR")), "{}", cap.log_text());
+}

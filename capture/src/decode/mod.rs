@@ -15,18 +15,23 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use bytes::Bytes;
-use flate2::read::MultiGzDecoder;
+use flate2::read::{MultiGzDecoder, ZlibDecoder};
 
 use crate::budget::{BudgetError, Reservation};
 use crate::request::RequestMeta;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Gzip,
     LzString,
     Base64,
+    /// zlib-wrapped deflate (RFC 1950), as `Content-Encoding: deflate` means in practice
+    /// (posthog-python, posthog-go and posthog-rs send it so on the v1 endpoint).
+    Deflate,
+    Zstd,
 }
 
 impl Encoding {
@@ -36,6 +41,8 @@ impl Encoding {
             "gzip" | "gzip-js" | "x-gzip" => Some(Encoding::Gzip),
             "lz64" | "lz-string" | "lzstring" => Some(Encoding::LzString),
             "base64" | "b64" => Some(Encoding::Base64),
+            "deflate" => Some(Encoding::Deflate),
+            "zstd" => Some(Encoding::Zstd),
             _ => None,
         }
     }
@@ -51,6 +58,10 @@ pub enum DecodeError {
     LzString,
     #[error("payload is not valid base64: {0}")]
     Base64(String),
+    #[error("payload is not valid deflate (zlib): {0}")]
+    Deflate(String),
+    #[error("payload is not valid zstd: {0}")]
+    Zstd(String),
     #[error("payload is larger than {limit} bytes once decoded")]
     TooLarge { limit: usize },
     #[error(transparent)]
@@ -64,6 +75,8 @@ impl DecodeError {
             DecodeError::Gzip(_) => "invalid_gzip",
             DecodeError::LzString => "invalid_lz64",
             DecodeError::Base64(_) => "invalid_base64",
+            DecodeError::Deflate(_) => "invalid_deflate",
+            DecodeError::Zstd(_) => "invalid_zstd",
             DecodeError::TooLarge { .. } => "payload_too_large",
             DecodeError::Memory(e) => e.code(),
         }
@@ -127,7 +140,14 @@ pub fn decode_payload(
     if payload.starts_with(&GZIP_MAGIC) {
         return gunzip(&payload, limit, memory);
     }
+    // JSON never starts with these bytes, so the frame is recognised whatever the hint.
+    if payload.starts_with(&ZSTD_MAGIC) {
+        let decoder = zstd::stream::read::Decoder::new(&payload[..]).map_err(|e| DecodeError::Zstd(e.to_string()))?;
+        return inflate(decoder, limit, memory, DecodeError::Zstd);
+    }
     match hint {
+        Some(Encoding::Deflate) => inflate(ZlibDecoder::new(&payload[..]), limit, memory, DecodeError::Deflate),
+        Some(Encoding::Zstd) => Err(DecodeError::Zstd("no zstd frame".to_string())),
         Some(Encoding::LzString) => lzstring::decompress_from_base64(trim_ascii(&payload), limit, memory)
             .map(|text| Bytes::from(text.into_bytes()))
             .map_err(|e| match e {
@@ -156,10 +176,19 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-/// Inflates in steps, each step's room reserved first.
 fn gunzip(payload: &[u8], limit: usize, memory: &mut Reservation) -> Result<Bytes, DecodeError> {
+    inflate(MultiGzDecoder::new(payload), limit, memory, DecodeError::Gzip)
+}
+
+/// Decompresses in steps, each step's room reserved first.
+fn inflate(
+    reader: impl Read,
+    limit: usize,
+    memory: &mut Reservation,
+    invalid: fn(String) -> DecodeError,
+) -> Result<Bytes, DecodeError> {
     const STEP: usize = 64 * 1024;
-    let mut reader = MultiGzDecoder::new(payload).take(limit as u64 + 1);
+    let mut reader = reader.take(limit as u64 + 1);
     let mut out: Vec<u8> = Vec::new();
     loop {
         memory.make_room(&mut out, STEP)?;
@@ -168,7 +197,7 @@ fn gunzip(payload: &[u8], limit: usize, memory: &mut Reservation) -> Result<Byte
         let n = match reader.read(&mut out[filled..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(DecodeError::Gzip(e.to_string())),
+            Err(e) => return Err(invalid(e.to_string())),
         };
         out.truncate(filled + n);
         if out.len() > limit {

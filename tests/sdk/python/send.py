@@ -1,10 +1,13 @@
 """Sends events with the real posthog-python client.
 
 Usage: send.py HOST TOKEN RUN_ID GZIP(0|1) [STEP]
+SLUICE_CAPTURE_MODE=v1 sends with capture_mode="v1" (POST /i/v1/analytics/events), its
+body compressed as SLUICE_CAPTURE_COMPRESSION says (none, gzip, deflate, zstd).
 Without STEP: a fixed sequence (an event, identify, alias, group identify, a grouped
 event) as anon-RUN / user-RUN. With STEP: one step of the person story of
 tests/tests/ingest_persons.rs (see STEPS). Prints nothing; the tests read what arrived.
 """
+import os
 import sys
 
 from posthog import Posthog
@@ -23,6 +26,8 @@ client = Posthog(
     disable_geoip=True,
     enable_local_evaluation=False,
     on_error=lambda e, batch: errors.append(str(e)),
+    capture_mode=os.environ.get("SLUICE_CAPTURE_MODE", "v0"),
+    capture_compression=os.environ.get("SLUICE_CAPTURE_COMPRESSION") or None,
 )
 
 STEPS = {
