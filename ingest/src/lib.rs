@@ -12,19 +12,16 @@ pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod dlq;
-pub mod dlq_commands;
 pub mod elements;
 pub mod groups;
 pub mod health;
 pub mod normalize;
 pub mod persons;
-pub mod plugin_commands;
 pub mod plugins;
 pub mod process;
 pub mod resolve;
 pub mod restrict;
 pub mod rows;
-pub mod schedules;
 pub mod telemetry;
 pub mod timestamp;
 pub mod watch;
@@ -135,10 +132,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut exporter = None;
     let plugins = plugins.map(|(plugins, queue)| {
         exporter = Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone()));
-        schedules::spawn(
+        plugins::schedules::spawn(
             plugins.clone(),
             ch.clone(),
-            schedules::Settings {
+            plugins::schedules::Settings {
                 redis: redis.clone(),
                 key_prefix: config.redis_key_prefix.clone(),
                 minute: Duration::from_millis(config.plugin_schedule_minute_ms),

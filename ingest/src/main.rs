@@ -1,7 +1,8 @@
 use clap::Parser;
+use sluice_ingest::commands::dlq::{self, Selection};
+use sluice_ingest::commands::{self, plugins, teams};
 use sluice_ingest::config::{Cli, Command, DlqCommand, PluginsCommand, TeamsCommand};
-use sluice_ingest::dlq_commands::{self, Selection};
-use sluice_ingest::{commands, plugin_commands, telemetry};
+use sluice_ingest::telemetry;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -29,19 +30,19 @@ async fn run(cli: Cli) {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => sluice_ingest::run(cli.config, shutdown_signal()).await,
         Command::Migrate => commands::migrate(&cli.config).await,
-        Command::Teams { command: TeamsCommand::Create { name } } => commands::create_team(&cli.config, &name).await,
-        Command::Teams { command: TeamsCommand::List } => commands::list_teams(&cli.config).await,
+        Command::Teams { command: TeamsCommand::Create { name } } => teams::create(&cli.config, &name).await,
+        Command::Teams { command: TeamsCommand::List } => teams::list(&cli.config).await,
         Command::Teams { command: configure @ TeamsCommand::Configure { .. } } => {
-            commands::configure_team(&cli.config, configure).await
+            teams::configure(&cli.config, configure).await
         }
         Command::Dlq { command: DlqCommand::List { since, team } } => match selection(since, team) {
-            Ok(s) => dlq_commands::list(&cli.config, &s).await,
+            Ok(s) => dlq::list(&cli.config, &s).await,
             Err(e) => Err(e),
         },
-        Command::Plugins { command } => plugins(&cli.config, command).await,
+        Command::Plugins { command } => plugin_command(&cli.config, command).await,
         Command::PluginWorker => sluice_plugin_runtime::worker::serve().await.map_err(anyhow::Error::from),
         Command::Dlq { command: DlqCommand::Replay { since, team, to, dry_run } } => match selection(since, team) {
-            Ok(s) => dlq_commands::replay(&cli.config, &s, to.as_deref(), dry_run).await,
+            Ok(s) => dlq::replay(&cli.config, &s, to.as_deref(), dry_run).await,
             Err(e) => Err(e),
         },
     };
@@ -51,21 +52,21 @@ async fn run(cli: Cli) {
     }
 }
 
-async fn plugins(config: &sluice_ingest::config::Config, command: PluginsCommand) -> anyhow::Result<()> {
+async fn plugin_command(config: &sluice_ingest::config::Config, command: PluginsCommand) -> anyhow::Result<()> {
     match command {
         PluginsCommand::Install { dir, team, config: settings, order } => {
-            plugin_commands::install(config, &dir, team, &settings, order).await
+            plugins::install(config, &dir, team, &settings, order).await
         }
-        PluginsCommand::List { team } => plugin_commands::list(config, team).await,
-        PluginsCommand::Enable { id } => plugin_commands::set_enabled(config, id, true).await,
-        PluginsCommand::Disable { id } => plugin_commands::set_enabled(config, id, false).await,
-        PluginsCommand::Configure { id, config: settings } => plugin_commands::configure(config, id, &settings).await,
-        PluginsCommand::Logs { id, limit } => plugin_commands::logs(config, id, limit).await,
+        PluginsCommand::List { team } => plugins::list(config, team).await,
+        PluginsCommand::Enable { id } => plugins::set_enabled(config, id, true).await,
+        PluginsCommand::Disable { id } => plugins::set_enabled(config, id, false).await,
+        PluginsCommand::Configure { id, config: settings } => plugins::configure(config, id, &settings).await,
+        PluginsCommand::Logs { id, limit } => plugins::logs(config, id, limit).await,
     }
 }
 
 fn selection(since: Option<String>, team: Option<i64>) -> anyhow::Result<Selection> {
-    Ok(Selection { since: since.as_deref().map(dlq_commands::parse_since).transpose()?, team })
+    Ok(Selection { since: since.as_deref().map(dlq::parse_since).transpose()?, team })
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).

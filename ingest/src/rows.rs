@@ -51,3 +51,25 @@ impl EventRow {
         })
     }
 }
+
+/// One row of `plugin_log_entries`: a line a plugin logged, or why it failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginLogRow<'a> {
+    pub team_id: i64,
+    pub plugin_config_id: i64,
+    pub level: &'a str,
+    pub message: &'a str,
+    pub timestamp: OffsetDateTime,
+}
+
+impl PluginLogRow<'_> {
+    pub fn to_json(&self, flavor: Flavor) -> Value {
+        json!({
+            "team_id": self.team_id,
+            "plugin_config_id": self.plugin_config_id,
+            "level": self.level,
+            "message": self.message,
+            "timestamp": flavor.format(self.timestamp),
+        })
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Map, Value};
 use sluice_plugin_runtime::{Manifest, PluginSource};
 
-use crate::commands::pool;
+use super::pool;
 use crate::config::Config;
 
 type Json<T> = sqlx::types::Json<T>;
@@ -200,7 +200,7 @@ pub async fn configure(config: &Config, id: i64, settings: &[(String, String)]) 
 }
 
 pub async fn logs(config: &Config, id: i64, limit: u32) -> anyhow::Result<()> {
-    let ch = crate::commands::clickhouse(config).await?;
+    let ch = super::clickhouse(config).await?;
     let text = ch
         .query(&format!(
             "SELECT timestamp, level, message FROM {}.plugin_log_entries WHERE plugin_config_id = {id}

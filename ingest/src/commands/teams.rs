@@ -1,47 +1,11 @@
-//! Operator commands: they say what they did in plain words, and fail with a clear
-//! message and a non-zero exit on bad input.
+//! `teams create | list | configure`.
 
 use anyhow::Context;
-use sqlx::PgPool;
 
+use super::pool;
 use crate::config::{Config, TeamsCommand};
-use crate::write::ClickHouse;
 
-pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(config.postgres()?)
-        .await
-        .with_context(|| {
-            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_connect::redact::url(&config.database_url))
-        })
-}
-
-/// ClickHouse for an operator command.
-pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
-    ClickHouse::connect(
-        &config.clickhouse(std::time::Duration::from_secs(30))?,
-        &config.clickhouse_database,
-        config.clickhouse_compression,
-    )
-    .await
-    .with_context(|| {
-        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse_url))
-    })
-}
-
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = pool(config).await?;
-    sluice_schema::postgres::MIGRATOR.run(&pool).await.context("applying the Postgres migrations")?;
-    println!("postgres: migrations applied ({} known)", sluice_schema::postgres::MIGRATOR.iter().count());
-    let ch = clickhouse(config).await?;
-    let n = ch.migrate().await.context("applying the ClickHouse DDL")?;
-    println!("clickhouse: {n} statements applied to database {} ({:?} column types)", ch.database, ch.flavor);
-    Ok(())
-}
-
-pub async fn create_team(config: &Config, name: &str) -> anyhow::Result<()> {
+pub async fn create(config: &Config, name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(!name.trim().is_empty(), "a team needs a non-empty --name");
     let pool = pool(config).await?;
     let token = format!("phc_{}", uuid::Uuid::new_v4().simple());
@@ -56,7 +20,7 @@ pub async fn create_team(config: &Config, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list_teams(config: &Config) -> anyhow::Result<()> {
+pub async fn list(config: &Config) -> anyhow::Result<()> {
     let pool = pool(config).await?;
     let teams: Vec<(i64, String, String)> = sqlx::query_as("SELECT id, name, api_token FROM teams ORDER BY id")
         .fetch_all(&pool)
@@ -72,7 +36,7 @@ pub async fn list_teams(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `teams configure`: the settings given change, the others stay; prints them all.
-pub async fn configure_team(config: &Config, command: TeamsCommand) -> anyhow::Result<()> {
+pub async fn configure(config: &Config, command: TeamsCommand) -> anyhow::Result<()> {
     let TeamsCommand::Configure {
         token,
         session_recording,

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use serde_json::json;
+use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::plugins::Plugins;
+use super::{PluginLogs, PluginState, Plugins};
 use crate::write::ClickHouse;
 
 /// How long the running lock lives without renewal; renewed every third of it.
@@ -131,4 +131,27 @@ async fn release(c: &mut MultiplexedConnection, key: &str, token: &str) -> redis
     const SCRIPT: &str =
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
     redis::cmd("EVAL").arg(SCRIPT).arg(1).arg(key).arg(token).query_async::<i64>(c).await.map(drop)
+}
+
+impl Plugins {
+    /// Runs one schedule of one instance and records what it logged or how it failed.
+    async fn run_schedule(&self, team: i64, id: i64, hook: &str, info: Value, ch: &ClickHouse) {
+        let started = std::time::Instant::now();
+        let (result, logs, strike) = self.exports.schedule(team, id, hook, info).await;
+        crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
+        let mut lines = PluginLogs::new(team, ch.flavor);
+        for entry in &logs {
+            lines.push(id, &entry.level, &entry.message);
+        }
+        if let Err(e) = &result {
+            crate::telemetry::plugin_error(id, "schedule");
+            warn!(plugin_config = id, team, hook, error = %e, "schedule failed");
+            lines.push(id, "error", &e.to_string());
+        }
+        if let Some(strike) = strike.filter(|s| s.disabled) {
+            let reason = format!("its worker kept dying: {}", strike.reason);
+            self.set_state(id, PluginState::Disabled, &reason).await;
+        }
+        lines.write(ch, "schedule").await;
+    }
 }

@@ -1,0 +1,111 @@
+//! `process_event`: a team's chain over a batch's events, one round trip to the team's
+//! worker process per batch. Failures never stop events: an event continues with the last
+//! good version and says which plugins succeeded and failed (`$plugins_succeeded`,
+//! `$plugins_failed`), unless a required plugin did not process it.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sluice_plugin_runtime::PluginError;
+use sluice_schema::clickhouse::Flavor;
+use sluice_schema::CapturedEvent;
+use tracing::{info, warn};
+
+use super::{event, PluginLogs, PluginState, Plugins};
+
+/// What became of one event in its team's chain.
+pub enum AfterPlugins {
+    Keep(CapturedEvent),
+    /// A plugin dropped it.
+    Dropped,
+    /// A required plugin did not process it: dead-lettered with this reason.
+    Dead(String),
+}
+
+/// What the chain did to a batch's events of one team.
+pub struct Applied {
+    /// Per event, in order.
+    pub events: Vec<AfterPlugins>,
+    /// Rows for ClickHouse `plugin_log_entries`.
+    pub logs: Vec<Value>,
+}
+
+impl Plugins {
+    /// Runs the team's chain over `events` (all of `team`).
+    pub async fn apply(&self, team: i64, events: Vec<CapturedEvent>, flavor: Flavor) -> Applied {
+        if let Some(reason) = self.blocked.read().expect("blocked lock").get(&team).cloned() {
+            return Applied {
+                events: events.iter().map(|_| AfterPlugins::Dead(reason.clone())).collect(),
+                logs: Vec::new(),
+            };
+        }
+        let chain = self.chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
+        let inputs: Vec<Value> = events.iter().map(|e| event::to_plugin_event(e, team)).collect();
+        let started = std::time::Instant::now();
+        let ids: Vec<i64> = chain.iter().map(|l| l.id).collect();
+        let outcome = self.supervisor.process(team, &ids, inputs).await;
+        crate::telemetry::step("plugins", started.elapsed().as_secs_f64());
+        let label = |id: i64| chain.iter().find(|l| l.id == id).map_or_else(|| id.to_string(), |l| l.label.clone());
+        let mut logs = PluginLogs::new(team, flavor);
+
+        for link in &chain {
+            crate::telemetry::plugin_calls(link.id, events.len());
+        }
+        for (id, seconds) in &outcome.output.durations {
+            crate::telemetry::plugin_duration(*id, *seconds);
+        }
+        let mut failed_now: HashMap<i64, (u32, String)> = HashMap::new();
+        for (id, _, error) in &outcome.output.errors {
+            let kind = match error {
+                PluginError::Timeout { .. } => "timeout",
+                PluginError::Ticks { .. } => "ticks",
+                PluginError::Memory { .. } => "memory",
+                _ => "error",
+            };
+            crate::telemetry::plugin_error(*id, kind);
+            let entry = failed_now.entry(*id).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = error.to_string();
+            warn!(plugin = %label(*id), team, error = %error, "plugin call failed");
+            logs.push(*id, "error", &error.to_string());
+        }
+        for (id, entry) in &outcome.output.logs {
+            info!(plugin = %label(*id), team, level = %entry.level, "{}", entry.message);
+            logs.push(*id, &entry.level, &entry.message);
+        }
+        for strike in &outcome.strikes {
+            crate::telemetry::plugin_error(strike.id, "crash");
+            logs.push(strike.id, "error", &strike.reason);
+            if strike.disabled {
+                let reason = format!("its worker kept dying: {}", strike.reason);
+                self.set_state(strike.id, PluginState::Disabled, &reason).await;
+            }
+        }
+        for link in &chain {
+            self.track_health(link.id, failed_now.get(&link.id), events.len()).await;
+        }
+
+        let errors = &outcome.output.errors;
+        let events = events
+            .into_iter()
+            .zip(outcome.output.events)
+            .enumerate()
+            .map(|(i, (mut captured, processed))| {
+                let missed = chain.iter().find(|l| l.required && processed.failed.contains(&l.id));
+                if let Some(link) = missed {
+                    let why = errors
+                        .iter()
+                        .find(|(id, at, _)| *id == link.id && *at == i)
+                        .map_or_else(|| "it could not run".to_string(), |(_, _, e)| e.to_string());
+                    return AfterPlugins::Dead(format!("required plugin {} did not process it: {why}", link.label));
+                }
+                let Some(event) = processed.event else { return AfterPlugins::Dropped };
+                let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(*id)).collect();
+                let failed: Vec<String> = processed.failed.iter().map(|id| label(*id)).collect();
+                event::from_plugin_event(&mut captured, &event, &succeeded, &failed);
+                AfterPlugins::Keep(captured)
+            })
+            .collect();
+        Applied { events, logs: logs.into_rows() }
+    }
+}

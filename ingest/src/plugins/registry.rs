@@ -1,0 +1,114 @@
+//! Which plugin configurations run: loaded from Postgres, reloaded when their
+//! `updated_at` moves (the new version is set up in the workers and swapped in only if
+//! its `setup` succeeds), and arranged into each team's chains.
+
+use std::collections::{HashMap, HashSet};
+
+use sluice_plugin_runtime::protocol::Instance;
+use tracing::{info, warn};
+
+use super::{store, Link, PluginState, Plugins, Version};
+
+impl Plugins {
+    /// `(team, instance, hook)` of every schedule hook of the running, enabled instances.
+    pub fn scheduled(&self) -> Vec<(i64, i64, String)> {
+        let live: HashSet<i64> = self
+            .chains
+            .read()
+            .expect("chains lock")
+            .values()
+            .chain(self.on_event_chains.read().expect("chains lock").values())
+            .flatten()
+            .map(|l| l.id)
+            .collect();
+        let loaded = self.loaded.lock().expect("loaded lock");
+        let mut out = Vec::new();
+        for (id, v) in loaded.iter().filter(|(_, v)| v.running) {
+            for hook in v.hooks.iter().filter(|h| h.starts_with("every_")) {
+                if live.contains(id) || self.scheduled_only.read().expect("lock").contains(id) {
+                    out.push((v.team, *id, hook.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads what changed since the last call and rebuilds the chains.
+    pub async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let rows = store::configs(&self.pool).await?;
+        let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        let mut scheduled_only = HashSet::new();
+        let mut blocked: HashMap<i64, String> = HashMap::new();
+        for row in rows {
+            let label = format!("{} ({})", row.manifest.name, row.id);
+            let required = row.manifest.required;
+            let disabled = row.state() == PluginState::Disabled;
+            if row.enabled && required && disabled {
+                blocked.insert(row.team_id, format!("required plugin {label} is disabled"));
+            }
+            if !row.enabled || disabled {
+                continue;
+            }
+            let attempted = self.loaded.lock().expect("loaded lock").get(&row.id).map(|l| l.attempted);
+            if attempted != Some(row.updated_at) {
+                let instance = Instance {
+                    id: row.id,
+                    source: sluice_plugin_runtime::PluginSource { manifest: row.manifest.0.clone(), main: row.source },
+                    config: row.config.0,
+                    limits: self.limits.clone(),
+                };
+                let mut result = self.supervisor.load(row.team_id, instance.clone()).await;
+                if let Ok(hooks) = &result {
+                    if hooks.iter().any(|h| h == "on_event" || h.starts_with("every_")) {
+                        result = self.exports.load(row.team_id, instance).await.map(|_| hooks.clone());
+                    }
+                }
+                let mut loaded = self.loaded.lock().expect("loaded lock");
+                let entry = loaded.entry(row.id).or_insert(Version {
+                    attempted: row.updated_at,
+                    running: false,
+                    hooks: Vec::new(),
+                    team: row.team_id,
+                });
+                entry.attempted = row.updated_at;
+                match result {
+                    Ok(hooks) => {
+                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, ?hooks, "plugin loaded");
+                        entry.running = true;
+                        entry.hooks = hooks;
+                        self.failures.lock().expect("failures lock").remove(&row.id);
+                    }
+                    Err(e) => {
+                        // The version loaded before (if any) keeps running; this one is
+                        // not tried again until the configuration changes.
+                        warn!(plugin_config = row.id, error = %e, "plugin did not load; keeping what ran before");
+                        crate::telemetry::plugin_error(row.id, "setup");
+                    }
+                }
+            }
+            let Some(hooks) =
+                self.loaded.lock().expect("loaded lock").get(&row.id).filter(|l| l.running).map(|l| l.hooks.clone())
+            else {
+                if required {
+                    blocked.insert(row.team_id, format!("required plugin {label} did not load"));
+                }
+                continue;
+            };
+            let link = Link { id: row.id, label, required };
+            if hooks.iter().any(|h| h == "process_event") {
+                chains.entry(row.team_id).or_default().push(link.clone());
+            }
+            if hooks.iter().any(|h| h == "on_event") {
+                on_event_chains.entry(row.team_id).or_default().push(link);
+            } else if !hooks.iter().any(|h| h == "process_event") {
+                scheduled_only.insert(row.id);
+            }
+        }
+        *self.scheduled_only.write().expect("lock") = scheduled_only;
+        *self.blocked.write().expect("blocked lock") = blocked;
+        *self.chains.write().expect("chains lock") = chains;
+        *self.on_event_chains.write().expect("chains lock") = on_event_chains;
+        Ok(())
+    }
+}
