@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::every::Every;
 use crate::health::Health;
 use crate::limits::{RedisLists, RefreshSettings};
-use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowSettings};
+use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowReason, OverflowSettings};
 use crate::pipeline::Pipeline;
 use crate::produce::{KafkaSettings, KafkaSink, Sink};
 use crate::route::{Router, Topics};
@@ -72,7 +72,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let health = Health::new(Config::ms(config.liveness_stall_ms));
     health.tick_server();
     let metrics = telemetry::metrics_handle();
-    telemetry::register();
+    telemetry::register(&[OverflowReason::Rate.as_str(), OverflowReason::Forced.as_str()]);
     // Every connection setting is checked before anything connects: one that cannot be
     // honoured stops capture here, naming it.
     let redis = match config.redis_url.as_str() {

@@ -46,9 +46,9 @@ impl Pipeline {
         mut memory: Reservation,
     ) -> Result<Outcome, CaptureError> {
         let decoded = decode::decode(meta, body, self.max_decompressed_bytes, &mut memory)?;
-        telemetry::payload(meta.route, decoded.received_bytes, decoded.json.len());
+        telemetry::payload(meta.route.as_str(), decoded.received_bytes, decoded.json.len());
         let parsed = parse::parse(&decoded.json, &mut memory)?;
-        telemetry::events_received(meta.route, parsed.events.len());
+        telemetry::events_received(meta.route.as_str(), parsed.events.len());
         if !self.global_limit.allows(parsed.events.len()) {
             return Err(CaptureError::RateLimited);
         }
@@ -98,7 +98,7 @@ impl Pipeline {
                 Route::QuotaLimited => telemetry::events_dropped("quota_limited", 1),
                 Route::Produce { lane, key, overflow } => {
                     if let Some(reason) = overflow {
-                        telemetry::overflow_reroute(reason);
+                        telemetry::overflow_reroute(reason.as_str());
                     }
                     messages.push(envelope.message(lane, key, ev));
                 }
@@ -138,7 +138,7 @@ impl Pipeline {
             self.sink.send_all(messages).await?;
         }
         for (lane, n) in per_lane {
-            telemetry::events_ingested(lane, n);
+            telemetry::events_ingested(lane.as_str(), n);
         }
         Ok(outcome)
     }

@@ -237,7 +237,7 @@ async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
             e.into_response()
         }
     };
-    telemetry::request_done(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    telemetry::request_done(route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
@@ -278,7 +278,7 @@ async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
             e.into_response()
         }
     };
-    telemetry::request_done(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    telemetry::request_done(route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

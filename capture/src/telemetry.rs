@@ -8,9 +8,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_schema::metrics::{Kind, Metric};
 
 use crate::config::LogFormat;
-use crate::overflow::OverflowReason;
-use crate::request::Route;
-use crate::route::Lane;
 
 const REQUESTS: &str = "capture_requests_total";
 const SDK_CONFIG_REQUESTS: &str = "capture_sdk_config_requests_total";
@@ -89,24 +86,27 @@ pub fn sdk_config_request(endpoint: &'static str, outcome: &'static str) {
     counter!(SDK_CONFIG_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
 }
 
-pub fn request_done(route: Route, status: u16, seconds: f64) {
-    counter!(REQUESTS, "route" => route.as_str(), "status" => status.to_string()).increment(1);
-    histogram!(REQUEST_DURATION, "route" => route.as_str()).record(seconds);
+// Labels are plain values, so that this module depends on no stage and every stage may
+// count through it.
+
+pub fn request_done(route: &'static str, status: u16, seconds: f64) {
+    counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(REQUEST_DURATION, "route" => route).record(seconds);
 }
 
-pub fn payload(route: Route, received_bytes: usize, decoded_bytes: usize) {
-    histogram!(PAYLOAD_BYTES, "route" => route.as_str()).record(received_bytes as f64);
+pub fn payload(route: &'static str, received_bytes: usize, decoded_bytes: usize) {
+    histogram!(PAYLOAD_BYTES, "route" => route).record(received_bytes as f64);
     if received_bytes > 0 {
-        histogram!(DECOMPRESSION_RATIO, "route" => route.as_str()).record(decoded_bytes as f64 / received_bytes as f64);
+        histogram!(DECOMPRESSION_RATIO, "route" => route).record(decoded_bytes as f64 / received_bytes as f64);
     }
 }
 
-pub fn events_received(route: Route, count: usize) {
-    counter!(EVENTS_RECEIVED, "route" => route.as_str()).increment(count as u64);
+pub fn events_received(route: &'static str, count: usize) {
+    counter!(EVENTS_RECEIVED, "route" => route).increment(count as u64);
 }
 
-pub fn events_ingested(lane: Lane, count: usize) {
-    counter!(EVENTS_INGESTED, "lane" => lane.as_str()).increment(count as u64);
+pub fn events_ingested(lane: &'static str, count: usize) {
+    counter!(EVENTS_INGESTED, "lane" => lane).increment(count as u64);
 }
 
 /// Every event capture does not send on is counted here, with why.
@@ -114,8 +114,8 @@ pub fn events_dropped(cause: &'static str, count: usize) {
     counter!(EVENTS_DROPPED, "cause" => cause).increment(count as u64);
 }
 
-pub fn overflow_reroute(reason: OverflowReason) {
-    counter!(OVERFLOW_REROUTES, "reason" => reason.as_str()).increment(1);
+pub fn overflow_reroute(reason: &'static str) {
+    counter!(OVERFLOW_REROUTES, "reason" => reason).increment(1);
 }
 
 pub fn producer_stats(queue_messages: u64, queue_bytes: u64) {
@@ -137,12 +137,13 @@ pub fn producer_recreated() {
 
 /// Creates the counters whose labels are known in advance at zero, so the first drop or
 /// reroute is seen by `increase()` and dashboards show 0 rather than nothing.
-pub fn register() {
+/// `overflow_reasons`: every reason the overflow stage names.
+pub fn register(overflow_reasons: &[&'static str]) {
     for cause in ["quota_limited", "quota_limited_recordings"] {
         counter!(EVENTS_DROPPED, "cause" => cause).increment(0);
     }
-    for reason in [OverflowReason::Rate, OverflowReason::Forced] {
-        counter!(OVERFLOW_REROUTES, "reason" => reason.as_str()).increment(0);
+    for reason in overflow_reasons {
+        counter!(OVERFLOW_REROUTES, "reason" => *reason).increment(0);
     }
     counter!(PRODUCER_RECREATED).increment(0);
     for endpoint in ["config", "config_js", "flags", "decide"] {

@@ -92,7 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
     let persons = PersonStore::new(pool.clone());
     let groups = GroupStore::new(pool.clone());
-    let plugins = if config.plugins_enabled {
+    let plugins = if config.plugins.enabled {
         let (plugins, on_event_queue) = Plugins::new(&config, pool.clone())?;
         let plugins = Arc::new(plugins);
         if let Err(e) = plugins.refresh().await {
@@ -100,7 +100,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         plugins::spawn_reloader(
             plugins.clone(),
-            Duration::from_millis(config.plugin_reload_interval_ms),
+            Duration::from_millis(config.plugins.reload_interval_ms),
             redis.clone(),
             plugins::reload_channel(&config.redis_key_prefix),
         );
@@ -138,12 +138,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             plugins::schedules::Settings {
                 redis: redis.clone(),
                 key_prefix: config.redis_key_prefix.clone(),
-                minute: Duration::from_millis(config.plugin_schedule_minute_ms),
+                minute: Duration::from_millis(config.plugins.schedule_minute_ms),
             },
         );
         plugins
     });
-    let on_event_wait = Duration::from_millis(config.plugin_on_event_enqueue_timeout_ms);
+    let on_event_wait = Duration::from_millis(config.plugins.on_event_enqueue_timeout_ms);
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
     let consumer: Arc<LaneConsumer> = consumer_config

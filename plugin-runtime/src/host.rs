@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::convert;
+use crate::hook::Hook;
 use crate::http;
 use crate::kv::KeyValue;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
-use crate::sandbox::Hook;
 use crate::watchdog::Guard;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! crosses between Lua and the host goes through [`convert`], bounded.
 
 pub mod convert;
+pub mod hook;
 pub mod host;
 pub mod http;
 pub mod kv;
@@ -19,8 +20,9 @@ pub mod supervisor;
 pub mod watchdog;
 pub mod worker;
 
+pub use hook::{Hook, PluginError};
 pub use host::{open_geoip, GeoIp, Host, LogEntry};
 pub use kv::KeyValue;
 pub use limits::Limits;
 pub use manifest::{Manifest, PluginSource};
-pub use sandbox::{Hook, PluginError, Vm};
+pub use sandbox::Vm;

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::hook::PluginError;
 use crate::host::LogEntry;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
-use crate::sandbox::PluginError;
 
 /// A request frame larger than this is a broken peer, not a batch.
 pub const MAX_FRAME_BYTES: usize = 512 << 20;

@@ -23,11 +23,11 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 use tracing::warn;
 
+use crate::hook::PluginError;
 use crate::limits::DEFAULT_EVENT_BYTES;
 use crate::protocol::{
     answer_bound, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireOutput,
 };
-use crate::sandbox::PluginError;
 
 /// What a worker takes from the host's environment: how to log, and nothing else.
 const WORKER_INHERITS: [&str; 3] = ["RUST_LOG", "LOG_FORMAT", "TZ"];

@@ -8,11 +8,12 @@ use crate::host::Host;
 use crate::kv::KeyValue;
 use serde_json::Value;
 
+use crate::hook::{Hook, PluginError};
 use crate::protocol::{
     event_allowance, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireEvent,
     WireOutput, MAX_FRAME_BYTES,
 };
-use crate::sandbox::{Hook, PluginError, Vm};
+use crate::sandbox::Vm;
 
 /// How long past its deadline (and its own limit again) a call that reaches no
 /// interrupt may run before the worker aborts.

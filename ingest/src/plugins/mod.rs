@@ -85,19 +85,19 @@ impl Plugins {
     /// [`spawn_on_event`].
     pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
         let mut limits = Limits {
-            memory_bytes: config.plugin_memory_mb << 20,
-            process_event_wall: Duration::from_millis(config.plugin_process_event_timeout_ms),
-            process_event_ticks: config.plugin_process_event_ticks,
-            hook_wall: Duration::from_millis(config.plugin_hook_timeout_ms),
-            hook_io: Duration::from_millis(config.plugin_hook_io_ms),
+            memory_bytes: config.plugins.memory_mb << 20,
+            process_event_wall: Duration::from_millis(config.plugins.process_event_timeout_ms),
+            process_event_ticks: config.plugins.process_event_ticks,
+            hook_wall: Duration::from_millis(config.plugins.hook_timeout_ms),
+            hook_io: Duration::from_millis(config.plugins.hook_io_ms),
             store: sluice_plugin_runtime::kv::Quota {
-                keys: config.plugin_store_max_keys,
-                bytes: config.plugin_store_max_bytes,
+                keys: config.plugins.store_max_keys,
+                bytes: config.plugins.store_max_bytes,
                 ..Default::default()
             },
             ..Limits::default()
         };
-        limits.http.allow_private_addresses = config.plugin_http_allow_private;
+        limits.http.allow_private_addresses = config.plugins.http_allow_private;
         let settings = Settings {
             program: std::env::current_exe()?,
             args: vec!["plugin-worker".into()],
@@ -106,38 +106,38 @@ impl Plugins {
                 ("SLUICE_PLUGIN_CACHE_REDIS_URL".into(), config.redis_url.clone()),
                 ("SLUICE_PLUGIN_CACHE_PREFIX".into(), format!("{}plugin-cache/", config.redis_key_prefix)),
                 ("SLUICE_PLUGIN_STORAGE_DATABASE_URL".into(), config.database_url.clone()),
-                ("SLUICE_PLUGIN_GEOIP_DATABASE".into(), config.geoip_database_path.clone()),
+                ("SLUICE_PLUGIN_GEOIP_DATABASE".into(), config.plugins.geoip_database_path.clone()),
             ]
             .into_iter()
             .chain(config.redis_tls.to_vars("SLUICE_PLUGIN_CACHE_"))
             .collect(),
-            workers: config.plugin_workers,
+            workers: config.plugins.workers,
             batch_base: Duration::from_secs(5),
             per_event: limits.process_event_wall,
-            max_strikes: config.plugin_max_strikes,
+            max_strikes: config.plugins.max_strikes,
         };
         let exports = Settings {
-            workers: config.plugin_export_workers,
-            per_event: limits.hook_call() * config.plugin_on_event_attempts.max(1),
+            workers: config.plugins.export_workers,
+            per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),
             ..settings.clone()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(config.plugin_on_event_queue_batches.max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(config.plugins.on_event_queue_batches.max(1));
         let plugins = Plugins {
             pool,
             supervisor: Supervisor::new(settings),
             exports: Supervisor::new(exports),
             limits,
             thresholds: HealthThresholds {
-                degrade_after: config.plugin_degrade_after_failures,
-                disable_after: config.plugin_disable_after_failures,
-                failure_ratio: config.plugin_failure_ratio,
+                degrade_after: config.plugins.degrade_after_failures,
+                disable_after: config.plugins.disable_after_failures,
+                failure_ratio: config.plugins.failure_ratio,
             },
             chains: RwLock::default(),
             blocked: RwLock::default(),
             on_event_chains: RwLock::default(),
             scheduled_only: RwLock::default(),
             on_event_queue: tx,
-            on_event_attempts: config.plugin_on_event_attempts,
+            on_event_attempts: config.plugins.on_event_attempts,
             loaded: Mutex::default(),
             failures: Mutex::default(),
         };

@@ -3,12 +3,18 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use sluice_connect::kafka::{KafkaSecurity, Role};
 use sluice_connect::redis::RedisTls;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::write::{ClickHouseError, Endpoint};
+
+mod commands;
+mod plugins;
+
+pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
+pub use plugins::PluginSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lane {
@@ -48,150 +54,6 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Consume the lane's topic and write rows (the default).
-    Run,
-    /// Apply the Postgres migrations and the ClickHouse DDL.
-    Migrate,
-    /// Manage teams.
-    Teams {
-        #[command(subcommand)]
-        command: TeamsCommand,
-    },
-    /// Inspect and replay the dead-letter topic.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// Install and manage teams' plugins.
-    Plugins {
-        #[command(subcommand)]
-        command: PluginsCommand,
-    },
-    /// Serve plugin VMs to this binary's supervisor over stdin/stdout (started by
-    /// `run`, not by hand).
-    #[command(hide = true)]
-    PluginWorker,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PluginsCommand {
-    /// Install a plugin folder (plugin.json, main.lua) for a team, or update the team's
-    /// instance of a plugin of the same name.
-    Install {
-        /// The plugin's folder.
-        dir: std::path::PathBuf,
-        /// The team id.
-        #[arg(long)]
-        team: i64,
-        /// A setting, repeated: key=value.
-        #[arg(long = "config", value_parser = parse_pair)]
-        config: Vec<(String, String)>,
-        /// Position in the team's chain (lower runs first).
-        #[arg(long)]
-        order: Option<i32>,
-    },
-    /// List plugin configs with their team, order, state and configuration (secrets masked).
-    List {
-        #[arg(long)]
-        team: Option<i64>,
-    },
-    /// Enable a plugin config (and clear a disabled state).
-    Enable { id: i64 },
-    /// Disable a plugin config.
-    Disable { id: i64 },
-    /// Change settings of a plugin config: key=value, repeated.
-    Configure {
-        id: i64,
-        #[arg(long = "config", value_parser = parse_pair)]
-        config: Vec<(String, String)>,
-    },
-    /// Show a plugin config's latest log lines.
-    Logs {
-        id: i64,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not key=value"))
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DlqCommand {
-    /// Show dead letters with their stage and error.
-    List {
-        /// Only those that failed since: RFC 3339, or a duration back (30m, 2h, 7d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only those of this team id.
-        #[arg(long)]
-        team: Option<i64>,
-    },
-    /// Publish dead letters again, unchanged, to the topic they came from.
-    Replay {
-        /// Only those that failed since: RFC 3339, or a duration back (30m, 2h, 7d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only those of this team id.
-        #[arg(long)]
-        team: Option<i64>,
-        /// Publish to this topic instead of the one each came from.
-        #[arg(long)]
-        to: Option<String>,
-        /// Say what would be replayed, publish nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TeamsCommand {
-    /// Create a team and print its api token.
-    Create {
-        /// The team's name.
-        #[arg(long)]
-        name: String,
-    },
-    /// List teams with their tokens.
-    List,
-    /// Change what the browser SDK is told when it loads (capture's
-    /// `/array/<token>/config`); only the settings given change. Capture picks the
-    /// change up within SDK_CONFIG_REFRESH_INTERVAL_MS.
-    Configure {
-        /// The team's api token.
-        #[arg(long)]
-        token: String,
-        /// Record sessions (true/false).
-        #[arg(long)]
-        session_recording: Option<bool>,
-        /// Share of sessions recorded, 0 to 1 (1: all).
-        #[arg(long)]
-        recording_sample_rate: Option<f64>,
-        /// Sessions shorter than this many milliseconds are not kept (0: all).
-        #[arg(long)]
-        recording_minimum_duration_ms: Option<i32>,
-        /// Console logs in recordings (true/false).
-        #[arg(long)]
-        console_logs: Option<bool>,
-        /// Autocapture of clicks, changes and submits (true/false).
-        #[arg(long)]
-        autocapture: Option<bool>,
-        /// Heatmap data (true/false).
-        #[arg(long)]
-        heatmaps: Option<bool>,
-        /// Exception autocapture (true/false).
-        #[arg(long)]
-        exception_autocapture: Option<bool>,
-        /// Autocapture elements sent as the chain string (true) or as the older
-        /// `$elements` list (false), which ingest converts.
-        #[arg(long)]
-        elements_chain_as_string: Option<bool>,
-    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -339,76 +201,8 @@ pub struct Config {
     /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
     #[arg(long, env = "READINESS_PROBE_INTERVAL_MS", default_value_t = 5_000, global = true)]
     pub readiness_probe_interval_ms: u64,
-    /// Run teams' plugins (step 5).
-    #[arg(long, env = "PLUGINS_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
-    pub plugins_enabled: bool,
-    /// Plugin worker processes; each team's plugins live in one of them.
-    #[arg(long, env = "PLUGIN_WORKERS", default_value_t = 2, global = true)]
-    pub plugin_workers: usize,
-    /// Changes to plugins (installs, config, enable/disable) are loaded without a
-    /// restart when the operator command's reload notice arrives (Redis pub/sub), and
-    /// at this interval anyway.
-    #[arg(long, env = "PLUGIN_RELOAD_INTERVAL_MS", default_value_t = 30_000, global = true)]
-    pub plugin_reload_interval_ms: u64,
-    /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
-    #[arg(long, env = "PLUGIN_MAX_STRIKES", default_value_t = 3, global = true)]
-    pub plugin_max_strikes: u32,
-    /// Failed calls (errors, limits) among the recent ones before a plugin is degraded, and
-    /// before it is disabled; at least `PLUGIN_FAILURE_RATIO` of its recent calls must have
-    /// failed as well.
-    #[arg(long, env = "PLUGIN_DEGRADE_AFTER_FAILURES", default_value_t = 10, global = true)]
-    pub plugin_degrade_after_failures: u32,
-    #[arg(long, env = "PLUGIN_DISABLE_AFTER_FAILURES", default_value_t = 100, global = true)]
-    pub plugin_disable_after_failures: u32,
-    /// Keys one plugin configuration may keep in its cache, and again in its storage.
-    #[arg(long, env = "PLUGIN_STORE_MAX_KEYS", default_value_t = 10_000, global = true)]
-    pub plugin_store_max_keys: usize,
-    /// Bytes (keys and values) one plugin configuration may keep in its cache, and again in its storage.
-    #[arg(long, env = "PLUGIN_STORE_MAX_BYTES", default_value_t = 16 << 20, global = true)]
-    pub plugin_store_max_bytes: usize,
-    /// Share of a plugin's recent calls that must fail for it to be degraded or disabled.
-    #[arg(long, env = "PLUGIN_FAILURE_RATIO", default_value_t = 0.5, global = true)]
-    pub plugin_failure_ratio: f64,
-    /// Worker processes for on_event and schedules (kept apart from process_event's).
-    #[arg(long, env = "PLUGIN_EXPORT_WORKERS", default_value_t = 1, global = true)]
-    pub plugin_export_workers: usize,
-    /// Batches of written events waiting for on_event; past it, a batch waits at most
-    /// PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS, then its exports are dropped and counted.
-    #[arg(long, env = "PLUGIN_ON_EVENT_QUEUE_BATCHES", default_value_t = 64, global = true)]
-    pub plugin_on_event_queue_batches: usize,
-    #[arg(long, env = "PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS", default_value_t = 1_000, global = true)]
-    pub plugin_on_event_enqueue_timeout_ms: u64,
-    /// Calls of on_event for one event when it asks to be retried (ctx.retry).
-    #[arg(long, env = "PLUGIN_ON_EVENT_ATTEMPTS", default_value_t = 3, global = true)]
-    pub plugin_on_event_attempts: u32,
-    /// Wall time of setup, on_event, a schedule, teardown, not counting the I/O they
-    /// await (http, cache, storage).
-    #[arg(long, env = "PLUGIN_HOOK_TIMEOUT_MS", default_value_t = 30_000, global = true)]
-    pub plugin_hook_timeout_ms: u64,
-    /// Awaited I/O one call of setup, on_event, a schedule or teardown may spend in all.
-    #[arg(long, env = "PLUGIN_HOOK_IO_MS", default_value_t = 120_000, global = true)]
-    pub plugin_hook_io_ms: u64,
-    /// The length of a "minute" for plugin schedules (every_hour is 60 of them,
-    /// every_day 1,440). Only tests shorten it.
-    #[arg(long, env = "PLUGIN_SCHEDULE_MINUTE_MS", default_value_t = 60_000, global = true)]
-    pub plugin_schedule_minute_ms: u64,
-    /// A MaxMind City (or GeoLite2-City) database file for plugins' ctx.geoip; empty
-    /// for none.
-    #[arg(long, env = "GEOIP_DATABASE_PATH", default_value = "", global = true)]
-    pub geoip_database_path: String,
-    /// Lua heap of one plugin VM.
-    #[arg(long, env = "PLUGIN_MEMORY_MB", default_value_t = 32, global = true)]
-    pub plugin_memory_mb: usize,
-    /// Wall time of one process_event call.
-    #[arg(long, env = "PLUGIN_PROCESS_EVENT_TIMEOUT_MS", default_value_t = 50, global = true)]
-    pub plugin_process_event_timeout_ms: u64,
-    /// Interrupts (loop turns, calls) one process_event call may take: a limit that
-    /// does not depend on the machine's speed.
-    #[arg(long, env = "PLUGIN_PROCESS_EVENT_TICKS", default_value_t = 2_000_000, global = true)]
-    pub plugin_process_event_ticks: u64,
-    /// Let plugins' http.fetch reach loopback, private and link-local addresses.
-    #[arg(long, env = "PLUGIN_HTTP_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
-    pub plugin_http_allow_private: bool,
+    #[command(flatten)]
+    pub plugins: PluginSettings,
 
     /// Longest pause between retries while a dependency is down.
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000, global = true)]

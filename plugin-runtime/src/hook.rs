@@ -1,0 +1,64 @@
+//! The hooks a plugin may define and how a call of one can fail: the vocabulary the VM,
+//! its host API, the worker protocol and the supervisor share, kept apart from all of
+//! them so none imports another for it.
+
+/// The hooks a plugin may define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Setup,
+    ProcessEvent,
+    OnEvent,
+    EveryMinute,
+    EveryHour,
+    EveryDay,
+    Teardown,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 7] = [
+        Hook::Setup,
+        Hook::ProcessEvent,
+        Hook::OnEvent,
+        Hook::EveryMinute,
+        Hook::EveryHour,
+        Hook::EveryDay,
+        Hook::Teardown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Setup => "setup",
+            Hook::ProcessEvent => "process_event",
+            Hook::OnEvent => "on_event",
+            Hook::EveryMinute => "every_minute",
+            Hook::EveryHour => "every_hour",
+            Hook::EveryDay => "every_day",
+            Hook::Teardown => "teardown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum PluginError {
+    #[error("main.lua does not load: {0}")]
+    Compile(String),
+    #[error("{hook} failed: {message}")]
+    Failed { hook: String, message: String },
+    #[error("{hook} took longer than its time limit")]
+    Timeout { hook: String },
+    #[error("{hook} used up its tick budget")]
+    Ticks { hook: String },
+    #[error("{hook} ran out of memory (limit {limit} bytes)")]
+    Memory { hook: String, limit: usize },
+    #[error("process_event returned something that is not an event: {0}")]
+    InvalidEvent(String),
+    #[error("retry requested: {0}")]
+    Retry(String),
+}
+
+impl PluginError {
+    /// Errors that count against the plugin's health as limit violations.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, PluginError::Timeout { .. } | PluginError::Ticks { .. } | PluginError::Memory { .. })
+    }
+}
