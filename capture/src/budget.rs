@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const UNIT: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BudgetError {
+pub(crate) enum BudgetError {
     #[error("request needs more than {limit} bytes of memory to decode and parse; send smaller batches")]
     RequestTooLarge { limit: usize },
     #[error("capture's memory for requests in flight is in use; retry later")]
@@ -22,7 +22,7 @@ pub enum BudgetError {
 }
 
 impl BudgetError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             BudgetError::RequestTooLarge { .. } => "payload_too_complex",
             BudgetError::Exhausted => "memory_exhausted",
@@ -32,31 +32,32 @@ impl BudgetError {
 
 /// The shared budget; cloning shares it.
 #[derive(Clone)]
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     units: Arc<Semaphore>,
     per_request: usize,
 }
 
 impl MemoryBudget {
-    pub fn new(total_bytes: usize, per_request_bytes: usize) -> Self {
+    pub(crate) fn new(total_bytes: usize, per_request_bytes: usize) -> Self {
         let units = total_bytes.div_ceil(UNIT).min(Semaphore::MAX_PERMITS);
         MemoryBudget { units: Arc::new(Semaphore::new(units)), per_request: per_request_bytes.min(total_bytes) }
     }
 
     /// An empty reservation for one request; what it holds is given back when it drops.
-    pub fn reservation(&self) -> Reservation {
+    pub(crate) fn reservation(&self) -> Reservation {
         Reservation { units: self.units.clone(), permit: None, held: 0, per_request: self.per_request }
     }
 
     /// Bytes not reserved by any request right now.
-    pub fn available_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn available_bytes(&self) -> usize {
         self.units.available_permits() * UNIT
     }
 }
 
 /// What one request holds of the budget. Never waits: a request that cannot get its
 /// memory at once is answered instead of queued, so nothing piles up behind it.
-pub struct Reservation {
+pub(crate) struct Reservation {
     units: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
     held: usize,
@@ -65,7 +66,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// Reserves `bytes` more.
-    pub fn hold(&mut self, bytes: usize) -> Result<(), BudgetError> {
+    pub(crate) fn hold(&mut self, bytes: usize) -> Result<(), BudgetError> {
         let total = self.held.saturating_add(bytes);
         if total > self.per_request {
             return Err(BudgetError::RequestTooLarge { limit: self.per_request });
@@ -87,7 +88,7 @@ impl Reservation {
     /// Makes room in `v` for `additional` more elements, reserving what its growth
     /// allocates before it is allocated. Grows by doubling, or exactly when doubling
     /// would not fit.
-    pub fn make_room<T>(&mut self, v: &mut Vec<T>, additional: usize) -> Result<(), BudgetError> {
+    pub(crate) fn make_room<T>(&mut self, v: &mut Vec<T>, additional: usize) -> Result<(), BudgetError> {
         let needed = v.len().saturating_add(additional);
         if needed <= v.capacity() {
             return Ok(());
@@ -105,7 +106,8 @@ impl Reservation {
         Ok(())
     }
 
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.held
     }
 }

@@ -16,7 +16,7 @@ use crate::token::TokenError;
 use crate::v1::V1Error;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub(crate) enum CaptureError {
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("request body was not received in time")]
@@ -47,7 +47,7 @@ pub enum CaptureError {
 const RETRY_AFTER_SECONDS: &str = "5";
 
 impl CaptureError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         use CaptureError::*;
         match self {
             Memory(e) | Decode(DecodeError::Memory(e)) | Parse(ParseError::Memory(e)) => match e {
@@ -71,7 +71,7 @@ impl CaptureError {
     }
 
     /// Stable snake_case code for clients and dashboards.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         use CaptureError::*;
         match self {
             BodyTooLarge { .. } => "payload_too_large",

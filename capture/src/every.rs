@@ -6,19 +6,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
-pub struct Every {
+pub(crate) struct Every {
     ticks: Interval,
     stop: watch::Receiver<bool>,
 }
 
 impl Every {
     /// Ticks at once, then every `period`.
-    pub fn now(period: Duration, stop: watch::Receiver<bool>) -> Every {
+    pub(crate) fn now(period: Duration, stop: watch::Receiver<bool>) -> Every {
         Self::starting(Instant::now(), period, stop)
     }
 
     /// First tick after one `period` (for work already done once at start).
-    pub fn after(period: Duration, stop: watch::Receiver<bool>) -> Every {
+    pub(crate) fn after(period: Duration, stop: watch::Receiver<bool>) -> Every {
         Self::starting(Instant::now() + period, period, stop)
     }
 
@@ -31,7 +31,7 @@ impl Every {
     }
 
     /// Waits for the next tick; `false` once shutdown is signalled.
-    pub async fn tick(&mut self) -> bool {
+    pub(crate) async fn tick(&mut self) -> bool {
         tokio::select! {
             _ = self.ticks.tick() => true,
             _ = self.stop.changed() => false,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     inner: Arc<Inner>,
 }
 
@@ -24,7 +24,7 @@ struct Inner {
 }
 
 impl Health {
-    pub fn new(stall_after: Duration) -> Self {
+    pub(crate) fn new(stall_after: Duration) -> Self {
         Health {
             inner: Arc::new(Inner {
                 epoch: Instant::now(),
@@ -41,32 +41,32 @@ impl Health {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn tick_server(&self) {
+    pub(crate) fn tick_server(&self) {
         self.inner.server_tick_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn tick_producer(&self) {
+    pub(crate) fn tick_producer(&self) {
         self.inner.producer_tick_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn set_broker_up(&self, up: bool) {
+    pub(crate) fn set_broker_up(&self, up: bool) {
         self.inner.broker_up.store(up, Ordering::Relaxed);
     }
 
-    pub fn broker_up(&self) -> bool {
+    pub(crate) fn broker_up(&self) -> bool {
         self.inner.broker_up.load(Ordering::Relaxed)
     }
 
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    pub fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Relaxed)
     }
 
     /// Why the process is not live, if it is not.
-    pub fn liveness(&self) -> Result<(), &'static str> {
+    pub(crate) fn liveness(&self) -> Result<(), &'static str> {
         let now = self.now_ms();
         let stall = self.inner.stall_after.as_millis() as u64;
         if now.saturating_sub(self.inner.server_tick_ms.load(Ordering::Relaxed)) > stall {
@@ -79,7 +79,7 @@ impl Health {
     }
 
     /// Why the process should not get traffic, if it should not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if self.shutting_down() {
             return Err("shutting down");
         }

@@ -7,27 +7,27 @@
 //! (Kafka, answered only once acknowledged). [`pipeline`] wires the stages, [`server`]
 //! is the HTTP layer, and [`error`] is the single place errors become responses.
 
-pub mod budget;
+mod budget;
 pub mod config;
-pub mod decode;
-pub mod error;
-pub mod every;
-pub mod health;
-pub mod limits;
-pub mod normalize;
-pub mod overflow;
-pub mod parse;
-pub mod pipeline;
-pub mod produce;
-pub mod replay;
-pub mod request;
-pub mod route;
-pub mod sdk_config;
-pub mod server;
-pub mod team_tokens;
+mod decode;
+mod error;
+mod every;
+mod health;
+mod limits;
+mod normalize;
+mod overflow;
+mod parse;
+mod pipeline;
+mod produce;
+mod replay;
+mod request;
+mod route;
+mod sdk_config;
+mod server;
+mod team_tokens;
 pub mod telemetry;
-pub mod token;
-pub mod v1;
+mod token;
+mod v1;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use crate::telemetry;
 
 /// One list's members as last read, valid for `stale_after`.
 #[derive(Clone)]
-pub struct LimitList {
+pub(crate) struct LimitList {
     state: Arc<RwLock<ListState>>,
     stale_after: Duration,
 }
@@ -27,11 +27,11 @@ struct ListState {
 }
 
 impl LimitList {
-    pub fn new(stale_after: Duration) -> Self {
+    pub(crate) fn new(stale_after: Duration) -> Self {
         LimitList { state: Arc::default(), stale_after }
     }
 
-    pub fn contains(&self, member: &str) -> bool {
+    pub(crate) fn contains(&self, member: &str) -> bool {
         let state = self.state.read().expect("limit list lock poisoned");
         match state.refreshed {
             Some(at) if at.elapsed() <= self.stale_after => state.members.contains(member),
@@ -40,17 +40,17 @@ impl LimitList {
     }
 
     /// Whether the list was read recently enough to be believed.
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         let state = self.state.read().expect("limit list lock poisoned");
         state.refreshed.is_some_and(|at| at.elapsed() <= self.stale_after)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         let state = self.state.read().expect("limit list lock poisoned");
         state.members.is_empty() || state.refreshed.is_none_or(|at| at.elapsed() > self.stale_after)
     }
 
-    pub fn replace(&self, members: HashSet<String>) {
+    pub(crate) fn replace(&self, members: HashSet<String>) {
         let mut state = self.state.write().expect("limit list lock poisoned");
         state.members = Arc::new(members);
         state.refreshed = Some(Instant::now());
@@ -60,7 +60,7 @@ impl LimitList {
 /// The lists capture reads, each a Redis sorted set whose members are limited until the
 /// epoch second of their score (PostHog's layout, so its tooling can fill them).
 #[derive(Clone)]
-pub struct RedisLists {
+pub(crate) struct RedisLists {
     /// Tokens whose events are dropped.
     pub quota_events: LimitList,
     /// Tokens whose recordings are dropped.
@@ -72,7 +72,7 @@ pub struct RedisLists {
 }
 
 impl RedisLists {
-    pub fn new(stale_after: Duration) -> Self {
+    pub(crate) fn new(stale_after: Duration) -> Self {
         RedisLists {
             quota_events: LimitList::new(stale_after),
             quota_recordings: LimitList::new(stale_after),
@@ -91,7 +91,7 @@ impl RedisLists {
     }
 }
 
-pub struct RefreshSettings {
+pub(crate) struct RefreshSettings {
     /// Built at start-up, so a URL or TLS setting that cannot be honoured stops capture
     /// there; `None` when the operator turned the lists off.
     pub client: Option<redis::Client>,
@@ -101,7 +101,7 @@ pub struct RefreshSettings {
 }
 
 /// Re-reads every list each `interval` until `stop` changes.
-pub fn spawn_refresher(
+pub(crate) fn spawn_refresher(
     lists: RedisLists,
     settings: RefreshSettings,
     stop: watch::Receiver<bool>,

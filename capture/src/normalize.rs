@@ -13,7 +13,7 @@ const MAX_DISTINCT_ID_CHARS: usize = 200;
 /// An event that passed validation: what routing and producing need, plus the event
 /// itself (`data`) with the uuid capture settled on written into it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NormalizedEvent {
+pub(crate) struct NormalizedEvent {
     pub uuid: Uuid,
     pub distinct_id: String,
     pub token: String,
@@ -23,18 +23,14 @@ pub struct NormalizedEvent {
 }
 
 impl NormalizedEvent {
-    pub fn is_snapshot(&self) -> bool {
+    pub(crate) fn is_snapshot(&self) -> bool {
         self.event == "$snapshot" || self.event == "$snapshot_items"
-    }
-
-    pub fn properties(&self) -> Option<&Map<String, Value>> {
-        self.data.get("properties").and_then(Value::as_object)
     }
 }
 
 /// Why one event of a request was dropped. Each is a `cause` label of the drop metric.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     #[error("event is not a JSON object")]
     NotAnObject,
     #[error("event has no name")]
@@ -44,28 +40,28 @@ pub enum Invalid {
     #[error("event's distinct_id is empty")]
     EmptyDistinctId,
     #[error("event's uuid is not a usable UUID")]
-    InvalidUuid,
+    Uuid,
     #[error("event's properties are not an object")]
-    InvalidProperties,
+    Properties,
     #[error(transparent)]
     Token(#[from] TokenError),
 }
 
 impl Invalid {
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             Invalid::NotAnObject => "not_an_object",
             Invalid::MissingEventName => "missing_event_name",
             Invalid::MissingDistinctId => "missing_distinct_id",
             Invalid::EmptyDistinctId => "empty_distinct_id",
-            Invalid::InvalidUuid => "invalid_uuid",
-            Invalid::InvalidProperties => "invalid_properties",
+            Invalid::Uuid => "invalid_uuid",
+            Invalid::Properties => "invalid_properties",
             Invalid::Token(_) => "invalid_token",
         }
     }
 }
 
-pub fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Result<NormalizedEvent, Invalid> {
+pub(crate) fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Result<NormalizedEvent, Invalid> {
     let Value::Object(mut data) = value else {
         return Err(Invalid::NotAnObject);
     };
@@ -75,7 +71,7 @@ pub fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Res
             data.insert("properties".into(), Value::Object(Map::new()));
         }
         Some(Value::Object(_)) => {}
-        Some(_) => return Err(Invalid::InvalidProperties),
+        Some(_) => return Err(Invalid::Properties),
     }
 
     let event = match data.get("event") {
@@ -99,8 +95,8 @@ pub fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Res
 
     let uuid = match data.get("uuid") {
         None | Some(Value::Null) => Uuid::now_v7(),
-        Some(Value::String(s)) => Uuid::parse_str(s.trim()).ok().filter(|u| !u.is_nil()).ok_or(Invalid::InvalidUuid)?,
-        Some(_) => return Err(Invalid::InvalidUuid),
+        Some(Value::String(s)) => Uuid::parse_str(s.trim()).ok().filter(|u| !u.is_nil()).ok_or(Invalid::Uuid)?,
+        Some(_) => return Err(Invalid::Uuid),
     };
     data.insert("uuid".into(), Value::String(uuid.to_string()));
 
@@ -115,7 +111,7 @@ pub fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Res
 
 /// Strings are kept; other JSON values become their JSON text (objects with sorted
 /// keys, so one id always reads the same). Truncated to 200 characters, NUL replaced.
-pub fn normalize_distinct_id(raw: &Value) -> Result<String, Invalid> {
+pub(crate) fn normalize_distinct_id(raw: &Value) -> Result<String, Invalid> {
     let text = match raw {
         Value::String(s) => s.clone(),
         // serde_json's default map is ordered by key, so this text is canonical.
@@ -136,7 +132,7 @@ pub fn normalize_distinct_id(raw: &Value) -> Result<String, Invalid> {
 }
 
 /// The client's send time: the batch's `sent_at`/`sentAt`, else the query's `_` (epoch ms).
-pub fn sent_at(batch_sent_at: Option<&Value>, query_ms: Option<i64>) -> Option<OffsetDateTime> {
+pub(crate) fn sent_at(batch_sent_at: Option<&Value>, query_ms: Option<i64>) -> Option<OffsetDateTime> {
     if let Some(Value::String(s)) = batch_sent_at {
         if let Ok(t) = OffsetDateTime::parse(s.trim(), &Rfc3339) {
             return Some(t);
@@ -188,7 +184,7 @@ mod tests {
         }
         assert_eq!(
             norm(json!({"event":"e","distinct_id":"d","token":"t","properties":"x"})).unwrap_err(),
-            Invalid::InvalidProperties
+            Invalid::Properties
         );
     }
 
@@ -212,10 +208,7 @@ mod tests {
         assert_eq!(e.uuid.get_version_num(), 7);
         assert_eq!(e.data["uuid"], e.uuid.to_string());
         for bad in [json!("nope"), json!(12), json!("00000000-0000-0000-0000-000000000000")] {
-            assert_eq!(
-                norm(json!({"event":"e","distinct_id":"d","token":"t","uuid":bad})).unwrap_err(),
-                Invalid::InvalidUuid
-            );
+            assert_eq!(norm(json!({"event":"e","distinct_id":"d","token":"t","uuid":bad})).unwrap_err(), Invalid::Uuid);
         }
     }
 

@@ -12,7 +12,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use crate::limits::LimitList;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverflowReason {
+pub(crate) enum OverflowReason {
     /// Over the per-key rate.
     Rate,
     /// On the operator's list (environment or Redis).
@@ -20,7 +20,7 @@ pub enum OverflowReason {
 }
 
 impl OverflowReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OverflowReason::Rate => "rate",
             OverflowReason::Forced => "forced",
@@ -28,7 +28,7 @@ impl OverflowReason {
     }
 }
 
-pub struct OverflowSettings {
+pub(crate) struct OverflowSettings {
     pub enabled: bool,
     pub per_second: u32,
     pub burst: u32,
@@ -38,12 +38,12 @@ pub struct OverflowSettings {
 }
 
 impl OverflowSettings {
-    pub fn parse_forced(list: &str) -> HashSet<String> {
+    pub(crate) fn parse_forced(list: &str) -> HashSet<String> {
         list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
     }
 }
 
-pub struct OverflowLimiter {
+pub(crate) struct OverflowLimiter {
     settings: OverflowSettings,
     quota: Quota,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
@@ -51,7 +51,7 @@ pub struct OverflowLimiter {
 }
 
 impl OverflowLimiter {
-    pub fn new(settings: OverflowSettings, forced_redis: LimitList) -> Self {
+    pub(crate) fn new(settings: OverflowSettings, forced_redis: LimitList) -> Self {
         let per_second = NonZeroU32::new(settings.per_second.max(1)).expect("max(1) is non-zero");
         let burst = NonZeroU32::new(settings.burst.max(1)).expect("max(1) is non-zero");
         let quota = Quota::per_second(per_second).allow_burst(burst);
@@ -59,7 +59,7 @@ impl OverflowLimiter {
     }
 
     /// `key` is `token:distinct_id`. Forced keys are checked first so they do not use up rate.
-    pub fn check(&self, token: &str, key: &str) -> Option<OverflowReason> {
+    pub(crate) fn check(&self, token: &str, key: &str) -> Option<OverflowReason> {
         if self.is_forced(token, key) {
             return Some(OverflowReason::Forced);
         }
@@ -79,7 +79,7 @@ impl OverflowLimiter {
 
     /// Forgets keys back at full burst; past `max_keys`, starts over with an empty table
     /// (a reset costs one burst of leniency per key, unbounded memory costs the process).
-    pub fn housekeep(&self) -> usize {
+    pub(crate) fn housekeep(&self) -> usize {
         let limiter = self.limiter.read().expect("limiter lock poisoned").clone();
         limiter.retain_recent();
         limiter.shrink_to_fit();
@@ -155,12 +155,12 @@ mod tests {
 
 /// Optional limit on the events one capture instance accepts per second, for operators
 /// who would rather shed load with 429 than let a flood reach Kafka.
-pub struct GlobalLimiter {
+pub(crate) struct GlobalLimiter {
     limiter: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
 }
 
 impl GlobalLimiter {
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_second: u32, burst: u32) -> Self {
         let limiter = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
             (RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)), burst)
@@ -170,7 +170,7 @@ impl GlobalLimiter {
 
     /// Takes `events` from the budget; a request larger than the burst takes the whole
     /// burst, so it can still pass once the bucket is full.
-    pub fn allows(&self, events: usize) -> bool {
+    pub(crate) fn allows(&self, events: usize) -> bool {
         let Some((limiter, burst)) = &self.limiter else { return true };
         let n =
             NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX).clamp(1, burst.get())).expect("clamped to >= 1");

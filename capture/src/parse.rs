@@ -12,7 +12,7 @@ use sluice_schema::json::{measure, TooDeep, MAX_DEPTH};
 use crate::budget::{BudgetError, Reservation};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("payload is not UTF-8 text")]
     NotUtf8,
     #[error("payload is not valid JSON: {0}")]
@@ -26,7 +26,7 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ParseError::NotUtf8 => "invalid_utf8",
             ParseError::Json(_) => "invalid_json",
@@ -39,7 +39,7 @@ impl ParseError {
 
 /// A request's events with the envelope fields that apply to all of them.
 #[derive(Debug, Default, PartialEq)]
-pub struct ParsedRequest {
+pub(crate) struct ParsedRequest {
     /// The batch's `api_key`/`token`, unvalidated.
     pub token: Option<Value>,
     /// The batch's `sent_at`/`sentAt`, unvalidated.
@@ -50,7 +50,7 @@ pub struct ParsedRequest {
 }
 
 /// Measures, reserves what the tree will take, then parses.
-pub fn parse(bytes: &[u8], memory: &mut Reservation) -> Result<ParsedRequest, ParseError> {
+pub(crate) fn parse(bytes: &[u8], memory: &mut Reservation) -> Result<ParsedRequest, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8)?;
     memory.hold(measure(bytes).map_err(|TooDeep| ParseError::TooDeep)?.tree_bytes)?;
     parse_text(text)
@@ -88,7 +88,7 @@ fn take_first(obj: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
 /// JavaScript strings may hold unpaired UTF-16 surrogates, and SDKs serialize them as
 /// `\ud800` escapes that strict JSON parsers reject, failing the whole request. Each
 /// lone surrogate escape becomes `\ufffd`; valid pairs are left alone.
-pub fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
+pub(crate) fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
     let b = text.as_bytes();
     let mut out: Option<String> = None;
     let mut copied = 0;

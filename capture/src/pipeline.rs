@@ -22,7 +22,7 @@ use crate::route::{Lane, Route, Router};
 use crate::telemetry;
 use crate::token::TokenError;
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     pub router: Router,
     pub global_limit: GlobalLimiter,
     pub sink: Arc<dyn Sink>,
@@ -32,14 +32,14 @@ pub struct Pipeline {
 
 /// What a successful request tells the client beyond "Ok".
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub recordings_quota_limited: bool,
 }
 
 impl Pipeline {
     /// `memory` holds the body already; decoding and parsing add to it, and it is given
     /// back when the request is done.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         meta: &RequestMeta,
         body: Bytes,

@@ -23,7 +23,7 @@ use crate::telemetry;
 const RECORD_OVERHEAD: usize = 128;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum ProduceError {
+pub(crate) enum ProduceError {
     #[error("event {uuid} is {size} bytes once encoded, over the {limit} byte message limit")]
     TooLarge { uuid: Uuid, size: usize, limit: usize },
     #[error("the producer queue is full, retry later")]
@@ -36,7 +36,7 @@ pub enum ProduceError {
 
 /// One message ready to produce.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutMessage {
+pub(crate) struct OutMessage {
     pub lane: Lane,
     pub key: Option<String>,
     pub payload: Vec<u8>,
@@ -45,7 +45,7 @@ pub struct OutMessage {
 }
 
 impl OutMessage {
-    pub fn new(lane: Lane, key: Option<String>, event: &CapturedEvent, now_text: &str) -> Self {
+    pub(crate) fn new(lane: Lane, key: Option<String>, event: &CapturedEvent, now_text: &str) -> Self {
         OutMessage {
             lane,
             key,
@@ -61,7 +61,7 @@ impl OutMessage {
         }
     }
 
-    pub fn encoded_size(&self) -> usize {
+    pub(crate) fn encoded_size(&self) -> usize {
         RECORD_OVERHEAD
             + self.payload.len()
             + self.key.as_ref().map_or(0, String::len)
@@ -71,7 +71,7 @@ impl OutMessage {
 
 /// Checks every message against the limit before anything is produced, so a request
 /// is never half written.
-pub fn check_sizes(messages: &[OutMessage], limit: usize) -> Result<(), ProduceError> {
+pub(crate) fn check_sizes(messages: &[OutMessage], limit: usize) -> Result<(), ProduceError> {
     for m in messages {
         let size = m.encoded_size();
         if size > limit {
@@ -82,13 +82,13 @@ pub fn check_sizes(messages: &[OutMessage], limit: usize) -> Result<(), ProduceE
 }
 
 /// Where accepted messages go. Kafka in production; a vector in unit tests.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     /// Resolves once every message is acknowledged, or with the first failure.
     fn send_all(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<(), ProduceError>>;
     fn flush(&self, timeout: Duration);
 }
 
-pub struct KafkaSettings {
+pub(crate) struct KafkaSettings {
     pub hosts: String,
     pub topics: Topics,
     pub compression: String,
@@ -103,7 +103,7 @@ pub struct KafkaSettings {
 
 /// Feeds the producer's statistics into health and metrics; librdkafka calls it from its
 /// own thread, which makes it the producer's heartbeat too.
-pub struct ProducerContext {
+pub(crate) struct ProducerContext {
     health: Health,
     fatal: Arc<AtomicBool>,
 }
@@ -137,7 +137,7 @@ const RESET_AFTER_FAILED_REQUESTS: u32 = 3;
 /// How much longer than `message.timeout.ms` a request waits for its acknowledgements.
 const ACK_TIMEOUT_MARGIN_MS: u64 = 500;
 
-pub struct KafkaSink {
+pub(crate) struct KafkaSink {
     config: ClientConfig,
     producer: RwLock<Arc<KafkaProducer>>,
     topics: Topics,
@@ -149,7 +149,7 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(settings: KafkaSettings, health: Health) -> Result<Self, KafkaError> {
+    pub(crate) fn new(settings: KafkaSettings, health: Health) -> Result<Self, KafkaError> {
         let mut config = settings
             .security
             .client_config(&settings.hosts, Role::Producer)
@@ -195,7 +195,7 @@ impl KafkaSink {
     /// expired producer id) can stay stuck on "unknown producer id" forever, bumping its
     /// epoch locally; when the broker answers but deliveries keep failing, or librdkafka
     /// reported a fatal error, the producer is replaced by a fresh one.
-    pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
         let result = self.producer().client().fetch_metadata(Some(&self.topics.main), timeout).map(|_| ());
         let up = result.is_ok();
         if up != self.health.broker_up() {
@@ -297,14 +297,16 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Keeps messages in memory; for tests of the HTTP layer without a broker.
+/// Keeps messages in memory; for tests of the pipeline without a broker.
+#[cfg(test)]
 #[derive(Default)]
-pub struct MemorySink {
+pub(crate) struct MemorySink {
     pub messages: std::sync::Mutex<Vec<OutMessage>>,
     pub fail_with: std::sync::Mutex<Option<ProduceError>>,
     pub message_max_bytes: usize,
 }
 
+#[cfg(test)]
 impl Sink for MemorySink {
     fn send_all(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<(), ProduceError>> {
         Box::pin(async move {

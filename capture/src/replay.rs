@@ -15,7 +15,7 @@ const MAX_SESSION_ID_CHARS: usize = 70;
 const ENVELOPE_RESERVE: usize = 4 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ReplayInvalid {
+pub(crate) enum ReplayInvalid {
     #[error("snapshot has no $session_id")]
     MissingSessionId,
     #[error("snapshot $session_id must be 1 to 70 characters of A-Z a-z 0-9 -")]
@@ -27,7 +27,7 @@ pub enum ReplayInvalid {
 }
 
 impl ReplayInvalid {
-    pub fn cause(self) -> &'static str {
+    pub(crate) fn cause(self) -> &'static str {
         match self {
             ReplayInvalid::MissingSessionId => "missing_session_id",
             ReplayInvalid::InvalidSessionId => "invalid_session_id",
@@ -37,13 +37,13 @@ impl ReplayInvalid {
     }
 }
 
-pub fn valid_session_id(id: &str) -> bool {
+pub(crate) fn valid_session_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_SESSION_ID_CHARS && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// One `$snapshot_items` message to produce.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReplayMessage {
+pub(crate) struct ReplayMessage {
     pub token: String,
     pub distinct_id: String,
     pub session_id: String,
@@ -67,7 +67,10 @@ struct Group {
 
 /// Groups snapshot events and splits groups to fit `max_message_bytes`. Events that
 /// cannot be replay are returned with their reason, to be counted.
-pub fn group(events: Vec<NormalizedEvent>, max_message_bytes: usize) -> (Vec<ReplayMessage>, Vec<ReplayInvalid>) {
+pub(crate) fn group(
+    events: Vec<NormalizedEvent>,
+    max_message_bytes: usize,
+) -> (Vec<ReplayMessage>, Vec<ReplayInvalid>) {
     let mut groups: Vec<Group> = Vec::new();
     let mut invalid = Vec::new();
     for ev in events {

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 /// The kind of endpoint a request came in on; it decides body limits and parsing rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/i/v0/e`: posthog-js's modern endpoint.
     Events,
     /// `/e`, `/capture`, `/track`: also accept bare base64 payloads, as old SDKs send them.
@@ -24,7 +24,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Route::Events => "events",
             Route::LegacyEvents => "legacy_events",
@@ -36,7 +36,7 @@ impl Route {
     }
 
     /// Legacy routes sniff base64 without a hint.
-    pub fn sniffs_base64(self) -> bool {
+    pub(crate) fn sniffs_base64(self) -> bool {
         matches!(self, Route::LegacyEvents | Route::Engage)
     }
 }
@@ -44,7 +44,7 @@ impl Route {
 /// The query parameters capture understands. Parsing never fails: anything unreadable is
 /// ignored, because rejecting an SDK's request over a stray parameter loses its events.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Query {
+pub(crate) struct Query {
     pub data: Option<String>,
     pub compression: Option<String>,
     pub beacon: bool,
@@ -53,7 +53,7 @@ pub struct Query {
 }
 
 impl Query {
-    pub fn parse(raw: Option<&str>) -> Query {
+    pub(crate) fn parse(raw: Option<&str>) -> Query {
         let mut q = Query::default();
         let Some(raw) = raw else { return q };
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
@@ -71,7 +71,7 @@ impl Query {
 
 /// Everything about a request that the pipeline needs besides its body.
 #[derive(Debug, Clone)]
-pub struct RequestMeta {
+pub(crate) struct RequestMeta {
     pub route: Route,
     pub query: Query,
     pub is_form: bool,
@@ -81,7 +81,7 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub fn new(
+    pub(crate) fn new(
         route: Route,
         raw_query: Option<&str>,
         headers: &HeaderMap,
@@ -115,7 +115,7 @@ fn is_form(headers: &HeaderMap) -> bool {
 /// The client's address: `X-Forwarded-For` (leftmost, or `trusted_hops` from the right
 /// when capture sits behind that many proxies of its own), then `Forwarded`, then
 /// `X-Real-IP`, then the peer.
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
+pub(crate) fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: usize) -> IpAddr {
     let header =
         |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
 

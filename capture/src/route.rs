@@ -51,7 +51,7 @@ impl Topics {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Produce {
         lane: Lane,
         key: Option<String>,
@@ -62,7 +62,7 @@ pub enum Route {
 }
 
 /// The pure part of routing an analytics event, given what the limiters said.
-pub fn decide(
+pub(crate) fn decide(
     key: String,
     historical: bool,
     quota_limited: bool,
@@ -85,7 +85,7 @@ pub fn decide(
     }
 }
 
-pub struct Router {
+pub(crate) struct Router {
     pub lists: RedisLists,
     pub overflow: OverflowLimiter,
     pub preserve_locality: bool,
@@ -93,22 +93,22 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn token_allowed(&self, token: &str) -> bool {
+    pub(crate) fn token_allowed(&self, token: &str) -> bool {
         self.team_tokens.allows(token)
     }
 
-    pub fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
+    pub(crate) fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
         let key = kafka_key(&ev.token, &ev.distinct_id);
         let quota_limited = self.lists.quota_events.contains(&ev.token);
         let overflow = if historical || quota_limited { None } else { self.overflow.check(&ev.token, &key) };
         decide(key, historical, quota_limited, overflow, self.preserve_locality)
     }
 
-    pub fn recordings_limited(&self, token: &str) -> bool {
+    pub(crate) fn recordings_limited(&self, token: &str) -> bool {
         self.lists.quota_recordings.contains(token)
     }
 
-    pub fn replay_lane(&self, session_id: &str) -> Lane {
+    pub(crate) fn replay_lane(&self, session_id: &str) -> Lane {
         if self.lists.overflow_replay.contains(session_id) {
             Lane::ReplayOverflow
         } else {

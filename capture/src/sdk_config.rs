@@ -27,7 +27,7 @@ const RECORDINGS_ENDPOINT: &str = "/s/";
 
 /// One team's settings as the `teams` table holds them.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct TeamSettings {
+pub(crate) struct TeamSettings {
     pub api_token: String,
     pub session_recording_opt_in: bool,
     pub session_recording_sample_rate: Option<f64>,
@@ -86,14 +86,14 @@ struct Teams {
 
 /// The answers of every team, shared by the server and the refresher.
 #[derive(Clone)]
-pub struct SdkConfigs {
+pub(crate) struct SdkConfigs {
     teams: Arc<RwLock<Option<Arc<Teams>>>>,
     compression: Arc<Vec<String>>,
 }
 
 /// One response, ready to send.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Bytes,
@@ -103,7 +103,7 @@ pub struct Answer {
 
 /// Which endpoint asked, for the answer's shape.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Ask {
+pub(crate) enum Ask {
     /// `/array/<token>/config`.
     ConfigJson,
     /// `/array/<token>/config.js`.
@@ -115,7 +115,7 @@ pub enum Ask {
 }
 
 impl Ask {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Ask::ConfigJson => "config",
             Ask::ConfigScript => "config_js",
@@ -135,7 +135,7 @@ enum Found {
 
 impl SdkConfigs {
     /// `compression`: what SDKs are offered (`supportedCompression`), e.g. `gzip-js`.
-    pub fn new(compression: Vec<String>) -> SdkConfigs {
+    pub(crate) fn new(compression: Vec<String>) -> SdkConfigs {
         SdkConfigs { teams: Arc::default(), compression: Arc::new(compression) }
     }
 
@@ -163,7 +163,7 @@ impl SdkConfigs {
 
     /// The answer to `ask` for `token` (`None`: the request named none).
     /// `recordings_limited`: the token is over its recordings quota, so recording is off.
-    pub fn answer(&self, ask: Ask, token: Option<&str>, recordings_limited: bool) -> Answer {
+    pub(crate) fn answer(&self, ask: Ask, token: Option<&str>, recordings_limited: bool) -> Answer {
         let Some(token) = token.filter(|t| !t.is_empty()) else { return refused(ask, "missing_api_key") };
         let (answers, outcome) = match self.find(token) {
             Found::Team(answers) => (answers, "team"),
@@ -300,7 +300,7 @@ fn decide(version: u32, mut answer: Map<String, Value>) -> Value {
     Value::Object(answer)
 }
 
-pub struct Refresh {
+pub(crate) struct Refresh {
     /// `None`: answers are the defaults for every well-formed token (`SDK_CONFIG=false`).
     pub database: Option<PgConnectOptions>,
     pub interval: Duration,
@@ -310,7 +310,7 @@ pub struct Refresh {
 
 /// Re-reads every team's settings every `interval` until `stop` changes. A failed read
 /// keeps the answers of the last good one.
-pub fn spawn_refresher(
+pub(crate) fn spawn_refresher(
     configs: SdkConfigs,
     settings: Refresh,
     stop: watch::Receiver<bool>,

@@ -41,7 +41,7 @@ use crate::{decode, telemetry, v1};
 
 /// Body limits as received (before decompression), per kind of route.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     pub events: usize,
     pub batch: usize,
     pub replay: usize,
@@ -57,7 +57,7 @@ impl BodyLimits {
     }
 }
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub pipeline: Pipeline,
     /// What `/array/<token>/config`, `/flags` and `/decide` answer.
     pub sdk_config: SdkConfigs,
@@ -72,14 +72,14 @@ pub struct AppState {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct BodyTimeouts {
+pub(crate) struct BodyTimeouts {
     /// Longest wait for the next chunk.
     pub chunk: Duration,
     /// Longest time for the whole body, however it is trickled.
     pub whole: Duration,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let capture_routes = Router::new()
         .merge(event_routes(&["/e", "/i/v0/e", "/capture", "/track"], |path| {
             if path == "/i/v0/e" {
@@ -371,7 +371,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// What a connection may hold and for how long.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive
     /// and HTTP/2 alike).
@@ -421,7 +421,7 @@ impl Drop for InFlight {
 
 /// Accepts connections until `shutdown` resolves, then stops accepting and gives the
 /// open connections `drain_timeout` to finish their requests.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,

@@ -15,26 +15,27 @@ use crate::every::Every;
 use crate::limits::LimitList;
 
 #[derive(Clone)]
-pub struct TeamTokens {
+pub(crate) struct TeamTokens {
     enabled: bool,
     known: LimitList,
 }
 
 impl TeamTokens {
-    pub fn new(enabled: bool, stale_after: Duration) -> Self {
+    pub(crate) fn new(enabled: bool, stale_after: Duration) -> Self {
         TeamTokens { enabled, known: LimitList::new(stale_after) }
     }
 
-    pub fn disabled() -> Self {
+    #[cfg(test)]
+    pub(crate) fn disabled() -> Self {
         Self::new(false, Duration::ZERO)
     }
 
-    pub fn allows(&self, token: &str) -> bool {
+    pub(crate) fn allows(&self, token: &str) -> bool {
         !self.enabled || !self.known.is_fresh() || self.known.contains(token)
     }
 }
 
-pub struct TokenRefresh {
+pub(crate) struct TokenRefresh {
     /// Parsed at start-up (a URL or certificate that cannot be used stops capture there);
     /// `None` when the check is off.
     pub database: Option<PgConnectOptions>,
@@ -45,7 +46,7 @@ pub struct TokenRefresh {
 
 /// Re-reads the token list every `interval` until `stop` changes; does nothing when the
 /// check is off.
-pub fn spawn_refresher(
+pub(crate) fn spawn_refresher(
     tokens: TeamTokens,
     settings: TokenRefresh,
     stop: watch::Receiver<bool>,

@@ -9,7 +9,7 @@ const MAX_TOKEN_BYTES: usize = 64;
 const PERSONAL_KEY_PREFIX: &str = "phx_";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("no api token: send it as `api_key` or `token`, on the batch or the event, or as `properties.token`")]
     Missing,
     #[error("api token must be a string")]
@@ -27,7 +27,7 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             TokenError::Missing => "missing_token",
             TokenError::NotString => "token_not_string",
@@ -40,7 +40,7 @@ impl TokenError {
     }
 }
 
-pub fn validate(token: &str) -> Result<&str, TokenError> {
+pub(crate) fn validate(token: &str) -> Result<&str, TokenError> {
     if token.is_empty() {
         Err(TokenError::Empty)
     } else if token.len() > MAX_TOKEN_BYTES {
@@ -58,7 +58,7 @@ pub fn validate(token: &str) -> Result<&str, TokenError> {
 /// then `properties.token`. The first one present decides; a bad one is not skipped,
 /// because falling through to another would file the event under a token the client
 /// did not mean.
-pub fn find<'a>(batch: Option<&'a Value>, event: &'a Map<String, Value>) -> Result<&'a str, TokenError> {
+pub(crate) fn find<'a>(batch: Option<&'a Value>, event: &'a Map<String, Value>) -> Result<&'a str, TokenError> {
     let found = batch
         .or_else(|| ["token", "$token", "api_key"].iter().find_map(|k| event.get(*k).filter(|v| !v.is_null())))
         .or_else(|| event.get("properties").and_then(|p| p.get("token")).filter(|v| !v.is_null()));

@@ -21,7 +21,7 @@ use crate::parse::{replace_lone_surrogates, ParseError};
 
 /// A v1 request turned into a `/batch` body, and the events it turned away.
 #[derive(Debug)]
-pub struct Translated {
+pub(crate) struct Translated {
     /// `{"api_key", "sent_at", "historical_migration", "batch": [...]}`.
     pub batch: Value,
     /// The uuids of the events in `batch`, in order.
@@ -31,7 +31,7 @@ pub struct Translated {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum V1Error {
+pub(crate) enum V1Error {
     #[error("no project API key: send it as `Authorization: Bearer <token>`")]
     MissingToken,
     #[error(transparent)]
@@ -42,7 +42,7 @@ pub enum V1Error {
 
 /// Reads the Bearer token, parses the body (its tree's memory reserved first) and
 /// translates each event.
-pub fn translate(json: &[u8], headers: &HeaderMap, memory: &mut Reservation) -> Result<Translated, V1Error> {
+pub(crate) fn translate(json: &[u8], headers: &HeaderMap, memory: &mut Reservation) -> Result<Translated, V1Error> {
     let token = bearer(headers).ok_or(V1Error::MissingToken)?;
     let text = std::str::from_utf8(json).map_err(|_| ParseError::NotUtf8)?;
     memory.hold(measure(json).map_err(|TooDeep| ParseError::TooDeep)?.tree_bytes).map_err(ParseError::from)?;
@@ -183,7 +183,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The answer: every event taken is `ok`, every one turned away `drop` with its reason.
-pub fn results(translated: &Translated) -> Value {
+pub(crate) fn results(translated: &Translated) -> Value {
     let mut results = Map::new();
     for uuid in &translated.accepted {
         results.insert(uuid.clone(), json!({"result": "ok"}));

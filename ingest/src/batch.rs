@@ -23,7 +23,7 @@ use crate::write::{ClickHouse, SourcedRow};
 
 /// What the plan knows of an event before processing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     pub team: i64,
     pub distinct_id: String,
     /// The id a merge event merges into `distinct_id`.
@@ -32,7 +32,7 @@ pub struct Member {
 
 /// Groups of message indices, each in ascending (offset) order, ordered by their first
 /// message. `None` members (unparseable, unknown team) touch no person and stand alone.
-pub fn plan(members: &[Option<Member>], person_of: impl Fn(i64, &str) -> Option<i64>) -> Vec<Vec<usize>> {
+pub(crate) fn plan(members: &[Option<Member>], person_of: impl Fn(i64, &str) -> Option<i64>) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..members.len()).collect();
     let mut first_of_id: HashMap<(i64, &str), usize> = HashMap::new();
     let mut first_of_person: HashMap<(i64, i64), usize> = HashMap::new();
@@ -87,7 +87,7 @@ struct Rows {
 
 /// Processes every event of the batch, writes the rows and the dead letters. Any error
 /// means "retry the whole batch": every write is idempotent.
-pub async fn handle(
+pub(crate) async fn handle(
     batch: &[OwnedMessage],
     deps: &Deps<'_>,
     ch: &ClickHouse,

@@ -8,27 +8,27 @@ use rdkafka::Message;
 
 /// Why an event was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub stage: &'static str,
     pub error: String,
     pub error_class: &'static str,
     pub team_id: Option<i64>,
 }
 
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     lane: &'static str,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String, lane: &'static str) -> Self {
+    pub(crate) fn new(producer: FutureProducer, topic: String, lane: &'static str) -> Self {
         DeadLetters { producer, topic, lane }
     }
 
     /// Publishes the original message (key, value, headers) with the reason in `dlq_*`
     /// headers, so a replay can re-publish it unchanged.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         original: &OwnedMessage,
         dead: &DeadLetter,

@@ -23,7 +23,7 @@ const MAX_HREF: usize = 2048;
 
 /// Takes `$elements_chain` (or, without one, builds it from `$elements`) out of
 /// `properties`.
-pub fn take_chain(properties: &mut Map<String, Value>) -> String {
+pub(crate) fn take_chain(properties: &mut Map<String, Value>) -> String {
     let chain = match properties.get("$elements_chain") {
         Some(chain) if truthy(chain) => Ok(js_string(chain).unwrap_or_default()),
         _ => match properties.get("$elements") {

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 /// PostHog's limit, which its queries assume.
-pub const MAX_GROUP_TYPES: i16 = 5;
+pub(crate) const MAX_GROUP_TYPES: i16 = 5;
 
 /// A group as written, for ClickHouse.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Group {
+pub(crate) struct Group {
     pub type_index: i16,
     pub key: String,
     pub properties: Map<String, Value>,
@@ -21,7 +21,7 @@ pub struct Group {
     pub version: i64,
 }
 
-pub struct GroupStore {
+pub(crate) struct GroupStore {
     pool: PgPool,
     /// (team, type) → index; an index never changes once assigned, so it is cached forever
     /// (bounded: at most five per team).
@@ -29,12 +29,12 @@ pub struct GroupStore {
 }
 
 impl GroupStore {
-    pub fn new(pool: PgPool) -> Self {
+    pub(crate) fn new(pool: PgPool) -> Self {
         GroupStore { pool, indexes: Mutex::default() }
     }
 
     /// The type's index, assigning the next free one; `None` once the team has five.
-    pub async fn type_index(&self, team_id: i64, group_type: &str) -> Result<Option<i16>, sqlx::Error> {
+    pub(crate) async fn type_index(&self, team_id: i64, group_type: &str) -> Result<Option<i16>, sqlx::Error> {
         if let Some(i) = self.indexes.lock().expect("lock").get(&(team_id, group_type.to_string())) {
             return Ok(Some(*i));
         }
@@ -71,7 +71,7 @@ impl GroupStore {
     }
 
     /// Merges `set` into the group's properties; returns the group when it changed.
-    pub async fn upsert(
+    pub(crate) async fn upsert(
         &self,
         team_id: i64,
         type_index: i16,

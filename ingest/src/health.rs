@@ -20,7 +20,7 @@ use crate::write::ClickHouse;
 /// Liveness fails when the consume loop has not gone round for this long.
 const LOOP_STALL: Duration = Duration::from_secs(120);
 
-pub struct Health {
+pub(crate) struct Health {
     started: Instant,
     loop_tick_ms: AtomicU64,
     batch_failing: AtomicBool,
@@ -28,7 +28,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let health = Arc::new(Health {
             started: Instant::now(),
             loop_tick_ms: AtomicU64::new(0),
@@ -40,11 +40,11 @@ impl Health {
     }
 
     /// The consume loop is alive.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         self.loop_tick_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    pub fn batch_failing(&self, failing: bool) {
+    pub(crate) fn batch_failing(&self, failing: bool) {
         self.batch_failing.store(failing, Ordering::Relaxed);
         crate::telemetry::ready(self.ready());
     }
@@ -56,12 +56,12 @@ impl Health {
     }
 
     /// Dependencies answer and batches succeed.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         !self.batch_failing.load(Ordering::Relaxed) && !self.probe_failing.load(Ordering::Relaxed)
     }
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     address: std::net::SocketAddr,
     health: Arc<Health>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -80,14 +80,14 @@ pub async fn serve(
 }
 
 /// What the probe asks.
-pub struct Dependencies {
+pub(crate) struct Dependencies {
     pub postgres: PgPool,
     pub clickhouse: Arc<ClickHouse>,
     pub kafka: FutureProducer,
 }
 
 /// Asks every dependency each `period` (bounded by it) while the process runs.
-pub fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Duration) {
+pub(crate) fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -7,25 +7,25 @@
 //! offsets are committed.
 //! [`commands`] are the operator commands of the same binary.
 
-pub mod batch;
+mod batch;
 pub mod commands;
 pub mod config;
-pub mod consume;
-pub mod dlq;
-pub mod elements;
-pub mod groups;
-pub mod health;
-pub mod normalize;
-pub mod persons;
-pub mod plugins;
-pub mod process;
-pub mod resolve;
-pub mod restrict;
+mod consume;
+mod dlq;
+mod elements;
+mod groups;
+mod health;
+mod normalize;
+mod persons;
+mod plugins;
+mod process;
+mod resolve;
+mod restrict;
 pub mod rows;
 pub mod telemetry;
-pub mod timestamp;
-pub mod watch;
-pub mod write;
+mod timestamp;
+mod watch;
+mod write;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -47,13 +47,13 @@ const CAMPAIGN_PROPERTIES: &[&str] = &[
 ];
 
 /// What normalization needs besides the event itself.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub ip: Option<&'a str>,
     pub sent_at: Option<&'a str>,
 }
 
 /// Normalizes `data` (the event as the client sent it) in place and returns its properties.
-pub fn properties(data: &mut Map<String, Value>, ctx: &Context<'_>) -> Map<String, Value> {
+pub(crate) fn properties(data: &mut Map<String, Value>, ctx: &Context<'_>) -> Map<String, Value> {
     let mut props = match data.remove("properties") {
         Some(Value::Object(p)) => p,
         _ => Map::new(),
@@ -101,7 +101,7 @@ fn object_entry<'m>(map: &'m mut Map<String, Value>, key: &str) -> &'m mut Map<S
 }
 
 /// NUL characters break ClickHouse and Postgres text; replace them everywhere.
-pub fn sanitize(props: &mut Map<String, Value>) {
+pub(crate) fn sanitize(props: &mut Map<String, Value>) {
     fn walk(v: &mut Value) {
         match v {
             Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),

@@ -23,7 +23,7 @@ use crate::{elements, telemetry, timestamp};
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Row {
         event: Value,
         rows: SideRows,
@@ -40,14 +40,14 @@ pub enum Outcome {
 
 /// Person, distinct-id and group rows an event produced, for ClickHouse.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SideRows {
+pub(crate) struct SideRows {
     pub persons: Vec<Value>,
     pub distinct_ids: Vec<Value>,
     pub groups: Vec<Value>,
 }
 
 /// What the steps need from outside.
-pub struct Deps<'a> {
+pub(crate) struct Deps<'a> {
     pub teams: &'a TeamCache,
     pub persons: &'a PersonStore,
     pub groups: &'a GroupStore,
@@ -59,14 +59,14 @@ pub struct Deps<'a> {
 /// A dependency could not answer: the batch is retried, nothing is dropped.
 #[derive(Debug, thiserror::Error)]
 #[error("postgres unavailable: {0}")]
-pub struct DependencyDown(#[from] pub sqlx::Error);
+pub(crate) struct DependencyDown(#[from] pub sqlx::Error);
 
 fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, team_id: Option<i64>) -> Outcome {
     Outcome::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
 }
 
 /// Step 1, the outer message: read once per message, by the batch plan and then the steps.
-pub fn parse_message(payload: &[u8]) -> Result<CapturedEvent, DeadLetter> {
+pub(crate) fn parse_message(payload: &[u8]) -> Result<CapturedEvent, DeadLetter> {
     let dead = |error_class, error: String| DeadLetter { stage: "parse", error, error_class, team_id: None };
     let captured: CapturedEvent =
         serde_json::from_slice(payload).map_err(|e| dead("invalid_message", e.to_string()))?;
@@ -78,13 +78,13 @@ pub fn parse_message(payload: &[u8]) -> Result<CapturedEvent, DeadLetter> {
 
 /// The distinct id a merge event ($identify, $create_alias, $merge_dangerously) merges
 /// into its own; the batch plan keeps both ids' events in one ordered group.
-pub fn merge_source(captured: &CapturedEvent) -> Option<String> {
+pub(crate) fn merge_source(captured: &CapturedEvent) -> Option<String> {
     let key = crate::persons::merge_source_property(&captured.event)?;
     let data: Value = serde_json::from_str(&captured.data).ok()?;
     data.get("properties")?.get(key)?.as_str().map(str::to_string)
 }
 
-pub async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
+pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
     let flavor = deps.flavor;
     // 1. Parse the client's event in `data` (the outer message is [`parse_message`]'s).
     let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Team {
+pub(crate) struct Team {
     pub id: i64,
     pub anonymize_ips: bool,
     pub person_processing_opt_out: bool,
@@ -22,7 +22,7 @@ struct TeamRow {
     team: Team,
 }
 
-pub struct TeamCache {
+pub(crate) struct TeamCache {
     pool: PgPool,
     ttl: Duration,
     entries: Mutex<Entries>,
@@ -55,13 +55,13 @@ impl Entries {
 }
 
 impl TeamCache {
-    pub fn new(pool: PgPool, ttl: Duration, max_entries: usize) -> Self {
+    pub(crate) fn new(pool: PgPool, ttl: Duration, max_entries: usize) -> Self {
         TeamCache { pool, ttl, entries: Mutex::new(Entries { map: HashMap::new(), max: max_entries.max(1) }) }
     }
 
     /// `Ok(None)`: no team has this token. `Err`: Postgres could not answer, which is a
     /// reason to pause, not to drop.
-    pub async fn get(&self, token: &str) -> Result<Option<Team>, sqlx::Error> {
+    pub(crate) async fn get(&self, token: &str) -> Result<Option<Team>, sqlx::Error> {
         if let Some(team) = self.cached(token) {
             return Ok(team);
         }
@@ -70,7 +70,7 @@ impl TeamCache {
     }
 
     /// Makes sure every token is cached, with one query for all that are not.
-    pub async fn load(&self, tokens: &[&str]) -> Result<(), sqlx::Error> {
+    pub(crate) async fn load(&self, tokens: &[&str]) -> Result<(), sqlx::Error> {
         let mut missing: Vec<&str> = tokens.iter().copied().filter(|t| self.cached(t).is_none()).collect();
         if missing.is_empty() {
             return Ok(());

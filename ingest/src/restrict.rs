@@ -31,7 +31,7 @@ impl Sets {
 }
 
 #[derive(Debug, Default)]
-pub struct Restrictions {
+pub(crate) struct Restrictions {
     configured: Sets,
     from_redis: RwLock<Option<(Sets, Instant)>>,
     stale_after: Duration,
@@ -39,7 +39,7 @@ pub struct Restrictions {
 
 impl Restrictions {
     /// From comma separated `token` or `token:distinct_id` lists.
-    pub fn parse(drop: &str, skip_persons: &str, redis_stale_after: Duration) -> Self {
+    pub(crate) fn parse(drop: &str, skip_persons: &str, redis_stale_after: Duration) -> Self {
         let list = |s: &str| s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
         Restrictions {
             configured: Sets { drop: list(drop), skip_persons: list(skip_persons) },
@@ -48,11 +48,11 @@ impl Restrictions {
         }
     }
 
-    pub fn drops(&self, token: &str, distinct_id: &str) -> bool {
+    pub(crate) fn drops(&self, token: &str, distinct_id: &str) -> bool {
         self.configured.drops(token, distinct_id) || self.redis(|s| s.drops(token, distinct_id))
     }
 
-    pub fn skips_persons(&self, token: &str, distinct_id: &str) -> bool {
+    pub(crate) fn skips_persons(&self, token: &str, distinct_id: &str) -> bool {
         self.configured.skips_persons(token, distinct_id) || self.redis(|s| s.skips_persons(token, distinct_id))
     }
 
@@ -72,7 +72,7 @@ fn matches(set: &HashSet<String>, token: &str, distinct_id: &str) -> bool {
     !set.is_empty() && (set.contains(token) || set.contains(&sluice_schema::kafka_key(token, distinct_id)))
 }
 
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// `None` when the operator turned Redis off.
     pub client: Option<redis::Client>,
     pub key_prefix: String,
@@ -82,7 +82,7 @@ pub struct RedisSettings {
 
 /// Re-reads the Redis restrictions every `interval` while the process runs. An empty
 /// URL turns Redis restrictions off.
-pub fn spawn_refresher(restrictions: Arc<Restrictions>, settings: RedisSettings) {
+pub(crate) fn spawn_refresher(restrictions: Arc<Restrictions>, settings: RedisSettings) {
     let Some(client) = settings.client.clone() else { return };
     tokio::spawn(async move {
         let mut conn = None;

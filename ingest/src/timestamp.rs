@@ -10,14 +10,14 @@ const FUTURE_LIMIT: Duration = Duration::hours(23);
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub timestamp: OffsetDateTime,
     /// Set when the client's time was more than 23 h ahead and `now` was used instead.
     pub clamped_from_future: bool,
 }
 
 /// What the rules read; `timestamp` is the client's text as capture kept it.
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     pub now: OffsetDateTime,
     pub sent_at: Option<OffsetDateTime>,
     pub timestamp: Option<&'a str>,
@@ -25,7 +25,7 @@ pub struct Inputs<'a> {
     pub ignore_sent_at: bool,
 }
 
-pub fn resolve(i: Inputs<'_>) -> Resolved {
+pub(crate) fn resolve(i: Inputs<'_>) -> Resolved {
     let candidate = if let Some(offset) = i.offset_ms.filter(|o| o.is_finite()) {
         i.now - Duration::milliseconds(offset as i64)
     } else if let Some(ts) = i.timestamp.and_then(parse) {
@@ -47,7 +47,7 @@ pub fn resolve(i: Inputs<'_>) -> Resolved {
 
 /// RFC 3339 (also with `+HH` or `+HHMM` offsets), date-time with a space (UTC), and
 /// epoch seconds or milliseconds.
-pub fn parse(text: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse(text: &str) -> Option<OffsetDateTime> {
     let t = text.trim();
     if let Ok(n) = t.parse::<f64>() {
         if !n.is_finite() || n < 0.0 {

@@ -29,7 +29,7 @@ use crate::consume::{LaneConsumer, BROKER_CALL_TIMEOUT};
 use crate::health::Health;
 use crate::telemetry;
 
-pub struct Settings {
+pub(crate) struct Settings {
     pub topic: String,
     /// How often the topic is read.
     pub interval: Duration,
@@ -52,7 +52,7 @@ struct PartitionView {
 }
 
 /// Starts the watch. It holds the consumer weakly, so it never delays its close.
-pub fn spawn(consumer: &Arc<LaneConsumer>, health: Arc<Health>, settings: Settings) {
+pub(crate) fn spawn(consumer: &Arc<LaneConsumer>, health: Arc<Health>, settings: Settings) {
     let consumer = Arc::downgrade(consumer);
     tokio::spawn(async move {
         let mut reported: HashMap<i32, i64> = HashMap::new();

@@ -138,7 +138,7 @@ pub struct ClickHouse {
 }
 
 /// A row and the index of the message it came from.
-pub type SourcedRow = (usize, Value);
+pub(crate) type SourcedRow = (usize, Value);
 
 impl ClickHouse {
     /// Connects and reads the server's version, which decides the column types.

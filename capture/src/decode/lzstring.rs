@@ -9,7 +9,7 @@
 use crate::budget::{BudgetError, Reservation};
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum LzError {
+pub(super) enum LzError {
     Invalid,
     /// The output went over `limit` bytes of UTF-8.
     TooLarge,
@@ -117,7 +117,7 @@ fn utf8_len(unit: u16) -> usize {
 
 /// Decodes `LZString.compressToBase64` output, failing once the text passes `limit` bytes
 /// or its memory (output and dictionary) cannot be reserved.
-pub fn decompress_from_base64(input: &[u8], limit: usize, memory: &mut Reservation) -> Result<String, LzError> {
+pub(super) fn decompress_from_base64(input: &[u8], limit: usize, memory: &mut Reservation) -> Result<String, LzError> {
     if input.is_empty() {
         return Err(LzError::Invalid);
     }

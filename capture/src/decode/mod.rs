@@ -24,7 +24,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Gzip,
     LzString,
     Base64,
@@ -36,7 +36,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// Reads a compression hint; unknown values are no hint at all, never an error.
-    pub fn from_hint(hint: &str) -> Option<Encoding> {
+    pub(crate) fn from_hint(hint: &str) -> Option<Encoding> {
         match hint.trim().to_ascii_lowercase().as_str() {
             "gzip" | "gzip-js" | "x-gzip" => Some(Encoding::Gzip),
             "lz64" | "lz-string" | "lzstring" => Some(Encoding::LzString),
@@ -49,7 +49,7 @@ impl Encoding {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("request has no payload: send events in the body or in the `data` parameter")]
     Empty,
     #[error("payload is not valid gzip: {0}")]
@@ -69,7 +69,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             DecodeError::Empty => "empty_payload",
             DecodeError::Gzip(_) => "invalid_gzip",
@@ -85,13 +85,18 @@ impl DecodeError {
 
 /// The decoded payload and what it took to get there, for metrics.
 #[derive(Debug)]
-pub struct Decoded {
+pub(crate) struct Decoded {
     pub json: Bytes,
     pub received_bytes: usize,
 }
 
 /// Picks the payload (query `data`, form `data`, or the body) and decodes it.
-pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize, memory: &mut Reservation) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(
+    meta: &RequestMeta,
+    body: Bytes,
+    limit: usize,
+    memory: &mut Reservation,
+) -> Result<Decoded, DecodeError> {
     let received_bytes = body.len();
     let mut form_compression = None;
     let payload = if let Some(data) = &meta.query.data {
@@ -127,7 +132,7 @@ pub fn decode(meta: &RequestMeta, body: Bytes, limit: usize, memory: &mut Reserv
 }
 
 /// Decodes one payload given the hint; pure, so every rule is testable on bytes.
-pub fn decode_payload(
+pub(crate) fn decode_payload(
     payload: Bytes,
     hint: Option<Encoding>,
     sniff_base64: bool,

@@ -23,7 +23,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// chaos run). So it runs on a thread of its own, and one that does not answer in time is
 /// left behind. A commit given up is covered by the next commit of the same partitions;
 /// until then a new owner merely processes some events again.
-pub async fn commit(consumer: &Arc<LaneConsumer>, batch: &[OwnedMessage]) -> Result<(), KafkaError> {
+pub(crate) async fn commit(consumer: &Arc<LaneConsumer>, batch: &[OwnedMessage]) -> Result<(), KafkaError> {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for m in batch {
         let e = next.entry((m.topic(), m.partition())).or_insert(0);
@@ -52,7 +52,7 @@ pub async fn commit(consumer: &Arc<LaneConsumer>, batch: &[OwnedMessage]) -> Res
 }
 
 /// Commit errors that retrying cannot fix: this member no longer owns what it commits.
-pub fn commit_is_hopeless(e: &KafkaError) -> bool {
+pub(crate) fn commit_is_hopeless(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(

@@ -34,10 +34,10 @@ use crate::telemetry;
 mod commit;
 mod positions;
 
-pub use commit::{commit, commit_is_hopeless};
+pub(crate) use commit::{commit, commit_is_hopeless};
 use positions::{Positions, Verdict};
 
-pub type LaneConsumer = StreamConsumer<LaneContext>;
+pub(crate) type LaneConsumer = StreamConsumer<LaneContext>;
 
 /// How long one broker call made while reading (committed offsets, watermarks, a seek)
 /// may take before the message that needed it is put back.
@@ -47,7 +47,7 @@ pub(crate) type Partition = (String, i32);
 
 /// The consumer's context: keeps [`Positions`] through rebalances, and carries a request
 /// to rejoin the group from the [`crate::watch`] task to the consume loop.
-pub struct LaneContext {
+pub(crate) struct LaneContext {
     positions: Mutex<Positions>,
     /// How far before a missing offset the first search for it starts (see
     /// `KAFKA_GAP_REWIND_MESSAGES`).
@@ -57,7 +57,7 @@ pub struct LaneContext {
 }
 
 impl LaneContext {
-    pub fn new(rewind: i64, lane: &'static str) -> Self {
+    pub(crate) fn new(rewind: i64, lane: &'static str) -> Self {
         LaneContext { positions: Mutex::default(), rewind, lane, rejoin: AtomicBool::new(false) }
     }
 
@@ -65,22 +65,22 @@ impl LaneContext {
         self.positions.lock().expect("positions lock")
     }
 
-    pub fn lane(&self) -> &'static str {
+    pub(crate) fn lane(&self) -> &'static str {
         self.lane
     }
 
     /// The partitions assigned here now.
-    pub fn owned(&self) -> Vec<(String, i32)> {
+    pub(crate) fn owned(&self) -> Vec<(String, i32)> {
         self.positions().owned.keys().cloned().collect()
     }
 
     /// When the assignment here last changed; `None` before the first.
-    pub fn assignment_changed(&self) -> Option<Instant> {
+    pub(crate) fn assignment_changed(&self) -> Option<Instant> {
         self.positions().changed
     }
 
     /// Asks the consume loop to leave and rejoin the group before its next batch.
-    pub fn request_rejoin(&self) {
+    pub(crate) fn request_rejoin(&self) {
         self.rejoin.store(true, Ordering::Relaxed);
     }
 }
@@ -88,7 +88,7 @@ impl LaneContext {
 /// Leaves the group and joins it again, if [`LaneContext::request_rejoin`] asked for it:
 /// the group then forms anew, and its leader assigns every partition from what the
 /// members report. Called between batches, when everything read is committed.
-pub fn rejoin_if_asked(consumer: &LaneConsumer, topic: &str) -> Result<(), KafkaError> {
+pub(crate) fn rejoin_if_asked(consumer: &LaneConsumer, topic: &str) -> Result<(), KafkaError> {
     if !consumer.context().rejoin.swap(false, Ordering::Relaxed) {
         return Ok(());
     }
@@ -134,7 +134,7 @@ fn partition_ids(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|p| p.partition()).collect()
 }
 
-pub struct BatchLimits {
+pub(crate) struct BatchLimits {
     pub max_events: usize,
     pub max_bytes: usize,
     pub max_wait: std::time::Duration,
@@ -145,7 +145,7 @@ pub struct BatchLimits {
 /// the partition was done; messages of partitions revoked meanwhile are left out (their
 /// new owner reads them). A consumer error ends the batch early but keeps what was read:
 /// dropping read messages would leave a hole behind the consumer's position.
-pub async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) -> Vec<OwnedMessage> {
+pub(crate) async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) -> Vec<OwnedMessage> {
     let started = std::time::Instant::now();
     let context = consumer.context();
     let mut batch: Vec<OwnedMessage> = Vec::new();

@@ -3,13 +3,13 @@
 
 /// What a distinct id points at, as far as merging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PersonRef {
+pub(crate) struct PersonRef {
     pub id: i64,
     pub is_identified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Same id, or both ids already on one person.
     Nothing,
     /// One of the ids may not be merged on (see [`is_illegal_id`]).
@@ -27,7 +27,7 @@ pub enum Decision {
 }
 
 /// `target` is the event's distinct_id; `source` the other (`$anon_distinct_id` or `alias`).
-pub fn decide(
+pub(crate) fn decide(
     target: &str,
     source: &str,
     target_person: Option<PersonRef>,
@@ -56,7 +56,7 @@ pub fn decide(
 }
 
 /// Ids that SDKs and apps send by mistake; merging on them would join strangers.
-pub fn is_illegal_id(id: &str) -> bool {
+pub(crate) fn is_illegal_id(id: &str) -> bool {
     const CASE_INSENSITIVE: &[&str] = &[
         "anonymous",
         "guest",

@@ -5,14 +5,14 @@ use serde_json::{Map, Value};
 
 /// The updates an event carries, read from its properties.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Updates {
+pub(crate) struct Updates {
     pub set_once: Map<String, Value>,
     pub set: Map<String, Value>,
     pub unset: Vec<String>,
 }
 
 impl Updates {
-    pub fn from_properties(props: &Map<String, Value>) -> Updates {
+    pub(crate) fn from_properties(props: &Map<String, Value>) -> Updates {
         let object = |k: &str| props.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
         let unset = match props.get("$unset") {
             Some(Value::Array(keys)) => keys.iter().filter_map(|k| k.as_str().map(str::to_string)).collect(),
@@ -22,12 +22,13 @@ impl Updates {
         Updates { set_once: object("$set_once"), set: object("$set"), unset }
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.set_once.is_empty() && self.set.is_empty() && self.unset.is_empty()
     }
 
     /// Properties of a person created by this event: `$set_once` ∪ `$set`, set wins.
-    pub fn initial(&self) -> Map<String, Value> {
+    pub(crate) fn initial(&self) -> Map<String, Value> {
         let mut props = self.set_once.clone();
         for (k, v) in &self.set {
             props.insert(k.clone(), v.clone());
@@ -36,7 +37,7 @@ impl Updates {
     }
 
     /// Applies the updates in order; returns whether anything changed.
-    pub fn apply(&self, props: &mut Map<String, Value>) -> bool {
+    pub(crate) fn apply(&self, props: &mut Map<String, Value>) -> bool {
         let mut changed = false;
         for (k, v) in &self.set_once {
             if !props.contains_key(k) {

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{event, PluginLogs, PluginState, Plugins};
 
 /// What became of one event in its team's chain.
-pub enum AfterPlugins {
+pub(crate) enum AfterPlugins {
     Keep(CapturedEvent),
     /// A plugin dropped it.
     Dropped,
@@ -23,7 +23,7 @@ pub enum AfterPlugins {
 }
 
 /// What the chain did to a batch's events of one team.
-pub struct Applied {
+pub(crate) struct Applied {
     /// Per event, in order.
     pub events: Vec<AfterPlugins>,
     /// Rows for ClickHouse `plugin_log_entries`.
@@ -32,7 +32,7 @@ pub struct Applied {
 
 impl Plugins {
     /// Runs the team's chain over `events` (all of `team`).
-    pub async fn apply(&self, team: i64, events: Vec<CapturedEvent>, flavor: Flavor) -> Applied {
+    pub(crate) async fn apply(&self, team: i64, events: Vec<CapturedEvent>, flavor: Flavor) -> Applied {
         if let Some(reason) = self.blocked.read().expect("blocked lock").get(&team).cloned() {
             return Applied {
                 events: events.iter().map(|_| AfterPlugins::Dead(reason.clone())).collect(),

@@ -9,13 +9,13 @@ use tracing::{info, warn};
 use super::{PluginLogs, PluginState, Plugins};
 
 /// Written events of one team waiting for `on_event`.
-pub type OnEventQueue = tokio::sync::mpsc::Receiver<(i64, Vec<Value>)>;
+pub(crate) type OnEventQueue = tokio::sync::mpsc::Receiver<(i64, Vec<Value>)>;
 
 impl Plugins {
     /// Hands written events to the `on_event` exporters. Waits at most `wait` for room in
     /// the queue: exports never hold up the commit longer than that; what does not fit
     /// is counted.
-    pub async fn enqueue_on_event(&self, team: i64, events: Vec<Value>, wait: Duration) {
+    pub(crate) async fn enqueue_on_event(&self, team: i64, events: Vec<Value>, wait: Duration) {
         let n = events.len();
         if let Err(e) = self.on_event_queue.send_timeout((team, events), wait).await {
             warn!(team, events = n, error = %e, "on_event queue full; these events are not exported");
@@ -56,7 +56,7 @@ impl Plugins {
 
 /// Runs queued `on_event` work until `stopping`; then hands over what is queued until
 /// its drain deadline and counts the rest as dropped.
-pub fn spawn_on_event(
+pub(crate) fn spawn_on_event(
     plugins: std::sync::Arc<Plugins>,
     mut queue: OnEventQueue,
     ch: std::sync::Arc<crate::write::ClickHouse>,
@@ -104,7 +104,7 @@ pub fn spawn_on_event(
 }
 
 /// A written event row as `on_event` receives it: properties as objects, not text.
-pub fn on_event_payload(row: &Value) -> Value {
+pub(crate) fn on_event_payload(row: &Value) -> Value {
     let mut event = row.clone();
     for key in ["properties", "person_properties"] {
         if let Some(text) = event.get(key).and_then(Value::as_str) {

@@ -9,7 +9,7 @@ use super::{store, Plugins};
 
 /// A plugin configuration's state, as `plugin_configs.status` stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginState {
+pub(crate) enum PluginState {
     Healthy,
     /// Failing often; it still runs.
     Degraded,
@@ -19,7 +19,7 @@ pub enum PluginState {
 }
 
 impl PluginState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PluginState::Healthy => "healthy",
             PluginState::Degraded => "degraded",
@@ -28,7 +28,7 @@ impl PluginState {
     }
 
     /// Reads a stored status; anything unknown counts as healthy, as the column's default.
-    pub fn parse(status: &str) -> PluginState {
+    pub(crate) fn parse(status: &str) -> PluginState {
         match status {
             "degraded" => PluginState::Degraded,
             "disabled" => PluginState::Disabled,
@@ -39,7 +39,7 @@ impl PluginState {
 
 /// When an instance's recent failures make it degraded, then disabled.
 #[derive(Debug, Clone, Copy)]
-pub struct HealthThresholds {
+pub(crate) struct HealthThresholds {
     pub degrade_after: u32,
     pub disable_after: u32,
     /// Share of recent calls that must have failed as well.
@@ -49,7 +49,7 @@ pub struct HealthThresholds {
 /// An instance's recent calls: counts halved whenever they pass the window (twice the
 /// disable threshold), so old calls fade and the rate is of what it does now.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CallHealth {
+pub(crate) struct CallHealth {
     calls: u64,
     failed: u64,
     degraded: bool,
@@ -57,7 +57,7 @@ pub struct CallHealth {
 
 impl CallHealth {
     /// Adds a batch's calls; says the state it crosses into, if any.
-    pub fn record(&mut self, failed: u64, calls: u64, t: &HealthThresholds) -> Option<PluginState> {
+    pub(crate) fn record(&mut self, failed: u64, calls: u64, t: &HealthThresholds) -> Option<PluginState> {
         self.calls += calls.max(failed);
         self.failed += failed;
         let window = u64::from(t.disable_after).saturating_mul(2).max(2);
@@ -82,7 +82,7 @@ impl CallHealth {
         }
     }
 
-    pub fn counts(&self) -> (u64, u64) {
+    pub(crate) fn counts(&self) -> (u64, u64) {
         (self.failed, self.calls)
     }
 }

@@ -14,7 +14,7 @@ mod exports;
 mod health;
 mod registry;
 mod reload;
-pub mod schedules;
+pub(crate) mod schedules;
 mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -33,10 +33,10 @@ use crate::config::Config;
 use crate::rows::PluginLogRow;
 use crate::write::ClickHouse;
 
-pub use chain::{AfterPlugins, Applied};
-pub use exports::{on_event_payload, spawn_on_event, OnEventQueue};
-pub use health::{CallHealth, HealthThresholds, PluginState};
-pub use reload::{reload_channel, spawn_reloader};
+pub(crate) use chain::AfterPlugins;
+pub(crate) use exports::{on_event_payload, spawn_on_event, OnEventQueue};
+pub(crate) use health::{CallHealth, HealthThresholds, PluginState};
+pub(crate) use reload::{reload_channel, spawn_reloader};
 
 /// One link of a team's chain.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ struct Link {
     required: bool,
 }
 
-pub struct Plugins {
+pub(crate) struct Plugins {
     pool: PgPool,
     supervisor: Supervisor,
     /// A pool of its own for `on_event`: slow exports never hold up `process_event`.
@@ -83,7 +83,7 @@ struct Version {
 impl Plugins {
     /// The plugin stage, and the receiving end of its `on_event` queue for
     /// [`spawn_on_event`].
-    pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
+    pub(crate) fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
         let mut limits = Limits {
             memory_bytes: config.plugins.memory_mb << 20,
             process_event_wall: Duration::from_millis(config.plugins.process_event_timeout_ms),
@@ -145,16 +145,16 @@ impl Plugins {
     }
 
     /// Runs every instance's `teardown` (in both worker pools) and stops the workers.
-    pub async fn shutdown(&self, within: Duration) {
+    pub(crate) async fn shutdown(&self, within: Duration) {
         tokio::join!(self.supervisor.shutdown(within), self.exports.shutdown(within));
     }
 
-    pub fn has_on_event(&self, team: i64) -> bool {
+    pub(crate) fn has_on_event(&self, team: i64) -> bool {
         self.on_event_chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
     }
 
     /// Whether the team's events go through [`Plugins::apply`].
-    pub fn has_chain(&self, team: i64) -> bool {
+    pub(crate) fn has_chain(&self, team: i64) -> bool {
         self.chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
             || self.blocked.read().expect("blocked lock").contains_key(&team)
     }

@@ -11,7 +11,7 @@ use super::{store, Link, PluginState, Plugins, Version};
 
 impl Plugins {
     /// `(team, instance, hook)` of every schedule hook of the running, enabled instances.
-    pub fn scheduled(&self) -> Vec<(i64, i64, String)> {
+    pub(crate) fn scheduled(&self) -> Vec<(i64, i64, String)> {
         let live: HashSet<i64> = self
             .chains
             .read()
@@ -34,7 +34,7 @@ impl Plugins {
     }
 
     /// Loads what changed since the last call and rebuilds the chains.
-    pub async fn refresh(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn refresh(&self) -> Result<(), sqlx::Error> {
         let rows = store::configs(&self.pool).await?;
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
         let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();

@@ -8,13 +8,13 @@ use tracing::{debug, warn};
 use super::Plugins;
 
 /// The Redis channel operator commands publish a plugin config id on after a change.
-pub fn reload_channel(key_prefix: &str) -> String {
+pub(crate) fn reload_channel(key_prefix: &str) -> String {
     format!("{key_prefix}plugin-reload")
 }
 
 /// Re-reads plugin configurations when a reload notice arrives on Redis, and every
 /// `interval` anyway (a notice lost while Redis was away is caught up with).
-pub fn spawn_reloader(
+pub(crate) fn spawn_reloader(
     plugins: std::sync::Arc<Plugins>,
     interval: Duration,
     redis: Option<redis::Client>,

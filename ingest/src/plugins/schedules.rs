@@ -20,7 +20,7 @@ use crate::write::ClickHouse;
 /// How long the running lock lives without renewal; renewed every third of it.
 const RUNNING_LOCK: Duration = Duration::from_secs(30);
 
-pub struct Settings {
+pub(crate) struct Settings {
     /// `None` when the operator turned Redis off.
     pub redis: Option<redis::Client>,
     pub key_prefix: String,
@@ -28,7 +28,7 @@ pub struct Settings {
     pub minute: Duration,
 }
 
-pub fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settings) {
+pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settings) {
     let Some(client) = settings.redis.clone() else {
         warn!("no REDIS_URL: plugin schedules are off");
         return;

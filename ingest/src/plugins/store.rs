@@ -22,7 +22,7 @@ pub(super) struct ConfigRow {
 }
 
 impl ConfigRow {
-    pub fn state(&self) -> PluginState {
+    pub(super) fn state(&self) -> PluginState {
         PluginState::parse(&self.status)
     }
 }
