@@ -15,6 +15,7 @@ mod dlq;
 mod elements;
 mod groups;
 mod health;
+mod lane;
 mod normalize;
 mod persons;
 mod plugins;
@@ -22,6 +23,7 @@ mod process;
 mod resolve;
 mod restrict;
 pub mod rows;
+mod stopping;
 pub mod telemetry;
 mod timestamp;
 mod watch;
@@ -29,13 +31,12 @@ mod write;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use rdkafka::Message;
 use sluice_connect::kafka::Role;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::consume::{BatchLimits, LaneConsumer, LaneContext};
@@ -47,6 +48,7 @@ use crate::plugins::Plugins;
 use crate::process::Deps;
 use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
+use crate::stopping::Stopping;
 use crate::write::{ClickHouse, Endpoint};
 
 /// How often the lane's topic is read from the broker (owned partitions' lag, partitions
@@ -71,7 +73,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             stopping.begin(drain);
         }
     });
-    let drained = stopping.deadline_passed();
     let metrics = telemetry::metrics_handle();
     let health = Health::new();
     telemetry::register(lane);
@@ -183,170 +184,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let max_backoff = Duration::from_millis(config.retry_max_backoff_ms);
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
 
-    tokio::pin!(drained);
-    let mut left_uncommitted = false;
-    loop {
-        health.tick();
-        if let Err(e) = consume::rejoin_if_asked(&consumer, &config.topic()) {
-            warn!(error = %e, "could not rejoin the consumer group; trying again");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        }
-        let batch = tokio::select! {
-            b = consume::next_batch(&consumer, &limits) => b,
-            _ = stopping.cancelled() => break,
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let started = Instant::now();
-        telemetry::consumed(lane, batch.len());
-        // Until this batch is written and committed nothing else is read, so a
-        // dependency outage becomes lag and never loss.
-        let written = async {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                health.tick();
-                let deps = Deps {
-                    teams: &teams,
-                    persons: &persons,
-                    groups: &groups,
-                    restrictions: &restrictions,
-                    plugins: plugins.as_deref(),
-                    flavor: ch.flavor,
-                };
-                match batch::handle(&batch, &deps, &ch, &dead_letters, lane, config.batch_concurrency, on_event_wait)
-                    .await
-                {
-                    Ok(()) => return true,
-                    Err(e) if stopping.is_cancelled() => {
-                        warn!(error = %e, "batch not written while stopping; leaving it uncommitted");
-                        return false;
-                    }
-                    Err(e) => {
-                        health.batch_failing(true);
-                        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stopping.cancelled() => {}
-                        }
-                        backoff = (backoff * 2).min(max_backoff);
-                    }
-                }
-            }
-        };
-        let written = tokio::select! {
-            w = written => w,
-            _ = &mut drained => {
-                warn!(drain_ms = drain.as_millis() as u64, "drain timeout: leaving the batch in flight uncommitted");
-                false
-            }
-        };
-        if !written {
-            left_uncommitted = true;
-            break;
-        }
-        health.batch_failing(false);
-        commit(&consumer, &batch, &stopping).await;
-        telemetry::batch(batch.len(), started.elapsed().as_secs_f64());
-        debug!(
-            events = batch.len(),
-            first = ?batch.first().map(|m| (m.partition(), m.offset())),
-            last = ?batch.last().map(|m| (m.partition(), m.offset())),
-            "batch written and committed"
-        );
-        if stopping.is_cancelled() {
-            break;
-        }
+    let deps = Deps {
+        teams: &teams,
+        persons: &persons,
+        groups: &groups,
+        restrictions: &restrictions,
+        plugins: plugins.as_deref(),
+        flavor: ch.flavor,
+    };
+    let ended = lane::Loop {
+        consumer: &consumer,
+        topic: config.topic(),
+        limits,
+        deps,
+        ch: &ch,
+        dead_letters: &dead_letters,
+        lane,
+        concurrency: config.batch_concurrency,
+        on_event_wait,
+        max_backoff,
+        health: &health,
+        stopping: &stopping,
+        drain,
     }
+    .run()
+    .await;
     if let Some(plugins) = &plugins {
         if let Some(exporter) = exporter {
             let _ = exporter.await;
         }
         plugins.shutdown(stopping.left(drain).max(Duration::from_millis(500))).await;
     }
-    close_kafka(consumer, dead_letters, stopping.left(drain).max(Duration::from_secs(2)));
-    if left_uncommitted {
+    lane::close_kafka(consumer, dead_letters, stopping.left(drain).max(Duration::from_secs(2)));
+    if ended == lane::Ended::LeftUncommitted {
         info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
         return Ok(());
     }
     info!("sluice-ingest stopped after committing its last batch");
     Ok(())
-}
-
-/// Whether SIGTERM has come, and the drain deadline it set: shared by the run loop and
-/// the `on_event` exporter, which both stop by it.
-#[derive(Clone, Default)]
-pub struct Stopping {
-    token: tokio_util::sync::CancellationToken,
-    deadline: Arc<std::sync::OnceLock<tokio::time::Instant>>,
-}
-
-impl Stopping {
-    fn begin(&self, drain: Duration) {
-        let _ = self.deadline.set(tokio::time::Instant::now() + drain);
-        self.token.cancel();
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub async fn cancelled(&self) {
-        self.token.cancelled().await
-    }
-
-    /// Resolves at the drain deadline, once stopping has begun.
-    pub async fn deadline_passed(&self) {
-        self.token.cancelled().await;
-        tokio::time::sleep_until(self.deadline.get().copied().unwrap_or_else(tokio::time::Instant::now)).await;
-    }
-
-    /// Time left before the deadline; `drain` while stopping has not begun.
-    fn left(&self, drain: Duration) -> Duration {
-        self.deadline.get().map_or(drain, |d| d.saturating_duration_since(tokio::time::Instant::now()))
-    }
-}
-
-/// Closes the Kafka clients within `within`. librdkafka's consumer close leaves the group
-/// through the coordinator and waits for it without a deadline: with the broker gone the
-/// process would never exit (seen in the chaos run). Everything is committed or left for
-/// the next owner by now, so the close happens on a thread of its own and is abandoned
-/// after `within`.
-fn close_kafka(consumer: Arc<LaneConsumer>, dead_letters: DeadLetters, within: Duration) {
-    let (closed, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        drop(consumer);
-        drop(dead_letters);
-        let _ = closed.send(());
-    });
-    if wait.recv_timeout(within).is_err() {
-        warn!(
-            within_ms = within.as_millis() as u64,
-            "kafka clients did not close in time (broker unreachable?); exiting without"
-        );
-    }
-}
-
-/// Commits a written batch. Retried a few times; a commit given up is covered by the
-/// next commit of the same partitions (and until then a new owner processes some events
-/// again), so it never holds the lane.
-async fn commit(consumer: &Arc<LaneConsumer>, batch: &[rdkafka::message::OwnedMessage], stopping: &Stopping) {
-    for attempt in 1..=5 {
-        match consume::commit(consumer, batch).await {
-            Ok(()) => return,
-            Err(e) if consume::commit_is_hopeless(&e) || attempt == 5 || stopping.is_cancelled() => {
-                warn!(error = %e, "offset commit given up; the next commit covers it");
-                telemetry::commit_abandoned();
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "offset commit failed; retrying");
-                telemetry::dependency_retry("kafka");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
 }
 
 async fn connect_clickhouse(config: &Config, endpoint: &Endpoint, health: &Health) -> ClickHouse {

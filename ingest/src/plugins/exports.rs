@@ -60,7 +60,7 @@ pub(crate) fn spawn_on_event(
     plugins: std::sync::Arc<Plugins>,
     mut queue: OnEventQueue,
     ch: std::sync::Arc<crate::write::ClickHouse>,
-    stopping: crate::Stopping,
+    stopping: crate::stopping::Stopping,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Resolves at the deadline once stopping has begun; an export in flight then is
