@@ -117,6 +117,7 @@ impl Loop<'_> {
                 }
                 Err(e) => {
                     self.health.batch_failing(true);
+                    telemetry::dependency_retry(e.dependency());
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

@@ -1,0 +1,374 @@
+//! One consumed batch through the per-event steps, to rows and dead letters.
+//!
+//! The batch is first *planned* into groups that must each run in offset order: all
+//! events of one `token:distinct_id`, joined with every other group whose distinct ids
+//! share a person at the start of the batch or are merged by an event of the batch.
+//! Groups then run concurrently (bounded). As no two groups can touch the same person,
+//! persons come out as if the batch had run one event at a time, whatever the batch
+//! size and however the groups were scheduled.
+
+use std::collections::HashMap;
+
+use futures::{StreamExt, TryStreamExt};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use serde_json::Value;
+use sluice_schema::CapturedEvent;
+
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::plugins::AfterPlugins;
+use crate::process::{self, DependencyDown, Deps, Outcome};
+use crate::telemetry;
+use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
+
+mod plan;
+
+/// Why a batch is not done. Every kind means "retry the whole batch" (every write is
+/// idempotent, and nothing is committed until the batch is done); the kind names the
+/// dependency that failed, for the retry metric and the log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BatchError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    #[error("dead-letter topic: {0}")]
+    DeadLetters(#[from] rdkafka::error::KafkaError),
+}
+
+impl From<DependencyDown> for BatchError {
+    fn from(down: DependencyDown) -> Self {
+        BatchError::Postgres(down.0)
+    }
+}
+
+impl BatchError {
+    /// The `dependency` label of `ingest_dependency_retries_total`.
+    pub(crate) fn dependency(&self) -> &'static str {
+        match self {
+            BatchError::Postgres(_) => "postgres",
+            BatchError::ClickHouse(_) => "clickhouse",
+            BatchError::DeadLetters(_) => "kafka",
+        }
+    }
+}
+
+/// Processes every event of the batch, writes the rows and the dead letters, and hands
+/// the written events to `on_event`: the phases below, in order.
+pub(crate) async fn handle(
+    batch: &[OwnedMessage],
+    deps: &Deps<'_>,
+    ch: &ClickHouse,
+    dead_letters: &DeadLetters,
+    lane: &'static str,
+    concurrency: usize,
+    on_event_wait: std::time::Duration,
+) -> Result<(), BatchError> {
+    let mut parsed = parse(batch);
+    let plugin_logs = match deps.plugins {
+        Some(plugins) => run_plugins(&mut parsed, deps, plugins).await?,
+        None => Vec::new(),
+    };
+    let groups = plan::plan_batch(&parsed, deps).await?;
+    let outcomes = process_groups(parsed, groups, deps, concurrency).await?;
+    let mut sorted = Sorted::from(outcomes);
+    let first = batch.first().map(|m| (m.topic(), m.partition(), m.offset())).unwrap_or_default();
+    let token = format!("{lane}-{}-{}-{}", first.0, first.1, first.2);
+    let refused = write_rows(ch, &sorted.rows, &token).await?;
+    write_plugin_logs(ch, plugin_logs, &token).await?;
+    sorted.dead_letter_refused(&refused);
+    for (i, d) in &sorted.dead {
+        dead_letters.send(&batch[*i], d, 1).await?;
+        telemetry::dead_lettered(d.stage);
+    }
+    if let Some(plugins) = deps.plugins {
+        export(plugins, &sorted, &refused, on_event_wait).await;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    for (_, at) in sorted.captured_at.iter().filter(|(i, _)| !refused.contains_key(i)) {
+        telemetry::end_to_end_lag((now - *at).as_seconds_f64());
+    }
+    telemetry::processed(lane, sorted.rows.events.iter().filter(|(i, _)| !refused.contains_key(i)).count());
+    Ok(())
+}
+
+/// Step 1 for every message: the capture message, or why it is a dead letter.
+fn parse(batch: &[OwnedMessage]) -> Vec<Parsed> {
+    batch
+        .iter()
+        .map(|m| match process::parse_message(m.payload().unwrap_or_default()) {
+            Ok(c) => Parsed::Event(c),
+            Err(d) => Parsed::Dead(d),
+        })
+        .collect()
+}
+
+/// The per-event steps, each group in offset order, groups concurrently (bounded);
+/// outcomes in message order.
+async fn process_groups(
+    parsed: Vec<Parsed>,
+    groups: Vec<Vec<usize>>,
+    deps: &Deps<'_>,
+    concurrency: usize,
+) -> Result<Vec<(usize, Outcome)>, DependencyDown> {
+    let mut parsed: Vec<Option<Parsed>> = parsed.into_iter().map(Some).collect();
+    let work = groups.into_iter().map(|group| {
+        let events: Vec<_> =
+            group.into_iter().map(|i| (i, parsed[i].take().expect("a message is in one group"))).collect();
+        async move {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for (i, event) in events {
+                let outcome = match event {
+                    Parsed::Event(captured) => process::process(captured, deps).await?,
+                    Parsed::Dead(dead) => Outcome::Dead(dead),
+                    Parsed::Dropped(cause) => Outcome::Drop { cause, warnings: Vec::new() },
+                };
+                outcomes.push((i, outcome));
+            }
+            Ok::<_, DependencyDown>(outcomes)
+        }
+    });
+    let done: Vec<Vec<(usize, Outcome)>> =
+        futures::stream::iter(work).buffer_unordered(concurrency.max(1)).try_collect().await?;
+    let mut outcomes: Vec<(usize, Outcome)> = done.into_iter().flatten().collect();
+    outcomes.sort_unstable_by_key(|(i, _)| *i);
+    Ok(outcomes)
+}
+
+/// ClickHouse rows of a batch, each with the index of the message it came from.
+#[derive(Default)]
+struct Rows {
+    events: Vec<SourcedRow>,
+    persons: Vec<SourcedRow>,
+    distinct_ids: Vec<SourcedRow>,
+    groups: Vec<SourcedRow>,
+    warnings: Vec<SourcedRow>,
+}
+
+/// The outcomes sorted by what becomes of them.
+#[derive(Default)]
+struct Sorted {
+    rows: Rows,
+    dead: Vec<(usize, DeadLetter)>,
+    captured_at: Vec<(usize, time::OffsetDateTime)>,
+    team_of: HashMap<usize, i64>,
+}
+
+impl From<Vec<(usize, Outcome)>> for Sorted {
+    fn from(outcomes: Vec<(usize, Outcome)>) -> Sorted {
+        let mut sorted = Sorted::default();
+        for (i, outcome) in outcomes {
+            match outcome {
+                Outcome::Row { event, rows: side, warnings, captured_at: at } => {
+                    if let Some(team) = event.get("team_id").and_then(Value::as_i64) {
+                        sorted.team_of.insert(i, team);
+                    }
+                    let rows = &mut sorted.rows;
+                    rows.events.push((i, event));
+                    rows.persons.extend(side.persons.into_iter().map(|r| (i, r)));
+                    rows.distinct_ids.extend(side.distinct_ids.into_iter().map(|r| (i, r)));
+                    rows.groups.extend(side.groups.into_iter().map(|r| (i, r)));
+                    rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
+                    sorted.captured_at.push((i, at));
+                }
+                Outcome::Drop { cause, warnings } => {
+                    telemetry::dropped(cause);
+                    sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
+                }
+                Outcome::Dead(d) => sorted.dead.push((i, d)),
+            }
+        }
+        sorted
+    }
+}
+
+impl Sorted {
+    /// A refused row's event goes to the dead letters whole; replaying it after the cause
+    /// is fixed rewrites every row it makes, which are all idempotent.
+    fn dead_letter_refused(&mut self, refused: &HashMap<usize, String>) {
+        for (i, error) in refused {
+            let d = DeadLetter {
+                stage: "write",
+                error: error.clone(),
+                error_class: "clickhouse_refused",
+                team_id: self.team_of.get(i).copied(),
+            };
+            self.dead.push((*i, d));
+        }
+    }
+}
+
+/// Writes every table's rows; returns the messages whose rows ClickHouse refused for
+/// their data, with why.
+async fn write_rows(ch: &ClickHouse, rows: &Rows, token: &str) -> Result<HashMap<usize, String>, ClickHouseError> {
+    let mut refused: HashMap<usize, String> = HashMap::new();
+    for (table, table_rows) in [
+        ("events", &rows.events),
+        ("persons", &rows.persons),
+        ("person_distinct_ids", &rows.distinct_ids),
+        ("groups", &rows.groups),
+        ("ingestion_warnings", &rows.warnings),
+    ] {
+        let refused_here = ch.insert(table, table_rows, &format!("{token}-{table}")).await?;
+        telemetry::clickhouse_rows(table, table_rows.len() - refused_here.len());
+        telemetry::clickhouse_refused(table, refused_here.len());
+        for (i, error) in refused_here {
+            refused.entry(i).or_insert(format!("{table}: {error}"));
+        }
+    }
+    Ok(refused)
+}
+
+/// The plugins' log lines. They are the plugins', not the events': one ClickHouse refuses
+/// is counted, not dead-lettered.
+async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Result<(), ClickHouseError> {
+    if logs.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<SourcedRow> = logs.into_iter().map(|r| (usize::MAX, r)).collect();
+    let refused = ch.insert("plugin_log_entries", &rows, &format!("{token}-plugin-logs")).await?;
+    telemetry::clickhouse_refused("plugin_log_entries", refused.len());
+    Ok(())
+}
+
+/// Step 12: the written events to the teams' `on_event` plugins, off the commit path.
+async fn export(
+    plugins: &crate::plugins::Plugins,
+    sorted: &Sorted,
+    refused: &HashMap<usize, String>,
+    wait: std::time::Duration,
+) {
+    let mut by_team: HashMap<i64, Vec<Value>> = HashMap::new();
+    for (i, row) in &sorted.rows.events {
+        let Some(team) = sorted.team_of.get(i).copied().filter(|t| plugins.has_on_event(*t)) else { continue };
+        if !refused.contains_key(i) {
+            by_team.entry(team).or_default().push(crate::plugins::on_event_payload(row));
+        }
+    }
+    for (team, events) in by_team {
+        plugins.enqueue_on_event(team, events, wait).await;
+    }
+}
+
+/// A message after step 1 (and 5, plugins).
+enum Parsed {
+    Event(CapturedEvent),
+    Dead(DeadLetter),
+    Dropped(&'static str),
+}
+
+impl Parsed {
+    fn event(&self) -> Option<&CapturedEvent> {
+        match self {
+            Parsed::Event(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Step 5 for the whole batch: one chain run per team with plugins. Returns the
+/// plugins' log rows.
+async fn run_plugins(
+    parsed: &mut [Parsed],
+    deps: &Deps<'_>,
+    plugins: &crate::plugins::Plugins,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let tokens: Vec<&str> = parsed.iter().filter_map(Parsed::event).map(|c| c.token.as_str()).collect();
+    deps.teams.load(&tokens).await?;
+    let mut by_team: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, p) in parsed.iter().enumerate() {
+        let Some(c) = p.event() else { continue };
+        let Some(team) = deps.teams.get(&c.token).await? else { continue };
+        // Restricted events are dropped before plugins see them (step 3 comes first).
+        if plugins.has_chain(team.id) && !deps.restrictions.drops(&c.token, &c.distinct_id) {
+            by_team.entry(team.id).or_default().push(i);
+        }
+    }
+    let mut logs = Vec::new();
+    for (team, indices) in by_team {
+        let events: Vec<CapturedEvent> = indices
+            .iter()
+            .map(|&i| match std::mem::replace(&mut parsed[i], Parsed::Dropped("plugin")) {
+                Parsed::Event(c) => c,
+                _ => unreachable!("only events were picked"),
+            })
+            .collect();
+        let applied = plugins.apply(team, events, deps.flavor).await;
+        logs.extend(applied.logs);
+        for (i, event) in indices.into_iter().zip(applied.events) {
+            parsed[i] = match event {
+                AfterPlugins::Keep(c) => Parsed::Event(c),
+                AfterPlugins::Dropped => Parsed::Dropped("plugin"),
+                AfterPlugins::Dead(error) => Parsed::Dead(DeadLetter {
+                    stage: "plugins",
+                    error,
+                    error_class: "required_plugin",
+                    team_id: Some(team),
+                }),
+            };
+        }
+    }
+    Ok(logs)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::process::SideRows;
+
+    fn row(team: i64, n: u32) -> Outcome {
+        Outcome::Row {
+            event: json!({"team_id": team, "n": n}),
+            rows: SideRows { persons: vec![json!({"p": n})], distinct_ids: vec![], groups: vec![json!({"g": n})] },
+            warnings: vec![json!({"w": n})],
+            captured_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn dead(stage: &'static str) -> DeadLetter {
+        DeadLetter { stage, error: "bad".into(), error_class: "invalid_data", team_id: None }
+    }
+
+    #[test]
+    fn outcomes_become_rows_per_table_dead_letters_and_drops_each_under_its_message() {
+        let outcomes = vec![
+            (0, row(7, 0)),
+            (1, Outcome::Drop { cause: "restricted", warnings: vec![json!({"w": "drop"})] }),
+            (2, Outcome::Dead(dead("parse"))),
+            (3, row(8, 3)),
+        ];
+        let sorted = Sorted::from(outcomes);
+        let indices = |rows: &[SourcedRow]| rows.iter().map(|(i, _)| *i).collect::<Vec<_>>();
+        assert_eq!(indices(&sorted.rows.events), vec![0, 3]);
+        assert_eq!(indices(&sorted.rows.persons), vec![0, 3]);
+        assert_eq!(indices(&sorted.rows.groups), vec![0, 3]);
+        assert!(sorted.rows.distinct_ids.is_empty());
+        // A dropped event's warnings are still written.
+        assert_eq!(indices(&sorted.rows.warnings), vec![0, 1, 3]);
+        assert_eq!(sorted.dead.iter().map(|(i, d)| (*i, d.stage)).collect::<Vec<_>>(), vec![(2, "parse")]);
+        assert_eq!(sorted.team_of.get(&3), Some(&8));
+        assert_eq!(sorted.captured_at.len(), 2);
+    }
+
+    #[test]
+    fn a_row_clickhouse_refused_makes_its_whole_event_a_dead_letter_with_its_team() {
+        let mut sorted = Sorted::from(vec![(0, row(7, 0)), (1, row(9, 1))]);
+        let refused = HashMap::from([(1, "persons: Cannot parse input".to_string())]);
+        sorted.dead_letter_refused(&refused);
+        assert_eq!(sorted.dead.len(), 1);
+        let (i, d) = &sorted.dead[0];
+        assert_eq!((*i, d.stage, d.error_class, d.team_id), (1, "write", "clickhouse_refused", Some(9)));
+        assert_eq!(d.error, "persons: Cannot parse input");
+    }
+
+    #[test]
+    fn each_failure_names_the_dependency_the_retry_is_counted_against() {
+        assert_eq!(BatchError::from(DependencyDown(sqlx::Error::PoolTimedOut)).dependency(), "postgres");
+        let refused = ClickHouseError::Refused { status: 500, code: None, body: String::new() };
+        assert_eq!(BatchError::from(refused).dependency(), "clickhouse");
+        let kafka = rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull);
+        assert_eq!(BatchError::from(kafka).dependency(), "kafka");
+    }
+}
