@@ -2,8 +2,9 @@
 //! its host API, the worker protocol and the supervisor share, kept apart from all of
 //! them so none imports another for it.
 
-/// The hooks a plugin may define.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The hooks a plugin may define; on the wire by their Lua names (`process_event`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Hook {
     Setup,
     ProcessEvent,
@@ -24,6 +25,21 @@ impl Hook {
         Hook::EveryDay,
         Hook::Teardown,
     ];
+
+    /// `every_minute`, `every_hour`, `every_day`.
+    pub fn is_schedule(self) -> bool {
+        matches!(self, Hook::EveryMinute | Hook::EveryHour | Hook::EveryDay)
+    }
+
+    /// The schedule's period in minutes; `None` for other hooks.
+    pub fn period_minutes(self) -> Option<u64> {
+        match self {
+            Hook::EveryMinute => Some(1),
+            Hook::EveryHour => Some(60),
+            Hook::EveryDay => Some(60 * 24),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::hook::PluginError;
+use crate::hook::{Hook, PluginError};
 use crate::host::LogEntry;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
@@ -65,7 +65,7 @@ pub enum Request {
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {
         id: i64,
-        hook: String,
+        hook: Hook,
         event: Option<String>,
     },
 }
@@ -76,7 +76,7 @@ pub enum Response {
     Loaded {
         id: i64,
         error: Option<PluginError>,
-        hooks: Vec<String>,
+        hooks: Vec<Hook>,
     },
     Unloaded {
         id: i64,

@@ -23,7 +23,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::hook::PluginError;
+use crate::hook::{Hook, PluginError};
 use crate::limits::DEFAULT_EVENT_BYTES;
 use crate::protocol::{
     answer_bound, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireOutput,
@@ -104,24 +104,20 @@ impl Supervisor {
     /// Compiles an instance and runs its `setup` in its team's worker. On failure the
     /// previous version (if any) stays.
     /// Returns the hooks the plugin defines.
-    pub async fn load(&self, team: i64, instance: Instance) -> Result<Vec<String>, PluginError> {
+    pub async fn load(&self, team: i64, instance: Instance) -> Result<Vec<Hook>, PluginError> {
         let id = instance.id;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
-        let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
-            write_frame(&mut worker.input, &Request::Load(Box::new(instance.clone()))).await?;
-            read_frame::<Response>(&mut worker.output, small_answer()).await
-        })
-        .await;
-        match answer {
-            Ok(Ok(Some(Response::Loaded { error: None, hooks, .. }))) => {
+        let within = instance.limits.hook_call() + self.settings.batch_base;
+        match ask(worker, &Request::Load(Box::new(instance.clone())), within).await {
+            Ok(Response::Loaded { error: None, hooks, .. }) => {
                 worker.loaded.insert(id);
                 self.instances.lock().expect("lock").insert(id, instance);
                 self.disabled.lock().expect("lock").remove(&id);
                 self.strikes.lock().expect("lock").remove(&id);
                 Ok(hooks)
             }
-            Ok(Ok(Some(Response::Loaded { error: Some(e), .. }))) => Err(e),
+            Ok(Response::Loaded { error: Some(e), .. }) => Err(e),
             _ => {
                 self.kill(&mut slot).await;
                 Err(PluginError::Failed { hook: "setup".into(), message: "the plugin worker died loading it".into() })
@@ -139,11 +135,9 @@ impl Supervisor {
                 if let Some(worker) = slot.as_mut() {
                     let ids: Vec<i64> = worker.loaded.iter().copied().collect();
                     for id in ids {
-                        let unloaded = async {
-                            write_frame(&mut worker.input, &Request::Unload { id }).await?;
-                            read_frame::<Response>(&mut worker.output, small_answer()).await
-                        };
-                        if !matches!(unloaded.await, Ok(Some(Response::Unloaded { .. }))) {
+                        // The deadline of the whole shutdown bounds each teardown.
+                        let unloaded = ask(worker, &Request::Unload { id }, within).await;
+                        if !matches!(unloaded, Ok(Response::Unloaded { .. })) {
                             warn!(id, "plugin worker failed during teardown");
                             break;
                         }
@@ -180,38 +174,34 @@ impl Supervisor {
         &self,
         team: i64,
         id: i64,
-        hook: &str,
+        hook: Hook,
         info: Value,
     ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         let longest = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_call());
         let Some(longest) = longest else {
-            let e = PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") };
+            let e =
+                PluginError::Failed { hook: hook.name().into(), message: format!("plugin config {id} is not loaded") };
             return (Err(e), Vec::new(), None);
         };
         let budget = longest + self.settings.batch_base;
         // Loads the instance into a restarted worker first, as batches do.
         if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
             self.kill(&mut slot).await;
-            return (Err(PluginError::Failed { hook: hook.into(), message: e.to_string() }), Vec::new(), None);
+            return (Err(PluginError::Failed { hook: hook.name().into(), message: e.to_string() }), Vec::new(), None);
         }
         let worker = slot.as_mut().expect("running after try_run");
-        let request = Request::Hook { id, hook: hook.to_string(), event: Some(info.to_string()) };
-        let answer = tokio::time::timeout(budget, async {
-            write_frame(&mut worker.input, &request).await?;
-            read_frame::<Response>(&mut worker.output, small_answer()).await
-        })
-        .await;
-        match answer {
-            Ok(Ok(Some(Response::HookDone { error, logs, .. }))) => (error.map_or(Ok(()), Err), logs, None),
+        let request = Request::Hook { id, hook, event: Some(info.to_string()) };
+        match ask(worker, &request, budget).await {
+            Ok(Response::HookDone { error, logs, .. }) => (error.map_or(Ok(()), Err), logs, None),
             other => {
                 let reason = match other {
-                    Err(_) => WorkerDown::Hung(budget).to_string(),
-                    _ => WorkerDown::Exited(format!("during {hook}")).to_string(),
+                    Err(Unanswered::Hung) => WorkerDown::Hung(budget).to_string(),
+                    _ => WorkerDown::Exited(format!("during {}", hook.name())).to_string(),
                 };
                 self.kill(&mut slot).await;
                 let strike = self.strike(id, &reason);
-                (Err(PluginError::Failed { hook: hook.into(), message: reason }), Vec::new(), Some(strike))
+                (Err(PluginError::Failed { hook: hook.name().into(), message: reason }), Vec::new(), Some(strike))
             }
         }
     }
@@ -423,5 +413,26 @@ fn passthrough(events: Vec<Value>, failed: &[i64]) -> ChainOutput {
             .map(|e| ProcessedEvent { event: Some(e), succeeded: Vec::new(), failed: failed.to_vec() })
             .collect(),
         ..ChainOutput::default()
+    }
+}
+
+/// Why a worker gave no answer to one request.
+#[derive(Debug)]
+enum Unanswered {
+    Hung,
+    Died,
+}
+
+/// One request and its one small answer, within `within`: the exchange loading,
+/// teardown and schedules make (batches stream several answers, see `try_run`).
+async fn ask(worker: &mut Worker, request: &Request, within: Duration) -> Result<Response, Unanswered> {
+    let exchange = async {
+        write_frame(&mut worker.input, request).await?;
+        read_frame::<Response>(&mut worker.output, small_answer()).await
+    };
+    match tokio::time::timeout(within, exchange).await {
+        Err(_) => Err(Unanswered::Hung),
+        Ok(Ok(Some(response))) => Ok(response),
+        Ok(_) => Err(Unanswered::Died),
     }
 }

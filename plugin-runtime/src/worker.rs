@@ -35,8 +35,7 @@ pub async fn serve() -> std::io::Result<()> {
                 let id = instance.id;
                 let (error, hooks) = match load(&instance, &stores).await {
                     Ok(vm) => {
-                        let hooks =
-                            Hook::ALL.into_iter().filter(|h| vm.has(*h)).map(|h| h.name().to_string()).collect();
+                        let hooks = Hook::ALL.into_iter().filter(|h| vm.has(*h)).collect();
                         if let Some(old) = vms.insert(id, vm) {
                             let _ = old.run_hook(Hook::Teardown, None).await;
                         }
@@ -85,10 +84,9 @@ pub async fn serve() -> std::io::Result<()> {
             }
             Request::Hook { id, hook, event } => {
                 let event = event.and_then(|text| serde_json::from_str::<Value>(&text).ok());
-                let (error, logs) = match (vms.get(&id), hook_named(&hook)) {
-                    (Some(vm), Some(h)) => (vm.run_hook(h, event.as_ref()).await.err(), vm.take_logs()),
-                    (None, _) => (Some(not_loaded(id, &hook)), Vec::new()),
-                    (_, None) => (Some(PluginError::Failed { hook, message: "no such hook".into() }), Vec::new()),
+                let (error, logs) = match vms.get(&id) {
+                    Some(vm) => (vm.run_hook(hook, event.as_ref()).await.err(), vm.take_logs()),
+                    None => (Some(not_loaded(id, hook.name())), Vec::new()),
                 };
                 write_frame(&mut output, &Response::HookDone { id, error, logs }).await?;
             }
@@ -97,48 +95,94 @@ pub async fn serve() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Where `ctx.cache` and `ctx.storage` live, from the environment the supervisor sets:
-/// `SLUICE_PLUGIN_CACHE_REDIS_URL` (+ `SLUICE_PLUGIN_CACHE_PREFIX`) and
-/// `SLUICE_PLUGIN_STORAGE_DATABASE_URL`; in memory when unset.
+/// What a worker process connects to, passed in its environment by whoever starts it
+/// (ingest's supervisor): the one place the variable names are spelled. A worker gets
+/// this and nothing else of its parent's environment.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerEnv {
+    /// Redis for `ctx.cache`; `None`: in memory.
+    pub cache_redis_url: Option<String>,
+    /// Prefix of every cache key.
+    pub cache_prefix: String,
+    pub cache_redis_tls: sluice_connect::redis::RedisTls,
+    /// Postgres for `ctx.storage`; `None`: in memory.
+    pub storage_database_url: Option<String>,
+    /// A MaxMind City database for `ctx.geoip`; `None`: off.
+    pub geoip_database: Option<String>,
+}
+
+const CACHE_REDIS_URL: &str = "SLUICE_PLUGIN_CACHE_REDIS_URL";
+const CACHE_PREFIX: &str = "SLUICE_PLUGIN_CACHE_PREFIX";
+/// Prefix of the cache's Redis TLS settings (`…REDIS_TLS_CA_FILE` and the others).
+const CACHE_TLS_PREFIX: &str = "SLUICE_PLUGIN_CACHE_";
+const STORAGE_DATABASE_URL: &str = "SLUICE_PLUGIN_STORAGE_DATABASE_URL";
+/// Also read by `sluice-plugin`'s `--geoip`.
+pub const GEOIP_DATABASE: &str = "SLUICE_PLUGIN_GEOIP_DATABASE";
+
+impl WorkerEnv {
+    pub fn to_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![(CACHE_PREFIX.to_string(), self.cache_prefix.clone())];
+        for (name, value) in [
+            (CACHE_REDIS_URL, &self.cache_redis_url),
+            (STORAGE_DATABASE_URL, &self.storage_database_url),
+            (GEOIP_DATABASE, &self.geoip_database),
+        ] {
+            if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
+                vars.push((name.to_string(), value.clone()));
+            }
+        }
+        vars.extend(self.cache_redis_tls.to_vars(CACHE_TLS_PREFIX));
+        vars
+    }
+
+    pub fn from_env() -> WorkerEnv {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        WorkerEnv {
+            cache_redis_url: var(CACHE_REDIS_URL),
+            cache_prefix: var(CACHE_PREFIX).unwrap_or_default(),
+            cache_redis_tls: sluice_connect::redis::RedisTls::from_vars(CACHE_TLS_PREFIX),
+            storage_database_url: var(STORAGE_DATABASE_URL),
+            geoip_database: var(GEOIP_DATABASE),
+        }
+    }
+}
+
+/// Where `ctx.cache`, `ctx.storage` and `ctx.geoip` live, as [`WorkerEnv`] says; in
+/// memory (geoip off) when it names nothing.
 struct Stores {
     cache: KeyValue,
     storage: KeyValue,
-    /// `SLUICE_PLUGIN_GEOIP_DATABASE`: a MaxMind City database for `ctx.geoip`.
     geoip: Option<crate::host::GeoIp>,
 }
 
 impl Stores {
     async fn from_env() -> Stores {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let env = WorkerEnv::from_env();
         let memory = KeyValue::memory(MEMORY_KEYS);
-        let cache = match var("SLUICE_PLUGIN_CACHE_REDIS_URL") {
+        let cache = match &env.cache_redis_url {
             None => memory.namespaced("cache/"),
-            Some(url) => {
-                let prefix = var("SLUICE_PLUGIN_CACHE_PREFIX").unwrap_or_default();
-                let tls = sluice_connect::redis::RedisTls::from_vars("SLUICE_PLUGIN_CACHE_");
-                match sluice_connect::redis::client(&url, &tls) {
-                    Err(e) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
-                    Ok(client) => {
-                        let connect = redis::aio::ConnectionManager::new(client);
-                        match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
-                            Ok(Ok(c)) => KeyValue::redis(c, &prefix),
-                            Ok(Err(e)) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
-                            Err(_) => KeyValue::unavailable("cache unavailable: redis did not answer"),
-                        }
+            Some(url) => match sluice_connect::redis::client(url, &env.cache_redis_tls) {
+                Err(e) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
+                Ok(client) => {
+                    let connect = redis::aio::ConnectionManager::new(client);
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+                        Ok(Ok(c)) => KeyValue::redis(c, &env.cache_prefix),
+                        Ok(Err(e)) => KeyValue::unavailable(&format!("cache unavailable: {e}")),
+                        Err(_) => KeyValue::unavailable("cache unavailable: redis did not answer"),
                     }
                 }
-            }
+            },
         };
-        let storage = match var("SLUICE_PLUGIN_STORAGE_DATABASE_URL") {
+        let storage = match &env.storage_database_url {
             None => memory.namespaced("storage/"),
-            Some(url) => match sluice_connect::postgres::options(&url) {
+            Some(url) => match sluice_connect::postgres::options(url) {
                 Ok(options) => KeyValue::postgres(
                     sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(options),
                 ),
                 Err(e) => KeyValue::unavailable(&format!("storage unavailable: {e}")),
             },
         };
-        let geoip = var("SLUICE_PLUGIN_GEOIP_DATABASE").and_then(|path| {
+        let geoip = env.geoip_database.and_then(|path| {
             crate::host::open_geoip(std::path::Path::new(&path))
                 .inspect_err(|e| tracing::warn!(error = %e, "geoip database not readable; ctx.geoip is off"))
                 .ok()
@@ -272,8 +316,21 @@ fn not_loaded(id: i64, hook: &str) -> PluginError {
     PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") }
 }
 
-fn hook_named(name: &str) -> Option<Hook> {
-    [Hook::Setup, Hook::OnEvent, Hook::EveryMinute, Hook::EveryHour, Hook::EveryDay, Hook::Teardown]
-        .into_iter()
-        .find(|h| h.name() == name)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_round_trips_and_leaves_out_what_is_unset() {
+        let env = WorkerEnv {
+            cache_redis_url: Some("rediss://cache:6380".into()),
+            cache_prefix: "p/plugin-cache/".into(),
+            cache_redis_tls: sluice_connect::redis::RedisTls::default(),
+            storage_database_url: None,
+            geoip_database: Some(String::new()),
+        };
+        let vars = env.to_vars();
+        assert!(vars.contains(&(CACHE_REDIS_URL.to_string(), "rediss://cache:6380".to_string())));
+        assert!(!vars.iter().any(|(k, _)| k == STORAGE_DATABASE_URL || k == GEOIP_DATABASE), "{vars:?}");
+    }
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
-use sluice_plugin_runtime::Limits;
+use sluice_plugin_runtime::worker::WorkerEnv;
+use sluice_plugin_runtime::{Hook, Limits};
 use sluice_schema::clickhouse::Flavor;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -76,7 +77,7 @@ struct Version {
     attempted: OffsetDateTime,
     running: bool,
     /// Hooks of the version running.
-    hooks: Vec<String>,
+    hooks: Vec<Hook>,
     team: i64,
 }
 
@@ -102,15 +103,14 @@ impl Plugins {
             program: std::env::current_exe()?,
             args: vec!["plugin-worker".into()],
             // What the workers connect to, and nothing else of ingest's environment.
-            env: [
-                ("SLUICE_PLUGIN_CACHE_REDIS_URL".into(), config.redis_url.clone()),
-                ("SLUICE_PLUGIN_CACHE_PREFIX".into(), format!("{}plugin-cache/", config.redis_key_prefix)),
-                ("SLUICE_PLUGIN_STORAGE_DATABASE_URL".into(), config.database_url.clone()),
-                ("SLUICE_PLUGIN_GEOIP_DATABASE".into(), config.plugins.geoip_database_path.clone()),
-            ]
-            .into_iter()
-            .chain(config.redis_tls.to_vars("SLUICE_PLUGIN_CACHE_"))
-            .collect(),
+            env: WorkerEnv {
+                cache_redis_url: Some(config.redis_url.clone()),
+                cache_prefix: format!("{}plugin-cache/", config.redis_key_prefix),
+                cache_redis_tls: config.redis_tls.clone(),
+                storage_database_url: Some(config.database_url.clone()),
+                geoip_database: Some(config.plugins.geoip_database_path.clone()),
+            }
+            .to_vars(),
             workers: config.plugins.workers,
             batch_base: Duration::from_secs(5),
             per_event: limits.process_event_wall,

@@ -5,13 +5,14 @@
 use std::collections::{HashMap, HashSet};
 
 use sluice_plugin_runtime::protocol::Instance;
+use sluice_plugin_runtime::Hook;
 use tracing::{info, warn};
 
 use super::{store, Link, PluginState, Plugins, Version};
 
 impl Plugins {
     /// `(team, instance, hook)` of every schedule hook of the running, enabled instances.
-    pub(crate) fn scheduled(&self) -> Vec<(i64, i64, String)> {
+    pub(crate) fn scheduled(&self) -> Vec<(i64, i64, Hook)> {
         let live: HashSet<i64> = self
             .chains
             .read()
@@ -24,9 +25,9 @@ impl Plugins {
         let loaded = self.loaded.lock().expect("loaded lock");
         let mut out = Vec::new();
         for (id, v) in loaded.iter().filter(|(_, v)| v.running) {
-            for hook in v.hooks.iter().filter(|h| h.starts_with("every_")) {
+            for hook in v.hooks.iter().filter(|h| h.is_schedule()) {
                 if live.contains(id) || self.scheduled_only.read().expect("lock").contains(id) {
-                    out.push((v.team, *id, hook.clone()));
+                    out.push((v.team, *id, *hook));
                 }
             }
         }
@@ -60,7 +61,7 @@ impl Plugins {
                 };
                 let mut result = self.supervisor.load(row.team_id, instance.clone()).await;
                 if let Ok(hooks) = &result {
-                    if hooks.iter().any(|h| h == "on_event" || h.starts_with("every_")) {
+                    if hooks.iter().any(|h| *h == Hook::OnEvent || h.is_schedule()) {
                         result = self.exports.load(row.team_id, instance).await.map(|_| hooks.clone());
                     }
                 }
@@ -74,7 +75,8 @@ impl Plugins {
                 entry.attempted = row.updated_at;
                 match result {
                     Ok(hooks) => {
-                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, ?hooks, "plugin loaded");
+                        let names: Vec<&str> = hooks.iter().map(|h| h.name()).collect();
+                        info!(plugin_config = row.id, team = row.team_id, plugin = %row.manifest.name, hooks = ?names, "plugin loaded");
                         entry.running = true;
                         entry.hooks = hooks;
                         self.failures.lock().expect("failures lock").remove(&row.id);
@@ -96,12 +98,12 @@ impl Plugins {
                 continue;
             };
             let link = Link { id: row.id, label, required };
-            if hooks.iter().any(|h| h == "process_event") {
+            if hooks.contains(&Hook::ProcessEvent) {
                 chains.entry(row.team_id).or_default().push(link.clone());
             }
-            if hooks.iter().any(|h| h == "on_event") {
+            if hooks.contains(&Hook::OnEvent) {
                 on_event_chains.entry(row.team_id).or_default().push(link);
-            } else if !hooks.iter().any(|h| h == "process_event") {
+            } else if !hooks.contains(&Hook::ProcessEvent) {
                 scheduled_only.insert(row.id);
             }
         }

@@ -14,6 +14,8 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use sluice_plugin_runtime::Hook;
+
 use super::{PluginLogs, PluginState, Plugins};
 use crate::write::ClickHouse;
 
@@ -36,7 +38,7 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
     let token = uuid::Uuid::new_v4().to_string();
     tokio::spawn(async move {
         let mut conn: Option<MultiplexedConnection> = None;
-        let mut done: HashMap<(i64, String), u64> = HashMap::new();
+        let mut done: HashMap<(i64, Hook), u64> = HashMap::new();
         let mut ticks = tokio::time::interval((settings.minute / 4).max(Duration::from_millis(50)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -53,16 +55,16 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
             let c = conn.as_mut().expect("connected above");
             let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64 / 1_000_000;
             for (team, id, hook) in plugins.scheduled() {
-                let period = settings.minute.as_millis() as u64 * periods(&hook);
+                let period = settings.minute.as_millis() as u64 * hook.period_minutes().unwrap_or(1);
                 let k = now_ms / period;
-                if done.get(&(id, hook.clone())) == Some(&k) {
+                if done.get(&(id, hook)) == Some(&k) {
                     continue;
                 }
-                let claim = format!("{}plugin-schedule/{id}/{hook}/{k}", settings.key_prefix);
+                let claim = format!("{}plugin-schedule/{id}/{}/{k}", settings.key_prefix, hook.name());
                 match set_nx(c, &claim, &token, Duration::from_millis(period * 2)).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        done.insert((id, hook.clone()), k);
+                        done.insert((id, hook), k);
                         continue;
                     }
                     Err(e) => {
@@ -71,16 +73,20 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
                         break;
                     }
                 }
-                done.insert((id, hook.clone()), k);
-                let running = format!("{}plugin-schedule-running/{id}/{hook}", settings.key_prefix);
+                done.insert((id, hook), k);
+                let running = format!("{}plugin-schedule-running/{id}/{}", settings.key_prefix, hook.name());
                 if !set_nx(c, &running, &token, RUNNING_LOCK).await.unwrap_or(false) {
-                    warn!(plugin_config = id, hook, "the previous run is still going; this period is skipped");
+                    warn!(
+                        plugin_config = id,
+                        hook = hook.name(),
+                        "the previous run is still going; this period is skipped"
+                    );
                     continue;
                 }
                 let (plugins, ch, mut lock_conn, token) = (plugins.clone(), ch.clone(), c.clone(), token.clone());
                 tokio::spawn(async move {
                     let info = json!({"period_start_ms": k * period});
-                    let run = plugins.run_schedule(team, id, &hook, info, &ch);
+                    let run = plugins.run_schedule(team, id, hook, info, &ch);
                     tokio::pin!(run);
                     let mut renew = tokio::time::interval(RUNNING_LOCK / 3);
                     renew.tick().await;
@@ -95,14 +101,6 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
             }
         }
     });
-}
-
-fn periods(hook: &str) -> u64 {
-    match hook {
-        "every_hour" => 60,
-        "every_day" => 60 * 24,
-        _ => 1,
-    }
 }
 
 async fn set_nx(c: &mut MultiplexedConnection, key: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
@@ -135,7 +133,7 @@ async fn release(c: &mut MultiplexedConnection, key: &str, token: &str) -> redis
 
 impl Plugins {
     /// Runs one schedule of one instance and records what it logged or how it failed.
-    async fn run_schedule(&self, team: i64, id: i64, hook: &str, info: Value, ch: &ClickHouse) {
+    async fn run_schedule(&self, team: i64, id: i64, hook: Hook, info: Value, ch: &ClickHouse) {
         let started = std::time::Instant::now();
         let (result, logs, strike) = self.exports.schedule(team, id, hook, info).await;
         crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
@@ -145,7 +143,7 @@ impl Plugins {
         }
         if let Err(e) = &result {
             crate::telemetry::plugin_error(id, "schedule");
-            warn!(plugin_config = id, team, hook, error = %e, "schedule failed");
+            warn!(plugin_config = id, team, hook = hook.name(), error = %e, "schedule failed");
             lines.push(id, "error", &e.to_string());
         }
         if let Some(strike) = strike.filter(|s| s.disabled) {
