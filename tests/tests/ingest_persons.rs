@@ -72,11 +72,14 @@ impl Sender<'_> {
     }
 }
 
-fn warnings(ingest: &Ingest, kind: &str) -> usize {
-    sluice_tests::clickhouse_rows(&format!(
-        "SELECT type FROM {} WHERE type = '{kind}'",
-        ingest.table("ingestion_warnings")
-    ))
+/// Ingestion warnings of `kind`, once there are at least `expected` (or 10 s passed):
+/// a batch writes its warnings after its events, so the event's row is seen first.
+fn warnings(ingest: &Ingest, kind: &str, expected: usize) -> usize {
+    sluice_tests::wait_for_rows(
+        &format!("SELECT type FROM {} WHERE type = '{kind}'", ingest.table("ingestion_warnings")),
+        expected,
+        Duration::from_secs(10),
+    )
     .len()
 }
 
@@ -141,7 +144,7 @@ fn identify_alias_merge_and_property_updates() {
 
     // Illegal ids are never merged on.
     s.send("$identify", "user-1", json!({"$anon_distinct_id": "null"}));
-    assert_eq!(warnings(&ingest, "cannot_merge_with_illegal_distinct_id"), 1);
+    assert_eq!(warnings(&ingest, "cannot_merge_with_illegal_distinct_id", 1), 1);
     assert_eq!(persons_of(&token)[0].ids.len(), 5);
 
     // Personless events create no person.
