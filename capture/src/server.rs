@@ -175,9 +175,7 @@ async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
     if token.is_none() {
         // Old SDKs send `/decide` bodies as they send events (a base64 form, gzip), so
         // they are read by the same rules, under the same limits.
-        let peer =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-        let meta = RequestMeta::new(Route::LegacyEvents, parts.uri.query(), &parts.headers, peer, 0);
+        let meta = RequestMeta::new(Route::LegacyEvents, parts.uri.query(), &parts.headers, peer(&parts), 0);
         let read = async {
             let mut memory = state.memory.reservation();
             let limit = state.body_limits.events;
@@ -210,33 +208,50 @@ fn sdk_answer(state: &AppState, ask: Ask, token: Option<&str>) -> Response {
 async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer, state.trusted_proxy_hops);
-    let limit = state.body_limits.for_route(route);
-
+    let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), state.trusted_proxy_hops);
     let result = async {
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(CaptureError::BodyTooLarge { limit });
-        }
-        let mut memory = state.memory.reservation();
-        let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
-        // Past the limit, requests are answered 503 at once rather than queued: a queue
-        // here only adds memory and latency, and every SDK retries 503.
-        let _slot = state.slots.try_acquire().map_err(|_| CaptureError::Overloaded)?;
+        let (body, memory, _slot) = receive(&state, route, &parts, body).await?;
         state.pipeline.handle(&meta, body, memory).await
     }
     .await;
+    answered(route, started, result.map(|outcome| success(&meta, outcome)))
+}
 
-    let response = match result {
-        Ok(outcome) => success(&meta, outcome),
-        Err(e) => {
-            if e.status().is_server_error() {
-                warn!(route = route.as_str(), error = %e, "request not accepted");
-            }
-            e.into_response()
+/// The client's address as the connection gives it.
+fn peer(parts: &http::request::Parts) -> SocketAddr {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0)
+}
+
+/// What every event route does before its own work: refuse a declared size over the
+/// route's limit, read the body under its limits and the memory budget, and take a
+/// processing slot.
+async fn receive<'s>(
+    state: &'s AppState,
+    route: Route,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<(Bytes, Reservation, tokio::sync::SemaphorePermit<'s>), CaptureError> {
+    let limit = state.body_limits.for_route(route);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(CaptureError::BodyTooLarge { limit });
+    }
+    let mut memory = state.memory.reservation();
+    let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
+    // Past the limit, requests are answered 503 at once rather than queued: a queue
+    // here only adds memory and latency, and every SDK retries 503.
+    let slot = state.slots.try_acquire().map_err(|_| CaptureError::Overloaded)?;
+    Ok((body, memory, slot))
+}
+
+/// The answer of an event route, its server errors logged and every answer counted.
+fn answered(route: Route, started: Instant, result: Result<Response, CaptureError>) -> Response {
+    let response = result.unwrap_or_else(|e| {
+        if e.status().is_server_error() {
+            warn!(route = route.as_str(), error = %e, "request not accepted");
         }
-    };
+        e.into_response()
+    });
     telemetry::request_done(route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
@@ -247,17 +262,9 @@ async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
     let started = Instant::now();
     let route = Route::AnalyticsV1;
     let (parts, body) = req.into_parts();
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let mut meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer, state.trusted_proxy_hops);
-    let limit = state.body_limits.for_route(route);
+    let mut meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), state.trusted_proxy_hops);
     let result = async {
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(CaptureError::BodyTooLarge { limit });
-        }
-        let mut memory = state.memory.reservation();
-        let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
-        let _slot = state.slots.try_acquire().map_err(|_| CaptureError::Overloaded)?;
+        let (body, mut memory, _slot) = receive(&state, route, &parts, body).await?;
         let decoded = decode::decode(&meta, body, state.pipeline.max_decompressed_bytes, &mut memory)?;
         let translated = v1::translate(&decoded.json, &parts.headers, &mut memory)?;
         if !translated.accepted.is_empty() {
@@ -269,17 +276,7 @@ async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
         Ok(translated)
     }
     .await;
-    let response = match result {
-        Ok(translated) => (StatusCode::OK, Json(v1::results(&translated))).into_response(),
-        Err(e) => {
-            if e.status().is_server_error() {
-                warn!(route = route.as_str(), error = %e, "request not accepted");
-            }
-            e.into_response()
-        }
-    };
-    telemetry::request_done(route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+    answered(route, started, result.map(|t| (StatusCode::OK, Json(v1::results(&t))).into_response()))
 }
 
 fn success(meta: &RequestMeta, outcome: Outcome) -> Response {
