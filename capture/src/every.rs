@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tracing::{debug, warn};
 
 pub(crate) struct Every {
     ticks: Interval,
@@ -51,5 +52,29 @@ mod tests {
         assert!(every.tick().await);
         tx.send(true).unwrap();
         assert!(!every.tick().await);
+    }
+}
+
+/// The failures of a background read: told as a warning when they start (a wrong password
+/// or certificate shows at start-up), then at debug level until a read succeeds again.
+#[derive(Default)]
+pub(crate) struct Failures {
+    failing: bool,
+}
+
+impl Failures {
+    /// A read failed: `first` is the warning a run of failures starts with, `again` what
+    /// the later ones log.
+    pub(crate) fn failed(&mut self, error: &str, first: &str, again: &str) {
+        if std::mem::replace(&mut self.failing, true) {
+            debug!(error, "{again}");
+        } else {
+            warn!(error, "{first}");
+        }
+    }
+
+    /// A read succeeded; says whether it ends a run of failures.
+    pub(crate) fn succeeded(&mut self) -> bool {
+        std::mem::take(&mut self.failing)
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::every::Every;
+use crate::every::{Every, Failures};
 use crate::telemetry;
 
 /// One list's members as last read, valid for `stale_after`.
@@ -112,28 +112,24 @@ pub(crate) fn spawn_refresher(
             return;
         };
         let mut conn = None;
-        // Failures are told once when they start (a wrong password or certificate shows
-        // at start-up), then at debug level until a refresh succeeds again.
-        let mut failing = false;
+        let mut failures = Failures::default();
         let mut every = Every::now(settings.interval, stop);
         while every.tick().await {
             match refresh_once(&client, &mut conn, &lists, &settings).await {
                 Ok(()) => {
-                    if failing {
+                    if failures.succeeded() {
                         info!("redis lists readable again");
                     }
-                    failing = false;
                     telemetry::redis_refresh(true);
                 }
                 Err(e) => {
                     conn = None;
                     telemetry::redis_refresh(false);
-                    if failing {
-                        debug!(error = %e, "redis list refresh failed; keeping last lists until they go stale");
-                    } else {
-                        warn!(error = %e, "redis lists cannot be read; keeping the last lists until they go stale, then failing open");
-                    }
-                    failing = true;
+                    failures.failed(
+                        &e.to_string(),
+                        "redis lists cannot be read; keeping the last lists until they go stale, then failing open",
+                        "redis list refresh failed; keeping last lists until they go stale",
+                    );
                 }
             }
         }

@@ -17,9 +17,9 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::every::Every;
+use crate::every::{Every, Failures};
 
 /// Where posthog-js sends events and recordings when the config names them.
 const EVENTS_ENDPOINT: &str = "/i/v0/e/";
@@ -320,7 +320,7 @@ pub(crate) fn spawn_refresher(
         let pool =
             PgPoolOptions::new().max_connections(1).acquire_timeout(settings.timeout).connect_lazy_with(database);
         let mut every = Every::now(settings.interval, stop);
-        let mut failing = false;
+        let mut failures = Failures::default();
         let mut told_truncated = false;
         while every.tick().await {
             let read = sqlx::query_as::<_, TeamSettings>(SETTINGS_QUERY)
@@ -337,22 +337,20 @@ pub(crate) fn spawn_refresher(
                         );
                     }
                     told_truncated = truncated;
-                    if failing || !configs.has_read() {
+                    if failures.succeeded() || !configs.has_read() {
                         info!(teams = teams.len(), "sdk config read");
                     }
                     configs.replace(&teams, truncated);
-                    failing = false;
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out".to_string(),
             };
-            if failing {
-                debug!(error, "sdk config refresh failed");
-            } else {
-                warn!(error, "team settings for the SDK config cannot be read (run `sluice-ingest migrate`?); answering the last read, or the defaults");
-            }
-            failing = true;
+            failures.failed(
+                &error,
+                "team settings for the SDK config cannot be read (run `sluice-ingest migrate`?); answering the last read, or the defaults",
+                "sdk config refresh failed",
+            );
         }
     })
 }

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
-use tracing::{debug, warn};
 
-use crate::every::Every;
+use crate::every::{Every, Failures};
 use crate::limits::LimitList;
 
 #[derive(Clone)]
@@ -56,25 +55,23 @@ pub(crate) fn spawn_refresher(
         let pool =
             PgPoolOptions::new().max_connections(1).acquire_timeout(settings.timeout).connect_lazy_with(database);
         let mut every = Every::now(settings.interval, stop);
-        // Told once when failures start (a wrong password shows at start-up), then quietly.
-        let mut failing = false;
+        let mut failures = Failures::default();
         while every.tick().await {
             let read = sqlx::query_scalar::<_, String>(&settings.query).fetch_all(&pool);
             let error = match tokio::time::timeout(settings.timeout, read).await {
                 Ok(Ok(list)) => {
                     tokens.known.replace(list.into_iter().collect());
-                    failing = false;
+                    failures.succeeded();
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out".to_string(),
             };
-            if failing {
-                debug!(error, "team token refresh failed");
-            } else {
-                warn!(error, "team tokens cannot be read; the check stays open until they can");
-            }
-            failing = true;
+            failures.failed(
+                &error,
+                "team tokens cannot be read; the check stays open until they can",
+                "team token refresh failed",
+            );
         }
     })
 }
