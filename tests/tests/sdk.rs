@@ -68,6 +68,11 @@ fn run_sdk(cap: &Capture, program: &mut Command, what: &str) {
     );
 }
 
+/// The five events of the `i`-th sequence sent to `cap`, the one under `token`.
+fn sequence_of(cap: &Capture, token: &str, i: usize) -> Vec<Record> {
+    cap.read(&cap.topics.main, 5 * (i + 1)).into_iter().filter(|r| r.value["token"] == token).collect()
+}
+
 /// Runs one SDK's sequence with gzip off then on, each under a token of its own, and
 /// checks what arrived.
 fn sdk_sequence(test: &str, sdk: Sdk) {
@@ -77,11 +82,7 @@ fn sdk_sequence(test: &str, sdk: Sdk) {
         let run = unique(test);
         let mut program = sdk.send_command(&cap.url, &token, &run, gzip);
         run_sdk(&cap, &mut program, test);
-        let records: Vec<Record> = cap
-            .read(&cap.topics.main, 5 * (i + 1))
-            .into_iter()
-            .filter(|r| r.value["token"] == token.as_str())
-            .collect();
+        let records = sequence_of(&cap, &token, i);
         check_sequence(&records, &token, &run);
     }
 }
@@ -109,11 +110,7 @@ fn posthog_python_capture_mode_v1_with_every_compression() {
         let mut program = Sdk::Python.send_command(&cap.url, &token, &run, false);
         program.env("SLUICE_CAPTURE_MODE", "v1").env("SLUICE_CAPTURE_COMPRESSION", compression);
         run_sdk(&cap, &mut program, &format!("posthog-python v1 ({compression})"));
-        let records: Vec<Record> = cap
-            .read(&cap.topics.main, 5 * (i + 1))
-            .into_iter()
-            .filter(|r| r.value["token"] == token.as_str())
-            .collect();
+        let records = sequence_of(&cap, &token, i);
         check_sequence(&records, &token, &run);
         for r in &records {
             assert_eq!(r.data()["properties"]["$lib"], "posthog-python", "{compression}: from PostHog-Sdk-Info");
