@@ -6,7 +6,7 @@
 # latency at a fixed 1,000 requests/s, and peak RSS at twice the saturating load and
 # with the broker stopped. Prints figures; never fails on them.
 #
-#   bench/capture.sh            (BENCH_SECONDS=15 by default per phase)
+#   bench/capture.sh            (BENCH_SECONDS=15 by default per phase; CAPTURE_BIN=path)
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,7 +21,12 @@ if [ -z "$OHA" ]; then
 fi
 scripts/services.sh up >/dev/null # Redis (quota lists), and Tansu built if missing
 
-cargo build --release -p sluice-capture --quiet
+# CAPTURE_BIN runs another build (e.g. an older commit's) under the same load, to tell a
+# regression from a slower machine.
+if [ -z "${CAPTURE_BIN:-}" ]; then
+  cargo build --release -p sluice-capture --quiet
+  CAPTURE_BIN="$BIN/sluice-capture"
+fi
 python3 bench/payloads.py "$OUT"
 
 BROKER_PORT="$(free_port)"
@@ -41,7 +46,7 @@ done
 ADDRESS="127.0.0.1:$CAPTURE_PORT" KAFKA_HOSTS="127.0.0.1:$BROKER_PORT" OVERFLOW_ENABLED=false LOG_FORMAT=json RUST_LOG=warn \
   KAFKA_TOPIC_MAIN=bench_main KAFKA_TOPIC_OVERFLOW=bench_overflow KAFKA_TOPIC_HISTORICAL=bench_historical \
   KAFKA_TOPIC_REPLAY=bench_replay KAFKA_TOPIC_REPLAY_OVERFLOW=bench_replay_overflow \
-  "$BIN/sluice-capture" >"$OUT/capture.log" 2>&1 &
+  "$CAPTURE_BIN" >"$OUT/capture.log" 2>&1 &
 CAPTURE_PID=$!
 PIDS+=("$CAPTURE_PID")
 until curl -sf "http://127.0.0.1:$CAPTURE_PORT/_readiness" >/dev/null; do sleep 0.1; done

@@ -93,11 +93,8 @@ pub(crate) fn replace_lone_surrogates(text: &str) -> Cow<'_, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'\\' {
-            i += 1;
-            continue;
-        }
+    while let Some(at) = memchr::memchr(b'\\', b.get(i..).unwrap_or_default()) {
+        i += at;
         if b.get(i + 1) != Some(&b'u') {
             i += 2; // any other escape, including `\\`, is two bytes
             continue;

@@ -148,10 +148,16 @@ pub(crate) fn decode_payload(
     // JSON never starts with these bytes, so the frame is recognised whatever the hint.
     if payload.starts_with(&ZSTD_MAGIC) {
         let decoder = zstd::stream::read::Decoder::new(&payload[..]).map_err(|e| DecodeError::Zstd(e.to_string()))?;
-        return inflate(decoder, limit, memory, DecodeError::Zstd);
+        return inflate(decoder, payload.len().saturating_mul(4), limit, memory, DecodeError::Zstd);
     }
     match hint {
-        Some(Encoding::Deflate) => inflate(ZlibDecoder::new(&payload[..]), limit, memory, DecodeError::Deflate),
+        Some(Encoding::Deflate) => inflate(
+            ZlibDecoder::new(&payload[..]),
+            payload.len().saturating_mul(4),
+            limit,
+            memory,
+            DecodeError::Deflate,
+        ),
         Some(Encoding::Zstd) => Err(DecodeError::Zstd("no zstd frame".to_string())),
         Some(Encoding::LzString) => lzstring::decompress_from_base64(trim_ascii(&payload), limit, memory)
             .map(|text| Bytes::from(text.into_bytes()))
@@ -182,35 +188,58 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 }
 
 fn gunzip(payload: &[u8], limit: usize, memory: &mut Reservation) -> Result<Bytes, DecodeError> {
-    inflate(MultiGzDecoder::new(payload), limit, memory, DecodeError::Gzip)
+    // The trailer's ISIZE is the last member's size: exact for the one-member bodies SDKs
+    // send, only a first guess for anything else, and never believed past what deflate
+    // can expand the input to.
+    let isize = payload.len().checked_sub(4).map(|at| {
+        let trailer: [u8; 4] = payload[at..].try_into().expect("four bytes");
+        u32::from_le_bytes(trailer) as usize
+    });
+    let guess = isize.unwrap_or(0).min(payload.len().saturating_mul(MAX_DEFLATE_RATIO));
+    inflate(MultiGzDecoder::new(payload), guess, limit, memory, DecodeError::Gzip)
 }
 
-/// Decompresses in steps, each step's room reserved first.
+/// Deflate's best case is about 1032:1; a claimed size beyond that is a lie.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
+/// Decompresses into room reserved before it is allocated: first what `guess` says the
+/// output takes (plus a byte, so the end is seen without growing), then doubling steps of
+/// at most `MAX_STEP`. Only what the decoder writes is initialised, so a small event
+/// costs a buffer of its own size, not a step's.
 fn inflate(
     reader: impl Read,
+    guess: usize,
     limit: usize,
     memory: &mut Reservation,
     invalid: fn(String) -> DecodeError,
 ) -> Result<Bytes, DecodeError> {
-    const STEP: usize = 64 * 1024;
+    const MIN_STEP: usize = 4 * 1024;
+    const MAX_STEP: usize = 1024 * 1024;
     let mut reader = reader.take(limit as u64 + 1);
     let mut out: Vec<u8> = Vec::new();
+    let mut step = guess.min(limit).saturating_add(1).max(MIN_STEP);
     loop {
-        memory.make_room(&mut out, STEP)?;
-        let filled = out.len();
-        out.resize(filled + STEP, 0);
-        let n = match reader.read(&mut out[filled..]) {
+        if let Err(e) = memory.make_room(&mut out, step) {
+            // A guess, or a doubling, is not what the output needs yet: the refusal comes
+            // only when the smallest step cannot be had.
+            if step <= MIN_STEP {
+                return Err(e.into());
+            }
+            step = MIN_STEP;
+            continue;
+        }
+        let room = out.capacity() - out.len();
+        let n = match (&mut reader).take(room as u64).read_to_end(&mut out) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(invalid(e.to_string())),
         };
-        out.truncate(filled + n);
         if out.len() > limit {
             return Err(DecodeError::TooLarge { limit });
         }
-        if n == 0 {
+        if n < room {
             return Ok(Bytes::from(out));
         }
+        step = step.saturating_mul(2).min(MAX_STEP);
     }
 }
 
@@ -332,6 +361,34 @@ mod tests {
         let bomb = gzip(&vec![b' '; 20 * LIMIT]);
         assert!(bomb.len() < 100_000);
         assert_eq!(dec(bomb, None, false).unwrap_err(), DecodeError::TooLarge { limit: LIMIT });
+    }
+
+    #[test]
+    fn a_gzip_body_takes_about_its_own_size_whatever_its_trailer_claims() {
+        // One member: the trailer's size is exact, so one buffer of that size is reserved.
+        let event = format!(r#"{{"event":"$pageview","properties":{{"pad":"{}"}}}}"#, "x".repeat(3_000));
+        let mut r = plenty();
+        let out = decode_payload(Bytes::from(gzip(event.as_bytes())), None, false, LIMIT, &mut r).unwrap();
+        assert_eq!(out.len(), event.len());
+        assert!(r.held() <= 8 * 1024, "{} held for {} bytes", r.held(), event.len());
+
+        // Two members: the trailer names only the small last one; the rest is read in
+        // doubling steps, all of it.
+        let big = "y".repeat(300_000);
+        let two = [gzip(big.as_bytes()), gzip(b"z")].concat();
+        let out = decode_payload(Bytes::from(two), None, false, LIMIT, &mut plenty()).unwrap();
+        assert_eq!(out.len(), big.len() + 1);
+
+        // A guess the request cannot afford falls back to small steps instead of refusing.
+        let small_cap = MemoryBudget::new(1 << 30, 64 * 1024);
+        let zeros = gzip(&vec![b'0'; 40_000]);
+        let mut lying = zeros.clone();
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&(50_000_000u32).to_le_bytes());
+        let err = decode_payload(Bytes::from(lying), None, false, LIMIT, &mut small_cap.reservation()).unwrap_err();
+        assert!(matches!(err, DecodeError::Gzip(_)), "the stream's own check refuses the lie: {err:?}");
+        let out = decode_payload(Bytes::from(zeros), None, false, LIMIT, &mut small_cap.reservation()).unwrap();
+        assert_eq!(out.len(), 40_000);
     }
 
     #[test]
