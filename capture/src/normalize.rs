@@ -5,7 +5,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::request::Route;
+use crate::request::Endpoint;
 use crate::token::{self, TokenError};
 
 const MAX_DISTINCT_ID_CHARS: usize = 200;
@@ -61,7 +61,11 @@ impl Invalid {
     }
 }
 
-pub(crate) fn normalize(value: Value, batch_token: Option<&Value>, route: Route) -> Result<NormalizedEvent, Invalid> {
+pub(crate) fn normalize(
+    value: Value,
+    batch_token: Option<&Value>,
+    route: Endpoint,
+) -> Result<NormalizedEvent, Invalid> {
     let Value::Object(mut data) = value else {
         return Err(Invalid::NotAnObject);
     };
@@ -77,7 +81,7 @@ pub(crate) fn normalize(value: Value, batch_token: Option<&Value>, route: Route)
     let event = match data.get("event") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
         // `/engage` carries person updates without a name: they are identifies.
-        None | Some(Value::Null) if route == Route::Engage => {
+        None | Some(Value::Null) if route == Endpoint::Engage => {
             data.insert("event".into(), Value::String("$identify".into()));
             "$identify".to_string()
         }
@@ -148,7 +152,7 @@ mod tests {
     use serde_json::json;
 
     fn norm(v: Value) -> Result<NormalizedEvent, Invalid> {
-        normalize(v, None, Route::Events)
+        normalize(v, None, Endpoint::Events)
     }
 
     #[test]
@@ -193,7 +197,7 @@ mod tests {
         assert_eq!(norm(json!({"distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
         assert_eq!(norm(json!({"event":"","distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
         assert_eq!(norm(json!({"event":7,"distinct_id":"d","token":"t"})).unwrap_err(), Invalid::MissingEventName);
-        let e = normalize(json!({"$distinct_id":"d","$token":"t","$set":{"a":1}}), None, Route::Engage).unwrap();
+        let e = normalize(json!({"$distinct_id":"d","$token":"t","$set":{"a":1}}), None, Endpoint::Engage).unwrap();
         assert_eq!(e.event, "$identify");
         assert_eq!(e.data["event"], "$identify");
         assert_eq!(e.data["$set"], json!({"a":1}), "$set passes through");

@@ -17,8 +17,8 @@ use crate::overflow::GlobalLimiter;
 use crate::parse;
 use crate::produce::{OutMessage, Sink};
 use crate::replay::{self, ReplayMessage};
-use crate::request::{RequestMeta, Route as HttpRoute};
-use crate::route::{Lane, Route, Router};
+use crate::request::{Endpoint, RequestMeta};
+use crate::route::{Decision, Router, Topic};
 use crate::telemetry;
 use crate::token::TokenError;
 
@@ -32,7 +32,7 @@ pub(crate) struct Pipeline {
 
 /// What a successful request tells the client beyond "Ok".
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Outcome {
+pub(crate) struct Accepted {
     pub recordings_quota_limited: bool,
 }
 
@@ -44,7 +44,7 @@ impl Pipeline {
         meta: &RequestMeta,
         body: Bytes,
         mut memory: Reservation,
-    ) -> Result<Outcome, CaptureError> {
+    ) -> Result<Accepted, CaptureError> {
         let decoded = decode::decode(meta, body, self.max_decompressed_bytes, &mut memory)?;
         telemetry::payload(meta.route.as_str(), decoded.received_bytes, decoded.json.len());
         let parsed = parse::parse(&decoded.json, &mut memory)?;
@@ -65,7 +65,7 @@ impl Pipeline {
                 }
             });
             match normalized {
-                Ok(ev) if meta.route == HttpRoute::Replay || ev.is_snapshot() => snapshots.push(ev),
+                Ok(ev) if meta.route == Endpoint::Replay || ev.is_snapshot() => snapshots.push(ev),
                 Ok(ev) => analytics.push(ev),
                 Err(invalid) => {
                     telemetry::events_dropped(invalid.cause(), 1);
@@ -95,8 +95,8 @@ impl Pipeline {
         let mut messages = Vec::with_capacity(analytics.len() + snapshots.len());
         for ev in analytics {
             match self.router.route(&ev, envelope.historical) {
-                Route::QuotaLimited => telemetry::events_dropped("quota_limited", 1),
-                Route::Produce { lane, key, overflow } => {
+                Decision::QuotaLimited => telemetry::events_dropped("quota_limited", 1),
+                Decision::Produce { lane, key, overflow } => {
                     if let Some(reason) = overflow {
                         telemetry::overflow_reroute(reason.as_str());
                     }
@@ -105,7 +105,7 @@ impl Pipeline {
             }
         }
 
-        let mut outcome = Outcome::default();
+        let mut outcome = Accepted::default();
         if !snapshots.is_empty() {
             let before = snapshots.len();
             snapshots.retain(|ev| !self.router.recordings_limited(&ev.token));
@@ -122,12 +122,12 @@ impl Pipeline {
                 return Err(CaptureError::NoValidEvent(reason));
             }
             for g in groups {
-                let lane = self.router.replay_lane(&g.session_id);
+                let lane = self.router.replay_topic(&g.session_id);
                 messages.push(envelope.replay_message(lane, g));
             }
         }
 
-        let mut per_lane: Vec<(Lane, usize)> = Vec::new();
+        let mut per_lane: Vec<(Topic, usize)> = Vec::new();
         for m in &messages {
             match per_lane.iter_mut().find(|(l, _)| *l == m.lane) {
                 Some((_, n)) => *n += 1,
@@ -154,7 +154,7 @@ struct Envelope {
 }
 
 impl Envelope {
-    fn message(&self, lane: Lane, key: Option<String>, ev: NormalizedEvent) -> OutMessage {
+    fn message(&self, lane: Topic, key: Option<String>, ev: NormalizedEvent) -> OutMessage {
         let event = CapturedEvent {
             uuid: ev.uuid,
             data: serde_json::to_string(&ev.data).expect("a JSON map always serializes"),
@@ -171,7 +171,7 @@ impl Envelope {
     }
 
     /// Replay is keyed by session, so one session's chunks stay in order.
-    fn replay_message(&self, lane: Lane, group: ReplayMessage) -> OutMessage {
+    fn replay_message(&self, lane: Topic, group: ReplayMessage) -> OutMessage {
         let event = CapturedEvent {
             uuid: group.uuid,
             distinct_id: group.distinct_id,
@@ -197,6 +197,7 @@ mod tests {
     use crate::request::Query;
     use crate::team_tokens::TeamTokens;
     use serde_json::json;
+    use sluice_schema::topics::Lane;
     use std::time::Duration;
 
     fn pipeline(message_max_bytes: usize) -> (Pipeline, Arc<MemorySink>) {
@@ -216,7 +217,7 @@ mod tests {
         (p, sink)
     }
 
-    fn meta(route: HttpRoute) -> RequestMeta {
+    fn meta(route: Endpoint) -> RequestMeta {
         RequestMeta {
             route,
             query: Query::default(),
@@ -227,9 +228,9 @@ mod tests {
         }
     }
 
-    async fn handle(p: &Pipeline, body: serde_json::Value) -> Result<Outcome, CaptureError> {
+    async fn handle(p: &Pipeline, body: serde_json::Value) -> Result<Accepted, CaptureError> {
         let memory = crate::budget::MemoryBudget::new(1 << 30, 1 << 30).reservation();
-        p.handle(&meta(HttpRoute::Batch), Bytes::from(body.to_string()), memory).await
+        p.handle(&meta(Endpoint::Batch), Bytes::from(body.to_string()), memory).await
     }
 
     #[tokio::test]
@@ -240,10 +241,10 @@ mod tests {
             {"event": "$snapshot", "distinct_id": "d", "properties": {"$session_id": "s1", "$snapshot_data": [1]}},
             {"event": "b", "distinct_id": "d"},
         ]});
-        assert_eq!(handle(&p, body).await.unwrap(), Outcome::default());
+        assert_eq!(handle(&p, body).await.unwrap(), Accepted::default());
         let sent = sink.messages.lock().unwrap();
-        let lanes: Vec<Lane> = sent.iter().map(|m| m.lane).collect();
-        assert_eq!(lanes, vec![Lane::Main, Lane::Main, Lane::Replay]);
+        let lanes: Vec<Topic> = sent.iter().map(|m| m.lane).collect();
+        assert_eq!(lanes, vec![Topic::Events(Lane::Main), Topic::Events(Lane::Main), Topic::Replay]);
         assert_eq!(sent[2].key.as_deref(), Some("s1"));
         let first: CapturedEvent = serde_json::from_slice(&sent[0].payload).unwrap();
         assert_eq!(first.ip, "198.51.100.7");
@@ -267,7 +268,7 @@ mod tests {
         let (p, sink) = pipeline(1_000_000);
         p.router.lists.quota_events.replace(["phc_over".to_string()].into());
         let body = json!({"api_key": "phc_over", "batch": [{"event": "a", "distinct_id": "d"}]});
-        assert_eq!(handle(&p, body).await.unwrap(), Outcome::default());
+        assert_eq!(handle(&p, body).await.unwrap(), Accepted::default());
         assert!(sink.messages.lock().unwrap().is_empty());
     }
 

@@ -16,7 +16,7 @@ use sluice_schema::{CapturedEvent, HEADER_DISTINCT_ID, HEADER_EVENT, HEADER_NOW,
 use uuid::Uuid;
 
 use crate::health::Health;
-use crate::route::{Lane, Topics};
+use crate::route::{Topic, Topics};
 use crate::telemetry;
 
 /// Bytes Kafka adds to a record beyond key, value and headers, rounded up.
@@ -37,7 +37,7 @@ pub(crate) enum ProduceError {
 /// One message ready to produce.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OutMessage {
-    pub lane: Lane,
+    pub lane: Topic,
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
@@ -45,7 +45,7 @@ pub(crate) struct OutMessage {
 }
 
 impl OutMessage {
-    pub(crate) fn new(lane: Lane, key: Option<String>, event: &CapturedEvent, now_text: &str) -> Self {
+    pub(crate) fn new(lane: Topic, key: Option<String>, event: &CapturedEvent, now_text: &str) -> Self {
         OutMessage {
             lane,
             key,

@@ -201,7 +201,7 @@ fn escaped_len(text: &str) -> usize {
 mod tests {
     use super::*;
     use crate::normalize::normalize;
-    use crate::request::Route;
+    use crate::request::Endpoint;
 
     fn snap(session: &str, window: Option<&str>, data: Value) -> NormalizedEvent {
         let mut props = json!({"$session_id": session, "$snapshot_data": data, "$snapshot_source": "web"});
@@ -212,7 +212,7 @@ mod tests {
         normalize(
             json!({"event":"$snapshot","distinct_id":"d","token":"t","uuid":uuid,"properties":props}),
             None,
-            Route::Replay,
+            Endpoint::Replay,
         )
         .unwrap()
     }

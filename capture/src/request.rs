@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 /// The kind of endpoint a request came in on; it decides body limits and parsing rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum Endpoint {
     /// `/i/v0/e`: posthog-js's modern endpoint.
     Events,
     /// `/e`, `/capture`, `/track`: also accept bare base64 payloads, as old SDKs send them.
@@ -23,21 +23,21 @@ pub(crate) enum Route {
     AnalyticsV1,
 }
 
-impl Route {
+impl Endpoint {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Route::Events => "events",
-            Route::LegacyEvents => "legacy_events",
-            Route::Batch => "batch",
-            Route::Engage => "engage",
-            Route::Replay => "replay",
-            Route::AnalyticsV1 => "analytics_v1",
+            Endpoint::Events => "events",
+            Endpoint::LegacyEvents => "legacy_events",
+            Endpoint::Batch => "batch",
+            Endpoint::Engage => "engage",
+            Endpoint::Replay => "replay",
+            Endpoint::AnalyticsV1 => "analytics_v1",
         }
     }
 
     /// Legacy routes sniff base64 without a hint.
     pub(crate) fn sniffs_base64(self) -> bool {
-        matches!(self, Route::LegacyEvents | Route::Engage)
+        matches!(self, Endpoint::LegacyEvents | Endpoint::Engage)
     }
 }
 
@@ -72,7 +72,7 @@ impl Query {
 /// Everything about a request that the pipeline needs besides its body.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestMeta {
-    pub route: Route,
+    pub route: Endpoint,
     pub query: Query,
     pub is_form: bool,
     pub content_encoding: Option<String>,
@@ -82,7 +82,7 @@ pub(crate) struct RequestMeta {
 
 impl RequestMeta {
     pub(crate) fn new(
-        route: Route,
+        route: Endpoint,
         raw_query: Option<&str>,
         headers: &HeaderMap,
         peer: SocketAddr,

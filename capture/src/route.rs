@@ -1,29 +1,28 @@
 //! Stage 4: which topic an event goes to, under which key, or whether it is dropped.
 
 use sluice_schema::kafka_key;
+use sluice_schema::topics::Lane;
 
 use crate::limits::RedisLists;
 use crate::normalize::NormalizedEvent;
 use crate::overflow::{OverflowLimiter, OverflowReason};
 use crate::team_tokens::TeamTokens;
 
+/// The topic an event is produced to: its lane's, or one of the replay topics. Metrics
+/// label it `lane`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    Main,
-    Overflow,
-    Historical,
+pub enum Topic {
+    Events(Lane),
     Replay,
     ReplayOverflow,
 }
 
-impl Lane {
+impl Topic {
     pub fn as_str(self) -> &'static str {
         match self {
-            Lane::Main => "main",
-            Lane::Overflow => "overflow",
-            Lane::Historical => "historical",
-            Lane::Replay => "replay",
-            Lane::ReplayOverflow => "replay_overflow",
+            Topic::Events(lane) => lane.as_str(),
+            Topic::Replay => "replay",
+            Topic::ReplayOverflow => "replay_overflow",
         }
     }
 }
@@ -39,21 +38,21 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn name(&self, lane: Lane) -> &str {
+    pub fn name(&self, lane: Topic) -> &str {
         match lane {
-            Lane::Main => &self.main,
-            Lane::Overflow => &self.overflow,
-            Lane::Historical => &self.historical,
-            Lane::Replay => &self.replay,
-            Lane::ReplayOverflow => &self.replay_overflow,
+            Topic::Events(Lane::Main) => &self.main,
+            Topic::Events(Lane::Overflow) => &self.overflow,
+            Topic::Events(Lane::Historical) => &self.historical,
+            Topic::Replay => &self.replay,
+            Topic::ReplayOverflow => &self.replay_overflow,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum Decision {
     Produce {
-        lane: Lane,
+        lane: Topic,
         key: Option<String>,
         overflow: Option<OverflowReason>,
     },
@@ -68,20 +67,22 @@ pub(crate) fn decide(
     quota_limited: bool,
     overflow: Option<OverflowReason>,
     preserve_locality: bool,
-) -> Route {
+) -> Decision {
     if quota_limited {
-        return Route::QuotaLimited;
+        return Decision::QuotaLimited;
     }
     if historical {
         // Back-fills have their own topic and consumers; overflowing them would only
         // mix them into live traffic.
-        return Route::Produce { lane: Lane::Historical, key: Some(key), overflow: None };
+        return Decision::Produce { lane: Topic::Events(Lane::Historical), key: Some(key), overflow: None };
     }
     match overflow {
-        Some(reason) => {
-            Route::Produce { lane: Lane::Overflow, key: preserve_locality.then_some(key), overflow: Some(reason) }
-        }
-        None => Route::Produce { lane: Lane::Main, key: Some(key), overflow: None },
+        Some(reason) => Decision::Produce {
+            lane: Topic::Events(Lane::Overflow),
+            key: preserve_locality.then_some(key),
+            overflow: Some(reason),
+        },
+        None => Decision::Produce { lane: Topic::Events(Lane::Main), key: Some(key), overflow: None },
     }
 }
 
@@ -97,7 +98,7 @@ impl Router {
         self.team_tokens.allows(token)
     }
 
-    pub(crate) fn route(&self, ev: &NormalizedEvent, historical: bool) -> Route {
+    pub(crate) fn route(&self, ev: &NormalizedEvent, historical: bool) -> Decision {
         let key = kafka_key(&ev.token, &ev.distinct_id);
         let quota_limited = self.lists.quota_events.contains(&ev.token);
         let overflow = if historical || quota_limited { None } else { self.overflow.check(&ev.token, &key) };
@@ -108,11 +109,11 @@ impl Router {
         self.lists.quota_recordings.contains(token)
     }
 
-    pub(crate) fn replay_lane(&self, session_id: &str) -> Lane {
+    pub(crate) fn replay_topic(&self, session_id: &str) -> Topic {
         if self.lists.overflow_replay.contains(session_id) {
-            Lane::ReplayOverflow
+            Topic::ReplayOverflow
         } else {
-            Lane::Replay
+            Topic::Replay
         }
     }
 }
@@ -129,26 +130,30 @@ mod tests {
     fn decisions() {
         assert_eq!(
             decide(k(), false, false, None, false),
-            Route::Produce { lane: Lane::Main, key: Some(k()), overflow: None }
+            Decision::Produce { lane: Topic::Events(Lane::Main), key: Some(k()), overflow: None }
         );
-        assert_eq!(decide(k(), false, true, None, false), Route::QuotaLimited);
-        assert_eq!(decide(k(), true, true, None, false), Route::QuotaLimited, "quota applies to back-fills too");
+        assert_eq!(decide(k(), false, true, None, false), Decision::QuotaLimited);
+        assert_eq!(decide(k(), true, true, None, false), Decision::QuotaLimited, "quota applies to back-fills too");
         assert_eq!(
             decide(k(), true, false, None, false),
-            Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None }
+            Decision::Produce { lane: Topic::Events(Lane::Historical), key: Some(k()), overflow: None }
         );
         assert_eq!(
             decide(k(), true, false, Some(OverflowReason::Rate), false),
-            Route::Produce { lane: Lane::Historical, key: Some(k()), overflow: None },
+            Decision::Produce { lane: Topic::Events(Lane::Historical), key: Some(k()), overflow: None },
             "historical is never overflowed"
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Rate), false),
-            Route::Produce { lane: Lane::Overflow, key: None, overflow: Some(OverflowReason::Rate) }
+            Decision::Produce { lane: Topic::Events(Lane::Overflow), key: None, overflow: Some(OverflowReason::Rate) }
         );
         assert_eq!(
             decide(k(), false, false, Some(OverflowReason::Forced), true),
-            Route::Produce { lane: Lane::Overflow, key: Some(k()), overflow: Some(OverflowReason::Forced) }
+            Decision::Produce {
+                lane: Topic::Events(Lane::Overflow),
+                key: Some(k()),
+                overflow: Some(OverflowReason::Forced)
+            }
         );
     }
 }

@@ -34,8 +34,8 @@ use tracing::{info, warn};
 use crate::budget::{MemoryBudget, Reservation};
 use crate::error::CaptureError;
 use crate::health::Health;
-use crate::pipeline::{Outcome, Pipeline};
-use crate::request::{RequestMeta, Route};
+use crate::pipeline::{Accepted, Pipeline};
+use crate::request::{Endpoint, RequestMeta};
 use crate::sdk_config::{Answer, Ask, SdkConfigs};
 use crate::{decode, telemetry, v1};
 
@@ -48,11 +48,11 @@ pub(crate) struct BodyLimits {
 }
 
 impl BodyLimits {
-    fn for_route(&self, route: Route) -> usize {
+    fn for_route(&self, route: Endpoint) -> usize {
         match route {
-            Route::Batch | Route::AnalyticsV1 => self.batch,
-            Route::Replay => self.replay,
-            Route::Events | Route::LegacyEvents | Route::Engage => self.events,
+            Endpoint::Batch | Endpoint::AnalyticsV1 => self.batch,
+            Endpoint::Replay => self.replay,
+            Endpoint::Events | Endpoint::LegacyEvents | Endpoint::Engage => self.events,
         }
     }
 }
@@ -83,14 +83,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let capture_routes = Router::new()
         .merge(event_routes(&["/e", "/i/v0/e", "/capture", "/track"], |path| {
             if path == "/i/v0/e" {
-                Route::Events
+                Endpoint::Events
             } else {
-                Route::LegacyEvents
+                Endpoint::LegacyEvents
             }
         }))
-        .merge(event_routes(&["/engage"], |_| Route::Engage))
-        .merge(post_routes(&["/batch"], Route::Batch))
-        .merge(post_routes(&["/s"], Route::Replay))
+        .merge(event_routes(&["/engage"], |_| Endpoint::Engage))
+        .merge(post_routes(&["/batch"], Endpoint::Batch))
+        .merge(post_routes(&["/s"], Endpoint::Replay))
         .route(
             "/i/v1/analytics/events",
             axum::routing::post(|State(state): State<Arc<AppState>>, req: Request| analytics_v1(state, req)),
@@ -119,12 +119,12 @@ fn with_trailing_slash(paths: &[&'static str]) -> Vec<(String, &'static str)> {
     paths.iter().flat_map(|p| [(p.to_string(), *p), (format!("{p}/"), *p)]).collect()
 }
 
-fn capture_handler(route: Route) -> MethodRouter<Arc<AppState>> {
+fn capture_handler(route: Endpoint) -> MethodRouter<Arc<AppState>> {
     axum::routing::post(move |State(state): State<Arc<AppState>>, req: Request| capture(state, route, req))
         .options(|| async { StatusCode::OK })
 }
 
-fn event_routes(paths: &[&'static str], route_of: fn(&str) -> Route) -> Router<Arc<AppState>> {
+fn event_routes(paths: &[&'static str], route_of: fn(&str) -> Endpoint) -> Router<Arc<AppState>> {
     with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, base)| {
         let route = route_of(base);
         r.route(
@@ -136,7 +136,7 @@ fn event_routes(paths: &[&'static str], route_of: fn(&str) -> Route) -> Router<A
     })
 }
 
-fn post_routes(paths: &[&'static str], route: Route) -> Router<Arc<AppState>> {
+fn post_routes(paths: &[&'static str], route: Endpoint) -> Router<Arc<AppState>> {
     with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, _)| r.route(&path, capture_handler(route)))
 }
 
@@ -175,7 +175,7 @@ async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
     if token.is_none() {
         // Old SDKs send `/decide` bodies as they send events (a base64 form, gzip), so
         // they are read by the same rules, under the same limits.
-        let meta = RequestMeta::new(Route::LegacyEvents, parts.uri.query(), &parts.headers, peer(&parts), 0);
+        let meta = RequestMeta::new(Endpoint::LegacyEvents, parts.uri.query(), &parts.headers, peer(&parts), 0);
         let read = async {
             let mut memory = state.memory.reservation();
             let limit = state.body_limits.events;
@@ -205,7 +205,7 @@ fn sdk_answer(state: &AppState, ask: Ask, token: Option<&str>) -> Response {
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn capture(state: Arc<AppState>, route: Route, req: Request) -> Response {
+async fn capture(state: Arc<AppState>, route: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), state.trusted_proxy_hops);
@@ -227,7 +227,7 @@ fn peer(parts: &http::request::Parts) -> SocketAddr {
 /// processing slot.
 async fn receive<'s>(
     state: &'s AppState,
-    route: Route,
+    route: Endpoint,
     parts: &http::request::Parts,
     body: Body,
 ) -> Result<(Bytes, Reservation, tokio::sync::SemaphorePermit<'s>), CaptureError> {
@@ -245,7 +245,7 @@ async fn receive<'s>(
 }
 
 /// The answer of an event route, its server errors logged and every answer counted.
-fn answered(route: Route, started: Instant, result: Result<Response, CaptureError>) -> Response {
+fn answered(route: Endpoint, started: Instant, result: Result<Response, CaptureError>) -> Response {
     let response = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             warn!(route = route.as_str(), error = %e, "request not accepted");
@@ -260,7 +260,7 @@ fn answered(route: Route, started: Instant, result: Result<Response, CaptureErro
 /// pipeline; answered per event.
 async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
     let started = Instant::now();
-    let route = Route::AnalyticsV1;
+    let route = Endpoint::AnalyticsV1;
     let (parts, body) = req.into_parts();
     let mut meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), state.trusted_proxy_hops);
     let result = async {
@@ -279,7 +279,7 @@ async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
     answered(route, started, result.map(|t| (StatusCode::OK, Json(v1::results(&t))).into_response()))
 }
 
-fn success(meta: &RequestMeta, outcome: Outcome) -> Response {
+fn success(meta: &RequestMeta, outcome: Accepted) -> Response {
     if meta.query.beacon {
         return StatusCode::NO_CONTENT.into_response();
     }

@@ -49,7 +49,7 @@ use crate::process::Deps;
 use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
 use crate::stopping::Stopping;
-use crate::write::{ClickHouse, Endpoint};
+use crate::write::{ClickHouse, ClickHouseAccess};
 
 /// How often the lane's topic is read from the broker (owned partitions' lag, partitions
 /// no one consumes), at most: a short KAFKA_STALLED_PARTITION_REJOIN_MS reads more often.
@@ -224,7 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     Ok(())
 }
 
-async fn connect_clickhouse(config: &Config, endpoint: &Endpoint, health: &Health) -> ClickHouse {
+async fn connect_clickhouse(config: &Config, endpoint: &ClickHouseAccess, health: &Health) -> ClickHouse {
     let mut backoff = Duration::from_millis(200);
     loop {
         health.tick();

@@ -23,7 +23,7 @@ use crate::{elements, telemetry, timestamp};
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
+pub(crate) enum Fate {
     Row {
         event: Value,
         rows: SideRows,
@@ -61,8 +61,8 @@ pub(crate) struct Deps<'a> {
 #[error("postgres unavailable: {0}")]
 pub(crate) struct DependencyDown(#[from] pub sqlx::Error);
 
-fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, team_id: Option<i64>) -> Outcome {
-    Outcome::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
+fn dead(stage: &'static str, error_class: &'static str, error: impl ToString, team_id: Option<i64>) -> Fate {
+    Fate::Dead(DeadLetter { stage, error: error.to_string(), error_class, team_id })
 }
 
 /// Step 1, the outer message: read once per message, by the batch plan and then the steps.
@@ -84,7 +84,7 @@ pub(crate) fn merge_source(captured: &CapturedEvent) -> Option<String> {
     data.get("properties")?.get(key)?.as_str().map(str::to_string)
 }
 
-pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Outcome, DependencyDown> {
+pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Fate, DependencyDown> {
     let flavor = deps.flavor;
     // 1. Parse the client's event in `data` (the outer message is [`parse_message`]'s).
     let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {
@@ -98,12 +98,12 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
     let team = deps.teams.get(&captured.token).await?;
     telemetry::step("resolve_team", step.elapsed().as_secs_f64());
     let Some(team) = team else {
-        return Ok(Outcome::Drop { cause: "invalid_token", warnings: Vec::new() });
+        return Ok(Fate::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
 
     // 3. Restrictions.
     if deps.restrictions.drops(&captured.token, &captured.distinct_id) {
-        return Ok(Outcome::Drop { cause: "restricted", warnings: Vec::new() });
+        return Ok(Fate::Drop { cause: "restricted", warnings: Vec::new() });
     }
 
     // 4. Person processing.
@@ -122,7 +122,7 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
             flavor,
             captured.now,
         ));
-        return Ok(Outcome::Drop { cause: "personless_person_event", warnings });
+        return Ok(Fate::Drop { cause: "personless_person_event", warnings });
     }
 
     // 6. Normalize.
@@ -240,7 +240,7 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
         groups: group_columns,
     }
     .to_json(flavor);
-    Ok(Outcome::Row { event, rows, warnings, captured_at: captured.now })
+    Ok(Fate::Row { event, rows, warnings, captured_at: captured.now })
 }
 
 /// Group keys are strings; SDKs sometimes send numbers.

@@ -26,7 +26,7 @@ pub enum ClickHouseError {
 
 /// Where ClickHouse is and who Sluice is to it.
 #[derive(Clone)]
-pub struct Endpoint {
+pub struct ClickHouseAccess {
     /// Without user info: reqwest quotes the URL in its errors, and those are logged.
     url: String,
     user: Option<String>,
@@ -35,13 +35,13 @@ pub struct Endpoint {
     timeout: Duration,
 }
 
-impl std::fmt::Debug for Endpoint {
+impl std::fmt::Debug for ClickHouseAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint").field("url", &self.url).field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("ClickHouseAccess").field("url", &self.url).field("user", &self.user).finish_non_exhaustive()
     }
 }
 
-impl Endpoint {
+impl ClickHouseAccess {
     /// `url` may carry the user and password (`https://user:password@host:8443`);
     /// `user` and `password`, when not empty, take their place.
     pub fn new(
@@ -50,7 +50,7 @@ impl Endpoint {
         password: &str,
         ca_file: Option<PathBuf>,
         timeout: Duration,
-    ) -> Result<Endpoint, ClickHouseError> {
+    ) -> Result<ClickHouseAccess, ClickHouseError> {
         let unusable = |reason: String| ClickHouseError::Setting { url: sluice_connect::redact::url(url), reason };
         let mut parsed = reqwest::Url::parse(url).map_err(|e| unusable(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -69,7 +69,7 @@ impl Endpoint {
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
         let url = parsed.as_str().trim_end_matches('/').to_string();
-        Ok(Endpoint { url, user, password, ca_file, timeout })
+        Ok(ClickHouseAccess { url, user, password, ca_file, timeout })
     }
 
     fn client(&self) -> Result<reqwest::Client, ClickHouseError> {
@@ -131,7 +131,7 @@ pub enum Compression {
 
 pub struct ClickHouse {
     http: reqwest::Client,
-    endpoint: Endpoint,
+    endpoint: ClickHouseAccess,
     compression: Compression,
     pub database: String,
     pub flavor: Flavor,
@@ -143,7 +143,7 @@ pub(crate) type SourcedRow = (usize, Value);
 impl ClickHouse {
     /// Connects and reads the server's version, which decides the column types.
     pub async fn connect(
-        endpoint: &Endpoint,
+        endpoint: &ClickHouseAccess,
         database: &str,
         compression: Compression,
     ) -> Result<Self, ClickHouseError> {
@@ -265,25 +265,26 @@ mod tests {
     #[test]
     fn credentials_come_from_the_url_or_the_settings_and_leave_the_url() {
         let t = Duration::from_secs(1);
-        let e = Endpoint::new("https://ch%40ops:p%2Fw@ch.example:8443/", "", "", None, t).unwrap();
+        let e = ClickHouseAccess::new("https://ch%40ops:p%2Fw@ch.example:8443/", "", "", None, t).unwrap();
         assert_eq!(
             (e.url.as_str(), e.user.as_deref(), e.password.as_deref()),
             ("https://ch.example:8443", Some("ch@ops"), Some("p/w"))
         );
-        let e = Endpoint::new("https://a:b@ch.example:8443", "sluice", "SECRETPW", None, t).unwrap();
+        let e = ClickHouseAccess::new("https://a:b@ch.example:8443", "sluice", "SECRETPW", None, t).unwrap();
         assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("sluice"), Some("SECRETPW")));
         assert!(!format!("{e:?}").contains("SECRETPW"));
-        let e = Endpoint::new("http://127.0.0.1:8123", "", "", None, t).unwrap();
+        let e = ClickHouseAccess::new("http://127.0.0.1:8123", "", "", None, t).unwrap();
         assert_eq!((e.url.as_str(), e.user.as_deref()), ("http://127.0.0.1:8123", None));
-        let err = Endpoint::new("http://127.0.0.1:8123", "", "SECRETPW", None, t).unwrap_err().to_string();
+        let err = ClickHouseAccess::new("http://127.0.0.1:8123", "", "SECRETPW", None, t).unwrap_err().to_string();
         assert!(err.contains("without a user") && !err.contains("SECRETPW"), "{err}");
-        let err =
-            Endpoint::new("http://u:SECRETPW@ch:8123", "", "", Some("/ca.pem".into()), t).unwrap_err().to_string();
+        let err = ClickHouseAccess::new("http://u:SECRETPW@ch:8123", "", "", Some("/ca.pem".into()), t)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "CLICKHOUSE_URL=http://u:***@ch:8123 is not usable: CLICKHOUSE_CA_FILE is set but the URL is not https://"
         );
-        assert!(Endpoint::new("tcp://ch:9000", "", "", None, t).is_err());
+        assert!(ClickHouseAccess::new("tcp://ch:9000", "", "", None, t).is_err());
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Strike {
 }
 
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct ChainRun {
     pub output: ChainOutput,
     pub strikes: Vec<Strike>,
 }
@@ -158,13 +158,13 @@ impl Supervisor {
 
     /// Runs `chain`'s `process_event` on `events`. Always answers: a worker failure strikes
     /// the instance that was running and the batch goes on without it.
-    pub async fn process(&self, team: i64, chain: &[i64], events: Vec<Value>) -> Outcome {
+    pub async fn process(&self, team: i64, chain: &[i64], events: Vec<Value>) -> ChainRun {
         self.run(team, chain, events, None).await
     }
 
     /// Runs `chain`'s `on_event` on written `events`, retrying calls that ask for it up
     /// to `attempts` times. Same failure handling as [`Supervisor::process`].
-    pub async fn on_event(&self, team: i64, chain: &[i64], events: Vec<Value>, attempts: u32) -> Outcome {
+    pub async fn on_event(&self, team: i64, chain: &[i64], events: Vec<Value>, attempts: u32) -> ChainRun {
         self.run(team, chain, events, Some(attempts)).await
     }
 
@@ -206,8 +206,8 @@ impl Supervisor {
         }
     }
 
-    async fn run(&self, team: i64, chain: &[i64], events: Vec<Value>, on_event: Option<u32>) -> Outcome {
-        let mut outcome = Outcome::default();
+    async fn run(&self, team: i64, chain: &[i64], events: Vec<Value>, on_event: Option<u32>) -> ChainRun {
+        let mut outcome = ChainRun::default();
         let mut chain: Vec<i64> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
         if chain.is_empty() {
             outcome.output = passthrough(events, &[]);

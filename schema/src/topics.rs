@@ -16,3 +16,30 @@ pub const DEAD_LETTER: &str = "events_dead_letter_queue";
 
 /// Every topic the pipeline uses, for tooling that creates them.
 pub const ALL: [&str; 6] = [EVENTS, EVENTS_OVERFLOW, EVENTS_HISTORICAL, REPLAY, REPLAY_OVERFLOW, DEAD_LETTER];
+
+/// The three lanes analytics events travel: capture produces to each lane's topic, and
+/// an ingest process consumes one lane (the same names in both binaries' metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Lane {
+    Main,
+    Overflow,
+    Historical,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Main => "main",
+            Lane::Overflow => "overflow",
+            Lane::Historical => "historical",
+        }
+    }
+
+    pub fn default_topic(self) -> &'static str {
+        match self {
+            Lane::Main => EVENTS,
+            Lane::Overflow => EVENTS_OVERFLOW,
+            Lane::Historical => EVENTS_HISTORICAL,
+        }
+    }
+}

@@ -482,10 +482,10 @@ mod tests {
 
     mod requests {
         use super::*;
-        use crate::request::{Query, RequestMeta, Route};
+        use crate::request::{Endpoint, Query, RequestMeta};
         use std::net::{IpAddr, Ipv4Addr};
 
-        fn meta(route: Route, query: &str, form: bool, content_encoding: Option<&str>) -> RequestMeta {
+        fn meta(route: Endpoint, query: &str, form: bool, content_encoding: Option<&str>) -> RequestMeta {
             RequestMeta {
                 route,
                 query: Query::parse(Some(query)),
@@ -505,29 +505,32 @@ mod tests {
                 "data={}&compression=base64",
                 form_urlencoded::byte_serialize(b64(JSON.as_bytes()).as_bytes()).collect::<String>()
             );
-            assert_eq!(run(&meta(Route::Events, &q, false, None), "ignored"), JSON);
+            assert_eq!(run(&meta(Endpoint::Events, &q, false, None), "ignored"), JSON);
         }
 
         #[test]
         fn form_data_with_compression_field_and_space_fix() {
             // posthog-js: `data=<base64>&compression=base64` with `+` left unescaped.
             let body = format!("data={}&compression=base64", b64(JSON.as_bytes()).replace('+', " "));
-            assert_eq!(run(&meta(Route::Events, "", true, None), body.replace(' ', "+")), JSON);
+            assert_eq!(run(&meta(Endpoint::Events, "", true, None), body.replace(' ', "+")), JSON);
             let raw = format!("data={}", form_urlencoded::byte_serialize(JSON.as_bytes()).collect::<String>());
-            assert_eq!(run(&meta(Route::Events, "", true, None), raw), JSON, "url-encoded JSON in a form");
-            assert_eq!(run(&meta(Route::Events, "", true, None), JSON), JSON, "a raw body mislabelled as a form");
+            assert_eq!(run(&meta(Endpoint::Events, "", true, None), raw), JSON, "url-encoded JSON in a form");
+            assert_eq!(run(&meta(Endpoint::Events, "", true, None), JSON), JSON, "a raw body mislabelled as a form");
         }
 
         #[test]
         fn hint_order_query_then_form_then_content_encoding() {
             let lz = lz_str::compress_to_base64(JSON);
             // Query says lz64, Content-Encoding says base64: query wins.
-            assert_eq!(run(&meta(Route::Events, "compression=lz64", false, Some("base64")), lz.clone()), JSON);
+            assert_eq!(run(&meta(Endpoint::Events, "compression=lz64", false, Some("base64")), lz.clone()), JSON);
             // Unknown query hint is skipped, Content-Encoding is used.
-            assert_eq!(run(&meta(Route::Events, "compression=zzz", false, Some("base64")), b64(JSON.as_bytes())), JSON);
+            assert_eq!(
+                run(&meta(Endpoint::Events, "compression=zzz", false, Some("base64")), b64(JSON.as_bytes())),
+                JSON
+            );
             let body =
                 format!("data={}&compression=lz64", form_urlencoded::byte_serialize(lz.as_bytes()).collect::<String>());
-            assert_eq!(run(&meta(Route::Events, "", true, Some("base64")), body), JSON, "form field before header");
+            assert_eq!(run(&meta(Endpoint::Events, "", true, Some("base64")), body), JSON, "form field before header");
         }
     }
 }

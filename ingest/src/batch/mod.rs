@@ -17,7 +17,7 @@ use sluice_schema::CapturedEvent;
 
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::plugins::AfterPlugins;
-use crate::process::{self, DependencyDown, Deps, Outcome};
+use crate::process::{self, DependencyDown, Deps, Fate};
 use crate::telemetry;
 use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
 
@@ -110,7 +110,7 @@ async fn process_groups(
     groups: Vec<Vec<usize>>,
     deps: &Deps<'_>,
     concurrency: usize,
-) -> Result<Vec<(usize, Outcome)>, DependencyDown> {
+) -> Result<Vec<(usize, Fate)>, DependencyDown> {
     let mut parsed: Vec<Option<Parsed>> = parsed.into_iter().map(Some).collect();
     let work = groups.into_iter().map(|group| {
         let events: Vec<_> =
@@ -120,17 +120,17 @@ async fn process_groups(
             for (i, event) in events {
                 let outcome = match event {
                     Parsed::Event(captured) => process::process(captured, deps).await?,
-                    Parsed::Dead(dead) => Outcome::Dead(dead),
-                    Parsed::Dropped(cause) => Outcome::Drop { cause, warnings: Vec::new() },
+                    Parsed::Dead(dead) => Fate::Dead(dead),
+                    Parsed::Dropped(cause) => Fate::Drop { cause, warnings: Vec::new() },
                 };
                 outcomes.push((i, outcome));
             }
             Ok::<_, DependencyDown>(outcomes)
         }
     });
-    let done: Vec<Vec<(usize, Outcome)>> =
+    let done: Vec<Vec<(usize, Fate)>> =
         futures::stream::iter(work).buffer_unordered(concurrency.max(1)).try_collect().await?;
-    let mut outcomes: Vec<(usize, Outcome)> = done.into_iter().flatten().collect();
+    let mut outcomes: Vec<(usize, Fate)> = done.into_iter().flatten().collect();
     outcomes.sort_unstable_by_key(|(i, _)| *i);
     Ok(outcomes)
 }
@@ -154,12 +154,12 @@ struct Sorted {
     team_of: HashMap<usize, i64>,
 }
 
-impl From<Vec<(usize, Outcome)>> for Sorted {
-    fn from(outcomes: Vec<(usize, Outcome)>) -> Sorted {
+impl From<Vec<(usize, Fate)>> for Sorted {
+    fn from(outcomes: Vec<(usize, Fate)>) -> Sorted {
         let mut sorted = Sorted::default();
         for (i, outcome) in outcomes {
             match outcome {
-                Outcome::Row { event, rows: side, warnings, captured_at: at } => {
+                Fate::Row { event, rows: side, warnings, captured_at: at } => {
                     if let Some(team) = event.get("team_id").and_then(Value::as_i64) {
                         sorted.team_of.insert(i, team);
                     }
@@ -171,11 +171,11 @@ impl From<Vec<(usize, Outcome)>> for Sorted {
                     rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
                     sorted.captured_at.push((i, at));
                 }
-                Outcome::Drop { cause, warnings } => {
+                Fate::Drop { cause, warnings } => {
                     telemetry::dropped(cause);
                     sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
                 }
-                Outcome::Dead(d) => sorted.dead.push((i, d)),
+                Fate::Dead(d) => sorted.dead.push((i, d)),
             }
         }
         sorted
@@ -318,8 +318,8 @@ mod tests {
     use super::*;
     use crate::process::SideRows;
 
-    fn row(team: i64, n: u32) -> Outcome {
-        Outcome::Row {
+    fn row(team: i64, n: u32) -> Fate {
+        Fate::Row {
             event: json!({"team_id": team, "n": n}),
             rows: SideRows { persons: vec![json!({"p": n})], distinct_ids: vec![], groups: vec![json!({"g": n})] },
             warnings: vec![json!({"w": n})],
@@ -335,8 +335,8 @@ mod tests {
     fn outcomes_become_rows_per_table_dead_letters_and_drops_each_under_its_message() {
         let outcomes = vec![
             (0, row(7, 0)),
-            (1, Outcome::Drop { cause: "restricted", warnings: vec![json!({"w": "drop"})] }),
-            (2, Outcome::Dead(dead("parse"))),
+            (1, Fate::Drop { cause: "restricted", warnings: vec![json!({"w": "drop"})] }),
+            (2, Fate::Dead(dead("parse"))),
             (3, row(8, 3)),
         ];
         let sorted = Sorted::from(outcomes);

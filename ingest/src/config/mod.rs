@@ -8,38 +8,14 @@ use sluice_connect::kafka::{KafkaSecurity, Role};
 use sluice_connect::redis::RedisTls;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::write::{ClickHouseError, Endpoint};
+use crate::write::{ClickHouseAccess, ClickHouseError};
 
 mod commands;
 mod plugins;
 
 pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
 pub use plugins::PluginSettings;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Lane {
-    Main,
-    Overflow,
-    Historical,
-}
-
-impl Lane {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Main => "main",
-            Lane::Overflow => "overflow",
-            Lane::Historical => "historical",
-        }
-    }
-
-    pub fn default_topic(self) -> &'static str {
-        match self {
-            Lane::Main => sluice_schema::topics::EVENTS,
-            Lane::Overflow => sluice_schema::topics::EVENTS_OVERFLOW,
-            Lane::Historical => sluice_schema::topics::EVENTS_HISTORICAL,
-        }
-    }
-}
+pub use sluice_schema::topics::Lane;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -239,8 +215,8 @@ impl Config {
         }
     }
 
-    pub fn clickhouse(&self, timeout: std::time::Duration) -> Result<Endpoint, ClickHouseError> {
-        Endpoint::new(
+    pub fn clickhouse(&self, timeout: std::time::Duration) -> Result<ClickHouseAccess, ClickHouseError> {
+        ClickHouseAccess::new(
             &self.clickhouse_url,
             &self.clickhouse_user,
             &self.clickhouse_password,
