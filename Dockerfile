@@ -23,12 +23,13 @@ ENV CARGO_TARGET_DIR=/src/target
 # rebuild the hundreds of crates below it.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY schema/Cargo.toml schema/
+COPY common/Cargo.toml common/
 COPY connect/Cargo.toml connect/
 COPY capture/Cargo.toml capture/
 COPY ingest/Cargo.toml ingest/
 COPY plugin-runtime/Cargo.toml plugin-runtime/
 COPY tests/Cargo.toml tests/
-RUN for crate in schema connect capture ingest plugin-runtime tests; do \
+RUN for crate in schema common connect capture ingest plugin-runtime tests; do \
         mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; \
     done \
     && mkdir -p plugin-runtime/src/bin \
@@ -36,16 +37,17 @@ RUN for crate in schema connect capture ingest plugin-runtime tests; do \
         echo 'fn main() {}' > "$main"; \
     done \
     && cargo build --release --locked --workspace --bins \
-    && rm -rf schema connect capture ingest plugin-runtime tests
+    && rm -rf schema common connect capture ingest plugin-runtime tests
 
 COPY schema schema
+COPY common common
 COPY connect connect
 COPY capture capture
 COPY ingest ingest
 COPY plugin-runtime plugin-runtime
 COPY tests tests
 # The placeholders' build stamps are older than the sources; touching makes cargo rebuild them.
-RUN find schema connect capture ingest plugin-runtime tests -name '*.rs' -exec touch {} + \
+RUN find schema common connect capture ingest plugin-runtime tests -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --workspace --bins \
     && mkdir -p /out/bin \
     && cp target/release/sluice-capture target/release/sluice-ingest target/release/sluice-plugin /out/bin/

@@ -70,7 +70,7 @@ def sccs(nodes,g):
         if v not in index: sc(v)
     return out
 bad=False
-for src in ["capture/src", "ingest/src", "plugin-runtime/src", "schema/src", "connect/src"]:
+for src in ["capture/src", "ingest/src", "plugin-runtime/src", "schema/src", "connect/src", "common/src"]:
     files,g=deps(src)
     for comp in sccs(files,g):
         bad=True

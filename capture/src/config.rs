@@ -3,15 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use sluice_connect::kafka::KafkaSecurity;
 use sluice_connect::redis::RedisTls;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sluice_common::logging::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sluice-capture", version, about = "Accepts PostHog SDK traffic and writes it to Kafka.")]

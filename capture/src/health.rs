@@ -5,9 +5,11 @@
 //! restarts a wedged process. Readiness means "send me traffic": the broker is reachable
 //! and the process is not shutting down.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_common::health::{Heartbeat, Probes};
 
 #[derive(Clone)]
 pub(crate) struct Health {
@@ -15,38 +17,32 @@ pub(crate) struct Health {
 }
 
 struct Inner {
-    epoch: Instant,
     stall_after: Duration,
     broker_up: AtomicBool,
     shutting_down: AtomicBool,
-    server_tick_ms: AtomicU64,
-    producer_tick_ms: AtomicU64,
+    server: Heartbeat,
+    producer: Heartbeat,
 }
 
 impl Health {
     pub(crate) fn new(stall_after: Duration) -> Self {
         Health {
             inner: Arc::new(Inner {
-                epoch: Instant::now(),
                 stall_after,
                 broker_up: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
-                server_tick_ms: AtomicU64::new(0),
-                producer_tick_ms: AtomicU64::new(0),
+                server: Heartbeat::default(),
+                producer: Heartbeat::default(),
             }),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
-    }
-
     pub(crate) fn tick_server(&self) {
-        self.inner.server_tick_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.inner.server.tick();
     }
 
     pub(crate) fn tick_producer(&self) {
-        self.inner.producer_tick_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.inner.producer.tick();
     }
 
     pub(crate) fn set_broker_up(&self, up: bool) {
@@ -64,22 +60,20 @@ impl Health {
     pub(crate) fn shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Relaxed)
     }
+}
 
-    /// Why the process is not live, if it is not.
-    pub(crate) fn liveness(&self) -> Result<(), &'static str> {
-        let now = self.now_ms();
-        let stall = self.inner.stall_after.as_millis() as u64;
-        if now.saturating_sub(self.inner.server_tick_ms.load(Ordering::Relaxed)) > stall {
+impl Probes for Health {
+    fn liveness(&self) -> Result<(), &'static str> {
+        if self.inner.server.stalled(self.inner.stall_after) {
             return Err("server loop stalled");
         }
-        if now.saturating_sub(self.inner.producer_tick_ms.load(Ordering::Relaxed)) > stall {
+        if self.inner.producer.stalled(self.inner.stall_after) {
             return Err("kafka producer stalled");
         }
         Ok(())
     }
 
-    /// Why the process should not get traffic, if it should not.
-    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
+    fn readiness(&self) -> Result<(), &'static str> {
         if self.shutting_down() {
             return Err("shutting down");
         }

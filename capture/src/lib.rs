@@ -11,7 +11,6 @@ mod budget;
 pub mod config;
 mod decode;
 mod error;
-mod every;
 mod health;
 mod limits;
 mod normalize;
@@ -39,7 +38,6 @@ use tracing::{info, warn};
 
 use crate::budget::MemoryBudget;
 use crate::config::Config;
-use crate::every::Every;
 use crate::health::Health;
 use crate::limits::{RedisLists, RefreshSettings};
 use crate::overflow::{GlobalLimiter, OverflowLimiter, OverflowReason, OverflowSettings};
@@ -49,6 +47,7 @@ use crate::route::{Router, Topics};
 use crate::sdk_config::SdkConfigs;
 use crate::server::{AppState, BodyLimits, BodyTimeouts, ConnectionLimits};
 use crate::team_tokens::{TeamTokens, TokenRefresh};
+use sluice_common::every::Every;
 
 /// How often the overflow limiter forgets idle keys.
 const OVERFLOW_HOUSEKEEPING: Duration = Duration::from_secs(10);

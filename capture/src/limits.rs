@@ -3,57 +3,43 @@
 //! and a list that could not be refreshed for a while is forgotten: capture fails open.
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
+use sluice_common::every::{Every, Failures};
+use sluice_common::expiring::{ExpiringSets, Fresh};
+use sluice_schema::redis_keys;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::every::{Every, Failures};
 use crate::telemetry;
 
-/// One list's members as last read, valid for `stale_after`.
+/// One list's members as last read, believed for `stale_after`.
 #[derive(Clone)]
 pub(crate) struct LimitList {
-    state: Arc<RwLock<ListState>>,
-    stale_after: Duration,
-}
-
-#[derive(Default)]
-struct ListState {
-    members: Arc<HashSet<String>>,
-    refreshed: Option<Instant>,
+    members: Arc<Fresh<HashSet<String>>>,
 }
 
 impl LimitList {
     pub(crate) fn new(stale_after: Duration) -> Self {
-        LimitList { state: Arc::default(), stale_after }
+        LimitList { members: Arc::new(Fresh::new(stale_after)) }
     }
 
     pub(crate) fn contains(&self, member: &str) -> bool {
-        let state = self.state.read().expect("limit list lock poisoned");
-        match state.refreshed {
-            Some(at) if at.elapsed() <= self.stale_after => state.members.contains(member),
-            _ => false,
-        }
+        self.members.get().is_some_and(|m| m.contains(member))
     }
 
     /// Whether the list was read recently enough to be believed.
     pub(crate) fn is_fresh(&self) -> bool {
-        let state = self.state.read().expect("limit list lock poisoned");
-        state.refreshed.is_some_and(|at| at.elapsed() <= self.stale_after)
+        self.members.get().is_some()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        let state = self.state.read().expect("limit list lock poisoned");
-        state.members.is_empty() || state.refreshed.is_none_or(|at| at.elapsed() > self.stale_after)
+        self.members.get().is_none_or(|m| m.is_empty())
     }
 
     pub(crate) fn replace(&self, members: HashSet<String>) {
-        let mut state = self.state.write().expect("limit list lock poisoned");
-        state.members = Arc::new(members);
-        state.refreshed = Some(Instant::now());
+        self.members.replace(members);
     }
 }
 
@@ -83,10 +69,10 @@ impl RedisLists {
 
     fn keyed(&self, prefix: &str) -> [(String, &LimitList); 4] {
         [
-            (format!("{prefix}quota-limits/events"), &self.quota_events),
-            (format!("{prefix}quota-limits/recordings"), &self.quota_recordings),
-            (format!("{prefix}capture-overflow/events"), &self.overflow_events),
-            (format!("{prefix}capture-overflow/replay"), &self.overflow_replay),
+            (redis_keys::quota_events(prefix), &self.quota_events),
+            (redis_keys::quota_recordings(prefix), &self.quota_recordings),
+            (redis_keys::overflow_events(prefix), &self.overflow_events),
+            (redis_keys::overflow_replay(prefix), &self.overflow_replay),
         ]
     }
 }
@@ -107,23 +93,26 @@ pub(crate) fn spawn_refresher(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(client) = settings.client.clone() else {
+        let Some(client) = settings.client else {
             warn!("REDIS_URL is empty: quota limits and forced overflow are off");
             return;
         };
-        let mut conn = None;
+        let mut reader = ExpiringSets::new(client, settings.timeout);
+        let (keys, lists): (Vec<String>, Vec<&LimitList>) = lists.keyed(&settings.key_prefix).into_iter().unzip();
         let mut failures = Failures::default();
         let mut every = Every::now(settings.interval, stop);
         while every.tick().await {
-            match refresh_once(&client, &mut conn, &lists, &settings).await {
-                Ok(()) => {
+            match reader.read(&keys).await {
+                Ok(sets) => {
+                    for (list, members) in lists.iter().zip(sets) {
+                        list.replace(members);
+                    }
                     if failures.succeeded() {
                         info!("redis lists readable again");
                     }
                     telemetry::redis_refresh(true);
                 }
                 Err(e) => {
-                    conn = None;
                     telemetry::redis_refresh(false);
                     failures.failed(
                         &e.to_string(),
@@ -134,27 +123,6 @@ pub(crate) fn spawn_refresher(
             }
         }
     })
-}
-
-async fn refresh_once(
-    client: &redis::Client,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
-    lists: &RedisLists,
-    settings: &RefreshSettings,
-) -> redis::RedisResult<()> {
-    if conn.is_none() {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(settings.timeout)
-            .set_response_timeout(settings.timeout);
-        *conn = Some(client.get_multiplexed_async_connection_with_config(&config).await?);
-    }
-    let c = conn.as_mut().expect("connection set above");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for (key, list) in lists.keyed(&settings.key_prefix) {
-        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE").arg(&key).arg(now).arg("+inf").query_async(c).await?;
-        list.replace(members.into_iter().collect());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::every::{Every, Failures};
+use sluice_common::every::{Every, Failures};
 
 /// Where posthog-js sends events and recordings when the config names them.
 const EVENTS_ENDPOINT: &str = "/i/v0/e/";

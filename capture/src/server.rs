@@ -100,9 +100,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(capture_routes)
         .merge(sdk_config_routes())
         .route("/", get(|| async { "sluice-capture" }))
-        .route("/_liveness", get(liveness))
-        .route("/_readiness", get(readiness))
-        .route("/metrics", get(metrics))
+        .merge(sluice_common::health::routes(Arc::new(state.health.clone()), state.metrics.clone()))
         .layer(
             // posthog-js sends credentials, so the origin must be echoed, never `*`.
             CorsLayer::new()
@@ -346,24 +344,6 @@ async fn read_chunks(
         }
     }
     Ok(first.unwrap_or_else(|| Bytes::from(rest)))
-}
-
-async fn liveness(State(state): State<Arc<AppState>>) -> Response {
-    match state.health.liveness() {
-        Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-    }
-}
-
-async fn readiness(State(state): State<Arc<AppState>>) -> Response {
-    match state.health.readiness() {
-        Ok(()) => (StatusCode::OK, "ok").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-    }
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 /// What a connection may hold and for how long.

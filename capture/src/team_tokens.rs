@@ -10,8 +10,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::watch;
 
-use crate::every::{Every, Failures};
 use crate::limits::LimitList;
+use sluice_common::every::{Every, Failures};
 
 #[derive(Clone)]
 pub(crate) struct TeamTokens {

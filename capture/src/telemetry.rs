@@ -7,8 +7,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_schema::metrics::{Kind, Metric};
 
-use crate::config::LogFormat;
-
 const REQUESTS: &str = "capture_requests_total";
 const SDK_CONFIG_REQUESTS: &str = "capture_sdk_config_requests_total";
 const REQUEST_DURATION: &str = "capture_request_duration_seconds";
@@ -67,17 +65,6 @@ const METRICS: &[Metric] = &[
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| sluice_schema::metrics::install(METRICS)).clone()
-}
-
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
-    // stderr, as ingest's: one stream for both binaries' logs (ingest's stdout is its
-    // operator commands' output).
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 /// A configuration request of the SDK (`config`, `config_js`, `flags`, `decide`), by what

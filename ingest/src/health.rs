@@ -4,14 +4,12 @@
 //! the loop reports a batch it cannot write, and a probe asks each dependency between
 //! batches, so an idle lane reports an outage before traffic finds it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use rdkafka::producer::{FutureProducer, Producer};
+use sluice_common::health::{Heartbeat, Probes};
 use sqlx::PgPool;
 use tracing::{info, warn};
 
@@ -21,8 +19,7 @@ use crate::write::ClickHouse;
 const LOOP_STALL: Duration = Duration::from_secs(120);
 
 pub(crate) struct Health {
-    started: Instant,
-    loop_tick_ms: AtomicU64,
+    consume_loop: Heartbeat,
     batch_failing: AtomicBool,
     probe_failing: AtomicBool,
 }
@@ -30,8 +27,7 @@ pub(crate) struct Health {
 impl Health {
     pub(crate) fn new() -> Arc<Self> {
         let health = Arc::new(Health {
-            started: Instant::now(),
-            loop_tick_ms: AtomicU64::new(0),
+            consume_loop: Heartbeat::default(),
             batch_failing: AtomicBool::new(false),
             probe_failing: AtomicBool::new(false),
         });
@@ -41,7 +37,7 @@ impl Health {
 
     /// The consume loop is alive.
     pub(crate) fn tick(&self) {
-        self.loop_tick_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.consume_loop.tick();
     }
 
     pub(crate) fn batch_failing(&self, failing: bool) {
@@ -49,29 +45,38 @@ impl Health {
         crate::telemetry::ready(self.ready());
     }
 
-    fn live(&self) -> bool {
-        let idle =
-            (self.started.elapsed().as_millis() as u64).saturating_sub(self.loop_tick_ms.load(Ordering::Relaxed));
-        idle < LOOP_STALL.as_millis() as u64
-    }
-
     /// Dependencies answer and batches succeed.
     pub(crate) fn ready(&self) -> bool {
-        !self.batch_failing.load(Ordering::Relaxed) && !self.probe_failing.load(Ordering::Relaxed)
+        self.readiness().is_ok()
     }
 }
 
+impl Probes for Health {
+    fn liveness(&self) -> Result<(), &'static str> {
+        if self.consume_loop.stalled(LOOP_STALL) {
+            return Err("consume loop stalled");
+        }
+        Ok(())
+    }
+
+    fn readiness(&self) -> Result<(), &'static str> {
+        if self.batch_failing.load(Ordering::Relaxed) {
+            return Err("batches cannot be written");
+        }
+        if self.probe_failing.load(Ordering::Relaxed) {
+            return Err("dependencies not answering");
+        }
+        Ok(())
+    }
+}
+
+/// Serves the probes and `/metrics` for the process's life: they answer while it drains.
 pub(crate) async fn serve(
     address: std::net::SocketAddr,
     health: Arc<Health>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
-    let status = |ok: bool| if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let app = axum::Router::new()
-        .route("/_liveness", get(move |State(h): State<Arc<Health>>| async move { status(h.live()) }))
-        .route("/_readiness", get(move |State(h): State<Arc<Health>>| async move { status(h.ready()) }))
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
-        .with_state(health);
+    let app: axum::Router = sluice_common::health::routes(health, metrics);
     let listener = tokio::net::TcpListener::bind(address).await?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -86,13 +91,16 @@ pub(crate) struct Dependencies {
     pub kafka: FutureProducer,
 }
 
-/// Asks every dependency each `period` (bounded by it) while the process runs.
-pub(crate) fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Duration) {
+/// Asks every dependency each `period` (bounded by it) until `stop` changes.
+pub(crate) fn spawn_probe(
+    health: Arc<Health>,
+    deps: Dependencies,
+    period: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        let mut every = sluice_common::every::Every::now(period, stop);
+        while every.tick().await {
             let down = probe(&deps, period.max(Duration::from_secs(1))).await;
             let was_failing = health.probe_failing.swap(!down.is_empty(), Ordering::Relaxed);
             crate::telemetry::ready(health.ready());
@@ -102,7 +110,7 @@ pub(crate) fn spawn_probe(health: Arc<Health>, deps: Dependencies, period: Durat
                 _ => {}
             }
         }
-    });
+    })
 }
 
 async fn probe(deps: &Dependencies, timeout: Duration) -> Vec<&'static str> {

@@ -65,12 +65,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // is left uncommitted is the next owner's to do.
     let drain = Duration::from_millis(config.shutdown_drain_timeout_ms);
     let stopping = Stopping::default();
+    // The background tasks stop on this and are joined before the process ends.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut background = Vec::new();
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
             shutdown.await;
             info!("stopping: finishing the batch in flight");
             stopping.begin(drain);
+            let _ = stop_tx.send(true);
         }
     });
     let metrics = telemetry::metrics_handle();
@@ -99,12 +103,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         if let Err(e) = plugins.refresh().await {
             warn!(error = %e, "reading plugin configurations failed; retrying in the background");
         }
-        plugins::spawn_reloader(
+        background.push(plugins::spawn_reloader(
             plugins.clone(),
             Duration::from_millis(config.plugins.reload_interval_ms),
             redis.clone(),
-            plugins::reload_channel(&config.redis_key_prefix),
-        );
+            sluice_schema::redis_keys::plugin_reload(&config.redis_key_prefix),
+            stop.clone(),
+        ));
         Some((plugins, on_event_queue))
     } else {
         None
@@ -114,7 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         &config.restrict_skip_persons,
         Duration::from_millis(config.redis_stale_after_ms),
     ));
-    restrict::spawn_refresher(
+    background.push(restrict::spawn_refresher(
         restrictions.clone(),
         RedisSettings {
             client: redis.clone(),
@@ -122,7 +127,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             interval: Duration::from_millis(config.redis_refresh_interval_ms),
             timeout: Duration::from_millis(config.redis_timeout_ms),
         },
-    );
+        stop.clone(),
+    ));
     let ch = tokio::select! {
         ch = connect_clickhouse(&config, &clickhouse, &health) => Arc::new(ch),
         _ = stopping.cancelled() => {
@@ -133,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut exporter = None;
     let plugins = plugins.map(|(plugins, queue)| {
         exporter = Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone()));
-        plugins::schedules::spawn(
+        background.push(plugins::schedules::spawn(
             plugins.clone(),
             ch.clone(),
             plugins::schedules::Settings {
@@ -141,7 +147,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 key_prefix: config.redis_key_prefix.clone(),
                 minute: Duration::from_millis(config.plugins.schedule_minute_ms),
             },
-        );
+            stop.clone(),
+        ));
         plugins
     });
     let on_event_wait = Duration::from_millis(config.plugins.on_event_enqueue_timeout_ms);
@@ -159,7 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     consumer.subscribe(&[&config.topic()])?;
     let stall_after =
         Some(Duration::from_millis(config.kafka_stalled_partition_rejoin_ms)).filter(|after| !after.is_zero());
-    watch::spawn(
+    background.push(watch::spawn(
         &consumer,
         health.clone(),
         watch::Settings {
@@ -167,14 +174,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             interval: stall_after.map_or(WATCH_INTERVAL, |after| WATCH_INTERVAL.min(after / 3)),
             stall_after,
         },
-    );
+        stop.clone(),
+    ));
     let producer: FutureProducer =
         producer_config.clone().set("acks", "all").set("enable.idempotence", "true").create()?;
-    health::spawn_probe(
+    background.push(health::spawn_probe(
         health.clone(),
         Dependencies { postgres: pool, clickhouse: ch.clone(), kafka: producer.clone() },
         Duration::from_millis(config.readiness_probe_interval_ms),
-    );
+        stop.clone(),
+    ));
     let dead_letters = DeadLetters::new(producer, config.kafka_dlq_topic.clone(), lane);
     let limits = BatchLimits {
         max_events: config.batch_max_events,
@@ -215,6 +224,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         plugins.shutdown(stopping.left(drain).max(Duration::from_millis(500))).await;
     }
+    // A round in flight (a probe, a Redis read) is bounded by its own timeout; what is
+    // still running at the deadline is left to the process's end.
+    let _ =
+        tokio::time::timeout(stopping.left(drain).max(Duration::from_secs(1)), futures::future::join_all(background))
+            .await;
     lane::close_kafka(consumer, dead_letters, stopping.left(drain).max(Duration::from_secs(2)));
     if ended == lane::Ended::LeftUncommitted {
         info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");

@@ -2,7 +2,6 @@ use clap::Parser;
 use sluice_ingest::commands::dlq::{self, Selection};
 use sluice_ingest::commands::{self, plugins, teams};
 use sluice_ingest::config::{Cli, Command, DlqCommand, PluginsCommand, TeamsCommand};
-use sluice_ingest::telemetry;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -14,7 +13,7 @@ fn main() {
         std::process::exit(1);
     }
     let cli = Cli::parse();
-    telemetry::init_logging(cli.config.log_format);
+    sluice_common::logging::init(cli.config.log_format);
     sluice_connect::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -28,7 +27,7 @@ fn main() {
 
 async fn run(cli: Cli) {
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => sluice_ingest::run(cli.config, shutdown_signal()).await,
+        Command::Run => sluice_ingest::run(cli.config, sluice_common::shutdown::signal()).await,
         Command::Migrate => commands::migrate(&cli.config).await,
         Command::Teams { command: TeamsCommand::Create { name } } => teams::create(&cli.config, &name).await,
         Command::Teams { command: TeamsCommand::List } => teams::list(&cli.config).await,
@@ -67,14 +66,4 @@ async fn plugin_command(config: &sluice_ingest::config::Config, command: Plugins
 
 fn selection(since: Option<String>, team: Option<i64>) -> anyhow::Result<Selection> {
     Ok(Selection { since: since.as_deref().map(dlq::parse_since).transpose()?, team })
-}
-
-/// SIGTERM (orchestrators) or SIGINT (a developer's Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

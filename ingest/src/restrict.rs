@@ -3,17 +3,20 @@
 //!
 //! Two sources, either enough: the configuration (fixed for the process's life) and
 //! Redis, re-read in the background so a restriction takes effect without a restart.
-//! Redis keeps capture's layout: sorted sets `<prefix>ingest-restrictions/drop-events`
-//! and `<prefix>ingest-restrictions/skip-persons` whose members apply until the epoch
-//! second of their score. Lists not refreshed for a while are forgotten (fail open: a
-//! restriction lost means events processed, never events lost).
+//! Redis keeps capture's layout (sorted sets whose members apply until the epoch second
+//! of their score; key names in `sluice_schema::redis_keys`). Lists not refreshed for a
+//! while are forgotten (fail open: a restriction lost means events processed, never
+//! events lost).
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
-use tracing::debug;
+use sluice_common::every::{Every, Failures};
+use sluice_common::expiring::{ExpiringSets, Fresh};
+use sluice_schema::redis_keys;
+use tokio::sync::watch;
+use tracing::info;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Sets {
@@ -30,11 +33,9 @@ impl Sets {
     }
 }
 
-#[derive(Debug, Default)]
 pub(crate) struct Restrictions {
     configured: Sets,
-    from_redis: RwLock<Option<(Sets, Instant)>>,
-    stale_after: Duration,
+    from_redis: Fresh<Sets>,
 }
 
 impl Restrictions {
@@ -43,8 +44,7 @@ impl Restrictions {
         let list = |s: &str| s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
         Restrictions {
             configured: Sets { drop: list(drop), skip_persons: list(skip_persons) },
-            from_redis: RwLock::default(),
-            stale_after: redis_stale_after,
+            from_redis: Fresh::new(redis_stale_after),
         }
     }
 
@@ -57,14 +57,7 @@ impl Restrictions {
     }
 
     fn redis(&self, f: impl Fn(&Sets) -> bool) -> bool {
-        match &*self.from_redis.read().expect("restrictions lock") {
-            Some((sets, at)) if at.elapsed() <= self.stale_after => f(sets),
-            _ => false,
-        }
-    }
-
-    fn replace_from_redis(&self, sets: Sets) {
-        *self.from_redis.write().expect("restrictions lock") = Some((sets, Instant::now()));
+        self.from_redis.get().is_some_and(|sets| f(&sets))
     }
 }
 
@@ -80,55 +73,42 @@ pub(crate) struct RedisSettings {
     pub timeout: Duration,
 }
 
-/// Re-reads the Redis restrictions every `interval` while the process runs. An empty
-/// URL turns Redis restrictions off.
-pub(crate) fn spawn_refresher(restrictions: Arc<Restrictions>, settings: RedisSettings) {
-    let Some(client) = settings.client.clone() else { return };
+/// Re-reads the Redis restrictions every `interval` until `stop` changes. An empty URL
+/// turns Redis restrictions off.
+pub(crate) fn spawn_refresher(
+    restrictions: Arc<Restrictions>,
+    settings: RedisSettings,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut conn = None;
-        let mut ticks = tokio::time::interval(settings.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match read(&client, &mut conn, &settings).await {
-                Ok(sets) => restrictions.replace_from_redis(sets),
+        let Some(client) = settings.client else { return };
+        let mut reader = ExpiringSets::new(client, settings.timeout);
+        let keys = [
+            redis_keys::restrict_drop_events(&settings.key_prefix),
+            redis_keys::restrict_skip_persons(&settings.key_prefix),
+        ];
+        let mut failures = Failures::default();
+        let mut every = Every::now(settings.interval, stop);
+        while every.tick().await {
+            match reader.read(&keys).await {
+                Ok(sets) => {
+                    let [drop, skip_persons]: [HashSet<String>; 2] = sets.try_into().expect("one set per key");
+                    restrictions.from_redis.replace(Sets { drop, skip_persons });
+                    if failures.succeeded() {
+                        info!("restrictions readable from redis again");
+                    }
+                }
                 Err(e) => {
-                    conn = None;
                     crate::telemetry::dependency_retry("redis");
-                    debug!(error = %e, "reading restrictions from redis failed; keeping the last until they go stale");
+                    failures.failed(
+                        &e.to_string(),
+                        "restrictions cannot be read from redis; keeping the last until they go stale",
+                        "reading restrictions from redis failed; keeping the last until they go stale",
+                    );
                 }
             }
         }
-    });
-}
-
-async fn read(
-    client: &redis::Client,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
-    settings: &RedisSettings,
-) -> redis::RedisResult<Sets> {
-    if conn.is_none() {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(settings.timeout)
-            .set_response_timeout(settings.timeout);
-        *conn = Some(client.get_multiplexed_async_connection_with_config(&config).await?);
-    }
-    let c = conn.as_mut().expect("connection set above");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let key = |name: &str| format!("{}ingest-restrictions/{name}", settings.key_prefix);
-    let drop = live_members(c, &key("drop-events"), now).await?;
-    let skip_persons = live_members(c, &key("skip-persons"), now).await?;
-    Ok(Sets { drop, skip_persons })
-}
-
-/// Members whose expiry (score) is not past.
-async fn live_members(
-    c: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    now: i64,
-) -> redis::RedisResult<HashSet<String>> {
-    let members: Vec<String> = redis::cmd("ZRANGEBYSCORE").arg(key).arg(now).arg("+inf").query_async(c).await?;
-    Ok(members.into_iter().collect())
+    })
 }
 
 #[cfg(test)]
@@ -143,16 +123,14 @@ mod tests {
         assert!(!r.drops("phc_b", "human"));
         assert!(r.skips_persons("phc_c", "crawler"));
         assert!(!r.skips_persons("phc_c", "human"));
-        assert!(!Restrictions::default().drops("phc_a", "x"));
+        assert!(!Restrictions::parse("", "", Duration::from_secs(60)).drops("phc_a", "x"));
     }
 
     #[test]
     fn redis_lists_add_to_configuration_until_they_go_stale() {
         let r = Restrictions::parse("phc_a", "", Duration::from_millis(30));
-        r.replace_from_redis(Sets {
-            drop: ["phc_r:bot".to_string()].into(),
-            skip_persons: ["phc_s".to_string()].into(),
-        });
+        r.from_redis
+            .replace(Sets { drop: ["phc_r:bot".to_string()].into(), skip_persons: ["phc_s".to_string()].into() });
         assert!(r.drops("phc_a", "x"));
         assert!(r.drops("phc_r", "bot"));
         assert!(r.skips_persons("phc_s", "anyone"));

@@ -8,8 +8,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_schema::metrics::{Kind, Metric};
 
-use crate::config::LogFormat;
-
 const EVENTS_CONSUMED: &str = "ingest_events_consumed_total";
 const EVENTS_PROCESSED: &str = "ingest_events_processed_total";
 const EVENTS_DROPPED: &str = "ingest_events_dropped_total";
@@ -92,15 +90,6 @@ const METRICS: &[Metric] = &[
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| sluice_schema::metrics::install(METRICS)).clone()
-}
-
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 pub fn consumed(lane: &'static str, n: usize) {

@@ -52,15 +52,18 @@ struct PartitionView {
 }
 
 /// Starts the watch. It holds the consumer weakly, so it never delays its close.
-pub(crate) fn spawn(consumer: &Arc<LaneConsumer>, health: Arc<Health>, settings: Settings) {
+pub(crate) fn spawn(
+    consumer: &Arc<LaneConsumer>,
+    health: Arc<Health>,
+    settings: Settings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let consumer = Arc::downgrade(consumer);
     tokio::spawn(async move {
         let mut reported: HashMap<i32, i64> = HashMap::new();
         let mut stalls = Stalls::default();
-        let mut ticks = tokio::time::interval(settings.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        let mut every = sluice_common::every::Every::now(settings.interval, stop);
+        while every.tick().await {
             let Some(strong) = consumer.upgrade() else { return };
             let context_consumer = strong.clone();
             let topic = settings.topic.clone();
@@ -81,7 +84,7 @@ pub(crate) fn spawn(consumer: &Arc<LaneConsumer>, health: Arc<Health>, settings:
                 context.request_rejoin();
             }
         }
-    });
+    })
 }
 
 /// Lag of every owned partition: the end minus the read position (which stops while a

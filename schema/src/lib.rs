@@ -9,6 +9,7 @@ pub mod json;
 pub mod message;
 pub mod metrics;
 pub mod postgres;
+pub mod redis_keys;
 pub mod topics;
 
 /// Namespace of person uuids: UUIDv5(namespace, "{team_id}:{distinct_id}"), so a person's

@@ -28,7 +28,7 @@ async fn notify_reload(config: &Config, id: i64) {
     let publish = async {
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd("PUBLISH")
-            .arg(crate::plugins::reload_channel(&config.redis_key_prefix))
+            .arg(sluice_schema::redis_keys::plugin_reload(&config.redis_key_prefix))
             .arg(id)
             .query_async::<i64>(&mut c)
             .await

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 use sluice_connect::kafka::{KafkaSecurity, Role};
 use sluice_connect::redis::RedisTls;
 use sqlx::postgres::PgConnectOptions;
@@ -17,11 +17,7 @@ pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
 pub use plugins::PluginSettings;
 pub use sluice_schema::topics::Lane;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sluice_common::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice-ingest", version, about = "Turns captured events into ClickHouse rows.")]

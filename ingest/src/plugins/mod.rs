@@ -37,7 +37,7 @@ use crate::write::ClickHouse;
 pub(crate) use chain::AfterPlugins;
 pub(crate) use exports::{on_event_payload, spawn_on_event, OnEventQueue};
 pub(crate) use health::{CallHealth, HealthThresholds, PluginState};
-pub(crate) use reload::{reload_channel, spawn_reloader};
+pub(crate) use reload::spawn_reloader;
 
 /// One link of a team's chain.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ impl Plugins {
             // What the workers connect to, and nothing else of ingest's environment.
             env: WorkerEnv {
                 cache_redis_url: Some(config.redis_url.clone()),
-                cache_prefix: format!("{}plugin-cache/", config.redis_key_prefix),
+                cache_prefix: sluice_schema::redis_keys::plugin_cache(&config.redis_key_prefix),
                 cache_redis_tls: config.redis_tls.clone(),
                 storage_database_url: Some(config.database_url.clone()),
                 geoip_database: Some(config.plugins.geoip_database_path.clone()),

@@ -7,11 +7,6 @@ use tracing::{debug, warn};
 
 use super::Plugins;
 
-/// The Redis channel operator commands publish a plugin config id on after a change.
-pub(crate) fn reload_channel(key_prefix: &str) -> String {
-    format!("{key_prefix}plugin-reload")
-}
-
 /// Re-reads plugin configurations when a reload notice arrives on Redis, and every
 /// `interval` anyway (a notice lost while Redis was away is caught up with).
 pub(crate) fn spawn_reloader(
@@ -19,9 +14,10 @@ pub(crate) fn spawn_reloader(
     interval: Duration,
     redis: Option<redis::Client>,
     channel: String,
-) {
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let notice = std::sync::Arc::new(tokio::sync::Notify::new());
-    if let Some(client) = redis {
+    let listener = redis.map(|client| {
         let notice = notice.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
@@ -42,19 +38,22 @@ pub(crate) fn spawn_reloader(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        });
-    }
+        })
+    });
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = sluice_common::every::Every::after(interval, stop);
         loop {
             tokio::select! {
-                _ = ticks.tick() => {}
+                going = every.tick() => if !going { break },
                 _ = notice.notified() => {}
             }
             if let Err(e) = plugins.refresh().await {
                 warn!(error = %e, "reading plugin configurations failed; keeping the loaded ones");
             }
         }
-    });
+        // The subscription only waits for notices; nothing of it is left to finish.
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+    })
 }

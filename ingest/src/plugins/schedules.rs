@@ -14,7 +14,9 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use sluice_common::every::Every;
 use sluice_plugin_runtime::Hook;
+use sluice_schema::redis_keys;
 
 use super::{PluginLogs, PluginState, Plugins};
 use crate::write::ClickHouse;
@@ -30,19 +32,22 @@ pub(crate) struct Settings {
     pub minute: Duration,
 }
 
-pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settings) {
-    let Some(client) = settings.redis.clone() else {
-        warn!("no REDIS_URL: plugin schedules are off");
-        return;
-    };
+pub(crate) fn spawn(
+    plugins: Arc<Plugins>,
+    ch: Arc<ClickHouse>,
+    settings: Settings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let token = uuid::Uuid::new_v4().to_string();
     tokio::spawn(async move {
+        let Some(client) = settings.redis.clone() else {
+            warn!("no REDIS_URL: plugin schedules are off");
+            return;
+        };
         let mut conn: Option<MultiplexedConnection> = None;
         let mut done: HashMap<(i64, Hook), u64> = HashMap::new();
-        let mut ticks = tokio::time::interval((settings.minute / 4).max(Duration::from_millis(50)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        let mut every = Every::now((settings.minute / 4).max(Duration::from_millis(50)), stop);
+        while every.tick().await {
             if conn.is_none() {
                 match client.get_multiplexed_async_connection().await {
                     Ok(c) => conn = Some(c),
@@ -60,7 +65,7 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
                 if done.get(&(id, hook)) == Some(&k) {
                     continue;
                 }
-                let claim = format!("{}plugin-schedule/{id}/{}/{k}", settings.key_prefix, hook.name());
+                let claim = redis_keys::plugin_schedule_claim(&settings.key_prefix, id, hook.name(), k);
                 match set_nx(c, &claim, &token, Duration::from_millis(period * 2)).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -74,7 +79,7 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
                     }
                 }
                 done.insert((id, hook), k);
-                let running = format!("{}plugin-schedule-running/{id}/{}", settings.key_prefix, hook.name());
+                let running = redis_keys::plugin_schedule_running(&settings.key_prefix, id, hook.name());
                 if !set_nx(c, &running, &token, RUNNING_LOCK).await.unwrap_or(false) {
                     warn!(
                         plugin_config = id,
@@ -100,7 +105,7 @@ pub(crate) fn spawn(plugins: Arc<Plugins>, ch: Arc<ClickHouse>, settings: Settin
                 });
             }
         }
-    });
+    })
 }
 
 async fn set_nx(c: &mut MultiplexedConnection, key: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {

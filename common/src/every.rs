@@ -1,4 +1,4 @@
-//! The one loop shape of capture's background tasks: do something every period until
+//! The one loop shape of the background tasks: do something every period until
 //! shutdown is signalled.
 
 use std::time::Duration;
@@ -7,19 +7,19 @@ use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
-pub(crate) struct Every {
+pub struct Every {
     ticks: Interval,
     stop: watch::Receiver<bool>,
 }
 
 impl Every {
     /// Ticks at once, then every `period`.
-    pub(crate) fn now(period: Duration, stop: watch::Receiver<bool>) -> Every {
+    pub fn now(period: Duration, stop: watch::Receiver<bool>) -> Every {
         Self::starting(Instant::now(), period, stop)
     }
 
     /// First tick after one `period` (for work already done once at start).
-    pub(crate) fn after(period: Duration, stop: watch::Receiver<bool>) -> Every {
+    pub fn after(period: Duration, stop: watch::Receiver<bool>) -> Every {
         Self::starting(Instant::now() + period, period, stop)
     }
 
@@ -32,7 +32,7 @@ impl Every {
     }
 
     /// Waits for the next tick; `false` once shutdown is signalled.
-    pub(crate) async fn tick(&mut self) -> bool {
+    pub async fn tick(&mut self) -> bool {
         tokio::select! {
             _ = self.ticks.tick() => true,
             _ = self.stop.changed() => false,
@@ -58,14 +58,14 @@ mod tests {
 /// The failures of a background read: told as a warning when they start (a wrong password
 /// or certificate shows at start-up), then at debug level until a read succeeds again.
 #[derive(Default)]
-pub(crate) struct Failures {
+pub struct Failures {
     failing: bool,
 }
 
 impl Failures {
     /// A read failed: `first` is the warning a run of failures starts with, `again` what
     /// the later ones log.
-    pub(crate) fn failed(&mut self, error: &str, first: &str, again: &str) {
+    pub fn failed(&mut self, error: &str, first: &str, again: &str) {
         if std::mem::replace(&mut self.failing, true) {
             debug!(error, "{again}");
         } else {
@@ -74,7 +74,7 @@ impl Failures {
     }
 
     /// A read succeeded; says whether it ends a run of failures.
-    pub(crate) fn succeeded(&mut self) -> bool {
+    pub fn succeeded(&mut self) -> bool {
         std::mem::take(&mut self.failing)
     }
 }
