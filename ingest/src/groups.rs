@@ -88,23 +88,14 @@ impl GroupStore {
         .bind(key)
         .fetch_optional(&mut *tx)
         .await?;
-        let (mut properties, created_at, version, is_new) = match existing {
-            Some((props, created_at, version)) => {
-                (props.0.as_object().cloned().unwrap_or_default(), created_at, version, false)
-            }
-            None => (Map::new(), at, 0, true),
-        };
-        let mut changed = is_new;
-        for (k, v) in set {
-            if properties.get(k) != Some(v) {
-                properties.insert(k.clone(), v.clone());
-                changed = true;
-            }
-        }
-        if !changed {
+        let existing = existing.map(|(props, created_at, version)| Stored {
+            properties: props.0.as_object().cloned().unwrap_or_default(),
+            created_at,
+            version,
+        });
+        let Some(Stored { properties, created_at, version }) = apply_set(existing, set, at) else {
             return Ok(None);
-        }
-        let version = if is_new { 0 } else { version + 1 };
+        };
         sqlx::query(
             "INSERT INTO groups (team_id, group_type_index, group_key, group_properties, created_at, version)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -120,5 +111,57 @@ impl GroupStore {
         .await?;
         tx.commit().await?;
         Ok(Some(Group { type_index, key: key.to_string(), properties, created_at, version }))
+    }
+}
+
+/// A group's row in Postgres.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stored {
+    pub properties: Map<String, Value>,
+    pub created_at: OffsetDateTime,
+    pub version: i64,
+}
+
+/// The group after a `$groupidentify`'s `$group_set`: a new group is written even with
+/// nothing set (it exists from then on); an existing one only when a value changes, and
+/// then with the next version. `None`: nothing to write, no row.
+pub(crate) fn apply_set(existing: Option<Stored>, set: &Map<String, Value>, at: OffsetDateTime) -> Option<Stored> {
+    let Some(mut group) = existing else {
+        return Some(Stored { properties: set.clone(), created_at: at, version: 0 });
+    };
+    let mut changed = false;
+    for (k, v) in set {
+        if group.properties.get(k) != Some(v) {
+            group.properties.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    changed.then(|| Stored { version: group.version + 1, ..group })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    fn set(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_group_is_written_when_new_or_changed_and_versioned() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let t1 = datetime!(2026-02-01 00:00 UTC);
+        let new = apply_set(None, &Map::new(), t0).expect("a new group is written even with nothing set");
+        assert_eq!((new.version, new.created_at, new.properties.len()), (0, t0, 0));
+
+        let stored = Stored { properties: set(json!({"name": "Acme", "size": 10})), created_at: t0, version: 3 };
+        assert_eq!(apply_set(Some(stored.clone()), &set(json!({"name": "Acme"})), t1), None, "nothing changed");
+        assert_eq!(apply_set(Some(stored.clone()), &Map::new(), t1), None);
+
+        let next = apply_set(Some(stored), &set(json!({"size": 12, "plan": "pro"})), t1).unwrap();
+        assert_eq!(next.properties, set(json!({"name": "Acme", "size": 12, "plan": "pro"})), "merged, not replaced");
+        assert_eq!((next.version, next.created_at), (4, t0), "next version; created_at kept");
     }
 }

@@ -24,6 +24,7 @@ mod resolve;
 mod restrict;
 pub mod rows;
 mod stopping;
+mod stores;
 pub mod telemetry;
 mod timestamp;
 mod watch;
@@ -49,6 +50,7 @@ use crate::process::Deps;
 use crate::resolve::TeamCache;
 use crate::restrict::{RedisSettings, Restrictions};
 use crate::stopping::Stopping;
+use crate::stores::Postgres;
 use crate::write::{ClickHouse, ClickHouseAccess};
 
 /// How often the lane's topic is read from the broker (owned partitions' lag, partitions
@@ -93,10 +95,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(config.postgres()?);
-    let teams =
-        TeamCache::new(pool.clone(), Duration::from_millis(config.team_cache_ttl_ms), config.team_cache_max_entries);
-    let persons = PersonStore::new(pool.clone());
-    let groups = GroupStore::new(pool.clone());
+    let stores = Postgres {
+        teams: TeamCache::new(
+            pool.clone(),
+            Duration::from_millis(config.team_cache_ttl_ms),
+            config.team_cache_max_entries,
+        ),
+        persons: PersonStore::new(pool.clone()),
+        groups: GroupStore::new(pool.clone()),
+    };
     let plugins = if config.plugins.enabled {
         let (plugins, on_event_queue) = Plugins::new(&config, pool.clone())?;
         let plugins = Arc::new(plugins);
@@ -193,14 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let max_backoff = Duration::from_millis(config.retry_max_backoff_ms);
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
 
-    let deps = Deps {
-        teams: &teams,
-        persons: &persons,
-        groups: &groups,
-        restrictions: &restrictions,
-        plugins: plugins.as_deref(),
-        flavor: ch.flavor,
-    };
+    let deps = Deps { stores: &stores, restrictions: &restrictions, plugins: plugins.as_deref(), flavor: ch.flavor };
     let ended = lane::Loop {
         consumer: &consumer,
         topic: config.topic(),

@@ -199,38 +199,16 @@ impl ClickHouse {
         rows: &[SourcedRow],
         dedup_token: &str,
     ) -> Result<Vec<(usize, String)>, ClickHouseError> {
-        let mut refused = Vec::new();
-        let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-        pending.push(0..rows.len());
-        while let Some(range) = pending.pop() {
-            if range.is_empty() {
-                continue;
-            }
-            // The whole batch keeps the batch's token; a part gets its own, so a retry of
-            // the same split is deduplicated too.
-            let token = if range.len() == rows.len() {
-                dedup_token.to_string()
-            } else {
-                format!("{dedup_token}-{}-{}", range.start, range.end)
-            };
-            match self.insert_rows(table, &rows[range.clone()], &token).await {
-                Ok(()) => {}
-                Err(e) if e.blames_rows() && range.len() == 1 => refused.push((rows[range.start].0, e.to_string())),
-                Err(e) if e.blames_rows() => {
-                    let middle = range.start + range.len() / 2;
-                    pending.push(middle..range.end);
-                    pending.push(range.start..middle);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(refused)
+        let refused =
+            isolate_refused(rows.len(), dedup_token, |range, token| self.insert_rows(table, &rows[range], token))
+                .await?;
+        Ok(refused.into_iter().map(|(i, why)| (rows[i].0, why)).collect())
     }
 
     /// One `JSONEachRow` insert. `dedup_token` identifies it, so a retried insert is
     /// dropped by servers that support it; elsewhere ReplacingMergeTree by uuid hides
     /// the repeat.
-    async fn insert_rows(&self, table: &str, rows: &[SourcedRow], dedup_token: &str) -> Result<(), ClickHouseError> {
+    async fn insert_rows(&self, table: &str, rows: &[SourcedRow], dedup_token: String) -> Result<(), ClickHouseError> {
         let mut body = format!("INSERT INTO {}.{table} FORMAT JSONEachRow\n", self.database).into_bytes();
         for (_, row) in rows {
             serde_json::to_writer(&mut body, row).expect("JSON values serialize");
@@ -247,7 +225,7 @@ impl ClickHouse {
             }
         };
         if self.flavor == Flavor::Modern {
-            request = request.query(&[("insert_deduplication_token", dedup_token)]);
+            request = request.query(&[("insert_deduplication_token", &dedup_token)]);
         }
         let response = request.send().await?;
         let status = response.status();
@@ -256,6 +234,45 @@ impl ClickHouse {
         }
         Ok(())
     }
+}
+
+/// Inserts rows `0..n` with `insert`, splitting a refused insert in halves until the
+/// refused rows stand alone; returns them (by position) with the reason. The whole batch
+/// keeps the batch's token; a part gets its own, so a retry of the same split is
+/// deduplicated too. An error that does not blame the rows stops everything.
+async fn isolate_refused<F, Fut>(
+    n: usize,
+    dedup_token: &str,
+    mut insert: F,
+) -> Result<Vec<(usize, String)>, ClickHouseError>
+where
+    F: FnMut(std::ops::Range<usize>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClickHouseError>>,
+{
+    let mut refused = Vec::new();
+    let mut pending = Vec::new();
+    pending.push(0..n);
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        let token = if range.len() == n {
+            dedup_token.to_string()
+        } else {
+            format!("{dedup_token}-{}-{}", range.start, range.end)
+        };
+        match insert(range.clone(), token).await {
+            Ok(()) => {}
+            Err(e) if e.blames_rows() && range.len() == 1 => refused.push((range.start, e.to_string())),
+            Err(e) if e.blames_rows() => {
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
 }
 
 #[cfg(test)]
@@ -301,5 +318,57 @@ mod tests {
         let busy = "Code: 252. DB::Exception: Too many parts (300).";
         assert!(!ClickHouseError::refused(500, busy.into()).blames_rows());
         assert!(!ClickHouseError::refused(502, "Bad Gateway".into()).blames_rows());
+    }
+
+    /// A server that refuses any insert holding a bad row, and records what it wrote.
+    async fn run_split(
+        n: usize,
+        bad: &[usize],
+        fail_at_call: Option<usize>,
+    ) -> (Result<Vec<usize>, String>, Vec<(std::ops::Range<usize>, String)>) {
+        let calls = std::cell::RefCell::new(Vec::new());
+        let written = std::cell::RefCell::new(Vec::new());
+        let result = isolate_refused(n, "batch", |range, token| {
+            calls.borrow_mut().push((range.clone(), token.clone()));
+            let call = calls.borrow().len();
+            let outcome = if fail_at_call == Some(call) {
+                Err(ClickHouseError::refused(503, "Code: 252. DB::Exception: Too many parts (300).".into()))
+            } else if range.clone().any(|i| bad.contains(&i)) {
+                Err(ClickHouseError::refused(500, "Code: 27. DB::Exception: Cannot parse input: (at row 1)".into()))
+            } else {
+                written.borrow_mut().push((range, token));
+                Ok(())
+            };
+            std::future::ready(outcome)
+        })
+        .await;
+        (result.map(|r| r.into_iter().map(|(i, _)| i).collect()).map_err(|e| e.to_string()), written.into_inner())
+    }
+
+    #[tokio::test]
+    async fn refused_rows_are_isolated_and_every_other_row_written_once() {
+        for (n, bad) in
+            [(1, vec![]), (7, vec![]), (7, vec![3]), (16, vec![0, 15]), (9, vec![2, 3, 4]), (5, vec![0, 1, 2, 3, 4])]
+        {
+            let (refused, written) = run_split(n, &bad, None).await;
+            let mut refused = refused.unwrap();
+            refused.sort_unstable();
+            assert_eq!(refused, bad, "n={n}: exactly the bad rows are refused");
+            let mut rows: Vec<usize> = written.iter().flat_map(|(r, _)| r.clone()).collect();
+            rows.sort_unstable();
+            let good: Vec<usize> = (0..n).filter(|i| !bad.contains(i)).collect();
+            assert_eq!(rows, good, "n={n}: every good row written, and once");
+            for (range, token) in &written {
+                let expected =
+                    if range.len() == n { "batch".to_string() } else { format!("batch-{}-{}", range.start, range.end) };
+                assert_eq!(token, &expected, "a part has a token of its own");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_that_does_not_blame_the_rows_stops_the_batch() {
+        let (result, _) = run_split(8, &[5], Some(2)).await;
+        assert!(result.unwrap_err().contains("Too many parts"), "retried as a whole, nothing dead-lettered");
     }
 }

@@ -18,6 +18,7 @@ use sluice_schema::CapturedEvent;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::plugins::AfterPlugins;
 use crate::process::{self, DependencyDown, Deps, Fate};
+use crate::stores::Stores;
 use crate::telemetry;
 use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
 
@@ -55,9 +56,9 @@ impl BatchError {
 
 /// Processes every event of the batch, writes the rows and the dead letters, and hands
 /// the written events to `on_event`: the phases below, in order.
-pub(crate) async fn handle(
+pub(crate) async fn handle<S: Stores>(
     batch: &[OwnedMessage],
-    deps: &Deps<'_>,
+    deps: &Deps<'_, S>,
     ch: &ClickHouse,
     dead_letters: &DeadLetters,
     lane: &'static str,
@@ -105,10 +106,10 @@ fn parse(batch: &[OwnedMessage]) -> Vec<Parsed> {
 
 /// The per-event steps, each group in offset order, groups concurrently (bounded);
 /// outcomes in message order.
-async fn process_groups(
+async fn process_groups<S: Stores>(
     parsed: Vec<Parsed>,
     groups: Vec<Vec<usize>>,
-    deps: &Deps<'_>,
+    deps: &Deps<'_, S>,
     concurrency: usize,
 ) -> Result<Vec<(usize, Fate)>, DependencyDown> {
     let mut parsed: Vec<Option<Parsed>> = parsed.into_iter().map(Some).collect();
@@ -268,17 +269,17 @@ impl Parsed {
 
 /// Step 5 for the whole batch: one chain run per team with plugins. Returns the
 /// plugins' log rows.
-async fn run_plugins(
+async fn run_plugins<S: Stores>(
     parsed: &mut [Parsed],
-    deps: &Deps<'_>,
+    deps: &Deps<'_, S>,
     plugins: &crate::plugins::Plugins,
 ) -> Result<Vec<Value>, sqlx::Error> {
     let tokens: Vec<&str> = parsed.iter().filter_map(Parsed::event).map(|c| c.token.as_str()).collect();
-    deps.teams.load(&tokens).await?;
+    deps.stores.load_teams(&tokens).await?;
     let mut by_team: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, p) in parsed.iter().enumerate() {
         let Some(c) = p.event() else { continue };
-        let Some(team) = deps.teams.get(&c.token).await? else { continue };
+        let Some(team) = deps.stores.team(&c.token).await? else { continue };
         // Restricted events are dropped before plugins see them (step 3 comes first).
         if plugins.has_chain(team.id) && !deps.restrictions.drops(&c.token, &c.distinct_id) {
             by_team.entry(team.id).or_default().push(i);
@@ -312,63 +313,4 @@ async fn run_plugins(
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::process::SideRows;
-
-    fn row(team: i64, n: u32) -> Fate {
-        Fate::Row {
-            event: json!({"team_id": team, "n": n}),
-            rows: SideRows { persons: vec![json!({"p": n})], distinct_ids: vec![], groups: vec![json!({"g": n})] },
-            warnings: vec![json!({"w": n})],
-            captured_at: time::OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    fn dead(stage: &'static str) -> DeadLetter {
-        DeadLetter { stage, error: "bad".into(), error_class: "invalid_data", team_id: None }
-    }
-
-    #[test]
-    fn outcomes_become_rows_per_table_dead_letters_and_drops_each_under_its_message() {
-        let outcomes = vec![
-            (0, row(7, 0)),
-            (1, Fate::Drop { cause: "restricted", warnings: vec![json!({"w": "drop"})] }),
-            (2, Fate::Dead(dead("parse"))),
-            (3, row(8, 3)),
-        ];
-        let sorted = Sorted::from(outcomes);
-        let indices = |rows: &[SourcedRow]| rows.iter().map(|(i, _)| *i).collect::<Vec<_>>();
-        assert_eq!(indices(&sorted.rows.events), vec![0, 3]);
-        assert_eq!(indices(&sorted.rows.persons), vec![0, 3]);
-        assert_eq!(indices(&sorted.rows.groups), vec![0, 3]);
-        assert!(sorted.rows.distinct_ids.is_empty());
-        // A dropped event's warnings are still written.
-        assert_eq!(indices(&sorted.rows.warnings), vec![0, 1, 3]);
-        assert_eq!(sorted.dead.iter().map(|(i, d)| (*i, d.stage)).collect::<Vec<_>>(), vec![(2, "parse")]);
-        assert_eq!(sorted.team_of.get(&3), Some(&8));
-        assert_eq!(sorted.captured_at.len(), 2);
-    }
-
-    #[test]
-    fn a_row_clickhouse_refused_makes_its_whole_event_a_dead_letter_with_its_team() {
-        let mut sorted = Sorted::from(vec![(0, row(7, 0)), (1, row(9, 1))]);
-        let refused = HashMap::from([(1, "persons: Cannot parse input".to_string())]);
-        sorted.dead_letter_refused(&refused);
-        assert_eq!(sorted.dead.len(), 1);
-        let (i, d) = &sorted.dead[0];
-        assert_eq!((*i, d.stage, d.error_class, d.team_id), (1, "write", "clickhouse_refused", Some(9)));
-        assert_eq!(d.error, "persons: Cannot parse input");
-    }
-
-    #[test]
-    fn each_failure_names_the_dependency_the_retry_is_counted_against() {
-        assert_eq!(BatchError::from(DependencyDown(sqlx::Error::PoolTimedOut)).dependency(), "postgres");
-        let refused = ClickHouseError::Refused { status: 500, code: None, body: String::new() };
-        assert_eq!(BatchError::from(refused).dependency(), "clickhouse");
-        let kafka = rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull);
-        assert_eq!(BatchError::from(kafka).dependency(), "kafka");
-    }
-}
+mod tests;

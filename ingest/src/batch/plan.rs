@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::Parsed;
 use crate::process::{self, Deps};
+use crate::stores::Stores;
 
 /// What the plan knows of an event before processing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,15 +63,18 @@ fn union(parent: &mut [usize], a: usize, b: usize) {
 
 /// Resolves the batch's teams (one query for those not cached), reads the persons of its
 /// distinct ids (one query per team), and plans the groups.
-pub(super) async fn plan_batch(parsed: &[Parsed], deps: &Deps<'_>) -> Result<Vec<Vec<usize>>, sqlx::Error> {
+pub(super) async fn plan_batch<S: Stores>(
+    parsed: &[Parsed],
+    deps: &Deps<'_, S>,
+) -> Result<Vec<Vec<usize>>, sqlx::Error> {
     let events = || parsed.iter().map(Parsed::event);
     let tokens: Vec<&str> = events().flatten().map(|c| c.token.as_str()).collect();
-    deps.teams.load(&tokens).await?;
+    deps.stores.load_teams(&tokens).await?;
     let mut members = Vec::with_capacity(parsed.len());
     let mut ids: HashMap<i64, Vec<String>> = HashMap::new();
     for captured in events() {
         let member = match captured {
-            Some(c) => deps.teams.get(&c.token).await?.map(|team| Member {
+            Some(c) => deps.stores.team(&c.token).await?.map(|team| Member {
                 team: team.id,
                 distinct_id: c.distinct_id.clone(),
                 merge_source: process::merge_source(c),
@@ -88,7 +92,7 @@ pub(super) async fn plan_batch(parsed: &[Parsed], deps: &Deps<'_>) -> Result<Vec
         list.sort_unstable();
         list.dedup();
     }
-    let person_of = deps.persons.prefetch(&ids).await?;
+    let person_of = deps.stores.prefetch_persons(&ids).await?;
     Ok(plan(&members, |team, id| person_of.get(&(team, id.to_string())).copied()))
 }
 

@@ -3,8 +3,8 @@
 //! Steps 1 (the client's data; the outer message is parsed by the batch), 2 resolve team,
 //! 3 restrictions, 4 person-processing flag, 6 normalize, 7 timestamp, 8 persons,
 //! 9 groups, 10 anonymize ip, 11 row. Step 5, plugins, runs over the whole batch before
-//! these (see [`crate::batch`]); `on_event` (12) is still to come. Personless events carry
-//! the deterministic person uuid a later person will share.
+//! these, and `on_event` (12) after its rows are written (see [`crate::batch`]).
+//! Personless events carry the deterministic person uuid a later person will share.
 
 use serde_json::{json, Map, Value};
 use sluice_schema::clickhouse::Flavor;
@@ -13,12 +13,11 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::dlq::DeadLetter;
-use crate::groups::GroupStore;
 use crate::normalize;
-use crate::persons::{PersonEvent, PersonStore};
-use crate::resolve::TeamCache;
+use crate::persons::PersonEvent;
 use crate::restrict::Restrictions;
 use crate::rows::EventRow;
+use crate::stores::{Postgres, Stores};
 use crate::{elements, telemetry, timestamp};
 
 /// What became of one event.
@@ -47,10 +46,8 @@ pub(crate) struct SideRows {
 }
 
 /// What the steps need from outside.
-pub(crate) struct Deps<'a> {
-    pub teams: &'a TeamCache,
-    pub persons: &'a PersonStore,
-    pub groups: &'a GroupStore,
+pub(crate) struct Deps<'a, S = Postgres> {
+    pub stores: &'a S,
     pub restrictions: &'a Restrictions,
     pub plugins: Option<&'a crate::plugins::Plugins>,
     pub flavor: Flavor,
@@ -84,7 +81,7 @@ pub(crate) fn merge_source(captured: &CapturedEvent) -> Option<String> {
     data.get("properties")?.get(key)?.as_str().map(str::to_string)
 }
 
-pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<Fate, DependencyDown> {
+pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, S>) -> Result<Fate, DependencyDown> {
     let flavor = deps.flavor;
     // 1. Parse the client's event in `data` (the outer message is [`parse_message`]'s).
     let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {
@@ -95,7 +92,7 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
 
     // 2. Team.
     let step = std::time::Instant::now();
-    let team = deps.teams.get(&captured.token).await?;
+    let team = deps.stores.team(&captured.token).await?;
     telemetry::step("resolve_team", step.elapsed().as_secs_f64());
     let Some(team) = team else {
         return Ok(Fate::Drop { cause: "invalid_token", warnings: Vec::new() });
@@ -157,8 +154,8 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
     } else {
         let step = std::time::Instant::now();
         let (person, changes) = deps
-            .persons
-            .process(&PersonEvent {
+            .stores
+            .person(&PersonEvent {
                 team_id: team.id,
                 event: &captured.event,
                 distinct_id: &captured.distinct_id,
@@ -193,7 +190,7 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
     if let Some(Value::Object(groups)) = properties.get("$groups").cloned() {
         for (group_type, key) in groups {
             let Some(key) = group_key(&key) else { continue };
-            if let Some(i) = deps.groups.type_index(team.id, &group_type).await? {
+            if let Some(i) = deps.stores.group_type_index(team.id, &group_type).await? {
                 properties.insert(format!("$group_{i}"), Value::String(key.clone()));
                 group_columns[i as usize] = key;
             }
@@ -204,8 +201,8 @@ pub(crate) async fn process(captured: CapturedEvent, deps: &Deps<'_>) -> Result<
         let key = properties.get("$group_key").and_then(group_key);
         let set = properties.get("$group_set").and_then(Value::as_object).cloned().unwrap_or_default();
         if let (Some(group_type), Some(key)) = (group_type, key) {
-            if let Some(i) = deps.groups.type_index(team.id, &group_type).await? {
-                if let Some(g) = deps.groups.upsert(team.id, i, &key, &set, resolved.timestamp).await? {
+            if let Some(i) = deps.stores.group_type_index(team.id, &group_type).await? {
+                if let Some(g) = deps.stores.upsert_group(team.id, i, &key, &set, resolved.timestamp).await? {
                     rows.groups.push(json!({
                         "team_id": team.id, "group_type_index": g.type_index, "group_key": g.key,
                         "group_properties": Value::Object(g.properties).to_string(),
@@ -255,3 +252,6 @@ fn group_key(v: &Value) -> Option<String> {
 fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {
     json!({"team_id": team_id, "type": kind, "details": details.to_string(), "timestamp": flavor.format(at)})
 }
+
+#[cfg(test)]
+mod tests;
