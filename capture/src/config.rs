@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use sluice_common::settings::millis;
 use sluice_connect::kafka::KafkaSecurity;
 use sluice_connect::redis::RedisTls;
 
@@ -38,8 +39,8 @@ pub struct Config {
     #[arg(long, env = "KAFKA_COMPRESSION", default_value = "lz4")]
     pub kafka_compression: String,
     /// How long the producer waits to fill a batch.
-    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 5)]
-    pub kafka_linger_ms: u64,
+    #[arg(long = "kafka-linger-ms", env = "KAFKA_LINGER_MS", default_value = "5", value_name = "MS", value_parser = millis)]
+    pub kafka_linger: Duration,
     /// Producer queue bound, in messages; past it requests get 503.
     #[arg(long, env = "KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
     pub kafka_queue_max_messages: u64,
@@ -47,8 +48,8 @@ pub struct Config {
     #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 65_536)]
     pub kafka_queue_max_kbytes: u64,
     /// How long a message may wait for the broker's acknowledgement before the request fails with 503.
-    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 5_000)]
-    pub kafka_message_timeout_ms: u64,
+    #[arg(long = "kafka-message-timeout-ms", env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub kafka_message_timeout: Duration,
     /// Largest message the broker accepts (key, value and headers); checked before producing.
     #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
     pub kafka_message_max_bytes: usize,
@@ -71,14 +72,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
     pub redis_key_prefix: String,
     /// How often the Redis lists are re-read in the background.
-    #[arg(long, env = "REDIS_REFRESH_INTERVAL_MS", default_value_t = 5_000)]
-    pub redis_refresh_interval_ms: u64,
+    #[arg(long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub redis_refresh_interval: Duration,
     /// Timeout of each Redis call.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
-    pub redis_timeout_ms: u64,
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "250", value_name = "MS", value_parser = millis)]
+    pub redis_timeout: Duration,
     /// A list not refreshed for this long is forgotten (fail open).
-    #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000)]
-    pub redis_stale_after_ms: u64,
+    #[arg(long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
+    pub redis_stale_after: Duration,
 
     // --- Team tokens (optional) ---------------------------------------------------
     /// Reject tokens no team has, from a list read from Postgres in the background.
@@ -99,11 +100,11 @@ pub struct Config {
     #[arg(long, env = "TEAM_TOKEN_QUERY", default_value = "SELECT api_token FROM teams")]
     pub team_token_query: String,
     /// How often the token list is re-read.
-    #[arg(long, env = "TEAM_TOKEN_REFRESH_INTERVAL_MS", default_value_t = 10_000)]
-    pub team_token_refresh_interval_ms: u64,
+    #[arg(long = "team-token-refresh-interval-ms", env = "TEAM_TOKEN_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub team_token_refresh_interval: Duration,
     /// A token list not refreshed for this long is ignored (fail open).
-    #[arg(long, env = "TEAM_TOKEN_STALE_AFTER_MS", default_value_t = 120_000)]
-    pub team_token_stale_after_ms: u64,
+    #[arg(long = "team-token-stale-after-ms", env = "TEAM_TOKEN_STALE_AFTER_MS", default_value = "120000", value_name = "MS", value_parser = millis)]
+    pub team_token_stale_after: Duration,
 
     // --- SDK configuration -----------------------------------------------------------
     /// Answer the SDK's configuration requests (/array/<token>/config and config.js,
@@ -113,8 +114,8 @@ pub struct Config {
     #[arg(long, env = "SDK_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
     pub sdk_config: bool,
     /// How often the team settings are re-read.
-    #[arg(long, env = "SDK_CONFIG_REFRESH_INTERVAL_MS", default_value_t = 10_000)]
-    pub sdk_config_refresh_interval_ms: u64,
+    #[arg(long = "sdk-config-refresh-interval-ms", env = "SDK_CONFIG_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub sdk_config_refresh_interval: Duration,
     /// Most teams whose answers are held in memory; tokens of the others get the defaults.
     #[arg(long, env = "SDK_CONFIG_MAX_TEAMS", default_value_t = 100_000)]
     pub sdk_config_max_teams: usize,
@@ -167,14 +168,14 @@ pub struct Config {
     #[arg(long, env = "MEMORY_BUDGET_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub memory_budget_bytes: usize,
     /// Time allowed to read a request's headers.
-    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_read_timeout_ms: u64,
+    #[arg(long = "header-read-timeout-ms", env = "HEADER_READ_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub header_read_timeout: Duration,
     /// Time allowed between two chunks of a request body (408 past it).
-    #[arg(long, env = "BODY_CHUNK_TIMEOUT_MS", default_value_t = 10_000)]
-    pub body_chunk_timeout_ms: u64,
+    #[arg(long = "body-chunk-timeout-ms", env = "BODY_CHUNK_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub body_chunk_timeout: Duration,
     /// Time allowed for a whole request body, however it is trickled (408 past it).
-    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 60_000)]
-    pub body_timeout_ms: u64,
+    #[arg(long = "body-timeout-ms", env = "BODY_TIMEOUT_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
+    pub body_timeout: Duration,
     /// Requests decoded, parsed and produced at once; more are answered 503 at once (SDKs
     /// retry). A request takes its slot once its body is in.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1_024)]
@@ -184,8 +185,8 @@ pub struct Config {
     pub max_connections: usize,
     /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
     /// Keep it above the idle timeout of the load balancer in front.
-    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 90_000)]
-    pub idle_timeout_ms: u64,
+    #[arg(long = "idle-timeout-ms", env = "IDLE_TIMEOUT_MS", default_value = "90000", value_name = "MS", value_parser = millis)]
+    pub idle_timeout: Duration,
     /// Per connection: the HTTP/1 buffer for a request's head and the HTTP/2 flow-control
     /// window, so what a connection buffers before capture reads it stays small.
     #[arg(long, env = "CONNECTION_BUFFER_BYTES", default_value_t = 64 * 1024)]
@@ -203,20 +204,14 @@ pub struct Config {
 
     // --- Lifecycle -------------------------------------------------------------
     /// After SIGTERM, how long /_readiness says 503 before the listener closes.
-    #[arg(long, env = "SHUTDOWN_READINESS_DELAY_MS", default_value_t = 0)]
-    pub shutdown_readiness_delay_ms: u64,
+    #[arg(long = "shutdown-readiness-delay-ms", env = "SHUTDOWN_READINESS_DELAY_MS", default_value = "0", value_name = "MS", value_parser = millis)]
+    pub shutdown_readiness_delay: Duration,
     /// After SIGTERM, how long in-flight requests and the producer get to finish.
-    #[arg(long, env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
-    pub shutdown_drain_timeout_ms: u64,
+    #[arg(long = "shutdown-drain-timeout-ms", env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = millis)]
+    pub shutdown_drain_timeout: Duration,
     /// Liveness fails when the server loop or the producer has not ticked for this long.
-    #[arg(long, env = "LIVENESS_STALL_MS", default_value_t = 15_000)]
-    pub liveness_stall_ms: u64,
-}
-
-impl Config {
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    #[arg(long = "liveness-stall-ms", env = "LIVENESS_STALL_MS", default_value = "15000", value_name = "MS", value_parser = millis)]
+    pub liveness_stall: Duration,
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl Config {
 
 /// Runs capture on `listener` until `shutdown` resolves, then drains and flushes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let health = Health::new(Config::ms(config.liveness_stall_ms));
+    let health = Health::new(config.liveness_stall);
     health.tick_server();
     let metrics = telemetry::metrics_handle();
     telemetry::register(&[OverflowReason::Rate.as_str(), OverflowReason::Forced.as_str()]);
@@ -88,10 +88,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             hosts: config.kafka_hosts.clone(),
             topics: config.topics(),
             compression: config.kafka_compression.clone(),
-            linger_ms: config.kafka_linger_ms,
+            linger_ms: config.kafka_linger.as_millis() as u64,
             queue_max_messages: config.kafka_queue_max_messages,
             queue_max_kbytes: config.kafka_queue_max_kbytes,
-            message_timeout_ms: config.kafka_message_timeout_ms,
+            message_timeout_ms: config.kafka_message_timeout.as_millis() as u64,
             message_max_bytes: config.kafka_message_max_bytes,
             debug: config.kafka_debug.clone(),
             security: config.kafka_security.clone(),
@@ -111,25 +111,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let prober = spawn_broker_probe(sink.clone(), stop_rx.clone());
-    let lists = RedisLists::new(Config::ms(config.redis_stale_after_ms));
+    let lists = RedisLists::new(config.redis_stale_after);
     let refresher = limits::spawn_refresher(
         lists.clone(),
         RefreshSettings {
             client: redis,
             key_prefix: config.redis_key_prefix.clone(),
-            interval: Config::ms(config.redis_refresh_interval_ms),
-            timeout: Config::ms(config.redis_timeout_ms),
+            interval: config.redis_refresh_interval,
+            timeout: config.redis_timeout,
         },
         stop_rx.clone(),
     );
-    let team_tokens = TeamTokens::new(config.team_token_check, Config::ms(config.team_token_stale_after_ms));
+    let team_tokens = TeamTokens::new(config.team_token_check, config.team_token_stale_after);
     let token_refresher = team_tokens::spawn_refresher(
         team_tokens.clone(),
         TokenRefresh {
             database: database.clone().filter(|_| config.team_token_check),
             query: config.team_token_query.clone(),
-            interval: Config::ms(config.team_token_refresh_interval_ms),
-            timeout: Config::ms(config.redis_timeout_ms.max(1_000)),
+            interval: config.team_token_refresh_interval,
+            timeout: config.redis_timeout.max(Duration::from_secs(1)),
         },
         stop_rx.clone(),
     );
@@ -146,8 +146,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         sdk_configs.clone(),
         sdk_config::Refresh {
             database: database.filter(|_| config.sdk_config),
-            interval: Config::ms(config.sdk_config_refresh_interval_ms),
-            timeout: Config::ms(config.redis_timeout_ms.max(1_000)),
+            interval: config.sdk_config_refresh_interval,
+            timeout: config.redis_timeout.max(Duration::from_secs(1)),
             max_teams: config.sdk_config_max_teams,
         },
         stop_rx.clone(),
@@ -184,10 +184,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             batch: config.max_batch_body_bytes,
             replay: config.max_replay_body_bytes,
         },
-        body_timeouts: BodyTimeouts {
-            chunk: Config::ms(config.body_chunk_timeout_ms),
-            whole: Config::ms(config.body_timeout_ms),
-        },
+        body_timeouts: BodyTimeouts { chunk: config.body_chunk_timeout, whole: config.body_timeout },
         trusted_proxy_hops: config.trusted_proxy_hops,
         memory: MemoryBudget::new(config.memory_budget_bytes, config.max_request_memory_bytes),
         slots: tokio::sync::Semaphore::new(config.max_concurrent_requests),
@@ -196,7 +193,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let app = server::router(state.clone());
     info!(address = %listener.local_addr()?, "sluice-capture listening");
-    let readiness_delay = Config::ms(config.shutdown_readiness_delay_ms);
+    let readiness_delay = config.shutdown_readiness_delay;
     let health_for_shutdown = health.clone();
     let shutdown = async move {
         shutdown.await;
@@ -204,10 +201,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         health_for_shutdown.begin_shutdown();
         tokio::time::sleep(readiness_delay).await;
     };
-    let drain = Config::ms(config.shutdown_drain_timeout_ms);
+    let drain = config.shutdown_drain_timeout;
     let limits = ConnectionLimits {
-        header_read_timeout: Config::ms(config.header_read_timeout_ms),
-        idle_timeout: Config::ms(config.idle_timeout_ms),
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
         max_buffer_bytes: config.connection_buffer_bytes,
     };

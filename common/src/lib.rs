@@ -6,4 +6,5 @@ pub mod every;
 pub mod expiring;
 pub mod health;
 pub mod logging;
+pub mod settings;
 pub mod shutdown;

@@ -65,7 +65,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // queued plugin exports and teardowns share what is left of it; a dependency outage
     // must not keep the process past it (the orchestrator would kill it anyway), and what
     // is left uncommitted is the next owner's to do.
-    let drain = Duration::from_millis(config.shutdown_drain_timeout_ms);
+    let drain = config.shutdown_drain_timeout;
     let stopping = Stopping::default();
     // The background tasks stop on this and are joined before the process ends.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Every connection setting is checked before anything connects: one that cannot be
     // honoured stops the process here, naming it.
     let redis = config.redis()?;
-    let clickhouse = config.clickhouse(Duration::from_millis(config.clickhouse_timeout_ms))?;
+    let clickhouse = config.clickhouse(config.clickhouse_timeout)?;
     let consumer_config = config.kafka(Role::Consumer)?;
     let producer_config = config.kafka(Role::Producer)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -96,11 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(config.postgres()?);
     let stores = Postgres {
-        teams: TeamCache::new(
-            pool.clone(),
-            Duration::from_millis(config.team_cache_ttl_ms),
-            config.team_cache_max_entries,
-        ),
+        teams: TeamCache::new(pool.clone(), config.team_cache_ttl, config.team_cache_max_entries),
         persons: PersonStore::new(pool.clone()),
         groups: GroupStore::new(pool.clone()),
     };
@@ -112,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         background.push(plugins::spawn_reloader(
             plugins.clone(),
-            Duration::from_millis(config.plugins.reload_interval_ms),
+            config.plugins.reload_interval,
             redis.clone(),
             sluice_schema::redis_keys::plugin_reload(&config.redis_key_prefix),
             stop.clone(),
@@ -124,15 +120,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let restrictions = Arc::new(Restrictions::parse(
         &config.restrict_drop_events,
         &config.restrict_skip_persons,
-        Duration::from_millis(config.redis_stale_after_ms),
+        config.redis_stale_after,
     ));
     background.push(restrict::spawn_refresher(
         restrictions.clone(),
         RedisSettings {
             client: redis.clone(),
             key_prefix: config.redis_key_prefix.clone(),
-            interval: Duration::from_millis(config.redis_refresh_interval_ms),
-            timeout: Duration::from_millis(config.redis_timeout_ms),
+            interval: config.redis_refresh_interval,
+            timeout: config.redis_timeout,
         },
         stop.clone(),
     ));
@@ -152,13 +148,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             plugins::schedules::Settings {
                 redis: redis.clone(),
                 key_prefix: config.redis_key_prefix.clone(),
-                minute: Duration::from_millis(config.plugins.schedule_minute_ms),
+                minute: config.plugins.schedule_minute,
             },
             stop.clone(),
         ));
         plugins
     });
-    let on_event_wait = Duration::from_millis(config.plugins.on_event_enqueue_timeout_ms);
+    let on_event_wait = config.plugins.on_event_enqueue_timeout;
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
     let consumer: Arc<LaneConsumer> = consumer_config
@@ -167,12 +163,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", config.kafka_session_timeout_ms.to_string())
+        .set("session.timeout.ms", config.kafka_session_timeout.as_millis().to_string())
         .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
-    let stall_after =
-        Some(Duration::from_millis(config.kafka_stalled_partition_rejoin_ms)).filter(|after| !after.is_zero());
+    let stall_after = Some(config.kafka_stalled_partition_rejoin).filter(|after| !after.is_zero());
     background.push(watch::spawn(
         &consumer,
         health.clone(),
@@ -188,16 +183,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     background.push(health::spawn_probe(
         health.clone(),
         Dependencies { postgres: pool, clickhouse: ch.clone(), kafka: producer.clone() },
-        Duration::from_millis(config.readiness_probe_interval_ms),
+        config.readiness_probe_interval,
         stop.clone(),
     ));
     let dead_letters = DeadLetters::new(producer, config.kafka_dlq_topic.clone(), lane);
     let limits = BatchLimits {
         max_events: config.batch_max_events,
         max_bytes: config.batch_max_bytes,
-        max_wait: Duration::from_millis(config.batch_max_wait_ms),
+        max_wait: config.batch_max_wait,
     };
-    let max_backoff = Duration::from_millis(config.retry_max_backoff_ms);
+    let max_backoff = config.retry_max_backoff;
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
 
     let deps = Deps { stores: &stores, restrictions: &restrictions, plugins: plugins.as_deref(), flavor: ch.flavor };
@@ -247,7 +242,7 @@ async fn connect_clickhouse(config: &Config, endpoint: &ClickHouseAccess, health
             Err(e) => {
                 warn!(error = %e, "clickhouse not reachable yet");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(config.retry_max_backoff_ms));
+                backoff = (backoff * 2).min(config.retry_max_backoff);
             }
         }
     }

@@ -39,7 +39,7 @@ async fn run(cli: Cli) {
             Err(e) => Err(e),
         },
         Command::Plugins { command } => plugin_command(&cli.config, command).await,
-        Command::PluginWorker => sluice_plugin_runtime::worker::serve().await.map_err(anyhow::Error::from),
+        Command::PluginWorker => sluice_plugin_runtime::serve_worker().await.map_err(anyhow::Error::from),
         Command::Dlq { command: DlqCommand::Replay { since, team, to, dry_run } } => match selection(since, team) {
             Ok(s) => dlq::replay(&cli.config, &s, to.as_deref(), dry_run).await,
             Err(e) => Err(e),

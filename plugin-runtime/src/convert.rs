@@ -28,13 +28,13 @@ impl From<ConvertError> for mlua::Error {
 
 /// A Lua value as JSON, if it nests at most [`MAX_DEPTH`] levels and writes to at most
 /// `max_bytes`.
-pub fn to_json(lua: &Lua, v: LuaValue, max_bytes: usize) -> mlua::Result<Value> {
+pub(crate) fn to_json(lua: &Lua, v: LuaValue, max_bytes: usize) -> mlua::Result<Value> {
     check(&v, max_bytes)?;
     lua.from_value(v)
 }
 
 /// The walk alone: what [`to_json`] checks before converting.
-pub fn check(v: &LuaValue, max_bytes: usize) -> Result<(), ConvertError> {
+pub(crate) fn check(v: &LuaValue, max_bytes: usize) -> Result<(), ConvertError> {
     let mut left = max_bytes;
     walk(v, 0, &mut left, max_bytes)
 }
@@ -67,7 +67,7 @@ fn walk(v: &LuaValue, depth: usize, left: &mut usize, max: usize) -> Result<(), 
 }
 
 /// JSON text as a Lua value, if its parsed form stays within `max_bytes`.
-pub fn from_json_text(lua: &Lua, text: &str, max_bytes: usize) -> mlua::Result<LuaValue> {
+pub(crate) fn from_json_text(lua: &Lua, text: &str, max_bytes: usize) -> mlua::Result<LuaValue> {
     let cost = measure(text.as_bytes()).map_err(|TooDeep| ConvertError::TooDeep)?.tree_bytes;
     if cost > max_bytes {
         return Err(ConvertError::TooLarge(max_bytes).into());

@@ -242,7 +242,7 @@ const MAX_REASON_BYTES: usize = 1024;
 /// Raised by `ctx.retry(reason)`: `on_event` or a schedule asks to be run again.
 #[derive(Debug, thiserror::Error)]
 #[error("retry requested: {0}")]
-pub struct RetryRequested(pub String);
+pub(crate) struct RetryRequested(pub String);
 
 pub(crate) fn retry_reason(e: &mlua::Error) -> Option<String> {
     let mut current = Some(e);

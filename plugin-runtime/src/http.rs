@@ -15,7 +15,7 @@ use crate::manifest::HttpManifest;
 const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("not a valid http(s) url: {0}")]
     BadUrl(String),
     #[error("host {0} is not in the plugin's http allow-list")]
@@ -33,13 +33,13 @@ pub enum HttpError {
 }
 
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     allow: Vec<String>,
     limits: HttpLimits,
 }
 
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub url: String,
     pub method: reqwest::Method,
     pub headers: Vec<(String, String)>,
@@ -48,14 +48,14 @@ pub struct Request {
 }
 
 #[derive(Debug, Clone)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
 }
 
 impl Request {
-    pub fn from_lua(_lua: &Lua, url: &str, options: Option<Table>) -> mlua::Result<Request> {
+    pub(crate) fn from_lua(_lua: &Lua, url: &str, options: Option<Table>) -> mlua::Result<Request> {
         let mut r = Request {
             url: url.to_string(),
             method: reqwest::Method::GET,
@@ -80,7 +80,7 @@ impl Request {
 }
 
 impl Response {
-    pub fn into_lua(self, lua: &Lua) -> mlua::Result<Table> {
+    pub(crate) fn into_lua(self, lua: &Lua) -> mlua::Result<Table> {
         let t = lua.create_table()?;
         t.raw_set("status", self.status)?;
         let headers = lua.create_table()?;
@@ -97,7 +97,7 @@ impl Policy {
     /// `allow` entries are host names, `*.suffix`, or `$config:KEY`: the host of the URL
     /// the team configured in KEY (a webhook's target is the operator's choice, not the
     /// author's).
-    pub fn new(
+    pub(crate) fn new(
         manifest: &HttpManifest,
         limits: &HttpLimits,
         config: &serde_json::Map<String, serde_json::Value>,
@@ -118,7 +118,7 @@ impl Policy {
         Policy { allow, limits: limits.clone() }
     }
 
-    pub fn host_allowed(&self, host: &str) -> bool {
+    pub(crate) fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.allow.iter().any(|a| match a.strip_prefix("*.") {
             Some(suffix) => host.ends_with(&format!(".{suffix}")),
@@ -126,7 +126,7 @@ impl Policy {
         })
     }
 
-    pub async fn fetch(&self, mut request: Request) -> Result<Response, HttpError> {
+    pub(crate) async fn fetch(&self, mut request: Request) -> Result<Response, HttpError> {
         let timeout = request
             .timeout_ms
             .map(std::time::Duration::from_millis)
@@ -220,7 +220,7 @@ impl Policy {
 /// IPv4 address (mapped, compatible, NAT64, 6to4, ISATAP) is judged by that address, so
 /// `64:ff9b::a9fe:a9fe` is the metadata service it reaches. Teredo and local-use NAT64
 /// relay to addresses that cannot be checked here, so they are not public.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();

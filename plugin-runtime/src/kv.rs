@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Longest time-to-live a value gets; longer ones (`2^63` seconds, say) are cut to it.
-pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {

@@ -5,24 +5,34 @@
 //! storage in [`kv`], [`http`] with an allow-list, json, crypto, time, retry). VMs live
 //! in worker processes ([`worker`]) that a [`supervisor`] starts, feeds batches over
 //! [`protocol`] frames, and restarts when a plugin takes one down. Every value that
-//! crosses between Lua and the host goes through [`convert`], bounded.
+//! crosses between Lua and the host goes through [`convert`], bounded. What authors run
+//! on their machine (`sluice-plugin test`, `run`) is [`authoring`].
+//!
+//! Only what is re-exported here is the crate's surface; the modules are private.
 
-pub mod convert;
-pub mod hook;
-pub mod host;
-pub mod http;
-pub mod kv;
-pub mod limits;
-pub mod manifest;
-pub mod protocol;
-pub mod sandbox;
-pub mod supervisor;
-pub mod watchdog;
-pub mod worker;
+mod authoring;
+mod convert;
+mod hook;
+mod host;
+mod http;
+mod kv;
+mod limits;
+mod manifest;
+mod protocol;
+mod sandbox;
+mod supervisor;
+mod watchdog;
+mod worker;
 
+pub use authoring::{run_plugin, test_plugin, TestResult};
 pub use hook::{Hook, PluginError};
 pub use host::{open_geoip, GeoIp, Host, LogEntry};
-pub use kv::KeyValue;
-pub use limits::Limits;
-pub use manifest::{Manifest, PluginSource};
+pub use kv::{KeyValue, KvError, Quota};
+pub use limits::{HttpLimits, Limits};
+pub use manifest::{
+    AskedLimits, ConfigField, FieldType, HttpManifest, Manifest, ManifestError, PluginSource, Schedule,
+};
+pub use protocol::{ChainOutput, Instance, ProcessedEvent};
 pub use sandbox::Vm;
+pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor};
+pub use worker::{serve as serve_worker, WorkerEnv};

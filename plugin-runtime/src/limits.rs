@@ -76,7 +76,7 @@ impl Default for Limits {
 }
 
 /// PostHog's own limit on an event.
-pub const DEFAULT_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_EVENT_BYTES: usize = 1 << 20;
 
 fn default_event_bytes() -> usize {
     DEFAULT_EVENT_BYTES

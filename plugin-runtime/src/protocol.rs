@@ -18,19 +18,19 @@ use crate::limits::Limits;
 use crate::manifest::PluginSource;
 
 /// A request frame larger than this is a broken peer, not a batch.
-pub const MAX_FRAME_BYTES: usize = 512 << 20;
+pub(crate) const MAX_FRAME_BYTES: usize = 512 << 20;
 
 /// What an answer may hold besides its events: logs (capped per line and per minute)
 /// and error texts (capped each).
 const ANSWER_OVERHEAD_BYTES: usize = 16 << 20;
 
 /// How large one event may grow in a plugin chain: enrichment, not expansion.
-pub fn event_allowance(input_bytes: usize, event_bytes: usize) -> usize {
+pub(crate) fn event_allowance(input_bytes: usize, event_bytes: usize) -> usize {
     (64 * 1024 + input_bytes.saturating_mul(2)).min(event_bytes.max(input_bytes))
 }
 
 /// The largest answer to a request carrying `events`.
-pub fn answer_bound(events: &[String], event_bytes: usize) -> usize {
+pub(crate) fn answer_bound(events: &[String], event_bytes: usize) -> usize {
     events.iter().map(|e| event_allowance(e.len(), event_bytes)).fold(ANSWER_OVERHEAD_BYTES, usize::saturating_add)
 }
 
@@ -44,7 +44,7 @@ pub struct Instance {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Request {
+pub(crate) enum Request {
     /// Compile and `setup` (replacing an instance of the same id only if setup succeeds).
     Load(Box<Instance>),
     Unload {
@@ -71,7 +71,7 @@ pub enum Request {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Response {
+pub(crate) enum Response {
     /// `hooks`: the hooks the plugin defines (when it loaded).
     Loaded {
         id: i64,
@@ -112,7 +112,7 @@ pub struct ChainOutput {
 
 /// [`ChainOutput`] as it crosses: events as JSON text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WireOutput {
+pub(crate) struct WireOutput {
     pub events: Vec<WireEvent>,
     pub errors: Vec<(i64, usize, PluginError)>,
     pub logs: Vec<(i64, LogEntry)>,
@@ -120,7 +120,7 @@ pub struct WireOutput {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireEvent {
+pub(crate) struct WireEvent {
     pub event: Option<String>,
     pub succeeded: Vec<i64>,
     pub failed: Vec<i64>,
@@ -134,7 +134,7 @@ pub struct ProcessedEvent {
     pub failed: Vec<i64>,
 }
 
-pub async fn write_frame<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), message: &T) -> std::io::Result<()> {
+pub(crate) async fn write_frame<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), message: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     w.write_all(&(body.len() as u32).to_be_bytes()).await?;
     w.write_all(&body).await?;
@@ -143,7 +143,7 @@ pub async fn write_frame<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), messag
 
 /// `Ok(None)` at a clean end of stream. A frame over `max_bytes` is refused before it is
 /// read.
-pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
     r: &mut (impl AsyncRead + Unpin),
     max_bytes: usize,
 ) -> std::io::Result<Option<T>> {

@@ -21,12 +21,12 @@ use crate::manifest::PluginSource;
 use crate::watchdog::{Exceeded, Guard};
 
 pub struct Vm {
-    lua: Lua,
-    plugin: Table,
-    ctx: Table,
-    guard: Arc<Guard>,
-    limits: Limits,
-    host: Host,
+    pub(crate) lua: Lua,
+    pub(crate) plugin: Table,
+    pub(crate) ctx: Table,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) limits: Limits,
+    pub(crate) host: Host,
 }
 
 impl Vm {
@@ -124,71 +124,6 @@ impl Vm {
         }
     }
 
-    /// Runs an author's `test.lua` against this plugin: its `test_*` functions, in name
-    /// order, each under the hook limits. In scope: `plugin` (the hooks table), `ctx`,
-    /// `process_event(event)`, `http_requests()` (what the stubbed http received).
-    pub async fn run_tests(&self, test_source: &str) -> Result<Vec<(String, Result<(), String>)>, PluginError> {
-        let compile = |e: mlua::Error| PluginError::Compile(format!("test.lua: {e}"));
-        let env = self.lua.create_table().map_err(compile)?;
-        let meta = self.lua.create_table().map_err(compile)?;
-        meta.raw_set("__index", self.lua.globals()).map_err(compile)?;
-        env.set_metatable(Some(meta)).map_err(compile)?;
-        env.raw_set("plugin", self.plugin.clone()).map_err(compile)?;
-        env.raw_set("ctx", self.ctx.clone()).map_err(compile)?;
-        let (plugin, ctx) = (self.plugin.clone(), self.ctx.clone());
-        let process = self
-            .lua
-            .create_async_function(move |_, event: LuaValue| {
-                let (plugin, ctx) = (plugin.clone(), ctx.clone());
-                async move {
-                    match plugin.raw_get::<LuaValue>("process_event")? {
-                        LuaValue::Function(f) => f.call_async::<LuaValue>((event, ctx)).await,
-                        _ => Ok(event),
-                    }
-                }
-            })
-            .map_err(compile)?;
-        env.raw_set("process_event", process).map_err(compile)?;
-        let host = self.host.clone();
-        let requests = self
-            .lua
-            .create_function(move |lua, ()| lua.to_value(&Value::Array(host.stubbed_requests())))
-            .map_err(compile)?;
-        env.raw_set("http_requests", requests).map_err(compile)?;
-        self.lua
-            .load(test_source)
-            .set_name("=test.lua")
-            .set_mode(ChunkMode::Text)
-            .set_environment(env.clone())
-            .exec_async()
-            .await
-            .map_err(compile)?;
-        let mut tests: Vec<(String, Function)> = env
-            .pairs::<String, LuaValue>()
-            .flatten()
-            .filter_map(|(k, v)| match v {
-                LuaValue::Function(f) if k.starts_with("test_") => Some((k, f)),
-                _ => None,
-            })
-            .collect();
-        tests.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut results = Vec::new();
-        for (name, f) in tests {
-            self.guard.arm(self.limits.hook_wall, self.limits.hook_ticks);
-            let r = f.call_async::<()>(()).await;
-            let hit = self.guard.hit();
-            self.guard.disarm();
-            results.push((
-                name,
-                r.map_err(|e| match classify(Hook::Setup, e, hit, &self.limits) {
-                    PluginError::Failed { message, .. } => message,
-                    other => other.to_string(),
-                }),
-            ));
-        }
-        Ok(results)
-    }
-
     pub fn take_logs(&self) -> Vec<LogEntry> {
         self.host.take_logs()
     }
@@ -258,7 +193,7 @@ impl Vm {
 
 /// A limit the guard saw wins over the error text (a plugin may have caught and
 /// rethrown it); then a retry request, memory, anything else.
-fn classify(hook: Hook, e: mlua::Error, hit: Option<Exceeded>, limits: &Limits) -> PluginError {
+pub(crate) fn classify(hook: Hook, e: mlua::Error, hit: Option<Exceeded>, limits: &Limits) -> PluginError {
     let hook = hook.name().to_string();
     match hit {
         Some(Exceeded::Time) => return PluginError::Timeout { hook },

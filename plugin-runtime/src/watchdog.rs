@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const RESOLUTION: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Default)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// Microseconds since the watchdog's epoch; 0 = not armed.
     deadline_us: AtomicU64,
     /// The wall limit of the armed call, for the hard deadline's grace.
@@ -40,20 +40,20 @@ pub struct Guard {
 
 /// A pause of one call, to give back to [`Guard::resume`].
 #[derive(Debug, Clone, Copy)]
-pub struct Pause {
+pub(crate) struct Pause {
     call: u64,
 }
 
 impl Guard {
     /// A guard the process's watchdog thread watches for as long as it lives.
-    pub fn new() -> Arc<Guard> {
+    pub(crate) fn new() -> Arc<Guard> {
         let guard = Arc::new(Guard::default());
         watchdog().guards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(&guard));
         guard
     }
 
     /// Starts a limited call.
-    pub fn arm(&self, wall: Duration, ticks: u64) {
+    pub(crate) fn arm(&self, wall: Duration, ticks: u64) {
         let w = watchdog();
         let deadline = (w.epoch.elapsed() + wall).as_micros() as u64;
         self.call.fetch_add(1, Ordering::AcqRel);
@@ -67,7 +67,7 @@ impl Guard {
     }
 
     /// Stops the clock of an armed, unexpired call while the host awaits I/O for it.
-    pub fn pause(&self) -> Option<Pause> {
+    pub(crate) fn pause(&self) -> Option<Pause> {
         if self.deadline_us.load(Ordering::Acquire) == 0 || self.expired.load(Ordering::Relaxed) {
             return None;
         }
@@ -78,14 +78,14 @@ impl Guard {
     }
 
     /// Time left to an armed call, if any.
-    pub fn left(&self) -> Option<Duration> {
+    pub(crate) fn left(&self) -> Option<Duration> {
         let deadline = self.deadline_us.load(Ordering::Acquire);
         (deadline != 0).then(|| Duration::from_micros(deadline.saturating_sub(now_us())))
     }
 
     /// Marks the call out of time now, for a wait the host cut at the deadline (the
     /// watchdog's next round might come a little later).
-    pub fn expire(&self) {
+    pub(crate) fn expire(&self) {
         if self.deadline_us.load(Ordering::Acquire) != 0 {
             self.expired.store(true, Ordering::Relaxed);
         }
@@ -93,7 +93,7 @@ impl Guard {
 
     /// Ends a pause: when the last wait of the call ends, the deadline moves by the time
     /// the clock stood still.
-    pub fn resume(&self, pause: Pause) {
+    pub(crate) fn resume(&self, pause: Pause) {
         if pause.call != self.call.load(Ordering::Acquire) {
             return;
         }
@@ -109,7 +109,7 @@ impl Guard {
         }
     }
 
-    pub fn disarm(&self) {
+    pub(crate) fn disarm(&self) {
         self.call.fetch_add(1, Ordering::AcqRel);
         self.deadline_us.store(0, Ordering::Release);
         self.pauses.store(0, Ordering::Relaxed);
@@ -118,7 +118,7 @@ impl Guard {
     }
 
     /// Called from the VM's interrupt: which limit, if any, the call has hit.
-    pub fn check(&self) -> Option<Exceeded> {
+    pub(crate) fn check(&self) -> Option<Exceeded> {
         if self.deadline_us.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -132,7 +132,7 @@ impl Guard {
 
 impl Guard {
     /// After a call: which limit it hit, without counting a tick.
-    pub fn hit(&self) -> Option<Exceeded> {
+    pub(crate) fn hit(&self) -> Option<Exceeded> {
         if self.expired.load(Ordering::Relaxed) {
             Some(Exceeded::Time)
         } else if self.ticks.load(Ordering::Relaxed) > self.tick_budget.load(Ordering::Relaxed) {
@@ -144,7 +144,7 @@ impl Guard {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exceeded {
+pub(crate) enum Exceeded {
     Time,
     Ticks,
 }
@@ -164,7 +164,7 @@ fn now_us() -> u64 {
 /// In the worker process: a call that runs past its deadline by its own limit plus
 /// `grace` without ending (a single C call never reaches an interrupt) aborts the
 /// process. The supervisor sees the worker die while that plugin runs.
-pub fn enforce_hard_deadlines(grace: Duration) {
+pub(crate) fn enforce_hard_deadlines(grace: Duration) {
     watchdog().hard_grace_us.store(grace.as_micros().max(1) as u64, Ordering::Relaxed);
 }
 

@@ -117,7 +117,7 @@ const CACHE_PREFIX: &str = "SLUICE_PLUGIN_CACHE_PREFIX";
 const CACHE_TLS_PREFIX: &str = "SLUICE_PLUGIN_CACHE_";
 const STORAGE_DATABASE_URL: &str = "SLUICE_PLUGIN_STORAGE_DATABASE_URL";
 /// Also read by `sluice-plugin`'s `--geoip`.
-pub const GEOIP_DATABASE: &str = "SLUICE_PLUGIN_GEOIP_DATABASE";
+pub(crate) const GEOIP_DATABASE: &str = "SLUICE_PLUGIN_GEOIP_DATABASE";
 
 impl WorkerEnv {
     pub fn to_vars(&self) -> Vec<(String, String)> {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_plugin_runtime::limits::Limits;
-use sluice_plugin_runtime::manifest::{Manifest, PluginSource};
-use sluice_plugin_runtime::protocol::Instance;
-use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
+use sluice_plugin_runtime::Instance;
+use sluice_plugin_runtime::Limits;
 use sluice_plugin_runtime::{Host, KeyValue, Vm};
+use sluice_plugin_runtime::{Manifest, PluginSource};
+use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers every request with `hello`, counting them.
@@ -41,7 +41,7 @@ async fn workers_get_no_secrets_and_plugin_requests_no_proxy() {
 
     // A "worker" that writes down the environment it was given.
     let dump = std::env::temp_dir().join(format!("sluice-worker-env-{}", std::process::id()));
-    let s = Supervisor::new(Settings {
+    let s = Supervisor::new(SupervisorSettings {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), format!("env > {}; exit 1", dump.display())],
         env: vec![("SLUICE_PLUGIN_CACHE_PREFIX".into(), "given/".into())],

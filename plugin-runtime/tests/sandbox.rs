@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_plugin_runtime::limits::Limits;
-use sluice_plugin_runtime::manifest::{Manifest, PluginSource};
+use sluice_plugin_runtime::Limits;
 use sluice_plugin_runtime::{Hook, Host, KeyValue, PluginError, Vm};
+use sluice_plugin_runtime::{Manifest, PluginSource};
 
 fn source(main: &str) -> PluginSource {
     source_with(main, json!({"name": "test-plugin"}))

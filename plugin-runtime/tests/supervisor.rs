@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_plugin_runtime::manifest::Manifest;
-use sluice_plugin_runtime::protocol::Instance;
-use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
+use sluice_plugin_runtime::Instance;
+use sluice_plugin_runtime::Manifest;
 use sluice_plugin_runtime::{Limits, PluginSource};
+use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
 
-fn settings(max_strikes: u32) -> Settings {
-    Settings {
+fn settings(max_strikes: u32) -> SupervisorSettings {
+    SupervisorSettings {
         program: env!("CARGO_BIN_EXE_sluice-plugin").into(),
         args: vec!["worker".into()],
         env: Vec::new(),
@@ -119,7 +119,7 @@ async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
 
 #[tokio::test]
 async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck() {
-    let s = Supervisor::new(Settings {
+    let s = Supervisor::new(SupervisorSettings {
         batch_base: Duration::from_millis(500),
         per_event: Duration::from_millis(40),
         ..settings(3)
@@ -146,7 +146,7 @@ async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck()
 
 #[tokio::test]
 async fn a_worker_that_fails_outside_any_plugin_strikes_no_one() {
-    let s = Supervisor::new(Settings {
+    let s = Supervisor::new(SupervisorSettings {
         batch_base: Duration::from_millis(500),
         per_event: Duration::from_millis(10),
         ..settings(1)
@@ -248,7 +248,7 @@ async fn the_table_move_reproducer_does_not_take_the_host_down() {
 /// plugin that was running is struck.
 #[tokio::test]
 async fn a_call_that_never_reaches_an_interrupt_is_ended_from_outside() {
-    let s = Supervisor::new(Settings { batch_base: Duration::from_secs(60), ..settings(3) });
+    let s = Supervisor::new(SupervisorSettings { batch_base: Duration::from_secs(60), ..settings(3) });
     let quadratic = "return { process_event = function(e) \
         local s = string.rep('a', 4000000) local p = string.rep('a', 200000) .. 'b' \
         string.find(s, p, 1, true) return e end }";

@@ -741,7 +741,7 @@ fn a_required_plugin_is_never_skipped_and_deep_events_do_not_disable_it() {
 
 /// The same quota checks against a plugin configuration's store on each real backend.
 async fn quota_holds(a: &sluice_plugin_runtime::KeyValue, b: &sluice_plugin_runtime::KeyValue, lists: bool) {
-    use sluice_plugin_runtime::kv::KvError;
+    use sluice_plugin_runtime::KvError;
     for k in ["k1", "k2", "k3"] {
         a.set(k, "v", None).await.unwrap();
     }
@@ -769,8 +769,8 @@ async fn quota_holds(a: &sluice_plugin_runtime::KeyValue, b: &sluice_plugin_runt
 
 #[test]
 fn plugin_store_quotas_hold_on_redis_and_postgres() {
-    use sluice_plugin_runtime::kv::Quota;
     use sluice_plugin_runtime::KeyValue;
+    use sluice_plugin_runtime::Quota;
     let quota = Quota { keys: 3, bytes: 1_000, key_bytes: 64 };
     let db = Database::create("plugins_quota");
     db.run(&["migrate"]);

@@ -40,7 +40,7 @@ pub enum PluginsCommand {
         #[arg(long)]
         team: i64,
         /// A setting, repeated: key=value.
-        #[arg(long = "config", value_parser = parse_pair)]
+        #[arg(long = "config", value_parser = sluice_common::settings::key_value)]
         config: Vec<(String, String)>,
         /// Position in the team's chain (lower runs first).
         #[arg(long)]
@@ -58,7 +58,7 @@ pub enum PluginsCommand {
     /// Change settings of a plugin config: key=value, repeated.
     Configure {
         id: i64,
-        #[arg(long = "config", value_parser = parse_pair)]
+        #[arg(long = "config", value_parser = sluice_common::settings::key_value)]
         config: Vec<(String, String)>,
     },
     /// Show a plugin config's latest log lines.
@@ -67,10 +67,6 @@ pub enum PluginsCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 #[derive(Debug, Subcommand)]

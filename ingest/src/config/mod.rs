@@ -2,8 +2,10 @@
 //! and its operator commands.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, Parser};
+use sluice_common::settings::millis;
 use sluice_connect::kafka::{KafkaSecurity, Role};
 use sluice_connect::redis::RedisTls;
 use sqlx::postgres::PgConnectOptions;
@@ -51,8 +53,8 @@ pub struct Config {
     pub kafka_group_id: Option<String>,
     /// How long the group waits for a silent member (a crashed process) before giving its
     /// partitions to others.
-    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000, global = true)]
-    pub kafka_session_timeout_ms: u64,
+    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
+    pub kafka_session_timeout: Duration,
     /// When a partition's offsets jump forward (the broker did not hand over some
     /// messages), the first search for the missing ones starts this many messages
     /// before them, and each further search twice as far back, down to the log start.
@@ -66,13 +68,13 @@ pub struct Config {
     /// is consumed by no one (a broker's group coordinator can leave a partition unassigned
     /// without telling any member): the process then leaves and rejoins the group, so that
     /// the group forms again. Longer than the slowest batch; 0 turns the check off.
-    #[arg(long, env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value_t = 60_000, global = true)]
-    pub kafka_stalled_partition_rejoin_ms: u64,
+    #[arg(long = "kafka-stalled-partition-rejoin-ms", env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    pub kafka_stalled_partition_rejoin: Duration,
     /// After SIGTERM, how long the batch in flight may take to be written and committed
     /// (dependency retries included), and queued plugin exports to be handed over,
     /// before the process exits leaving the rest uncommitted for the next owner.
-    #[arg(long, env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = 20_000, global = true)]
-    pub shutdown_drain_timeout_ms: u64,
+    #[arg(long = "shutdown-drain-timeout-ms", env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value = "20000", value_name = "MS", value_parser = millis, global = true)]
+    pub shutdown_drain_timeout: Duration,
     /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
     #[arg(long, env = "KAFKA_DEBUG", default_value = "", global = true)]
     pub kafka_debug: String,
@@ -88,8 +90,8 @@ pub struct Config {
     #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub batch_max_bytes: usize,
     /// Longest wait to fill a batch.
-    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 500, global = true)]
-    pub batch_max_wait_ms: u64,
+    #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
+    pub batch_max_wait: Duration,
 
     /// Most groups of a batch (events of one person, in order) processed at once.
     #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 8, global = true)]
@@ -109,8 +111,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, global = true)]
     pub database_max_connections: u32,
     /// How long a resolved token (or its absence) is trusted before it is looked up again.
-    #[arg(long, env = "TEAM_CACHE_TTL_MS", default_value_t = 30_000, global = true)]
-    pub team_cache_ttl_ms: u64,
+    #[arg(long = "team-cache-ttl-ms", env = "TEAM_CACHE_TTL_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    pub team_cache_ttl: Duration,
     /// Most tokens the team cache holds.
     #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
     pub team_cache_max_entries: usize,
@@ -132,14 +134,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/", global = true)]
     pub redis_key_prefix: String,
     /// How often the Redis restrictions are re-read.
-    #[arg(long, env = "REDIS_REFRESH_INTERVAL_MS", default_value_t = 5_000, global = true)]
-    pub redis_refresh_interval_ms: u64,
+    #[arg(long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
+    pub redis_refresh_interval: Duration,
     /// Timeout of each Redis call.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500, global = true)]
-    pub redis_timeout_ms: u64,
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
+    pub redis_timeout: Duration,
     /// Restrictions read from Redis are forgotten when not refreshed for this long.
-    #[arg(long, env = "REDIS_STALE_AFTER_MS", default_value_t = 60_000, global = true)]
-    pub redis_stale_after_ms: u64,
+    #[arg(long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    pub redis_stale_after: Duration,
 
     /// ClickHouse HTTP interface, http:// or https:// (or a file holding the URL, named by
     /// CLICKHOUSE_URL_FILE); it may carry the user and password.
@@ -167,18 +169,18 @@ pub struct Config {
     #[arg(long, env = "CLICKHOUSE_COMPRESSION", value_enum, default_value = "gzip", global = true)]
     pub clickhouse_compression: crate::write::Compression,
     /// Timeout of one ClickHouse request.
-    #[arg(long, env = "CLICKHOUSE_TIMEOUT_MS", default_value_t = 30_000, global = true)]
-    pub clickhouse_timeout_ms: u64,
+    #[arg(long = "clickhouse-timeout-ms", env = "CLICKHOUSE_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    pub clickhouse_timeout: Duration,
 
     /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
-    #[arg(long, env = "READINESS_PROBE_INTERVAL_MS", default_value_t = 5_000, global = true)]
-    pub readiness_probe_interval_ms: u64,
+    #[arg(long = "readiness-probe-interval-ms", env = "READINESS_PROBE_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
+    pub readiness_probe_interval: Duration,
     #[command(flatten)]
     pub plugins: PluginSettings,
 
     /// Longest pause between retries while a dependency is down.
-    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000, global = true)]
-    pub retry_max_backoff_ms: u64,
+    #[arg(long = "retry-max-backoff-ms", env = "RETRY_MAX_BACKOFF_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
+    pub retry_max_backoff: Duration,
 }
 
 impl Config {

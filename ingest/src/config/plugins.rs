@@ -1,6 +1,10 @@
 //! The plugin stage's settings (`PLUGIN_*`, `GEOIP_DATABASE_PATH`), grouped apart from the
 //! lane's.
 
+use std::time::Duration;
+
+use sluice_common::settings::millis;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginSettings {
     /// Run teams' plugins (step 5).
@@ -15,10 +19,11 @@ pub struct PluginSettings {
     #[arg(
         long = "plugin-reload-interval-ms",
         env = "PLUGIN_RELOAD_INTERVAL_MS",
-        default_value_t = 30_000,
+        default_value = "30000",
+        value_name = "MS", value_parser = millis,
         global = true
     )]
-    pub reload_interval_ms: u64,
+    pub reload_interval: Duration,
     /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
     #[arg(long = "plugin-max-strikes", env = "PLUGIN_MAX_STRIKES", default_value_t = 3, global = true)]
     pub max_strikes: u32,
@@ -63,29 +68,31 @@ pub struct PluginSettings {
     #[arg(
         long = "plugin-on-event-enqueue-timeout-ms",
         env = "PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS",
-        default_value_t = 1_000,
+        default_value = "1000",
+        value_name = "MS", value_parser = millis,
         global = true
     )]
-    pub on_event_enqueue_timeout_ms: u64,
+    pub on_event_enqueue_timeout: Duration,
     /// Calls of on_event for one event when it asks to be retried (ctx.retry).
     #[arg(long = "plugin-on-event-attempts", env = "PLUGIN_ON_EVENT_ATTEMPTS", default_value_t = 3, global = true)]
     pub on_event_attempts: u32,
     /// Wall time of setup, on_event, a schedule, teardown, not counting the I/O they
     /// await (http, cache, storage).
-    #[arg(long = "plugin-hook-timeout-ms", env = "PLUGIN_HOOK_TIMEOUT_MS", default_value_t = 30_000, global = true)]
-    pub hook_timeout_ms: u64,
+    #[arg(long = "plugin-hook-timeout-ms", env = "PLUGIN_HOOK_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    pub hook_timeout: Duration,
     /// Awaited I/O one call of setup, on_event, a schedule or teardown may spend in all.
-    #[arg(long = "plugin-hook-io-ms", env = "PLUGIN_HOOK_IO_MS", default_value_t = 120_000, global = true)]
-    pub hook_io_ms: u64,
+    #[arg(long = "plugin-hook-io-ms", env = "PLUGIN_HOOK_IO_MS", default_value = "120000", value_name = "MS", value_parser = millis, global = true)]
+    pub hook_io: Duration,
     /// The length of a "minute" for plugin schedules (every_hour is 60 of them,
     /// every_day 1,440). Only tests shorten it.
     #[arg(
         long = "plugin-schedule-minute-ms",
         env = "PLUGIN_SCHEDULE_MINUTE_MS",
-        default_value_t = 60_000,
+        default_value = "60000",
+        value_name = "MS", value_parser = millis,
         global = true
     )]
-    pub schedule_minute_ms: u64,
+    pub schedule_minute: Duration,
     /// A MaxMind City (or GeoLite2-City) database file for plugins' ctx.geoip; empty
     /// for none.
     #[arg(long = "geoip-database-path", env = "GEOIP_DATABASE_PATH", default_value = "", global = true)]
@@ -97,10 +104,11 @@ pub struct PluginSettings {
     #[arg(
         long = "plugin-process-event-timeout-ms",
         env = "PLUGIN_PROCESS_EVENT_TIMEOUT_MS",
-        default_value_t = 50,
+        default_value = "50",
+        value_name = "MS", value_parser = millis,
         global = true
     )]
-    pub process_event_timeout_ms: u64,
+    pub process_event_timeout: Duration,
     /// Interrupts (loop turns, calls) one process_event call may take: a limit that
     /// does not depend on the machine's speed.
     #[arg(

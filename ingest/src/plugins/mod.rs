@@ -22,9 +22,9 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_plugin_runtime::supervisor::{Settings, Supervisor};
-use sluice_plugin_runtime::worker::WorkerEnv;
+use sluice_plugin_runtime::WorkerEnv;
 use sluice_plugin_runtime::{Hook, Limits};
+use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
 use sluice_schema::clickhouse::Flavor;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -87,11 +87,11 @@ impl Plugins {
     pub(crate) fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
         let mut limits = Limits {
             memory_bytes: config.plugins.memory_mb << 20,
-            process_event_wall: Duration::from_millis(config.plugins.process_event_timeout_ms),
+            process_event_wall: config.plugins.process_event_timeout,
             process_event_ticks: config.plugins.process_event_ticks,
-            hook_wall: Duration::from_millis(config.plugins.hook_timeout_ms),
-            hook_io: Duration::from_millis(config.plugins.hook_io_ms),
-            store: sluice_plugin_runtime::kv::Quota {
+            hook_wall: config.plugins.hook_timeout,
+            hook_io: config.plugins.hook_io,
+            store: sluice_plugin_runtime::Quota {
                 keys: config.plugins.store_max_keys,
                 bytes: config.plugins.store_max_bytes,
                 ..Default::default()
@@ -99,7 +99,7 @@ impl Plugins {
             ..Limits::default()
         };
         limits.http.allow_private_addresses = config.plugins.http_allow_private;
-        let settings = Settings {
+        let settings = SupervisorSettings {
             program: std::env::current_exe()?,
             args: vec!["plugin-worker".into()],
             // What the workers connect to, and nothing else of ingest's environment.
@@ -116,7 +116,7 @@ impl Plugins {
             per_event: limits.process_event_wall,
             max_strikes: config.plugins.max_strikes,
         };
-        let exports = Settings {
+        let exports = SupervisorSettings {
             workers: config.plugins.export_workers,
             per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),
             ..settings.clone()

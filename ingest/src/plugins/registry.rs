@@ -4,8 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sluice_plugin_runtime::protocol::Instance;
 use sluice_plugin_runtime::Hook;
+use sluice_plugin_runtime::Instance;
 use tracing::{info, warn};
 
 use super::{store, Link, PluginState, Plugins, Version};
