@@ -78,3 +78,26 @@ impl PluginError {
         matches!(self, PluginError::Timeout { .. } | PluginError::Ticks { .. } | PluginError::Memory { .. })
     }
 }
+
+/// A team, by its id in ingest's Postgres: which worker runs its plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TeamId(pub i64);
+
+/// One plugin installed for one team with its settings (a `plugin_configs` row): what
+/// runs, and what strikes, logs and store quotas are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PluginConfigId(pub i64);
+
+impl std::fmt::Display for TeamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for PluginConfigId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}

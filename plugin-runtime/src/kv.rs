@@ -8,6 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::hook::PluginConfigId;
+
 /// Longest time-to-live a value gets; longer ones (`2^63` seconds, say) are cut to it.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -102,8 +104,8 @@ impl KeyValue {
     }
 
     /// The store of one plugin config: its own key prefix, or its own rows, within `quota`.
-    pub fn for_plugin_config(&self, id: i64, quota: Quota) -> KeyValue {
-        KeyValue { config_id: id, quota: Some(quota), ..self.namespaced(&format!("plugin-config/{id}/")) }
+    pub fn for_plugin_config(&self, id: PluginConfigId, quota: Quota) -> KeyValue {
+        KeyValue { config_id: id.0, quota: Some(quota), ..self.namespaced(&format!("plugin-config/{id}/")) }
     }
 
     fn key(&self, key: &str) -> String {
@@ -634,7 +636,8 @@ mod tests {
     async fn each_plugin_config_has_a_quota_of_keys_and_bytes() {
         let store = KeyValue::memory(1_000);
         let quota = Quota { keys: 3, bytes: 100, key_bytes: 8 };
-        let (a, b) = (store.for_plugin_config(1, quota), store.for_plugin_config(2, quota));
+        let (a, b) =
+            (store.for_plugin_config(PluginConfigId(1), quota), store.for_plugin_config(PluginConfigId(2), quota));
         for k in ["k1", "k2", "k3"] {
             a.set(k, "v", None).await.unwrap();
         }
@@ -651,7 +654,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         a.set("k5", "v", None).await.unwrap();
         // Lists count their items.
-        let c = store.for_plugin_config(3, quota);
+        let c = store.for_plugin_config(PluginConfigId(3), quota);
         for _ in 0..9 {
             c.lpush("l", "0123456789").await.unwrap();
         }

@@ -25,7 +25,7 @@ mod watchdog;
 mod worker;
 
 pub use authoring::{run_plugin, test_plugin, TestResult};
-pub use hook::{Hook, PluginError};
+pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
 pub use host::{open_geoip, GeoIp, Host, LogEntry};
 pub use kv::{KeyValue, KvError, Quota};
 pub use limits::{HttpLimits, Limits};

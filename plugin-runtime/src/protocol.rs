@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::hook::{Hook, PluginError};
+use crate::hook::{Hook, PluginConfigId, PluginError};
 use crate::host::LogEntry;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
@@ -37,7 +37,7 @@ pub(crate) fn answer_bound(events: &[String], event_bytes: usize) -> usize {
 /// One plugin instance: a plugin with a team's configuration (PostHog's "plugin config").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
-    pub id: i64,
+    pub id: PluginConfigId,
     pub source: PluginSource,
     pub config: Map<String, Value>,
     pub limits: Limits,
@@ -48,23 +48,23 @@ pub(crate) enum Request {
     /// Compile and `setup` (replacing an instance of the same id only if setup succeeds).
     Load(Box<Instance>),
     Unload {
-        id: i64,
+        id: PluginConfigId,
     },
     /// Run `process_event` of `chain`, in order, on every event (JSON text each).
     Process {
-        chain: Vec<i64>,
+        chain: Vec<PluginConfigId>,
         events: Vec<String>,
     },
     /// Run `on_event` of every instance of `chain` on every (written) event; a call that
     /// asks to be retried is, up to `attempts` times with back-off.
     OnEvent {
-        chain: Vec<i64>,
+        chain: Vec<PluginConfigId>,
         events: Vec<String>,
         attempts: u32,
     },
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {
-        id: i64,
+        id: PluginConfigId,
         hook: Hook,
         event: Option<String>,
     },
@@ -74,25 +74,25 @@ pub(crate) enum Request {
 pub(crate) enum Response {
     /// `hooks`: the hooks the plugin defines (when it loaded).
     Loaded {
-        id: i64,
+        id: PluginConfigId,
         error: Option<PluginError>,
         hooks: Vec<Hook>,
     },
     Unloaded {
-        id: i64,
+        id: PluginConfigId,
     },
     /// Sent before each instance's pass over a batch: whom to blame if the worker dies
     /// before the matching `Ran`.
     Running {
-        id: i64,
+        id: PluginConfigId,
     },
     /// The instance's pass is over: a failure from here on is not its doing.
     Ran {
-        id: i64,
+        id: PluginConfigId,
     },
     Processed(WireOutput),
     HookDone {
-        id: i64,
+        id: PluginConfigId,
         error: Option<PluginError>,
         logs: Vec<LogEntry>,
     },
@@ -103,35 +103,35 @@ pub(crate) enum Response {
 pub struct ChainOutput {
     pub events: Vec<ProcessedEvent>,
     /// `(instance, event index, error)` for every failed call.
-    pub errors: Vec<(i64, usize, PluginError)>,
-    pub logs: Vec<(i64, LogEntry)>,
+    pub errors: Vec<(PluginConfigId, usize, PluginError)>,
+    pub logs: Vec<(PluginConfigId, LogEntry)>,
     /// Seconds each instance spent on the batch.
     #[serde(default)]
-    pub durations: Vec<(i64, f64)>,
+    pub durations: Vec<(PluginConfigId, f64)>,
 }
 
 /// [`ChainOutput`] as it crosses: events as JSON text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WireOutput {
     pub events: Vec<WireEvent>,
-    pub errors: Vec<(i64, usize, PluginError)>,
-    pub logs: Vec<(i64, LogEntry)>,
-    pub durations: Vec<(i64, f64)>,
+    pub errors: Vec<(PluginConfigId, usize, PluginError)>,
+    pub logs: Vec<(PluginConfigId, LogEntry)>,
+    pub durations: Vec<(PluginConfigId, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WireEvent {
     pub event: Option<String>,
-    pub succeeded: Vec<i64>,
-    pub failed: Vec<i64>,
+    pub succeeded: Vec<PluginConfigId>,
+    pub failed: Vec<PluginConfigId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessedEvent {
     /// `None`: a plugin dropped it.
     pub event: Option<Value>,
-    pub succeeded: Vec<i64>,
-    pub failed: Vec<i64>,
+    pub succeeded: Vec<PluginConfigId>,
+    pub failed: Vec<PluginConfigId>,
 }
 
 pub(crate) async fn write_frame<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), message: &T) -> std::io::Result<()> {

@@ -23,7 +23,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::hook::{Hook, PluginError};
+use crate::hook::{Hook, PluginConfigId, PluginError, TeamId};
 use crate::limits::DEFAULT_EVENT_BYTES;
 use crate::protocol::{
     answer_bound, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireOutput,
@@ -51,7 +51,7 @@ pub struct Settings {
 /// What happened to an instance outside its own error handling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Strike {
-    pub id: i64,
+    pub id: PluginConfigId,
     pub reason: String,
     /// This strike disabled it.
     pub disabled: bool,
@@ -67,16 +67,16 @@ pub struct Supervisor {
     settings: Settings,
     workers: Vec<Mutex<Option<Worker>>>,
     /// What every worker must hold, to reload after a restart.
-    instances: std::sync::Mutex<HashMap<i64, Instance>>,
-    strikes: std::sync::Mutex<HashMap<i64, u32>>,
-    disabled: std::sync::Mutex<HashSet<i64>>,
+    instances: std::sync::Mutex<HashMap<PluginConfigId, Instance>>,
+    strikes: std::sync::Mutex<HashMap<PluginConfigId, u32>>,
+    disabled: std::sync::Mutex<HashSet<PluginConfigId>>,
 }
 
 struct Worker {
     child: Child,
     input: ChildStdin,
     output: BufReader<ChildStdout>,
-    loaded: HashSet<i64>,
+    loaded: HashSet<PluginConfigId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ impl Supervisor {
     /// Compiles an instance and runs its `setup` in its team's worker. On failure the
     /// previous version (if any) stays.
     /// Returns the hooks the plugin defines.
-    pub async fn load(&self, team: i64, instance: Instance) -> Result<Vec<Hook>, PluginError> {
+    pub async fn load(&self, team: TeamId, instance: Instance) -> Result<Vec<Hook>, PluginError> {
         let id = instance.id;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         let worker = self.running(&mut slot).await.map_err(|e| down(id, e))?;
@@ -133,12 +133,12 @@ impl Supervisor {
             for slot in &self.workers {
                 let mut slot = slot.lock().await;
                 if let Some(worker) = slot.as_mut() {
-                    let ids: Vec<i64> = worker.loaded.iter().copied().collect();
+                    let ids: Vec<PluginConfigId> = worker.loaded.iter().copied().collect();
                     for id in ids {
                         // The deadline of the whole shutdown bounds each teardown.
                         let unloaded = ask(worker, &Request::Unload { id }, within).await;
                         if !matches!(unloaded, Ok(Response::Unloaded { .. })) {
-                            warn!(id, "plugin worker failed during teardown");
+                            warn!(id = id.0, "plugin worker failed during teardown");
                             break;
                         }
                         worker.loaded.remove(&id);
@@ -152,19 +152,25 @@ impl Supervisor {
         }
     }
 
-    pub fn is_disabled(&self, id: i64) -> bool {
+    pub fn is_disabled(&self, id: PluginConfigId) -> bool {
         self.disabled.lock().expect("lock").contains(&id)
     }
 
     /// Runs `chain`'s `process_event` on `events`. Always answers: a worker failure strikes
     /// the instance that was running and the batch goes on without it.
-    pub async fn process(&self, team: i64, chain: &[i64], events: Vec<Value>) -> ChainRun {
+    pub async fn process(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>) -> ChainRun {
         self.run(team, chain, events, None).await
     }
 
     /// Runs `chain`'s `on_event` on written `events`, retrying calls that ask for it up
     /// to `attempts` times. Same failure handling as [`Supervisor::process`].
-    pub async fn on_event(&self, team: i64, chain: &[i64], events: Vec<Value>, attempts: u32) -> ChainRun {
+    pub async fn on_event(
+        &self,
+        team: TeamId,
+        chain: &[PluginConfigId],
+        events: Vec<Value>,
+        attempts: u32,
+    ) -> ChainRun {
         self.run(team, chain, events, Some(attempts)).await
     }
 
@@ -172,8 +178,8 @@ impl Supervisor {
     /// worker failure strikes the instance, as for batches.
     pub async fn schedule(
         &self,
-        team: i64,
-        id: i64,
+        team: TeamId,
+        id: PluginConfigId,
         hook: Hook,
         info: Value,
     ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
@@ -206,15 +212,15 @@ impl Supervisor {
         }
     }
 
-    async fn run(&self, team: i64, chain: &[i64], events: Vec<Value>, on_event: Option<u32>) -> ChainRun {
+    async fn run(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>, on_event: Option<u32>) -> ChainRun {
         let mut outcome = ChainRun::default();
-        let mut chain: Vec<i64> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
+        let mut chain: Vec<PluginConfigId> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
         if chain.is_empty() {
             outcome.output = passthrough(events, &[]);
             return outcome;
         }
         let texts: Vec<String> = events.iter().map(Value::to_string).collect();
-        let mut skipped: Vec<i64> = Vec::new();
+        let mut skipped: Vec<PluginConfigId> = Vec::new();
         let mut unattributed = 0;
         let mut slot = self.workers[self.worker_of(team)].lock().await;
         loop {
@@ -231,13 +237,13 @@ impl Supervisor {
                 }
                 Err((_, e @ WorkerDown::CannotStart(_))) => {
                     // Not the plugins' fault: nothing is struck, the events pass unchanged.
-                    warn!(team, error = %e, "no plugin worker; events pass through their plugins unchanged");
+                    warn!(team = team.0, error = %e, "no plugin worker; events pass through their plugins unchanged");
                     skipped.extend(chain);
                     outcome.output = passthrough(events, &skipped);
                     return outcome;
                 }
                 Err((Some(id), e)) => {
-                    warn!(team, instance = id, error = %e, "plugin worker failed; restarting it");
+                    warn!(team = team.0, instance = id.0, error = %e, "plugin worker failed; restarting it");
                     self.kill(&mut slot).await;
                     outcome.strikes.push(self.strike(id, &e.to_string()));
                     chain.retain(|c| *c != id);
@@ -251,10 +257,10 @@ impl Supervisor {
                     self.kill(&mut slot).await;
                     unattributed += 1;
                     if unattributed < 2 {
-                        warn!(team, error = %e, "plugin worker failed outside any plugin; trying the batch again");
+                        warn!(team = team.0, error = %e, "plugin worker failed outside any plugin; trying the batch again");
                         continue;
                     }
-                    warn!(team, error = %e, "plugin worker failed twice outside any plugin; events go on unprocessed");
+                    warn!(team = team.0, error = %e, "plugin worker failed twice outside any plugin; events go on unprocessed");
                     skipped.extend(chain);
                     outcome.output = passthrough(events, &skipped);
                     return outcome;
@@ -266,11 +272,11 @@ impl Supervisor {
     async fn try_run(
         &self,
         slot: &mut Option<Worker>,
-        chain: &[i64],
+        chain: &[PluginConfigId],
         events: &[String],
         budget: Duration,
         on_event: Option<u32>,
-    ) -> Result<WireOutput, (Option<i64>, WorkerDown)> {
+    ) -> Result<WireOutput, (Option<PluginConfigId>, WorkerDown)> {
         let worker = self.running(slot).await.map_err(|e| (None, e))?;
         // Instances this worker lost in a restart are loaded again first.
         for id in chain.iter().filter(|id| !worker.loaded.contains(id)).copied().collect::<Vec<_>>() {
@@ -316,8 +322,8 @@ impl Supervisor {
         }
     }
 
-    fn worker_of(&self, team: i64) -> usize {
-        team.unsigned_abs() as usize % self.workers.len()
+    fn worker_of(&self, team: TeamId) -> usize {
+        team.0.unsigned_abs() as usize % self.workers.len()
     }
 
     async fn running<'w>(&self, slot: &'w mut Option<Worker>) -> Result<&'w mut Worker, WorkerDown> {
@@ -356,7 +362,7 @@ impl Supervisor {
         }
     }
 
-    fn strike(&self, id: i64, reason: &str) -> Strike {
+    fn strike(&self, id: PluginConfigId, reason: &str) -> Strike {
         let mut strikes = self.strikes.lock().expect("lock");
         let n = strikes.entry(id).or_default();
         *n += 1;
@@ -377,7 +383,7 @@ impl Supervisor {
     }
 }
 
-fn down(id: i64, e: WorkerDown) -> PluginError {
+fn down(id: PluginConfigId, e: WorkerDown) -> PluginError {
     PluginError::Failed { hook: "setup".into(), message: format!("plugin config {id}: {e}") }
 }
 
@@ -389,7 +395,7 @@ fn small_answer() -> usize {
 /// The worker's answer with its events read. An event text that does not read (the
 /// worker checked every output, so this is a defect) stands as it was sent, failed by
 /// the whole chain.
-fn read_output(wire: WireOutput, sent: &[Value], chain: &[i64]) -> ChainOutput {
+fn read_output(wire: WireOutput, sent: &[Value], chain: &[PluginConfigId]) -> ChainOutput {
     let events = wire
         .events
         .into_iter()
@@ -406,7 +412,7 @@ fn read_output(wire: WireOutput, sent: &[Value], chain: &[i64]) -> ChainOutput {
     ChainOutput { events, errors: wire.errors, logs: wire.logs, durations: wire.durations }
 }
 
-fn passthrough(events: Vec<Value>, failed: &[i64]) -> ChainOutput {
+fn passthrough(events: Vec<Value>, failed: &[PluginConfigId]) -> ChainOutput {
     ChainOutput {
         events: events
             .into_iter()

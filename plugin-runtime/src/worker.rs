@@ -8,7 +8,7 @@ use crate::host::Host;
 use crate::kv::KeyValue;
 use serde_json::Value;
 
-use crate::hook::{Hook, PluginError};
+use crate::hook::{Hook, PluginConfigId, PluginError};
 use crate::protocol::{
     event_allowance, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireEvent,
     WireOutput, MAX_FRAME_BYTES,
@@ -28,7 +28,7 @@ pub async fn serve() -> std::io::Result<()> {
     let mut input = tokio::io::stdin();
     let mut output = tokio::io::stdout();
     let stores = Stores::from_env().await;
-    let mut vms: HashMap<i64, Vm> = HashMap::new();
+    let mut vms: HashMap<PluginConfigId, Vm> = HashMap::new();
     while let Some(request) = read_frame::<Request>(&mut input, MAX_FRAME_BYTES).await? {
         match request {
             Request::Load(instance) => {
@@ -215,7 +215,7 @@ impl Batch {
     /// An event the worker cannot read (the supervisor only sends what it read itself,
     /// so this is a defect, not a plugin's doing) goes back as it came, failed by every
     /// instance of the chain, and no plugin sees it.
-    fn read(events: Vec<String>, chain: &[i64]) -> Batch {
+    fn read(events: Vec<String>, chain: &[PluginConfigId]) -> Batch {
         let mut out = ChainOutput::default();
         for text in &events {
             let processed = match serde_json::from_str::<Value>(text) {
@@ -246,7 +246,7 @@ impl Batch {
 /// One instance's pass over the events still alive. Each output is checked where it is
 /// produced: one that grew past its allowance is this instance's failure, and the event
 /// goes on as it was.
-async fn run_one(id: i64, vm: Option<&Vm>, batch: &mut Batch) {
+async fn run_one(id: PluginConfigId, vm: Option<&Vm>, batch: &mut Batch) {
     let out = &mut batch.out;
     for (i, processed) in out.events.iter_mut().enumerate() {
         // Dropped by an earlier instance, or unreadable (see `Batch::read`).
@@ -312,7 +312,7 @@ async fn on_event(vm: &Vm, event: &serde_json::Value, attempts: u32) -> Result<(
     }
 }
 
-fn not_loaded(id: i64, hook: &str) -> PluginError {
+fn not_loaded(id: PluginConfigId, hook: &str) -> PluginError {
     PluginError::Failed { hook: hook.into(), message: format!("plugin config {id} is not loaded") }
 }
 

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_plugin_runtime::Instance;
-use sluice_plugin_runtime::Limits;
-use sluice_plugin_runtime::{Host, KeyValue, Vm};
-use sluice_plugin_runtime::{Manifest, PluginSource};
-use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
+use sluice_plugin_runtime::{
+    Host, Instance, KeyValue, Limits, Manifest, PluginConfigId, PluginSource, Supervisor, SupervisorSettings, TeamId,
+    Vm,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers every request with `hello`, counting them.
@@ -54,8 +53,13 @@ async fn workers_get_no_secrets_and_plugin_requests_no_proxy() {
         manifest: Manifest::parse(&json!({"name": "p"}).to_string()).unwrap(),
         main: "return {}".into(),
     };
-    let instance = Instance { id: 1, source: source.clone(), config: Default::default(), limits: Limits::default() };
-    assert!(s.load(1, instance).await.is_err(), "the dumping worker exits");
+    let instance = Instance {
+        id: PluginConfigId(1),
+        source: source.clone(),
+        config: Default::default(),
+        limits: Limits::default(),
+    };
+    assert!(s.load(TeamId(1), instance).await.is_err(), "the dumping worker exits");
     let env = std::fs::read_to_string(&dump).unwrap();
     let _ = std::fs::remove_file(&dump);
     assert!(env.contains("SLUICE_PLUGIN_CACHE_PREFIX=given/"), "{env}");

@@ -4,10 +4,15 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_plugin_runtime::Instance;
-use sluice_plugin_runtime::Manifest;
-use sluice_plugin_runtime::{Limits, PluginSource};
-use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
+use sluice_plugin_runtime::{
+    Instance, Limits, Manifest, PluginConfigId, PluginSource, Supervisor, SupervisorSettings, TeamId,
+};
+
+const TEAM: TeamId = TeamId(1);
+
+fn ids(raw: &[i64]) -> Vec<PluginConfigId> {
+    raw.iter().copied().map(PluginConfigId).collect()
+}
 
 fn settings(max_strikes: u32) -> SupervisorSettings {
     SupervisorSettings {
@@ -27,7 +32,7 @@ fn supervisor(max_strikes: u32) -> Supervisor {
 
 fn instance(id: i64, main: &str) -> Instance {
     Instance {
-        id,
+        id: PluginConfigId(id),
         source: PluginSource {
             manifest: Manifest::parse(&json!({"name": format!("p{id}")}).to_string()).unwrap(),
             main: main.into(),
@@ -50,23 +55,23 @@ const SLOW: &str = "return { process_event = function(e) local x = 0 for i = 1, 
 #[tokio::test]
 async fn a_chain_runs_in_order_over_a_batch() {
     let s = supervisor(3);
-    s.load(1, instance(10, TAG)).await.unwrap();
-    s.load(1, instance(11, DROP_ODD)).await.unwrap();
-    let out = s.process(1, &[10, 11], events(4)).await;
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
+    s.load(TEAM, instance(11, DROP_ODD)).await.unwrap();
+    let out = s.process(TEAM, &ids(&[10, 11]), events(4)).await;
     assert!(out.strikes.is_empty());
     let kept: Vec<_> = out.output.events.iter().map(|e| e.event.as_ref().map(|e| e["properties"].clone())).collect();
     assert_eq!(kept, vec![Some(json!({"i": 0, "tagged": true})), None, Some(json!({"i": 2, "tagged": true})), None]);
-    assert_eq!(out.output.events[0].succeeded, vec![10, 11]);
+    assert_eq!(out.output.events[0].succeeded, ids(&[10, 11]));
 }
 
 #[tokio::test]
 async fn a_failing_setup_keeps_the_old_version() {
     let s = supervisor(3);
-    s.load(1, instance(10, TAG)).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
     let broken = "return { setup = function() error('no config') end, process_event = function(e) return nil end }";
-    let err = s.load(1, instance(10, broken)).await.unwrap_err();
+    let err = s.load(TEAM, instance(10, broken)).await.unwrap_err();
     assert!(err.to_string().contains("no config"), "{err}");
-    let out = s.process(1, &[10], events(1)).await;
+    let out = s.process(TEAM, &ids(&[10]), events(1)).await;
     assert_eq!(out.output.events[0].event.as_ref().unwrap()["properties"]["tagged"], true, "old version still runs");
 }
 
@@ -89,32 +94,32 @@ fn kill_after(pid: u32, delay: Duration) -> tokio::task::JoinHandle<()> {
 #[tokio::test]
 async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
     let s = std::sync::Arc::new(supervisor(2));
-    s.load(1, instance(10, TAG)).await.unwrap();
-    s.load(1, instance(20, SLOW)).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
+    s.load(TEAM, instance(20, SLOW)).await.unwrap();
     let pid = pid_of_worker(&s).await;
     // Killed while the slow plugin runs.
     let killer = kill_after(pid, Duration::from_millis(300));
-    let out = s.process(1, &[10, 20], events(30)).await;
+    let out = s.process(TEAM, &ids(&[10, 20]), events(30)).await;
     killer.await.unwrap();
     assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
-    assert_eq!(out.strikes[0].id, 20);
+    assert_eq!(out.strikes[0].id, PluginConfigId(20));
     assert!(!out.strikes[0].disabled);
     for e in &out.output.events {
         assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true, "the other plugin still ran");
-        assert_eq!(e.failed, vec![20]);
+        assert_eq!(e.failed, ids(&[20]));
     }
     assert_ne!(pid_of_worker(&s).await, pid, "a new worker");
 
     // Struck again: disabled, and skipped from then on.
     let pid = pid_of_worker(&s).await;
     let killer = kill_after(pid, Duration::from_millis(300));
-    let out = s.process(1, &[10, 20], events(30)).await;
+    let out = s.process(TEAM, &ids(&[10, 20]), events(30)).await;
     killer.await.unwrap();
     assert!(out.strikes[0].disabled, "{:?}", out.strikes);
-    assert!(s.is_disabled(20));
-    let out = s.process(1, &[10, 20], events(2)).await;
+    assert!(s.is_disabled(PluginConfigId(20)));
+    let out = s.process(TEAM, &ids(&[10, 20]), events(2)).await;
     assert!(out.strikes.is_empty());
-    assert_eq!(out.output.events[0].succeeded, vec![10]);
+    assert_eq!(out.output.events[0].succeeded, ids(&[10]));
 }
 
 #[tokio::test]
@@ -124,7 +129,7 @@ async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck()
         per_event: Duration::from_millis(40),
         ..settings(3)
     });
-    s.load(1, instance(20, SLOW)).await.unwrap();
+    s.load(TEAM, instance(20, SLOW)).await.unwrap();
     let pid = pid_of_worker(&s).await;
     // Stopped 300 ms into a pass of about 900 ms: inside plugin 20's code.
     let stopper = tokio::spawn(async move {
@@ -132,14 +137,14 @@ async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck()
         signal(pid, "-STOP");
     });
     let started = std::time::Instant::now();
-    let out = s.process(1, &[20], events(30)).await;
+    let out = s.process(TEAM, &ids(&[20]), events(30)).await;
     stopper.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(out.strikes.len(), 1);
-    assert_eq!(out.strikes[0].id, 20);
+    assert_eq!(out.strikes[0].id, PluginConfigId(20));
     assert!(out.strikes[0].reason.contains("did not answer"), "{:?}", out.strikes);
     assert_eq!(out.output.events.len(), 30, "events pass unchanged");
-    let next = s.process(1, &[20], events(1)).await;
+    let next = s.process(TEAM, &ids(&[20]), events(1)).await;
     assert!(next.strikes.is_empty(), "{next:?}");
     assert_ne!(pid_of_worker(&s).await, pid, "the stopped worker was killed and replaced");
 }
@@ -151,15 +156,15 @@ async fn a_worker_that_fails_outside_any_plugin_strikes_no_one() {
         per_event: Duration::from_millis(10),
         ..settings(1)
     });
-    s.load(1, instance(20, TAG)).await.unwrap();
+    s.load(TEAM, instance(20, TAG)).await.unwrap();
     let pid = pid_of_worker(&s).await;
     // Stopped before the batch: no plugin is running when it stops answering.
     signal(pid, "-STOP");
-    let out = s.process(1, &[20], events(3)).await;
+    let out = s.process(TEAM, &ids(&[20]), events(3)).await;
     assert!(out.strikes.is_empty(), "{:?}", out.strikes);
-    assert!(!s.is_disabled(20), "one strike would have disabled it");
+    assert!(!s.is_disabled(PluginConfigId(20)), "one strike would have disabled it");
     for e in &out.output.events {
-        assert_eq!(e.succeeded, vec![20], "tried again on a fresh worker");
+        assert_eq!(e.succeeded, ids(&[20]), "tried again on a fresh worker");
         assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true);
     }
     assert_ne!(pid_of_worker(&s).await, pid);
@@ -170,8 +175,8 @@ async fn a_worker_that_fails_outside_any_plugin_strikes_no_one() {
 #[tokio::test]
 async fn events_as_deep_as_ingest_reads_cross_the_worker_boundary() {
     let s = supervisor(1);
-    s.load(1, instance(10, TAG)).await.unwrap();
-    s.load(1, instance(11, TAG)).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
+    s.load(TEAM, instance(11, TAG)).await.unwrap();
     let mut deep = json!(0);
     for _ in 0..124 {
         deep = json!([deep]);
@@ -180,15 +185,15 @@ async fn events_as_deep_as_ingest_reads_cross_the_worker_boundary() {
     let text = event.to_string();
     assert!(serde_json::from_str::<Value>(&text).is_ok(), "ingest reads it");
     for _ in 0..3 {
-        let out = s.process(1, &[10, 11], vec![event.clone(), events(1)[0].clone()]).await;
+        let out = s.process(TEAM, &ids(&[10, 11]), vec![event.clone(), events(1)[0].clone()]).await;
         assert!(out.strikes.is_empty(), "{:?}", out.strikes);
         assert!(out.output.errors.is_empty(), "{:?}", out.output.errors);
         let first = out.output.events[0].event.as_ref().unwrap();
         assert_eq!(first["properties"]["deep"], event["properties"]["deep"]);
         assert_eq!(first["properties"]["tagged"], true);
-        assert_eq!(out.output.events[0].succeeded, vec![10, 11]);
+        assert_eq!(out.output.events[0].succeeded, ids(&[10, 11]));
     }
-    assert!(!s.is_disabled(10) && !s.is_disabled(11));
+    assert!(!s.is_disabled(PluginConfigId(10)) && !s.is_disabled(PluginConfigId(11)));
 }
 
 /// A plugin whose output would be too large or too deep fails on its own event; the next
@@ -201,15 +206,15 @@ async fn hostile_output_is_refused_where_it_is_produced() {
     let wide = "return { process_event = function(e) local t = {'x'} for i = 1, 40 do t = {a = t, b = t} end \
         e.properties.wide = t return e end }";
     let big = "return { process_event = function(e) e.properties.pad = string.rep('x', 900000) return e end }";
-    s.load(1, instance(30, deep)).await.unwrap();
-    s.load(1, instance(31, wide)).await.unwrap();
-    s.load(1, instance(32, big)).await.unwrap();
-    s.load(1, instance(10, TAG)).await.unwrap();
-    let out = s.process(1, &[30, 31, 32, 10], events(2)).await;
+    s.load(TEAM, instance(30, deep)).await.unwrap();
+    s.load(TEAM, instance(31, wide)).await.unwrap();
+    s.load(TEAM, instance(32, big)).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
+    let out = s.process(TEAM, &ids(&[30, 31, 32, 10]), events(2)).await;
     assert!(out.strikes.is_empty(), "{:?}", out.strikes);
     for e in &out.output.events {
-        assert_eq!(e.failed, vec![30, 31, 32], "{e:?}");
-        assert_eq!(e.succeeded, vec![10]);
+        assert_eq!(e.failed, ids(&[30, 31, 32]), "{e:?}");
+        assert_eq!(e.succeeded, ids(&[10]));
         let props = &e.event.as_ref().unwrap()["properties"];
         assert_eq!(props["tagged"], true);
         assert!(props.get("deep").is_none() && props.get("wide").is_none() && props.get("pad").is_none());
@@ -231,16 +236,16 @@ async fn the_table_move_reproducer_does_not_take_the_host_down() {
         table.move({}, -0x7fffffff, 0x7fffffff, 0x7fffffff) \
         table.move({1}, 1, 2, 9007199254740991) \
         return e end }";
-    s.load(1, instance(30, crash)).await.unwrap();
-    s.load(1, instance(10, TAG)).await.unwrap();
-    let out = s.process(1, &[30, 10], events(2)).await;
+    s.load(TEAM, instance(30, crash)).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
+    let out = s.process(TEAM, &ids(&[30, 10]), events(2)).await;
     assert_eq!(out.output.events.len(), 2);
     for e in &out.output.events {
-        assert!(e.failed.contains(&30), "{e:?}");
+        assert!(e.failed.contains(&PluginConfigId(30)), "{e:?}");
         assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true);
     }
-    let next = s.process(1, &[10], events(1)).await;
-    assert_eq!(next.output.events[0].succeeded, vec![10]);
+    let next = s.process(TEAM, &ids(&[10]), events(1)).await;
+    assert_eq!(next.output.events[0].succeeded, ids(&[10]));
 }
 
 /// A single C call reaches no interrupt (a quadratic plain `string.find`): the worker's
@@ -256,13 +261,13 @@ async fn a_call_that_never_reaches_an_interrupt_is_ended_from_outside() {
     limits.process_event_ticks = u64::MAX;
     let mut i = instance(40, quadratic);
     i.limits = limits;
-    s.load(1, i).await.unwrap();
-    s.load(1, instance(10, TAG)).await.unwrap();
+    s.load(TEAM, i).await.unwrap();
+    s.load(TEAM, instance(10, TAG)).await.unwrap();
     let started = std::time::Instant::now();
-    let out = s.process(1, &[40, 10], events(1)).await;
+    let out = s.process(TEAM, &ids(&[40, 10]), events(1)).await;
     println!("ended after {:?}", started.elapsed());
     assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
-    assert_eq!(out.strikes[0].id, 40);
+    assert_eq!(out.strikes[0].id, PluginConfigId(40));
     assert!(out.strikes[0].reason.contains("exited"), "the worker aborted, not the batch budget: {:?}", out.strikes);
     assert_eq!(out.output.events[0].event.as_ref().unwrap()["properties"]["tagged"], true);
 }

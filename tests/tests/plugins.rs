@@ -769,8 +769,8 @@ async fn quota_holds(a: &sluice_plugin_runtime::KeyValue, b: &sluice_plugin_runt
 
 #[test]
 fn plugin_store_quotas_hold_on_redis_and_postgres() {
-    use sluice_plugin_runtime::KeyValue;
     use sluice_plugin_runtime::Quota;
+    use sluice_plugin_runtime::{KeyValue, PluginConfigId};
     let quota = Quota { keys: 3, bytes: 1_000, key_bytes: 64 };
     let db = Database::create("plugins_quota");
     db.run(&["migrate"]);
@@ -781,10 +781,20 @@ fn plugin_store_quotas_hold_on_redis_and_postgres() {
         let client = redis::Client::open(sluice_tests::redis_url()).unwrap();
         let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
         let cache = KeyValue::redis(redis, &format!("{}/", unique("quota")));
-        quota_holds(&cache.for_plugin_config(1, quota), &cache.for_plugin_config(2, quota), true).await;
+        quota_holds(
+            &cache.for_plugin_config(PluginConfigId(1), quota),
+            &cache.for_plugin_config(PluginConfigId(2), quota),
+            true,
+        )
+        .await;
 
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         let storage = KeyValue::postgres(pool);
-        quota_holds(&storage.for_plugin_config(first, quota), &storage.for_plugin_config(second, quota), false).await;
+        quota_holds(
+            &storage.for_plugin_config(PluginConfigId(first), quota),
+            &storage.for_plugin_config(PluginConfigId(second), quota),
+            false,
+        )
+        .await;
     });
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sluice_plugin_runtime::PluginError;
+use sluice_plugin_runtime::{PluginConfigId, PluginError, TeamId};
 use sluice_schema::clickhouse::Flavor;
 use sluice_schema::CapturedEvent;
 use tracing::{info, warn};
@@ -42,8 +42,8 @@ impl Plugins {
         let chain = self.chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
         let inputs: Vec<Value> = events.iter().map(|e| event::to_plugin_event(e, team)).collect();
         let started = std::time::Instant::now();
-        let ids: Vec<i64> = chain.iter().map(|l| l.id).collect();
-        let outcome = self.supervisor.process(team, &ids, inputs).await;
+        let ids: Vec<PluginConfigId> = chain.iter().map(|l| PluginConfigId(l.id)).collect();
+        let outcome = self.supervisor.process(TeamId(team), &ids, inputs).await;
         crate::telemetry::step("plugins", started.elapsed().as_secs_f64());
         let label = |id: i64| chain.iter().find(|l| l.id == id).map_or_else(|| id.to_string(), |l| l.label.clone());
         let mut logs = PluginLogs::new(team, flavor);
@@ -52,7 +52,7 @@ impl Plugins {
             crate::telemetry::plugin_calls(link.id, events.len());
         }
         for (id, seconds) in &outcome.output.durations {
-            crate::telemetry::plugin_duration(*id, *seconds);
+            crate::telemetry::plugin_duration(id.0, *seconds);
         }
         let mut failed_now: HashMap<i64, (u32, String)> = HashMap::new();
         for (id, _, error) in &outcome.output.errors {
@@ -62,23 +62,23 @@ impl Plugins {
                 PluginError::Memory { .. } => "memory",
                 _ => "error",
             };
-            crate::telemetry::plugin_error(*id, kind);
-            let entry = failed_now.entry(*id).or_insert((0, String::new()));
+            crate::telemetry::plugin_error(id.0, kind);
+            let entry = failed_now.entry(id.0).or_insert((0, String::new()));
             entry.0 += 1;
             entry.1 = error.to_string();
-            warn!(plugin = %label(*id), team, error = %error, "plugin call failed");
-            logs.push(*id, "error", &error.to_string());
+            warn!(plugin = %label(id.0), team, error = %error, "plugin call failed");
+            logs.push(id.0, "error", &error.to_string());
         }
         for (id, entry) in &outcome.output.logs {
-            info!(plugin = %label(*id), team, level = %entry.level, "{}", entry.message);
-            logs.push(*id, &entry.level, &entry.message);
+            info!(plugin = %label(id.0), team, level = %entry.level, "{}", entry.message);
+            logs.push(id.0, &entry.level, &entry.message);
         }
         for strike in &outcome.strikes {
-            crate::telemetry::plugin_error(strike.id, "crash");
-            logs.push(strike.id, "error", &strike.reason);
+            crate::telemetry::plugin_error(strike.id.0, "crash");
+            logs.push(strike.id.0, "error", &strike.reason);
             if strike.disabled {
                 let reason = format!("its worker kept dying: {}", strike.reason);
-                self.set_state(strike.id, PluginState::Disabled, &reason).await;
+                self.set_state(strike.id.0, PluginState::Disabled, &reason).await;
             }
         }
         for link in &chain {
@@ -91,17 +91,17 @@ impl Plugins {
             .zip(outcome.output.events)
             .enumerate()
             .map(|(i, (mut captured, processed))| {
-                let missed = chain.iter().find(|l| l.required && processed.failed.contains(&l.id));
+                let missed = chain.iter().find(|l| l.required && processed.failed.contains(&PluginConfigId(l.id)));
                 if let Some(link) = missed {
                     let why = errors
                         .iter()
-                        .find(|(id, at, _)| *id == link.id && *at == i)
+                        .find(|(id, at, _)| id.0 == link.id && *at == i)
                         .map_or_else(|| "it could not run".to_string(), |(_, _, e)| e.to_string());
                     return AfterPlugins::Dead(format!("required plugin {} did not process it: {why}", link.label));
                 }
                 let Some(event) = processed.event else { return AfterPlugins::Dropped };
-                let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(*id)).collect();
-                let failed: Vec<String> = processed.failed.iter().map(|id| label(*id)).collect();
+                let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(id.0)).collect();
+                let failed: Vec<String> = processed.failed.iter().map(|id| label(id.0)).collect();
                 event::from_plugin_event(&mut captured, &event, &succeeded, &failed);
                 AfterPlugins::Keep(captured)
             })

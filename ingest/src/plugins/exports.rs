@@ -3,6 +3,7 @@
 //! commit longer than the enqueue wait.
 
 use serde_json::Value;
+use sluice_plugin_runtime::{PluginConfigId, TeamId};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -29,25 +30,25 @@ impl Plugins {
         if chain.is_empty() {
             return;
         }
-        let ids: Vec<i64> = chain.iter().map(|l| l.id).collect();
+        let ids: Vec<PluginConfigId> = chain.iter().map(|l| PluginConfigId(l.id)).collect();
         let started = std::time::Instant::now();
-        let outcome = self.exports.on_event(team, &ids, events, self.on_event_attempts).await;
+        let outcome = self.exports.on_event(TeamId(team), &ids, events, self.on_event_attempts).await;
         crate::telemetry::step("on_event", started.elapsed().as_secs_f64());
         let mut logs = PluginLogs::new(team, ch.flavor);
         for (id, _, error) in &outcome.output.errors {
-            crate::telemetry::plugin_error(*id, "on_event");
-            warn!(plugin_config = id, team, error = %error, "on_event failed");
-            logs.push(*id, "error", &error.to_string());
+            crate::telemetry::plugin_error(id.0, "on_event");
+            warn!(plugin_config = id.0, team, error = %error, "on_event failed");
+            logs.push(id.0, "error", &error.to_string());
         }
         for (id, entry) in &outcome.output.logs {
-            info!(plugin_config = id, team, level = %entry.level, "{}", entry.message);
-            logs.push(*id, &entry.level, &entry.message);
+            info!(plugin_config = id.0, team, level = %entry.level, "{}", entry.message);
+            logs.push(id.0, &entry.level, &entry.message);
         }
         for strike in &outcome.strikes {
-            crate::telemetry::plugin_error(strike.id, "crash");
+            crate::telemetry::plugin_error(strike.id.0, "crash");
             if strike.disabled {
                 let reason = format!("its export worker kept dying: {}", strike.reason);
-                self.set_state(strike.id, PluginState::Disabled, &reason).await;
+                self.set_state(strike.id.0, PluginState::Disabled, &reason).await;
             }
         }
         logs.write(ch, "on-event").await;

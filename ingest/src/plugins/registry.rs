@@ -4,8 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sluice_plugin_runtime::Hook;
-use sluice_plugin_runtime::Instance;
+use sluice_plugin_runtime::{Hook, Instance, PluginConfigId, TeamId};
 use tracing::{info, warn};
 
 use super::{store, Link, PluginState, Plugins, Version};
@@ -54,15 +53,15 @@ impl Plugins {
             let attempted = self.loaded.lock().expect("loaded lock").get(&row.id).map(|l| l.attempted);
             if attempted != Some(row.updated_at) {
                 let instance = Instance {
-                    id: row.id,
+                    id: PluginConfigId(row.id),
                     source: sluice_plugin_runtime::PluginSource { manifest: row.manifest.0.clone(), main: row.source },
                     config: row.config.0,
                     limits: self.limits.clone(),
                 };
-                let mut result = self.supervisor.load(row.team_id, instance.clone()).await;
+                let mut result = self.supervisor.load(TeamId(row.team_id), instance.clone()).await;
                 if let Ok(hooks) = &result {
                     if hooks.iter().any(|h| *h == Hook::OnEvent || h.is_schedule()) {
-                        result = self.exports.load(row.team_id, instance).await.map(|_| hooks.clone());
+                        result = self.exports.load(TeamId(row.team_id), instance).await.map(|_| hooks.clone());
                     }
                 }
                 let mut loaded = self.loaded.lock().expect("loaded lock");

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use sluice_common::every::Every;
-use sluice_plugin_runtime::Hook;
+use sluice_plugin_runtime::{Hook, PluginConfigId, TeamId};
 use sluice_schema::redis_keys;
 
 use super::{PluginLogs, PluginState, Plugins};
@@ -140,7 +140,7 @@ impl Plugins {
     /// Runs one schedule of one instance and records what it logged or how it failed.
     async fn run_schedule(&self, team: i64, id: i64, hook: Hook, info: Value, ch: &ClickHouse) {
         let started = std::time::Instant::now();
-        let (result, logs, strike) = self.exports.schedule(team, id, hook, info).await;
+        let (result, logs, strike) = self.exports.schedule(TeamId(team), PluginConfigId(id), hook, info).await;
         crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
         let mut lines = PluginLogs::new(team, ch.flavor);
         for entry in &logs {
