@@ -7,6 +7,31 @@ use sluice_schema::clickhouse::Flavor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// The tables ingest writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Events,
+    Persons,
+    PersonDistinctIds,
+    Groups,
+    IngestionWarnings,
+    PluginLogEntries,
+}
+
+impl Table {
+    /// Its name in ClickHouse (and the `table` label of the write metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Events => "events",
+            Table::Persons => "persons",
+            Table::PersonDistinctIds => "person_distinct_ids",
+            Table::Groups => "groups",
+            Table::IngestionWarnings => "ingestion_warnings",
+            Table::PluginLogEntries => "plugin_log_entries",
+        }
+    }
+}
+
 /// One row of `events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
@@ -71,5 +96,177 @@ impl PluginLogRow<'_> {
             "message": self.message,
             "timestamp": flavor.format(self.timestamp),
         })
+    }
+}
+
+/// One row of `persons`: a person as written, or deleted by a merge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonRow<'a> {
+    pub id: Uuid,
+    pub team_id: i64,
+    pub properties: &'a Map<String, Value>,
+    pub is_identified: bool,
+    pub created_at: OffsetDateTime,
+    pub version: i64,
+    pub is_deleted: bool,
+}
+
+impl PersonRow<'_> {
+    pub fn to_json(&self, flavor: Flavor) -> Value {
+        json!({
+            "id": self.id,
+            "team_id": self.team_id,
+            "properties": Value::Object(self.properties.clone()).to_string(),
+            "is_identified": u8::from(self.is_identified),
+            "created_at": flavor.format(self.created_at),
+            "version": self.version,
+            "is_deleted": u8::from(self.is_deleted),
+        })
+    }
+}
+
+/// One row of `person_distinct_ids`: which person a distinct id points at, from which
+/// version on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistinctIdRow<'a> {
+    pub team_id: i64,
+    pub distinct_id: &'a str,
+    pub person_id: Uuid,
+    pub version: i64,
+}
+
+impl DistinctIdRow<'_> {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "team_id": self.team_id,
+            "distinct_id": self.distinct_id,
+            "person_id": self.person_id,
+            "version": self.version,
+            "is_deleted": 0,
+        })
+    }
+}
+
+/// One row of `groups`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow<'a> {
+    pub team_id: i64,
+    pub type_index: i16,
+    pub key: &'a str,
+    pub properties: &'a Map<String, Value>,
+    pub created_at: OffsetDateTime,
+    pub version: i64,
+}
+
+impl GroupRow<'_> {
+    pub fn to_json(&self, flavor: Flavor) -> Value {
+        json!({
+            "team_id": self.team_id,
+            "group_type_index": self.type_index,
+            "group_key": self.key,
+            "group_properties": Value::Object(self.properties.clone()).to_string(),
+            "created_at": flavor.format(self.created_at),
+            "version": self.version,
+        })
+    }
+}
+
+/// One row of `ingestion_warnings`: something about an event the team should know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarningRow<'a> {
+    pub team_id: i64,
+    pub kind: &'a str,
+    pub details: Value,
+    pub timestamp: OffsetDateTime,
+}
+
+impl WarningRow<'_> {
+    pub fn to_json(&self, flavor: Flavor) -> Value {
+        json!({
+            "team_id": self.team_id,
+            "type": self.kind,
+            "details": self.details.to_string(),
+            "timestamp": flavor.format(self.timestamp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use sluice_schema::clickhouse::create_statements;
+
+    /// The columns of `table` as the DDL declares them.
+    fn columns(table: Table) -> BTreeSet<String> {
+        let ddl = create_statements(Flavor::Modern, "db")
+            .into_iter()
+            .find(|sql| sql.contains(&format!("db.{} (", table.name())))
+            .unwrap_or_else(|| panic!("no DDL for {}", table.name()));
+        let body = &ddl[ddl.find('(').unwrap() + 1..ddl.find(") ENGINE").unwrap()];
+        body.split(",\n").map(|line| line.split_whitespace().next().unwrap().trim_matches('`').to_string()).collect()
+    }
+
+    fn keys(row: Value) -> BTreeSet<String> {
+        row.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn every_row_has_exactly_its_tables_columns() {
+        let (t, props, id) = (OffsetDateTime::UNIX_EPOCH, Map::new(), Uuid::nil());
+        let event = EventRow {
+            uuid: id,
+            event: "e".into(),
+            properties: props.clone(),
+            timestamp: t,
+            team_id: 1,
+            distinct_id: "d".into(),
+            elements_chain: String::new(),
+            created_at: t,
+            captured_at: t,
+            person_id: id,
+            person_properties: props.clone(),
+            person_created_at: t,
+            person_mode: "full",
+            groups: Default::default(),
+        };
+        let f = Flavor::Modern;
+        let rows = [
+            (Table::Events, event.to_json(f)),
+            (
+                Table::Persons,
+                PersonRow {
+                    id,
+                    team_id: 1,
+                    properties: &props,
+                    is_identified: true,
+                    created_at: t,
+                    version: 0,
+                    is_deleted: false,
+                }
+                .to_json(f),
+            ),
+            (
+                Table::PersonDistinctIds,
+                DistinctIdRow { team_id: 1, distinct_id: "d", person_id: id, version: 0 }.to_json(),
+            ),
+            (
+                Table::Groups,
+                GroupRow { team_id: 1, type_index: 0, key: "k", properties: &props, created_at: t, version: 0 }
+                    .to_json(f),
+            ),
+            (
+                Table::IngestionWarnings,
+                WarningRow { team_id: 1, kind: "w", details: Value::Null, timestamp: t }.to_json(f),
+            ),
+            (
+                Table::PluginLogEntries,
+                PluginLogRow { team_id: 1, plugin_config_id: 2, level: "info", message: "m", timestamp: t }.to_json(f),
+            ),
+        ];
+        for (table, row) in rows {
+            assert_eq!(keys(row), columns(table), "{}", table.name());
+        }
     }
 }

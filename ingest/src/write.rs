@@ -12,6 +12,8 @@ use flate2::write::GzEncoder;
 use serde_json::Value;
 use sluice_schema::clickhouse::{create_statements, Flavor};
 
+use crate::rows::Table;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
     #[error("clickhouse unreachable: {0}")]
@@ -195,13 +197,14 @@ impl ClickHouse {
     /// with one bad row costs about 2·log2(n) extra inserts, and only in that case.
     pub async fn insert(
         &self,
-        table: &str,
+        table: Table,
         rows: &[SourcedRow],
         dedup_token: &str,
     ) -> Result<Vec<(usize, String)>, ClickHouseError> {
-        let refused =
-            isolate_refused(rows.len(), dedup_token, |range, token| self.insert_rows(table, &rows[range], token))
-                .await?;
+        let refused = isolate_refused(rows.len(), dedup_token, |range, token| {
+            self.insert_rows(table.name(), &rows[range], token)
+        })
+        .await?;
         Ok(refused.into_iter().map(|(i, why)| (rows[i].0, why)).collect())
     }
 

@@ -18,6 +18,7 @@ use sluice_schema::CapturedEvent;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::plugins::AfterPlugins;
 use crate::process::{self, DependencyDown, Deps, Fate};
+use crate::rows::Table;
 use crate::stores::Stores;
 use crate::telemetry;
 use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
@@ -204,17 +205,18 @@ impl Sorted {
 async fn write_rows(ch: &ClickHouse, rows: &Rows, token: &str) -> Result<HashMap<usize, String>, ClickHouseError> {
     let mut refused: HashMap<usize, String> = HashMap::new();
     for (table, table_rows) in [
-        ("events", &rows.events),
-        ("persons", &rows.persons),
-        ("person_distinct_ids", &rows.distinct_ids),
-        ("groups", &rows.groups),
-        ("ingestion_warnings", &rows.warnings),
+        (Table::Events, &rows.events),
+        (Table::Persons, &rows.persons),
+        (Table::PersonDistinctIds, &rows.distinct_ids),
+        (Table::Groups, &rows.groups),
+        (Table::IngestionWarnings, &rows.warnings),
     ] {
-        let refused_here = ch.insert(table, table_rows, &format!("{token}-{table}")).await?;
-        telemetry::clickhouse_rows(table, table_rows.len() - refused_here.len());
-        telemetry::clickhouse_refused(table, refused_here.len());
+        let name = table.name();
+        let refused_here = ch.insert(table, table_rows, &format!("{token}-{name}")).await?;
+        telemetry::clickhouse_rows(name, table_rows.len() - refused_here.len());
+        telemetry::clickhouse_refused(name, refused_here.len());
         for (i, error) in refused_here {
-            refused.entry(i).or_insert(format!("{table}: {error}"));
+            refused.entry(i).or_insert(format!("{name}: {error}"));
         }
     }
     Ok(refused)
@@ -227,8 +229,8 @@ async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Re
         return Ok(());
     }
     let rows: Vec<SourcedRow> = logs.into_iter().map(|r| (usize::MAX, r)).collect();
-    let refused = ch.insert("plugin_log_entries", &rows, &format!("{token}-plugin-logs")).await?;
-    telemetry::clickhouse_refused("plugin_log_entries", refused.len());
+    let refused = ch.insert(Table::PluginLogEntries, &rows, &format!("{token}-plugin-logs")).await?;
+    telemetry::clickhouse_refused(Table::PluginLogEntries.name(), refused.len());
     Ok(())
 }
 

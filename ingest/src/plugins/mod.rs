@@ -188,7 +188,9 @@ impl PluginLogs {
             return;
         }
         let rows: Vec<(usize, Value)> = self.rows.into_iter().map(|r| (usize::MAX, r)).collect();
-        if let Err(e) = ch.insert("plugin_log_entries", &rows, &format!("{what}-{}", uuid::Uuid::now_v7())).await {
+        if let Err(e) =
+            ch.insert(crate::rows::Table::PluginLogEntries, &rows, &format!("{what}-{}", uuid::Uuid::now_v7())).await
+        {
             warn!(error = %e, what, "could not write plugin log lines");
         }
     }

@@ -16,7 +16,7 @@ use crate::dlq::DeadLetter;
 use crate::normalize;
 use crate::persons::PersonEvent;
 use crate::restrict::Restrictions;
-use crate::rows::EventRow;
+use crate::rows::{DistinctIdRow, EventRow, GroupRow, PersonRow, WarningRow};
 use crate::stores::{Postgres, Stores};
 use crate::{elements, telemetry, timestamp};
 
@@ -168,16 +168,20 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
         telemetry::person_writes("distinct_id_rows", changes.distinct_ids.len());
         telemetry::person_writes("merges", changes.persons.iter().filter(|(_, deleted)| *deleted).count());
         for (p, deleted) in &changes.persons {
-            rows.persons.push(json!({
-                "id": p.uuid, "team_id": team.id, "properties": Value::Object(p.properties.clone()).to_string(),
-                "is_identified": u8::from(p.is_identified), "created_at": flavor.format(p.created_at),
-                "version": p.version, "is_deleted": u8::from(*deleted),
-            }));
+            let row = PersonRow {
+                id: p.uuid,
+                team_id: team.id,
+                properties: &p.properties,
+                is_identified: p.is_identified,
+                created_at: p.created_at,
+                version: p.version,
+                is_deleted: *deleted,
+            };
+            rows.persons.push(row.to_json(flavor));
         }
         for (distinct_id, person_id, version) in &changes.distinct_ids {
-            rows.distinct_ids.push(json!({
-                "team_id": team.id, "distinct_id": distinct_id, "person_id": person_id, "version": version, "is_deleted": 0,
-            }));
+            let row = DistinctIdRow { team_id: team.id, distinct_id, person_id: *person_id, version: *version };
+            rows.distinct_ids.push(row.to_json());
         }
         for (kind, details) in changes.warnings {
             warnings.push(warning(team.id, kind, details, flavor, captured.now));
@@ -203,11 +207,15 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
         if let (Some(group_type), Some(key)) = (group_type, key) {
             if let Some(i) = deps.stores.group_type_index(team.id, &group_type).await? {
                 if let Some(g) = deps.stores.upsert_group(team.id, i, &key, &set, resolved.timestamp).await? {
-                    rows.groups.push(json!({
-                        "team_id": team.id, "group_type_index": g.type_index, "group_key": g.key,
-                        "group_properties": Value::Object(g.properties).to_string(),
-                        "created_at": flavor.format(g.created_at), "version": g.version,
-                    }));
+                    let row = GroupRow {
+                        team_id: team.id,
+                        type_index: g.type_index,
+                        key: &g.key,
+                        properties: &g.properties,
+                        created_at: g.created_at,
+                        version: g.version,
+                    };
+                    rows.groups.push(row.to_json(flavor));
                 }
             }
         }
@@ -250,7 +258,7 @@ fn group_key(v: &Value) -> Option<String> {
 }
 
 fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {
-    json!({"team_id": team_id, "type": kind, "details": details.to_string(), "timestamp": flavor.format(at)})
+    WarningRow { team_id, kind, details, timestamp: at }.to_json(flavor)
 }
 
 #[cfg(test)]
