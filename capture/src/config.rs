@@ -21,71 +21,125 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    // --- Kafka -----------------------------------------------------------------
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+
+    #[command(flatten)]
+    pub redis: RedisSettings,
+
+    #[command(flatten)]
+    pub team_tokens: TeamTokenSettings,
+
+    #[command(flatten)]
+    pub sdk_config: SdkConfigSettings,
+
+    #[command(flatten)]
+    pub overflow: OverflowSettings,
+
+    #[command(flatten)]
+    pub requests: RequestLimits,
+
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
+}
+
+/// Kafka: where events go and how the producer batches them.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaSettings {
     /// Bootstrap brokers, comma separated.
-    #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
-    pub kafka_hosts: String,
-    #[arg(long, env = "KAFKA_TOPIC_MAIN", default_value = sluice_schema::topics::EVENTS)]
-    pub kafka_topic_main: String,
-    #[arg(long, env = "KAFKA_TOPIC_OVERFLOW", default_value = sluice_schema::topics::EVENTS_OVERFLOW)]
-    pub kafka_topic_overflow: String,
-    #[arg(long, env = "KAFKA_TOPIC_HISTORICAL", default_value = sluice_schema::topics::EVENTS_HISTORICAL)]
-    pub kafka_topic_historical: String,
-    #[arg(long, env = "KAFKA_TOPIC_REPLAY", default_value = sluice_schema::topics::REPLAY)]
-    pub kafka_topic_replay: String,
-    #[arg(long, env = "KAFKA_TOPIC_REPLAY_OVERFLOW", default_value = sluice_schema::topics::REPLAY_OVERFLOW)]
-    pub kafka_topic_replay_overflow: String,
+    #[arg(id = "kafka_hosts", long = "kafka-hosts", env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
+    pub hosts: String,
+    #[arg(id = "kafka_topic_main", long = "kafka-topic-main", env = "KAFKA_TOPIC_MAIN", default_value = sluice_schema::topics::EVENTS)]
+    pub topic_main: String,
+    #[arg(id = "kafka_topic_overflow", long = "kafka-topic-overflow", env = "KAFKA_TOPIC_OVERFLOW", default_value = sluice_schema::topics::EVENTS_OVERFLOW)]
+    pub topic_overflow: String,
+    #[arg(id = "kafka_topic_historical", long = "kafka-topic-historical", env = "KAFKA_TOPIC_HISTORICAL", default_value = sluice_schema::topics::EVENTS_HISTORICAL)]
+    pub topic_historical: String,
+    #[arg(id = "kafka_topic_replay", long = "kafka-topic-replay", env = "KAFKA_TOPIC_REPLAY", default_value = sluice_schema::topics::REPLAY)]
+    pub topic_replay: String,
+    #[arg(id = "kafka_topic_replay_overflow", long = "kafka-topic-replay-overflow", env = "KAFKA_TOPIC_REPLAY_OVERFLOW", default_value = sluice_schema::topics::REPLAY_OVERFLOW)]
+    pub topic_replay_overflow: String,
     /// Producer compression codec (lz4, zstd, gzip, snappy, none).
-    #[arg(long, env = "KAFKA_COMPRESSION", default_value = "lz4")]
-    pub kafka_compression: String,
+    #[arg(id = "kafka_compression", long = "kafka-compression", env = "KAFKA_COMPRESSION", default_value = "lz4")]
+    pub compression: String,
     /// How long the producer waits to fill a batch.
-    #[arg(long = "kafka-linger-ms", env = "KAFKA_LINGER_MS", default_value = "5", value_name = "MS", value_parser = millis)]
-    pub kafka_linger: Duration,
+    #[arg(id = "kafka_linger", long = "kafka-linger-ms", env = "KAFKA_LINGER_MS", default_value = "5", value_name = "MS", value_parser = millis)]
+    pub linger: Duration,
     /// Producer queue bound, in messages; past it requests get 503.
-    #[arg(long, env = "KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
-    pub kafka_queue_max_messages: u64,
+    #[arg(
+        id = "kafka_queue_max_messages",
+        long = "kafka-queue-max-messages",
+        env = "KAFKA_QUEUE_MAX_MESSAGES",
+        default_value_t = 100_000
+    )]
+    pub queue_max_messages: u64,
     /// Producer queue bound, in KiB; past it requests get 503.
-    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 65_536)]
-    pub kafka_queue_max_kbytes: u64,
+    #[arg(
+        id = "kafka_queue_max_kbytes",
+        long = "kafka-queue-max-kbytes",
+        env = "KAFKA_QUEUE_MAX_KBYTES",
+        default_value_t = 65_536
+    )]
+    pub queue_max_kbytes: u64,
     /// How long a message may wait for the broker's acknowledgement before the request fails with 503.
-    #[arg(long = "kafka-message-timeout-ms", env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
-    pub kafka_message_timeout: Duration,
+    #[arg(id = "kafka_message_timeout", long = "kafka-message-timeout-ms", env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub message_timeout: Duration,
     /// Largest message the broker accepts (key, value and headers); checked before producing.
-    #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
-    pub kafka_message_max_bytes: usize,
+    #[arg(
+        id = "kafka_message_max_bytes",
+        long = "kafka-message-max-bytes",
+        env = "KAFKA_MESSAGE_MAX_BYTES",
+        default_value_t = 1_000_000
+    )]
+    pub message_max_bytes: usize,
 
     /// librdkafka debug contexts (e.g. `broker,msg,eos`), empty for none.
-    #[arg(long, env = "KAFKA_DEBUG", default_value = "")]
-    pub kafka_debug: String,
+    #[arg(id = "kafka_debug", long = "kafka-debug", env = "KAFKA_DEBUG", default_value = "")]
+    pub debug: String,
     #[command(flatten)]
-    pub kafka_security: KafkaSecurity,
+    pub security: KafkaSecurity,
+}
 
-    // --- Redis -----------------------------------------------------------------
+/// Redis: the quota and overflow lists, read in the background.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisSettings {
     /// Redis holding quota limits and overflow lists (rediss:// for TLS; or a file holding
     /// the URL, named by REDIS_URL_FILE). Capture fails open while Redis cannot be read;
     /// empty turns the lists off.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
     #[command(flatten)]
-    pub redis_tls: RedisTls,
+    pub tls: RedisTls,
     /// Prefix of the Redis keys (`<prefix>quota-limits/events`, `<prefix>capture-overflow/replay`, ...).
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
-    pub redis_key_prefix: String,
+    #[arg(id = "redis_key_prefix", long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "@posthog/")]
+    pub key_prefix: String,
     /// How often the Redis lists are re-read in the background.
-    #[arg(long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
-    pub redis_refresh_interval: Duration,
+    #[arg(id = "redis_refresh_interval", long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub refresh_interval: Duration,
     /// Timeout of each Redis call.
-    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "250", value_name = "MS", value_parser = millis)]
-    pub redis_timeout: Duration,
+    #[arg(id = "redis_timeout", long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "250", value_name = "MS", value_parser = millis)]
+    pub timeout: Duration,
     /// A list not refreshed for this long is forgotten (fail open).
-    #[arg(long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
-    pub redis_stale_after: Duration,
+    #[arg(id = "redis_stale_after", long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
+    pub stale_after: Duration,
+}
 
-    // --- Team tokens (optional) ---------------------------------------------------
+/// The optional check of tokens against the teams in Postgres.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Team tokens")]
+pub struct TeamTokenSettings {
     /// Reject tokens no team has, from a list read from Postgres in the background.
     /// Fails open: while the list cannot be read, every well-formed token is accepted.
-    #[arg(long, env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
-    pub team_token_check: bool,
+    #[arg(id = "team_token_check", long = "team-token-check", env = "TEAM_TOKEN_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub check: bool,
     /// Postgres holding the teams, read in the background for the token check and the SDK
     /// config (`sslmode`, `sslrootcert` in the URL for TLS; or a file holding the URL,
     /// named by DATABASE_URL_FILE).
@@ -97,54 +151,96 @@ pub struct Config {
     )]
     pub database_url: String,
     /// Query returning every valid token in its first column.
-    #[arg(long, env = "TEAM_TOKEN_QUERY", default_value = "SELECT api_token FROM teams")]
-    pub team_token_query: String,
+    #[arg(
+        id = "team_token_query",
+        long = "team-token-query",
+        env = "TEAM_TOKEN_QUERY",
+        default_value = "SELECT api_token FROM teams"
+    )]
+    pub query: String,
     /// How often the token list is re-read.
-    #[arg(long = "team-token-refresh-interval-ms", env = "TEAM_TOKEN_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
-    pub team_token_refresh_interval: Duration,
+    #[arg(id = "team_token_refresh_interval", long = "team-token-refresh-interval-ms", env = "TEAM_TOKEN_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub refresh_interval: Duration,
     /// A token list not refreshed for this long is ignored (fail open).
-    #[arg(long = "team-token-stale-after-ms", env = "TEAM_TOKEN_STALE_AFTER_MS", default_value = "120000", value_name = "MS", value_parser = millis)]
-    pub team_token_stale_after: Duration,
+    #[arg(id = "team_token_stale_after", long = "team-token-stale-after-ms", env = "TEAM_TOKEN_STALE_AFTER_MS", default_value = "120000", value_name = "MS", value_parser = millis)]
+    pub stale_after: Duration,
+}
 
-    // --- SDK configuration -----------------------------------------------------------
+/// What SDKs are told when they load (recording, autocapture, ...).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "SDK configuration")]
+pub struct SdkConfigSettings {
     /// Answer the SDK's configuration requests (/array/<token>/config and config.js,
     /// /flags, /decide) from each team's settings, read from DATABASE_URL in the
     /// background. Off, or before the first read, every token gets the defaults (no
     /// session recording); no feature flag is ever returned.
-    #[arg(long, env = "SDK_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
-    pub sdk_config: bool,
+    #[arg(id = "sdk_config", long = "sdk-config", env = "SDK_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
     /// How often the team settings are re-read.
-    #[arg(long = "sdk-config-refresh-interval-ms", env = "SDK_CONFIG_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
-    pub sdk_config_refresh_interval: Duration,
+    #[arg(id = "sdk_config_refresh_interval", long = "sdk-config-refresh-interval-ms", env = "SDK_CONFIG_REFRESH_INTERVAL_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
+    pub refresh_interval: Duration,
     /// Most teams whose answers are held in memory; tokens of the others get the defaults.
-    #[arg(long, env = "SDK_CONFIG_MAX_TEAMS", default_value_t = 100_000)]
-    pub sdk_config_max_teams: usize,
+    #[arg(
+        id = "sdk_config_max_teams",
+        long = "sdk-config-max-teams",
+        env = "SDK_CONFIG_MAX_TEAMS",
+        default_value_t = 100_000
+    )]
+    pub max_teams: usize,
     /// Request compressions offered to SDKs, comma separated (`gzip-js`, `gzip`, `base64`):
     /// posthog-js uses gzip-js when offered, else base64, else none.
-    #[arg(long, env = "SDK_CONFIG_SUPPORTED_COMPRESSION", default_value = "gzip,gzip-js")]
-    pub sdk_config_supported_compression: String,
+    #[arg(
+        id = "sdk_config_supported_compression",
+        long = "sdk-config-supported-compression",
+        env = "SDK_CONFIG_SUPPORTED_COMPRESSION",
+        default_value = "gzip,gzip-js"
+    )]
+    pub supported_compression: String,
+}
 
-    // --- Overflow --------------------------------------------------------------
+/// Hot keys sent to the overflow lane.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Overflow")]
+pub struct OverflowSettings {
     /// Reroute hot `token:distinct_id` keys to the overflow topic.
-    #[arg(long, env = "OVERFLOW_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub overflow_enabled: bool,
+    #[arg(id = "overflow_enabled", long = "overflow-enabled", env = "OVERFLOW_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
     /// Sustained events per second allowed per `token:distinct_id` before overflow.
-    #[arg(long, env = "OVERFLOW_PER_SECOND", default_value_t = 100)]
-    pub overflow_per_second: u32,
+    #[arg(
+        id = "overflow_per_second",
+        long = "overflow-per-second",
+        env = "OVERFLOW_PER_SECOND",
+        default_value_t = 100
+    )]
+    pub per_second: u32,
     /// Burst allowed per `token:distinct_id` before overflow.
-    #[arg(long, env = "OVERFLOW_BURST", default_value_t = 1_000)]
-    pub overflow_burst: u32,
+    #[arg(id = "overflow_burst", long = "overflow-burst", env = "OVERFLOW_BURST", default_value_t = 1_000)]
+    pub burst: u32,
     /// Keys always sent to overflow: comma separated `token` or `token:distinct_id`.
-    #[arg(long, env = "OVERFLOW_FORCED_KEYS", default_value = "")]
-    pub overflow_forced_keys: String,
+    #[arg(
+        id = "overflow_forced_keys",
+        long = "overflow-forced-keys",
+        env = "OVERFLOW_FORCED_KEYS",
+        default_value = ""
+    )]
+    pub forced_keys: String,
     /// Keep the partition key on overflowed events (keeps per-person order, risks hot partitions).
-    #[arg(long, env = "OVERFLOW_PRESERVE_PARTITION_LOCALITY", default_value_t = false, action = clap::ArgAction::Set)]
-    pub overflow_preserve_partition_locality: bool,
+    #[arg(id = "overflow_preserve_partition_locality", long = "overflow-preserve-partition-locality", env = "OVERFLOW_PRESERVE_PARTITION_LOCALITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub preserve_partition_locality: bool,
     /// Most keys the overflow limiter tracks; past it the limiter state is reset.
-    #[arg(long, env = "OVERFLOW_MAX_KEYS", default_value_t = 1_000_000)]
-    pub overflow_max_keys: usize,
+    #[arg(
+        id = "overflow_max_keys",
+        long = "overflow-max-keys",
+        env = "OVERFLOW_MAX_KEYS",
+        default_value_t = 1_000_000
+    )]
+    pub max_keys: usize,
+}
 
-    // --- Requests --------------------------------------------------------------
+/// What one request, and all of them together, may take.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Requests")]
+pub struct RequestLimits {
     /// Body limit (as received) on the event routes.
     #[arg(long, env = "MAX_EVENT_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_event_body_bytes: usize,
@@ -201,8 +297,12 @@ pub struct Config {
     /// N takes the address N hops from the right.
     #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
+}
 
-    // --- Lifecycle -------------------------------------------------------------
+/// Liveness and the drain after SIGTERM.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Lifecycle")]
+pub struct Lifecycle {
     /// After SIGTERM, how long /_readiness says 503 before the listener closes.
     #[arg(long = "shutdown-readiness-delay-ms", env = "SHUTDOWN_READINESS_DELAY_MS", default_value = "0", value_name = "MS", value_parser = millis)]
     pub shutdown_readiness_delay: Duration,

@@ -57,44 +57,44 @@ const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Config {
     pub fn topics(&self) -> Topics {
         Topics {
-            main: self.kafka_topic_main.clone(),
-            overflow: self.kafka_topic_overflow.clone(),
-            historical: self.kafka_topic_historical.clone(),
-            replay: self.kafka_topic_replay.clone(),
-            replay_overflow: self.kafka_topic_replay_overflow.clone(),
+            main: self.kafka.topic_main.clone(),
+            overflow: self.kafka.topic_overflow.clone(),
+            historical: self.kafka.topic_historical.clone(),
+            replay: self.kafka.topic_replay.clone(),
+            replay_overflow: self.kafka.topic_replay_overflow.clone(),
         }
     }
 }
 
 /// Runs capture on `listener` until `shutdown` resolves, then drains and flushes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let health = Health::new(config.liveness_stall);
+    let health = Health::new(config.lifecycle.liveness_stall);
     health.tick_server();
     let metrics = telemetry::metrics_handle();
     telemetry::register(&[OverflowReason::Rate.as_str(), OverflowReason::Forced.as_str()]);
     // Every connection setting is checked before anything connects: one that cannot be
     // honoured stops capture here, naming it.
-    let redis = match config.redis_url.as_str() {
+    let redis = match config.redis.url.as_str() {
         "" => None,
-        url => Some(sluice_connect::redis::client(url, &config.redis_tls)?),
+        url => Some(sluice_connect::redis::client(url, &config.redis.tls)?),
     };
-    let database = match config.team_token_check || config.sdk_config {
-        true => Some(sluice_connect::postgres::options(&config.database_url)?),
+    let database = match config.team_tokens.check || config.sdk_config.enabled {
+        true => Some(sluice_connect::postgres::options(&config.team_tokens.database_url)?),
         false => None,
     };
 
     let sink = KafkaSink::new(
         KafkaSettings {
-            hosts: config.kafka_hosts.clone(),
+            hosts: config.kafka.hosts.clone(),
             topics: config.topics(),
-            compression: config.kafka_compression.clone(),
-            linger_ms: config.kafka_linger.as_millis() as u64,
-            queue_max_messages: config.kafka_queue_max_messages,
-            queue_max_kbytes: config.kafka_queue_max_kbytes,
-            message_timeout_ms: config.kafka_message_timeout.as_millis() as u64,
-            message_max_bytes: config.kafka_message_max_bytes,
-            debug: config.kafka_debug.clone(),
-            security: config.kafka_security.clone(),
+            compression: config.kafka.compression.clone(),
+            linger_ms: config.kafka.linger.as_millis() as u64,
+            queue_max_messages: config.kafka.queue_max_messages,
+            queue_max_kbytes: config.kafka.queue_max_kbytes,
+            message_timeout_ms: config.kafka.message_timeout.as_millis() as u64,
+            message_max_bytes: config.kafka.message_max_bytes,
+            debug: config.kafka.debug.clone(),
+            security: config.kafka.security.clone(),
         },
         health.clone(),
     )?;
@@ -102,40 +102,41 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     {
         let sink = sink.clone();
         match tokio::task::spawn_blocking(move || sink.probe(Duration::from_secs(5))).await? {
-            Ok(()) => info!(hosts = %config.kafka_hosts, "kafka reachable"),
+            Ok(()) => info!(hosts = %config.kafka.hosts, "kafka reachable"),
             Err(e) => {
-                warn!(hosts = %config.kafka_hosts, error = %e, "kafka not reachable yet; readiness stays false until it is")
+                warn!(hosts = %config.kafka.hosts, error = %e, "kafka not reachable yet; readiness stays false until it is")
             }
         }
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let prober = spawn_broker_probe(sink.clone(), stop_rx.clone());
-    let lists = RedisLists::new(config.redis_stale_after);
+    let lists = RedisLists::new(config.redis.stale_after);
     let refresher = limits::spawn_refresher(
         lists.clone(),
         RefreshSettings {
             client: redis,
-            key_prefix: config.redis_key_prefix.clone(),
-            interval: config.redis_refresh_interval,
-            timeout: config.redis_timeout,
+            key_prefix: config.redis.key_prefix.clone(),
+            interval: config.redis.refresh_interval,
+            timeout: config.redis.timeout,
         },
         stop_rx.clone(),
     );
-    let team_tokens = TeamTokens::new(config.team_token_check, config.team_token_stale_after);
+    let team_tokens = TeamTokens::new(config.team_tokens.check, config.team_tokens.stale_after);
     let token_refresher = team_tokens::spawn_refresher(
         team_tokens.clone(),
         TokenRefresh {
-            database: database.clone().filter(|_| config.team_token_check),
-            query: config.team_token_query.clone(),
-            interval: config.team_token_refresh_interval,
-            timeout: config.redis_timeout.max(Duration::from_secs(1)),
+            database: database.clone().filter(|_| config.team_tokens.check),
+            query: config.team_tokens.query.clone(),
+            interval: config.team_tokens.refresh_interval,
+            timeout: config.redis.timeout.max(Duration::from_secs(1)),
         },
         stop_rx.clone(),
     );
     let sdk_configs = SdkConfigs::new(
         config
-            .sdk_config_supported_compression
+            .sdk_config
+            .supported_compression
             .split(',')
             .map(str::trim)
             .filter(|c| !c.is_empty())
@@ -145,20 +146,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let sdk_config_refresher = sdk_config::spawn_refresher(
         sdk_configs.clone(),
         sdk_config::Refresh {
-            database: database.filter(|_| config.sdk_config),
-            interval: config.sdk_config_refresh_interval,
-            timeout: config.redis_timeout.max(Duration::from_secs(1)),
-            max_teams: config.sdk_config_max_teams,
+            database: database.filter(|_| config.sdk_config.enabled),
+            interval: config.sdk_config.refresh_interval,
+            timeout: config.redis.timeout.max(Duration::from_secs(1)),
+            max_teams: config.sdk_config.max_teams,
         },
         stop_rx.clone(),
     );
     let overflow = OverflowLimiter::new(
         OverflowSettings {
-            enabled: config.overflow_enabled,
-            per_second: config.overflow_per_second,
-            burst: config.overflow_burst,
-            forced: OverflowSettings::parse_forced(&config.overflow_forced_keys),
-            max_keys: config.overflow_max_keys,
+            enabled: config.overflow.enabled,
+            per_second: config.overflow.per_second,
+            burst: config.overflow.burst,
+            forced: OverflowSettings::parse_forced(&config.overflow.forced_keys),
+            max_keys: config.overflow.max_keys,
         },
         lists.overflow_events.clone(),
     );
@@ -168,32 +169,35 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             router: Router {
                 lists,
                 overflow,
-                preserve_locality: config.overflow_preserve_partition_locality,
+                preserve_locality: config.overflow.preserve_partition_locality,
                 team_tokens,
             },
-            global_limit: GlobalLimiter::new(config.global_rate_limit_per_second, config.global_rate_limit_burst),
+            global_limit: GlobalLimiter::new(
+                config.requests.global_rate_limit_per_second,
+                config.requests.global_rate_limit_burst,
+            ),
             sink: sink.clone() as Arc<dyn Sink>,
-            max_decompressed_bytes: config.max_decompressed_bytes,
-            message_max_bytes: config.kafka_message_max_bytes,
+            max_decompressed_bytes: config.requests.max_decompressed_bytes,
+            message_max_bytes: config.kafka.message_max_bytes,
         },
         sdk_config: sdk_configs,
         health: health.clone(),
         metrics: metrics.clone(),
         body_limits: BodyLimits {
-            events: config.max_event_body_bytes,
-            batch: config.max_batch_body_bytes,
-            replay: config.max_replay_body_bytes,
+            events: config.requests.max_event_body_bytes,
+            batch: config.requests.max_batch_body_bytes,
+            replay: config.requests.max_replay_body_bytes,
         },
-        body_timeouts: BodyTimeouts { chunk: config.body_chunk_timeout, whole: config.body_timeout },
-        trusted_proxy_hops: config.trusted_proxy_hops,
-        memory: MemoryBudget::new(config.memory_budget_bytes, config.max_request_memory_bytes),
-        slots: tokio::sync::Semaphore::new(config.max_concurrent_requests),
+        body_timeouts: BodyTimeouts { chunk: config.requests.body_chunk_timeout, whole: config.requests.body_timeout },
+        trusted_proxy_hops: config.requests.trusted_proxy_hops,
+        memory: MemoryBudget::new(config.requests.memory_budget_bytes, config.requests.max_request_memory_bytes),
+        slots: tokio::sync::Semaphore::new(config.requests.max_concurrent_requests),
     });
     let background = spawn_background(state.clone(), metrics, stop_rx);
 
     let app = server::router(state.clone());
     info!(address = %listener.local_addr()?, "sluice-capture listening");
-    let readiness_delay = config.shutdown_readiness_delay;
+    let readiness_delay = config.lifecycle.shutdown_readiness_delay;
     let health_for_shutdown = health.clone();
     let shutdown = async move {
         shutdown.await;
@@ -201,12 +205,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         health_for_shutdown.begin_shutdown();
         tokio::time::sleep(readiness_delay).await;
     };
-    let drain = config.shutdown_drain_timeout;
+    let drain = config.lifecycle.shutdown_drain_timeout;
     let limits = ConnectionLimits {
-        header_read_timeout: config.header_read_timeout,
-        idle_timeout: config.idle_timeout,
-        max_connections: config.max_connections,
-        max_buffer_bytes: config.connection_buffer_bytes,
+        header_read_timeout: config.requests.header_read_timeout,
+        idle_timeout: config.requests.idle_timeout,
+        max_connections: config.requests.max_connections,
+        max_buffer_bytes: config.requests.connection_buffer_bytes,
     };
     server::serve(listener, app, limits, drain, shutdown).await;
 

@@ -141,8 +141,8 @@ impl Host {
     }
 
     /// Awaits a host operation for the plugin. In `setup`, `on_event`, schedules and
-    /// `teardown` the time is off the hook's wall clock (the spec: "excluding awaited
-    /// I/O") and counts against the call's I/O allowance instead, when the call's own
+    /// `teardown` the time is off the hook's wall clock (its limit excludes awaited
+    /// I/O) and counts against the call's I/O allowance instead, when the call's own
     /// thread waits: called from a coroutine, the wait gives control back to the plugin,
     /// which must not run off the clock. In `process_event` the clock runs on: its limit
     /// is the pipeline's latency.

@@ -1,6 +1,6 @@
 //! One plugin instance in one Luau VM, locked down.
 //!
-//! Why each step (measured, see the plugins spec): `Lua::new()` with Luau installs a
+//! Why each step (each measured when it was written): `Lua::new()` with Luau installs a
 //! file-system `require`, removed here with the other ways to load or reach code
 //! (`loadstring`, `getfenv`/`setfenv`, `debug`). After `sandbox(true)` the globals and
 //! libraries are read-only; the plugin's chunk gets a fresh environment table whose

@@ -1,4 +1,4 @@
-//! The per-event steps, in the spec's order, for one captured message.
+//! The per-event steps, in order, for one captured message.
 //!
 //! Steps 1 (the client's data; the outer message is parsed by the batch), 2 resolve team,
 //! 3 restrictions, 4 person-processing flag, 6 normalize, 7 timestamp, 8 persons,
