@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EVENTS="${BENCH_EVENTS:-100000}"
 
 scripts/services.sh up >/dev/null
-cargo build --release --bins --quiet
+build_release
 OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
 [ -x "$OHA" ] || cargo install oha --locked >"$OUT/oha-build.log" 2>&1
 

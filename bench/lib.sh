@@ -4,7 +4,10 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
-BIN="$CARGO_TARGET_DIR/release"
+# SLUICE_BIN_DIR runs other builds (e.g. an older commit's) under the same load, to tell
+# a regression from a slower machine; the benchmarks then build nothing.
+BIN="${SLUICE_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+build_release() { [ -n "${SLUICE_BIN_DIR:-}" ] || cargo build --release --bins --quiet; }
 OUT="$ROOT/.sluice/bench"
 mkdir -p "$OUT"
 

@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EVENTS="${BENCH_EVENTS:-40000}"
 
 scripts/services.sh up >/dev/null
-cargo build --release --bins --quiet
+build_release
 
 RUN="benchplugins$(date +%s)"
 BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
