@@ -87,16 +87,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     // Every connection setting is checked before anything connects: one that cannot be
     // honoured stops the process here, naming it.
-    let redis = config.redis()?;
-    let clickhouse = config.clickhouse(config.clickhouse_timeout)?;
-    let consumer_config = config.kafka(Role::Consumer)?;
-    let producer_config = config.kafka(Role::Producer)?;
+    let redis = config.redis.client()?;
+    let clickhouse = config.clickhouse.access()?;
+    let consumer_config = config.kafka.client_config(Role::Consumer)?;
+    let producer_config = config.kafka.client_config(Role::Producer)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
+        .max_connections(config.postgres.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(config.postgres()?);
+        .connect_lazy_with(config.postgres.options()?);
     let stores = Postgres {
-        teams: TeamCache::new(pool.clone(), config.team_cache_ttl, config.team_cache_max_entries),
+        teams: TeamCache::new(pool.clone(), config.postgres.team_cache_ttl, config.postgres.team_cache_max_entries),
         persons: PersonStore::new(pool.clone()),
         groups: GroupStore::new(pool.clone()),
     };
@@ -110,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             plugins.clone(),
             config.plugins.reload_interval,
             redis.clone(),
-            sluice_schema::redis_keys::plugin_reload(&config.redis_key_prefix),
+            sluice_schema::redis_keys::plugin_reload(&config.redis.key_prefix),
             stop.clone(),
         ));
         Some((plugins, on_event_queue))
@@ -118,17 +118,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         None
     };
     let restrictions = Arc::new(Restrictions::parse(
-        &config.restrict_drop_events,
-        &config.restrict_skip_persons,
-        config.redis_stale_after,
+        &config.restrict.drop_events,
+        &config.restrict.skip_persons,
+        config.redis.stale_after,
     ));
     background.push(restrict::spawn_refresher(
         restrictions.clone(),
         RedisSettings {
             client: redis.clone(),
-            key_prefix: config.redis_key_prefix.clone(),
-            interval: config.redis_refresh_interval,
-            timeout: config.redis_timeout,
+            key_prefix: config.redis.key_prefix.clone(),
+            interval: config.redis.refresh_interval,
+            timeout: config.redis.timeout,
         },
         stop.clone(),
     ));
@@ -147,7 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             ch.clone(),
             plugins::schedules::Settings {
                 redis: redis.clone(),
-                key_prefix: config.redis_key_prefix.clone(),
+                key_prefix: config.redis.key_prefix.clone(),
                 minute: config.plugins.schedule_minute,
             },
             stop.clone(),
@@ -163,11 +163,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", config.kafka_session_timeout.as_millis().to_string())
-        .create_with_context(LaneContext::new(config.kafka_gap_rewind_messages, lane))
+        .set("session.timeout.ms", config.kafka.session_timeout.as_millis().to_string())
+        .create_with_context(LaneContext::new(config.kafka.gap_rewind_messages, lane))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
-    let stall_after = Some(config.kafka_stalled_partition_rejoin).filter(|after| !after.is_zero());
+    let stall_after = Some(config.kafka.stalled_partition_rejoin).filter(|after| !after.is_zero());
     background.push(watch::spawn(
         &consumer,
         health.clone(),
@@ -186,11 +186,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         config.readiness_probe_interval,
         stop.clone(),
     ));
-    let dead_letters = DeadLetters::new(producer, config.kafka_dlq_topic.clone(), lane);
+    let dead_letters = DeadLetters::new(producer, config.kafka.dlq_topic.clone(), lane);
     let limits = BatchLimits {
-        max_events: config.batch_max_events,
-        max_bytes: config.batch_max_bytes,
-        max_wait: config.batch_max_wait,
+        max_events: config.batch.max_events,
+        max_bytes: config.batch.max_bytes,
+        max_wait: config.batch.max_wait,
     };
     let max_backoff = config.retry_max_backoff;
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
@@ -204,7 +204,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ch: &ch,
         dead_letters: &dead_letters,
         lane,
-        concurrency: config.batch_concurrency,
+        concurrency: config.batch.concurrency,
         on_event_wait,
         max_backoff,
         health: &health,
@@ -237,7 +237,7 @@ async fn connect_clickhouse(config: &Config, endpoint: &ClickHouseAccess, health
     let mut backoff = Duration::from_millis(200);
     loop {
         health.tick();
-        match ClickHouse::connect(endpoint, &config.clickhouse_database, config.clickhouse_compression).await {
+        match ClickHouse::connect(endpoint, &config.clickhouse.database, config.clickhouse.compression).await {
             Ok(ch) => return ch,
             Err(e) => {
                 warn!(error = %e, "clickhouse not reachable yet");

@@ -45,11 +45,12 @@ fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
 /// Reads the whole dead-letter topic, up to its end at the time of the call.
 fn read_all(config: &Config) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = config
-        .kafka(Role::Consumer)?
+        .kafka
+        .client_config(Role::Consumer)?
         .set("group.id", "sluice-ingest-dlq-reader")
         .set("enable.auto.commit", "false")
         .create()?;
-    let topic = &config.kafka_dlq_topic;
+    let topic = &config.kafka.dlq_topic;
     let metadata =
         consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("reading dead-letter topic metadata")?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
@@ -98,7 +99,7 @@ fn selected(m: &OwnedMessage, s: &Selection) -> bool {
 pub async fn list(config: &Config, selection: &Selection) -> anyhow::Result<()> {
     let all = read_all(config)?;
     let chosen: Vec<_> = all.iter().filter(|m| selected(m, selection)).collect();
-    println!("{} of {} dead letters in {} match", chosen.len(), all.len(), config.kafka_dlq_topic);
+    println!("{} of {} dead letters in {} match", chosen.len(), all.len(), config.kafka.dlq_topic);
     for m in chosen {
         println!(
             "{}/{}\t{}\tlane={}\tstage={}\tclass={}\tteam={}\t{}",
@@ -125,7 +126,7 @@ pub async fn replay(config: &Config, selection: &Selection, to: Option<&str>, dr
         return Ok(());
     }
     let producer: FutureProducer =
-        config.kafka(Role::Producer)?.set("acks", "all").set("enable.idempotence", "true").create()?;
+        config.kafka.client_config(Role::Producer)?.set("acks", "all").set("enable.idempotence", "true").create()?;
     let default_topic = config.topic();
     for m in &chosen {
         let topic = to.or_else(|| header(m, "dlq_source_topic")).unwrap_or(&default_topic);

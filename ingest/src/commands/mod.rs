@@ -14,26 +14,22 @@ use crate::write::ClickHouse;
 
 pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
     sqlx::postgres::PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
+        .max_connections(config.postgres.max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(config.postgres()?)
+        .connect_with(config.postgres.options()?)
         .await
         .with_context(|| {
-            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_connect::redact::url(&config.database_url))
+            format!("cannot connect to Postgres at DATABASE_URL={}", sluice_connect::redact::url(&config.postgres.url))
         })
 }
 
 /// ClickHouse for an operator command.
 pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
-    ClickHouse::connect(
-        &config.clickhouse(std::time::Duration::from_secs(30))?,
-        &config.clickhouse_database,
-        config.clickhouse_compression,
-    )
-    .await
-    .with_context(|| {
-        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse_url))
-    })
+    ClickHouse::connect(&config.clickhouse.access()?, &config.clickhouse.database, config.clickhouse.compression)
+        .await
+        .with_context(|| {
+            format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse.url))
+        })
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

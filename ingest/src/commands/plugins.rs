@@ -17,7 +17,7 @@ type Settings = Map<String, Value>;
 /// Tells running ingest processes to load the change now (they also poll, so a notice
 /// that cannot be sent only delays it).
 async fn notify_reload(config: &Config, id: i64) {
-    let client = match config.redis() {
+    let client = match config.redis.client() {
         Ok(Some(client)) => client,
         Ok(None) => return,
         Err(e) => {
@@ -28,7 +28,7 @@ async fn notify_reload(config: &Config, id: i64) {
     let publish = async {
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd("PUBLISH")
-            .arg(sluice_schema::redis_keys::plugin_reload(&config.redis_key_prefix))
+            .arg(sluice_schema::redis_keys::plugin_reload(&config.redis.key_prefix))
             .arg(id)
             .query_async::<i64>(&mut c)
             .await
@@ -37,7 +37,7 @@ async fn notify_reload(config: &Config, id: i64) {
         Ok(Ok(_)) => {}
         _ => eprintln!(
             "note: no reload notice sent (Redis at REDIS_URL={} not reachable); ingest picks the change up within PLUGIN_RELOAD_INTERVAL_MS",
-            sluice_connect::redact::url(&config.redis_url)
+            sluice_connect::redact::url(&config.redis.url)
         ),
     }
 }

@@ -42,135 +42,11 @@ pub struct Config {
     /// Which lane this process consumes.
     #[arg(long, env = "LANE", value_enum, default_value = "main", global = true)]
     pub lane: Lane,
-    /// Bootstrap brokers, comma separated.
-    #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092", global = true)]
-    pub kafka_hosts: String,
-    /// Topic to consume; defaults to the lane's topic.
-    #[arg(long, env = "KAFKA_TOPIC", global = true)]
-    pub kafka_topic: Option<String>,
-    /// Consumer group; defaults to `sluice-ingest-<lane>`.
-    #[arg(long, env = "KAFKA_GROUP_ID", global = true)]
-    pub kafka_group_id: Option<String>,
-    /// How long the group waits for a silent member (a crashed process) before giving its
-    /// partitions to others.
-    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
-    pub kafka_session_timeout: Duration,
-    /// When a partition's offsets jump forward (the broker did not hand over some
-    /// messages), the first search for the missing ones starts this many messages
-    /// before them, and each further search twice as far back, down to the log start.
-    /// Messages read again are skipped, not processed twice. Needed for brokers that
-    /// answer a fetch inside a record batch with the next batch (Tansu 0.6's memory
-    /// engine); with Apache Kafka or Redpanda no jump happens and this costs nothing.
-    #[arg(long, env = "KAFKA_GAP_REWIND_MESSAGES", default_value_t = 1_000, global = true)]
-    pub kafka_gap_rewind_messages: i64,
-    /// A partition of the lane's topic that has messages past its committed offset and no
-    /// commit for this long, while this process is ready and its own assignment unchanged,
-    /// is consumed by no one (a broker's group coordinator can leave a partition unassigned
-    /// without telling any member): the process then leaves and rejoins the group, so that
-    /// the group forms again. Longer than the slowest batch; 0 turns the check off.
-    #[arg(long = "kafka-stalled-partition-rejoin-ms", env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
-    pub kafka_stalled_partition_rejoin: Duration,
     /// After SIGTERM, how long the batch in flight may take to be written and committed
     /// (dependency retries included), and queued plugin exports to be handed over,
     /// before the process exits leaving the rest uncommitted for the next owner.
     #[arg(long = "shutdown-drain-timeout-ms", env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value = "20000", value_name = "MS", value_parser = millis, global = true)]
     pub shutdown_drain_timeout: Duration,
-    /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
-    #[arg(long, env = "KAFKA_DEBUG", default_value = "", global = true)]
-    pub kafka_debug: String,
-    #[command(flatten)]
-    pub kafka_security: KafkaSecurity,
-    /// Dead-letter topic.
-    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
-    pub kafka_dlq_topic: String,
-    /// Most events in one batch.
-    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = 2_000, global = true)]
-    pub batch_max_events: usize,
-    /// Most message bytes in one batch.
-    #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
-    pub batch_max_bytes: usize,
-    /// Longest wait to fill a batch.
-    #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
-    pub batch_max_wait: Duration,
-
-    /// Most groups of a batch (events of one person, in order) processed at once.
-    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 8, global = true)]
-    pub batch_concurrency: usize,
-
-    /// Postgres holding teams (and persons): `sslmode` (up to verify-full) and
-    /// `sslrootcert` in the URL for TLS; or a file holding the URL, named by DATABASE_URL_FILE.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/sluice",
-        global = true
-    )]
-    pub database_url: String,
-    /// Most Postgres connections.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, global = true)]
-    pub database_max_connections: u32,
-    /// How long a resolved token (or its absence) is trusted before it is looked up again.
-    #[arg(long = "team-cache-ttl-ms", env = "TEAM_CACHE_TTL_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
-    pub team_cache_ttl: Duration,
-    /// Most tokens the team cache holds.
-    #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
-    pub team_cache_max_entries: usize,
-
-    /// Drop the events of these, comma separated `token` or `token:distinct_id`.
-    #[arg(long, env = "RESTRICT_DROP_EVENTS", default_value = "", global = true)]
-    pub restrict_drop_events: String,
-    /// Skip person processing for these, comma separated `token` or `token:distinct_id`.
-    #[arg(long, env = "RESTRICT_SKIP_PERSONS", default_value = "", global = true)]
-    pub restrict_skip_persons: String,
-
-    /// Redis holding restrictions set at run time, plugin caches and reload notices
-    /// (rediss:// for TLS; or a file holding the URL, named by REDIS_URL_FILE); empty for none.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379", global = true)]
-    pub redis_url: String,
-    #[command(flatten)]
-    pub redis_tls: RedisTls,
-    /// Prefix of the Redis keys (`<prefix>ingest-restrictions/drop-events`, `.../skip-persons`).
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "@posthog/", global = true)]
-    pub redis_key_prefix: String,
-    /// How often the Redis restrictions are re-read.
-    #[arg(long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
-    pub redis_refresh_interval: Duration,
-    /// Timeout of each Redis call.
-    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
-    pub redis_timeout: Duration,
-    /// Restrictions read from Redis are forgotten when not refreshed for this long.
-    #[arg(long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
-    pub redis_stale_after: Duration,
-
-    /// ClickHouse HTTP interface, http:// or https:// (or a file holding the URL, named by
-    /// CLICKHOUSE_URL_FILE); it may carry the user and password.
-    #[arg(
-        long,
-        env = "CLICKHOUSE_URL",
-        hide_env_values = true,
-        default_value = "http://127.0.0.1:8123",
-        global = true
-    )]
-    pub clickhouse_url: String,
-    /// ClickHouse user; empty for the URL's, or none.
-    #[arg(long, env = "CLICKHOUSE_USER", default_value = "", global = true)]
-    pub clickhouse_user: String,
-    /// ClickHouse password (or a file holding it, named by CLICKHOUSE_PASSWORD_FILE).
-    #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true, default_value = "", global = true)]
-    pub clickhouse_password: String,
-    /// CA certificates (PEM file) an https:// ClickHouse is checked against, besides the public roots.
-    #[arg(long, env = "CLICKHOUSE_CA_FILE", global = true)]
-    pub clickhouse_ca_file: Option<std::path::PathBuf>,
-    /// ClickHouse database holding Sluice's tables.
-    #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "sluice", global = true)]
-    pub clickhouse_database: String,
-    /// Encoding of insert bodies.
-    #[arg(long, env = "CLICKHOUSE_COMPRESSION", value_enum, default_value = "gzip", global = true)]
-    pub clickhouse_compression: crate::write::Compression,
-    /// Timeout of one ClickHouse request.
-    #[arg(long = "clickhouse-timeout-ms", env = "CLICKHOUSE_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
-    pub clickhouse_timeout: Duration,
 
     /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
     #[arg(long = "readiness-probe-interval-ms", env = "READINESS_PROBE_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
@@ -181,46 +57,299 @@ pub struct Config {
     /// Longest pause between retries while a dependency is down.
     #[arg(long = "retry-max-backoff-ms", env = "RETRY_MAX_BACKOFF_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
     pub retry_max_backoff: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+    #[command(flatten)]
+    pub batch: BatchSettings,
+    #[command(flatten)]
+    pub postgres: PostgresSettings,
+    #[command(flatten)]
+    pub restrict: Restrictions,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseSettings,
+}
+
+/// Kafka: the lane's topic and group, and the dead-letter topic.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, comma separated.
+    #[arg(
+        id = "kafka_hosts",
+        long = "kafka-hosts",
+        env = "KAFKA_HOSTS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub hosts: String,
+    /// Topic to consume; defaults to the lane's topic.
+    #[arg(id = "kafka_topic", long = "kafka-topic", env = "KAFKA_TOPIC", global = true)]
+    pub topic: Option<String>,
+    /// Consumer group; defaults to `sluice-ingest-<lane>`.
+    #[arg(id = "kafka_group_id", long = "kafka-group-id", env = "KAFKA_GROUP_ID", global = true)]
+    pub group_id: Option<String>,
+    /// How long the group waits for a silent member (a crashed process) before giving its
+    /// partitions to others.
+    #[arg(id = "kafka_session_timeout", long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
+    pub session_timeout: Duration,
+    /// When a partition's offsets jump forward (the broker did not hand over some
+    /// messages), the first search for the missing ones starts this many messages
+    /// before them, and each further search twice as far back, down to the log start.
+    /// Messages read again are skipped, not processed twice. Needed for brokers that
+    /// answer a fetch inside a record batch with the next batch (Tansu 0.6's memory
+    /// engine); with Apache Kafka or Redpanda no jump happens and this costs nothing.
+    #[arg(
+        id = "kafka_gap_rewind_messages",
+        long = "kafka-gap-rewind-messages",
+        env = "KAFKA_GAP_REWIND_MESSAGES",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub gap_rewind_messages: i64,
+    /// A partition of the lane's topic that has messages past its committed offset and no
+    /// commit for this long, while this process is ready and its own assignment unchanged,
+    /// is consumed by no one (a broker's group coordinator can leave a partition unassigned
+    /// without telling any member): the process then leaves and rejoins the group, so that
+    /// the group forms again. Longer than the slowest batch; 0 turns the check off.
+    #[arg(id = "kafka_stalled_partition_rejoin", long = "kafka-stalled-partition-rejoin-ms", env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    pub stalled_partition_rejoin: Duration,
+    /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
+    #[arg(id = "kafka_debug", long = "kafka-debug", env = "KAFKA_DEBUG", default_value = "", global = true)]
+    pub debug: String,
+    #[command(flatten)]
+    pub security: KafkaSecurity,
+    /// Dead-letter topic.
+    #[arg(id = "kafka_dlq_topic", long = "kafka-dlq-topic", env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
+    pub dlq_topic: String,
+}
+
+/// How a batch is gathered and run.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Batches")]
+pub struct BatchSettings {
+    /// Most events in one batch.
+    #[arg(
+        id = "batch_max_events",
+        long = "batch-max-events",
+        env = "BATCH_MAX_EVENTS",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub max_events: usize,
+    /// Most message bytes in one batch.
+    #[arg(id = "batch_max_bytes", long = "batch-max-bytes", env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_bytes: usize,
+    /// Longest wait to fill a batch.
+    #[arg(id = "batch_max_wait", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
+    pub max_wait: Duration,
+
+    /// Most groups of a batch (events of one person, in order) processed at once.
+    #[arg(
+        id = "batch_concurrency",
+        long = "batch-concurrency",
+        env = "BATCH_CONCURRENCY",
+        default_value_t = 8,
+        global = true
+    )]
+    pub concurrency: usize,
+}
+
+/// Postgres: teams, persons, groups.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Postgres")]
+pub struct PostgresSettings {
+    /// Postgres holding teams (and persons): `sslmode` (up to verify-full) and
+    /// `sslrootcert` in the URL for TLS; or a file holding the URL, named by DATABASE_URL_FILE.
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/sluice",
+        global = true
+    )]
+    pub url: String,
+    /// Most Postgres connections.
+    #[arg(
+        id = "database_max_connections",
+        long = "database-max-connections",
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_connections: u32,
+    /// How long a resolved token (or its absence) is trusted before it is looked up again.
+    #[arg(long = "team-cache-ttl-ms", env = "TEAM_CACHE_TTL_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    pub team_cache_ttl: Duration,
+    /// Most tokens the team cache holds.
+    #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
+    pub team_cache_max_entries: usize,
+}
+
+/// Restrictions set in the configuration (Redis adds to them).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Restrictions")]
+pub struct Restrictions {
+    /// Drop the events of these, comma separated `token` or `token:distinct_id`.
+    #[arg(
+        id = "restrict_drop_events",
+        long = "restrict-drop-events",
+        env = "RESTRICT_DROP_EVENTS",
+        default_value = "",
+        global = true
+    )]
+    pub drop_events: String,
+    /// Skip person processing for these, comma separated `token` or `token:distinct_id`.
+    #[arg(
+        id = "restrict_skip_persons",
+        long = "restrict-skip-persons",
+        env = "RESTRICT_SKIP_PERSONS",
+        default_value = "",
+        global = true
+    )]
+    pub skip_persons: String,
+}
+
+/// Redis: restrictions, plugin reloads and schedules.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisSettings {
+    /// Redis holding restrictions set at run time, plugin caches and reload notices
+    /// (rediss:// for TLS; or a file holding the URL, named by REDIS_URL_FILE); empty for none.
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub url: String,
+    #[command(flatten)]
+    pub tls: RedisTls,
+    /// Prefix of the Redis keys (`<prefix>ingest-restrictions/drop-events`, `.../skip-persons`).
+    #[arg(
+        id = "redis_key_prefix",
+        long = "redis-key-prefix",
+        env = "REDIS_KEY_PREFIX",
+        default_value = "@posthog/",
+        global = true
+    )]
+    pub key_prefix: String,
+    /// How often the Redis restrictions are re-read.
+    #[arg(id = "redis_refresh_interval", long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
+    pub refresh_interval: Duration,
+    /// Timeout of each Redis call.
+    #[arg(id = "redis_timeout", long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
+    pub timeout: Duration,
+    /// Restrictions read from Redis are forgotten when not refreshed for this long.
+    #[arg(id = "redis_stale_after", long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    pub stale_after: Duration,
+}
+
+/// ClickHouse: where rows are written.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "ClickHouse")]
+pub struct ClickHouseSettings {
+    /// ClickHouse HTTP interface, http:// or https:// (or a file holding the URL, named by
+    /// CLICKHOUSE_URL_FILE); it may carry the user and password.
+    #[arg(
+        id = "clickhouse_url",
+        long = "clickhouse-url",
+        env = "CLICKHOUSE_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8123",
+        global = true
+    )]
+    pub url: String,
+    /// ClickHouse user; empty for the URL's, or none.
+    #[arg(
+        id = "clickhouse_user",
+        long = "clickhouse-user",
+        env = "CLICKHOUSE_USER",
+        default_value = "",
+        global = true
+    )]
+    pub user: String,
+    /// ClickHouse password (or a file holding it, named by CLICKHOUSE_PASSWORD_FILE).
+    #[arg(
+        id = "clickhouse_password",
+        long = "clickhouse-password",
+        env = "CLICKHOUSE_PASSWORD",
+        hide_env_values = true,
+        default_value = "",
+        global = true
+    )]
+    pub password: String,
+    /// CA certificates (PEM file) an https:// ClickHouse is checked against, besides the public roots.
+    #[arg(id = "clickhouse_ca_file", long = "clickhouse-ca-file", env = "CLICKHOUSE_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// ClickHouse database holding Sluice's tables.
+    #[arg(
+        id = "clickhouse_database",
+        long = "clickhouse-database",
+        env = "CLICKHOUSE_DATABASE",
+        default_value = "sluice",
+        global = true
+    )]
+    pub database: String,
+    /// Encoding of insert bodies.
+    #[arg(
+        id = "clickhouse_compression",
+        long = "clickhouse-compression",
+        env = "CLICKHOUSE_COMPRESSION",
+        value_enum,
+        default_value = "gzip",
+        global = true
+    )]
+    pub compression: crate::write::Compression,
+    /// Timeout of one ClickHouse request.
+    #[arg(id = "clickhouse_timeout", long = "clickhouse-timeout-ms", env = "CLICKHOUSE_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    pub timeout: Duration,
 }
 
 impl Config {
     pub fn topic(&self) -> String {
-        self.kafka_topic.clone().unwrap_or_else(|| self.lane.default_topic().to_string())
+        self.kafka.topic.clone().unwrap_or_else(|| self.lane.default_topic().to_string())
     }
 
     pub fn group_id(&self) -> String {
-        self.kafka_group_id.clone().unwrap_or_else(|| format!("sluice-ingest-{}", self.lane.as_str()))
+        self.kafka.group_id.clone().unwrap_or_else(|| format!("sluice-ingest-{}", self.lane.as_str()))
     }
+}
 
+impl KafkaSettings {
     /// A Kafka client configuration for `role`: brokers, security, pass-through properties.
-    pub fn kafka(&self, role: Role) -> anyhow::Result<rdkafka::ClientConfig> {
-        let mut config = self.kafka_security.client_config(&self.kafka_hosts, role)?;
-        if !self.kafka_debug.is_empty() {
-            config.set("debug", &self.kafka_debug);
+    pub fn client_config(&self, role: Role) -> anyhow::Result<rdkafka::ClientConfig> {
+        let mut config = self.security.client_config(&self.hosts, role)?;
+        if !self.debug.is_empty() {
+            config.set("debug", &self.debug);
         }
         Ok(config)
     }
+}
 
-    pub fn postgres(&self) -> Result<PgConnectOptions, sluice_connect::postgres::PostgresSettingError> {
-        sluice_connect::postgres::options(&self.database_url)
+impl PostgresSettings {
+    pub fn options(&self) -> Result<PgConnectOptions, sluice_connect::postgres::PostgresSettingError> {
+        sluice_connect::postgres::options(&self.url)
     }
+}
 
+impl RedisSettings {
     /// `None` when `REDIS_URL` is empty (the operator turned Redis off).
-    pub fn redis(&self) -> Result<Option<redis::Client>, sluice_connect::redis::RedisSettingError> {
-        match self.redis_url.as_str() {
+    pub fn client(&self) -> Result<Option<redis::Client>, sluice_connect::redis::RedisSettingError> {
+        match self.url.as_str() {
             "" => Ok(None),
-            url => sluice_connect::redis::client(url, &self.redis_tls).map(Some),
+            url => sluice_connect::redis::client(url, &self.tls).map(Some),
         }
     }
+}
 
-    pub fn clickhouse(&self, timeout: std::time::Duration) -> Result<ClickHouseAccess, ClickHouseError> {
-        ClickHouseAccess::new(
-            &self.clickhouse_url,
-            &self.clickhouse_user,
-            &self.clickhouse_password,
-            self.clickhouse_ca_file.clone(),
-            timeout,
-        )
+impl ClickHouseSettings {
+    pub fn access(&self) -> Result<ClickHouseAccess, ClickHouseError> {
+        ClickHouseAccess::new(&self.url, &self.user, &self.password, self.ca_file.clone(), self.timeout)
     }
 }
 

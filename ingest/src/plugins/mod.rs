@@ -104,10 +104,10 @@ impl Plugins {
             args: vec!["plugin-worker".into()],
             // What the workers connect to, and nothing else of ingest's environment.
             env: WorkerEnv {
-                cache_redis_url: Some(config.redis_url.clone()),
-                cache_prefix: sluice_schema::redis_keys::plugin_cache(&config.redis_key_prefix),
-                cache_redis_tls: config.redis_tls.clone(),
-                storage_database_url: Some(config.database_url.clone()),
+                cache_redis_url: Some(config.redis.url.clone()),
+                cache_prefix: sluice_schema::redis_keys::plugin_cache(&config.redis.key_prefix),
+                cache_redis_tls: config.redis.tls.clone(),
+                storage_database_url: Some(config.postgres.url.clone()),
                 geoip_database: Some(config.plugins.geoip_database_path.clone()),
             }
             .to_vars(),
