@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_common::every::{Every, Failures};
-use sluice_common::expiring::{ExpiringSets, Fresh};
+use sluice_common::every::Every;
+use sluice_common::expiring::{self, ExpiringSets, Fresh, Messages};
 use sluice_schema::redis_keys;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::telemetry;
 
@@ -97,31 +97,20 @@ pub(crate) fn spawn_refresher(
             warn!("REDIS_URL is empty: quota limits and forced overflow are off");
             return;
         };
-        let mut reader = ExpiringSets::new(client, settings.timeout);
         let (keys, lists): (Vec<String>, Vec<&LimitList>) = lists.keyed(&settings.key_prefix).into_iter().unzip();
-        let mut failures = Failures::default();
-        let mut every = Every::now(settings.interval, stop);
-        while every.tick().await {
-            match reader.read(&keys).await {
-                Ok(sets) => {
-                    for (list, members) in lists.iter().zip(sets) {
-                        list.replace(members);
-                    }
-                    if failures.succeeded() {
-                        info!("redis lists readable again");
-                    }
-                    telemetry::redis_refresh(true);
-                }
-                Err(e) => {
-                    telemetry::redis_refresh(false);
-                    failures.failed(
-                        &e.to_string(),
-                        "redis lists cannot be read; keeping the last lists until they go stale, then failing open",
-                        "redis list refresh failed; keeping last lists until they go stale",
-                    );
-                }
+        let messages = Messages {
+            failing: "redis lists cannot be read; keeping the last lists until they go stale, then failing open",
+            still_failing: "redis list refresh failed; keeping last lists until they go stale",
+            recovered: "redis lists readable again",
+        };
+        let reader = ExpiringSets::new(client, settings.timeout);
+        expiring::refresh(reader, &keys, Every::now(settings.interval, stop), messages, |read| {
+            telemetry::redis_refresh(read.is_some());
+            for (list, members) in lists.iter().zip(read.into_iter().flatten()) {
+                list.replace(members);
             }
-        }
+        })
+        .await
     })
 }
 

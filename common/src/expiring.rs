@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
+use tracing::info;
+
+use crate::every::{Every, Failures};
 
 /// Reads sorted sets' live members over one connection, made again after a failure.
 pub struct ExpiringSets {
@@ -47,6 +50,42 @@ impl ExpiringSets {
             sets.push(members.into_iter().collect());
         }
         Ok(sets)
+    }
+}
+
+/// What a refresher logs: when its reads start failing (a warning: a wrong password or
+/// certificate shows at start-up), while they keep failing (debug), and when one
+/// succeeds again.
+pub struct Messages {
+    pub failing: &'static str,
+    pub still_failing: &'static str,
+    pub recovered: &'static str,
+}
+
+/// Re-reads `keys` at each tick of `every` until it stops, and hands each round to
+/// `apply`: the live members of each key in order, or `None` when Redis did not answer
+/// (what was read last stays until it goes stale).
+pub async fn refresh(
+    mut reader: ExpiringSets,
+    keys: &[String],
+    mut every: Every,
+    messages: Messages,
+    mut apply: impl FnMut(Option<Vec<HashSet<String>>>),
+) {
+    let mut failures = Failures::default();
+    while every.tick().await {
+        match reader.read(keys).await {
+            Ok(sets) => {
+                apply(Some(sets));
+                if failures.succeeded() {
+                    info!("{}", messages.recovered);
+                }
+            }
+            Err(e) => {
+                apply(None);
+                failures.failed(&e.to_string(), messages.failing, messages.still_failing);
+            }
+        }
     }
 }
 

@@ -12,11 +12,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_common::every::{Every, Failures};
-use sluice_common::expiring::{ExpiringSets, Fresh};
+use sluice_common::every::Every;
+use sluice_common::expiring::{self, ExpiringSets, Fresh, Messages};
 use sluice_schema::redis_keys;
 use tokio::sync::watch;
-use tracing::info;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Sets {
@@ -82,32 +81,24 @@ pub(crate) fn spawn_refresher(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(client) = settings.client else { return };
-        let mut reader = ExpiringSets::new(client, settings.timeout);
         let keys = [
             redis_keys::restrict_drop_events(&settings.key_prefix),
             redis_keys::restrict_skip_persons(&settings.key_prefix),
         ];
-        let mut failures = Failures::default();
-        let mut every = Every::now(settings.interval, stop);
-        while every.tick().await {
-            match reader.read(&keys).await {
-                Ok(sets) => {
-                    let [drop, skip_persons]: [HashSet<String>; 2] = sets.try_into().expect("one set per key");
-                    restrictions.from_redis.replace(Sets { drop, skip_persons });
-                    if failures.succeeded() {
-                        info!("restrictions readable from redis again");
-                    }
-                }
-                Err(e) => {
-                    crate::telemetry::dependency_retry("redis");
-                    failures.failed(
-                        &e.to_string(),
-                        "restrictions cannot be read from redis; keeping the last until they go stale",
-                        "reading restrictions from redis failed; keeping the last until they go stale",
-                    );
-                }
+        let messages = Messages {
+            failing: "restrictions cannot be read from redis; keeping the last until they go stale",
+            still_failing: "reading restrictions from redis failed; keeping the last until they go stale",
+            recovered: "restrictions readable from redis again",
+        };
+        let reader = ExpiringSets::new(client, settings.timeout);
+        expiring::refresh(reader, &keys, Every::now(settings.interval, stop), messages, |read| match read {
+            Some(sets) => {
+                let [drop, skip_persons]: [HashSet<String>; 2] = sets.try_into().expect("one set per key");
+                restrictions.from_redis.replace(Sets { drop, skip_persons });
             }
-        }
+            None => crate::telemetry::dependency_retry("redis"),
+        })
+        .await
     })
 }
 
