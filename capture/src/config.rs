@@ -196,6 +196,39 @@ pub struct SdkConfigSettings {
         default_value = "gzip,gzip-js"
     )]
     pub supported_compression: String,
+    /// A token the last read did not have is looked up at once (a team created since is
+    /// served without waiting for the next read): at most this many lookups at a time.
+    #[arg(
+        id = "sdk_config_lookup_concurrency",
+        long = "sdk-config-lookup-concurrency",
+        env = "SDK_CONFIG_LOOKUP_CONCURRENCY",
+        default_value_t = 4
+    )]
+    pub lookup_concurrency: usize,
+    /// Longest a request waits for a lookup slot and its query; past it the defaults are
+    /// answered.
+    #[arg(id = "sdk_config_lookup_timeout", long = "sdk-config-lookup-timeout-ms", env = "SDK_CONFIG_LOOKUP_TIMEOUT_MS", default_value = "1000", value_name = "MS", value_parser = millis)]
+    pub lookup_timeout: Duration,
+    /// How long a token found to be no team's is refused without asking Postgres again.
+    #[arg(id = "sdk_config_unknown_token_ttl", long = "sdk-config-unknown-token-ttl-ms", env = "SDK_CONFIG_UNKNOWN_TOKEN_TTL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub unknown_token_ttl: Duration,
+    /// Most unknown tokens remembered; full, they are all forgotten.
+    #[arg(
+        id = "sdk_config_max_unknown_tokens",
+        long = "sdk-config-max-unknown-tokens",
+        env = "SDK_CONFIG_MAX_UNKNOWN_TOKENS",
+        default_value_t = 100_000
+    )]
+    pub max_unknown_tokens: usize,
+    /// Body limit of /flags and /decide, as received and decoded (413 past it): they carry
+    /// a token and a few properties, never events.
+    #[arg(
+        id = "sdk_config_max_body_bytes",
+        long = "sdk-config-max-body-bytes",
+        env = "SDK_CONFIG_MAX_BODY_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub max_body_bytes: usize,
 }
 
 /// Hot keys sent to the overflow lane.

@@ -21,12 +21,17 @@ mod produce;
 mod replay;
 mod request;
 mod route;
+mod routes;
 mod sdk_config;
+mod sdk_request;
 mod server;
 mod team_tokens;
 pub mod telemetry;
 mod token;
+mod token_lookup;
 mod v1;
+
+pub use routes::{routes, RouteInfo};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +52,7 @@ use crate::route::{Router, Topics};
 use crate::sdk_config::SdkConfigs;
 use crate::server::{AppState, BodyLimits, BodyTimeouts, ConnectionLimits};
 use crate::team_tokens::{TeamTokens, TokenRefresh};
+use crate::token_lookup::LookupLimits;
 use sluice_common::every::Every;
 
 /// How often the overflow limiter forgets idle keys.
@@ -143,6 +149,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             .map(String::from)
             .collect(),
     );
+    let sdk_configs = match database.clone().filter(|_| config.sdk_config.enabled) {
+        Some(database) => sdk_configs.looking_up(
+            database,
+            LookupLimits {
+                concurrency: config.sdk_config.lookup_concurrency,
+                wait: config.sdk_config.lookup_timeout,
+                unknown_for: config.sdk_config.unknown_token_ttl,
+                max_unknown: config.sdk_config.max_unknown_tokens,
+            },
+            config.sdk_config.max_teams,
+        ),
+        None => sdk_configs,
+    };
     let sdk_config_refresher = sdk_config::spawn_refresher(
         sdk_configs.clone(),
         sdk_config::Refresh {
@@ -187,6 +206,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             events: config.requests.max_event_body_bytes,
             batch: config.requests.max_batch_body_bytes,
             replay: config.requests.max_replay_body_bytes,
+            sdk_config: config.sdk_config.max_body_bytes,
         },
         body_timeouts: BodyTimeouts { chunk: config.requests.body_chunk_timeout, whole: config.requests.body_timeout },
         trusted_proxy_hops: config.requests.trusted_proxy_hops,
@@ -195,7 +215,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
     let background = spawn_background(state.clone(), metrics, stop_rx);
 
-    let app = server::router(state.clone());
+    let app = routes::router(state.clone());
     info!(address = %listener.local_addr()?, "sluice-capture listening");
     let readiness_delay = config.lifecycle.shutdown_readiness_delay;
     let health_for_shutdown = health.clone();

@@ -21,6 +21,8 @@ pub(crate) enum Endpoint {
     Replay,
     /// `/i/v1/analytics/events`: the v1 batch (Bearer token, per-event results).
     AnalyticsV1,
+    /// `/flags` and `/decide`: a body holding a token, read as old SDKs send events.
+    SdkConfig,
 }
 
 impl Endpoint {
@@ -32,12 +34,13 @@ impl Endpoint {
             Endpoint::Engage => "engage",
             Endpoint::Replay => "replay",
             Endpoint::AnalyticsV1 => "analytics_v1",
+            Endpoint::SdkConfig => "sdk_config",
         }
     }
 
     /// Legacy routes sniff base64 without a hint.
     pub(crate) fn sniffs_base64(self) -> bool {
-        matches!(self, Endpoint::LegacyEvents | Endpoint::Engage)
+        matches!(self, Endpoint::LegacyEvents | Endpoint::Engage | Endpoint::SdkConfig)
     }
 }
 

@@ -21,6 +21,8 @@ use tracing::{info, warn};
 
 use sluice_common::every::{Every, Failures};
 
+use crate::token_lookup::{Find, Looked, LookupLimits, TokenLookup};
+
 /// Where posthog-js sends events and recordings when the config names them.
 const EVENTS_ENDPOINT: &str = "/i/v0/e/";
 const RECORDINGS_ENDPOINT: &str = "/s/";
@@ -59,6 +61,9 @@ impl TeamSettings {
 const SETTINGS_QUERY: &str = "SELECT api_token, session_recording_opt_in, session_recording_sample_rate, \
      session_recording_minimum_duration_ms, capture_console_log_opt_in, autocapture_opt_out, heatmaps_opt_in, \
      autocapture_exceptions_opt_in, elements_chain_as_string FROM teams ORDER BY id LIMIT $1";
+const ONE_TEAM_QUERY: &str = "SELECT api_token, session_recording_opt_in, session_recording_sample_rate, \
+     session_recording_minimum_duration_ms, capture_console_log_opt_in, autocapture_opt_out, heatmaps_opt_in, \
+     autocapture_exceptions_opt_in, elements_chain_as_string FROM teams WHERE api_token = $1";
 
 /// One team's config, as the JSON object and its two serialized forms.
 struct Answers {
@@ -89,6 +94,12 @@ struct Teams {
 pub(crate) struct SdkConfigs {
     teams: Arc<RwLock<Option<Arc<Teams>>>>,
     compression: Arc<Vec<String>>,
+    /// Tokens the last read did not have (`None`: no database to ask).
+    lookup: Option<Arc<TokenLookup<TeamSettings>>>,
+    /// Teams found by a lookup since the last read, which will have them; at most
+    /// `max_found`.
+    found: Arc<RwLock<HashMap<String, Arc<Answers>>>>,
+    max_found: usize,
 }
 
 /// One response, ready to send.
@@ -127,8 +138,9 @@ impl Ask {
 
 enum Found {
     Team(Arc<Answers>),
-    /// Not read yet, or a token past the list's bound: the defaults are answered, since
-    /// turning an SDK away would be worse than not turning its features on.
+    /// Not read yet, a token past the list's bound, or a lookup that could not tell: the
+    /// defaults are answered, since turning an SDK away would be worse than not turning
+    /// its features on.
     Defaults,
     Unknown,
 }
@@ -136,13 +148,48 @@ enum Found {
 impl SdkConfigs {
     /// `compression`: what SDKs are offered (`supportedCompression`), e.g. `gzip-js`.
     pub(crate) fn new(compression: Vec<String>) -> SdkConfigs {
-        SdkConfigs { teams: Arc::default(), compression: Arc::new(compression) }
+        SdkConfigs {
+            teams: Arc::default(),
+            compression: Arc::new(compression),
+            lookup: None,
+            found: Arc::default(),
+            max_found: 0,
+        }
+    }
+
+    /// Tokens not in the last read are looked up with `find`, within `limits`; at most
+    /// `max_found` teams found so are held until the next read.
+    fn with_lookup(mut self, find: Find<TeamSettings>, limits: LookupLimits, max_found: usize) -> SdkConfigs {
+        self.lookup = Some(Arc::new(TokenLookup::new(find, limits)));
+        self.max_found = max_found;
+        self
+    }
+
+    /// Looks tokens up in `database`, one query each, on a pool of its own.
+    pub(crate) fn looking_up(self, database: PgConnectOptions, limits: LookupLimits, max_found: usize) -> SdkConfigs {
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(limits.concurrency.max(1)).unwrap_or(u32::MAX))
+            .acquire_timeout(limits.wait)
+            .connect_lazy_with(database);
+        let find: Find<TeamSettings> = Arc::new(move |token: String| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query_as::<_, TeamSettings>(ONE_TEAM_QUERY)
+                    .bind(token)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        self.with_lookup(find, limits, max_found)
     }
 
     fn replace(&self, teams: &[TeamSettings], truncated: bool) {
         let by_token =
             teams.iter().map(|t| (t.api_token.clone(), Arc::new(Answers::build(t, &self.compression)))).collect();
         *self.teams.write().expect("sdk config lock") = Some(Arc::new(Teams { by_token, truncated }));
+        // The read has every team a lookup found before it began.
+        self.found.write().expect("sdk config lock").clear();
     }
 
     fn has_read(&self) -> bool {
@@ -156,16 +203,40 @@ impl SdkConfigs {
             Some(teams) => match teams.by_token.get(token) {
                 Some(answers) => Found::Team(answers.clone()),
                 None if teams.truncated => Found::Defaults,
-                None => Found::Unknown,
+                None => match self.found.read().expect("sdk config lock").get(token) {
+                    Some(answers) => Found::Team(answers.clone()),
+                    None => Found::Unknown,
+                },
             },
+        }
+    }
+
+    /// A token the last read did not have: a team created since, or no team's.
+    async fn look_up(&self, token: &str) -> Found {
+        let Some(lookup) = &self.lookup else { return Found::Unknown };
+        match lookup.look_up(token).await {
+            Looked::Found(team) => {
+                let answers = Arc::new(Answers::build(&team, &self.compression));
+                let mut found = self.found.write().expect("sdk config lock");
+                if found.len() < self.max_found {
+                    found.insert(token.to_string(), answers.clone());
+                }
+                Found::Team(answers)
+            }
+            Looked::Unknown => Found::Unknown,
+            Looked::CannotTell => Found::Defaults,
         }
     }
 
     /// The answer to `ask` for `token` (`None`: the request named none).
     /// `recordings_limited`: the token is over its recordings quota, so recording is off.
-    pub(crate) fn answer(&self, ask: Ask, token: Option<&str>, recordings_limited: bool) -> Answer {
+    pub(crate) async fn answer(&self, ask: Ask, token: Option<&str>, recordings_limited: bool) -> Answer {
         let Some(token) = token.filter(|t| !t.is_empty()) else { return refused(ask, "missing_api_key") };
-        let (answers, outcome) = match self.find(token) {
+        let found = match self.find(token) {
+            Found::Unknown => self.look_up(token).await,
+            found => found,
+        };
+        let (answers, outcome) = match found {
             Found::Team(answers) => (answers, "team"),
             Found::Defaults => {
                 (Arc::new(Answers::build(&TeamSettings::defaults(token), &self.compression)), "defaults")
@@ -373,15 +444,15 @@ mod tests {
         configs
     }
 
-    #[test]
-    fn a_team_with_recording_gets_the_recording_endpoint_and_its_sample_rate() {
+    #[tokio::test]
+    async fn a_team_with_recording_gets_the_recording_endpoint_and_its_sample_rate() {
         let mut recorded = team("phc_rec");
         recorded.session_recording_opt_in = true;
         recorded.session_recording_sample_rate = Some(0.5);
         recorded.capture_console_log_opt_in = true;
         let configs = configs_with(&[recorded, team("phc_plain")]);
 
-        let answer = configs.answer(Ask::ConfigJson, Some("phc_rec"), false);
+        let answer = configs.answer(Ask::ConfigJson, Some("phc_rec"), false).await;
         assert_eq!((answer.status, answer.outcome), (StatusCode::OK, "team"));
         let config = body(&answer);
         assert_eq!(config["sessionRecording"]["endpoint"], "/s/");
@@ -392,14 +463,14 @@ mod tests {
         assert_eq!(config["analytics"]["endpoint"], "/i/v0/e/");
         assert_eq!(config["elementsChainAsString"], true);
 
-        let plain = body(&configs.answer(Ask::ConfigJson, Some("phc_plain"), false));
+        let plain = body(&configs.answer(Ask::ConfigJson, Some("phc_plain"), false).await);
         assert_eq!(plain["sessionRecording"], false);
     }
 
-    #[test]
-    fn the_script_sets_the_config_where_posthog_js_reads_it() {
+    #[tokio::test]
+    async fn the_script_sets_the_config_where_posthog_js_reads_it() {
         let configs = configs_with(&[team("phc_js")]);
-        let answer = configs.answer(Ask::ConfigScript, Some("phc_js"), false);
+        let answer = configs.answer(Ask::ConfigScript, Some("phc_js"), false).await;
         assert_eq!(answer.content_type, "application/javascript");
         let text = String::from_utf8(answer.body.to_vec()).unwrap();
         assert!(text.contains("window._POSTHOG_REMOTE_CONFIG[\"phc_js\"] = {"), "{text}");
@@ -409,21 +480,21 @@ mod tests {
         assert_eq!(config["token"], "phc_js");
     }
 
-    #[test]
-    fn unknown_tokens_are_refused_once_the_teams_are_read_and_get_defaults_before() {
+    #[tokio::test]
+    async fn unknown_tokens_are_refused_once_the_teams_are_read_and_get_defaults_before() {
         let unread = SdkConfigs::new(vec!["gzip-js".into()]);
-        let before = unread.answer(Ask::ConfigJson, Some("phc_any"), false);
+        let before = unread.answer(Ask::ConfigJson, Some("phc_any"), false).await;
         assert_eq!((before.status, before.outcome), (StatusCode::OK, "defaults"));
         assert_eq!(body(&before)["sessionRecording"], false);
 
         let configs = configs_with(&[team("phc_known")]);
-        let config = configs.answer(Ask::ConfigJson, Some("phc_nobody"), false);
+        let config = configs.answer(Ask::ConfigJson, Some("phc_nobody"), false).await;
         assert_eq!(config.status, StatusCode::NOT_FOUND);
         assert_eq!(body(&config)["code"], "invalid_api_key");
-        let flags = configs.answer(Ask::Flags { with_config: false }, Some("phc_nobody"), false);
+        let flags = configs.answer(Ask::Flags { with_config: false }, Some("phc_nobody"), false).await;
         assert_eq!(flags.status, StatusCode::UNAUTHORIZED);
         assert_eq!(body(&flags)["type"], "authentication_error");
-        let missing = configs.answer(Ask::Decide { version: 3 }, None, false);
+        let missing = configs.answer(Ask::Decide { version: 3 }, None, false).await;
         assert_eq!(
             (missing.status, body(&missing)["code"].clone()),
             (StatusCode::UNAUTHORIZED, json!("missing_api_key"))
@@ -431,51 +502,76 @@ mod tests {
 
         let truncated = SdkConfigs::new(vec![]);
         truncated.replace(&[team("phc_known")], true);
-        assert_eq!(truncated.answer(Ask::ConfigJson, Some("phc_later"), false).outcome, "defaults");
+        assert_eq!(truncated.answer(Ask::ConfigJson, Some("phc_later"), false).await.outcome, "defaults");
     }
 
-    #[test]
-    fn flags_and_decide_never_carry_a_flag_and_decide_carries_the_config() {
+    #[tokio::test]
+    async fn flags_and_decide_never_carry_a_flag_and_decide_carries_the_config() {
         let mut recorded = team("phc_old");
         recorded.session_recording_opt_in = true;
         let configs = configs_with(&[recorded]);
-        let flags = body(&configs.answer(Ask::Flags { with_config: false }, Some("phc_old"), false));
+        let flags = body(&configs.answer(Ask::Flags { with_config: false }, Some("phc_old"), false).await);
         assert_eq!(flags["flags"], json!({}));
         assert_eq!(flags["featureFlags"], json!({}));
         assert!(flags.get("sessionRecording").is_none(), "no config unless asked");
-        let with_config = body(&configs.answer(Ask::Flags { with_config: true }, Some("phc_old"), false));
+        let with_config = body(&configs.answer(Ask::Flags { with_config: true }, Some("phc_old"), false).await);
         assert_eq!(with_config["sessionRecording"]["endpoint"], "/s/");
 
-        let v1 = body(&configs.answer(Ask::Decide { version: 1 }, Some("phc_old"), false));
+        let v1 = body(&configs.answer(Ask::Decide { version: 1 }, Some("phc_old"), false).await);
         assert_eq!(v1["featureFlags"], json!([]));
-        let v3 = body(&configs.answer(Ask::Decide { version: 3 }, Some("phc_old"), false));
+        let v3 = body(&configs.answer(Ask::Decide { version: 3 }, Some("phc_old"), false).await);
         assert_eq!(v3["featureFlags"], json!({}));
         assert_eq!(v3["sessionRecording"]["endpoint"], "/s/");
         assert_eq!(v3["supportedCompression"], json!(["gzip", "gzip-js"]));
         assert!(v3.get("flags").is_none());
-        let v4 = body(&configs.answer(Ask::Decide { version: 4 }, Some("phc_old"), false));
+        let v4 = body(&configs.answer(Ask::Decide { version: 4 }, Some("phc_old"), false).await);
         assert_eq!(v4["flags"], json!({}));
     }
 
-    #[test]
-    fn a_token_over_its_recordings_quota_is_told_recording_is_off() {
+    #[tokio::test]
+    async fn a_token_over_its_recordings_quota_is_told_recording_is_off() {
         let mut recorded = team("phc_quota");
         recorded.session_recording_opt_in = true;
         let configs = configs_with(&[recorded]);
         for ask in [Ask::ConfigJson, Ask::Decide { version: 3 }, Ask::Flags { with_config: true }] {
-            let answer = body(&configs.answer(ask, Some("phc_quota"), true));
+            let answer = body(&configs.answer(ask, Some("phc_quota"), true).await);
             assert_eq!(answer["sessionRecording"], false, "{ask:?}");
             assert_eq!(answer["quotaLimited"], json!(["recordings"]), "{ask:?}");
         }
-        let script = configs.answer(Ask::ConfigScript, Some("phc_quota"), true);
+        let script = configs.answer(Ask::ConfigScript, Some("phc_quota"), true).await;
         assert!(String::from_utf8_lossy(&script.body).contains("\"sessionRecording\":false"));
     }
 
-    #[test]
-    fn a_team_can_ask_for_the_elements_list_instead_of_the_chain() {
+    #[tokio::test]
+    async fn a_team_can_ask_for_the_elements_list_instead_of_the_chain() {
         let mut listed = team("phc_list");
         listed.elements_chain_as_string = false;
         let configs = configs_with(&[listed]);
-        assert!(body(&configs.answer(Ask::ConfigJson, Some("phc_list"), false)).get("elementsChainAsString").is_none());
+        assert!(body(&configs.answer(Ask::ConfigJson, Some("phc_list"), false).await)
+            .get("elementsChainAsString")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_team_created_after_the_read_is_looked_up_and_served_at_once() {
+        let find: Find<TeamSettings> =
+            Arc::new(|token: String| Box::pin(async move { Ok((token == "phc_new").then(|| team(&token))) }));
+        let limits = LookupLimits {
+            concurrency: 1,
+            wait: Duration::from_secs(1),
+            unknown_for: Duration::from_secs(5),
+            max_unknown: 10,
+        };
+        let configs = SdkConfigs::new(vec![]).with_lookup(find, limits, 10);
+        configs.replace(&[team("phc_old")], false);
+        let answer = configs.answer(Ask::ConfigJson, Some("phc_new"), false).await;
+        assert_eq!((answer.status, answer.outcome), (StatusCode::OK, "team"));
+        assert_eq!(body(&answer)["token"], "phc_new");
+        assert_eq!(configs.found.read().unwrap().len(), 1, "held until the next read");
+        let unknown = configs.answer(Ask::Flags { with_config: false }, Some("phc_none"), false).await;
+        assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+        configs.replace(&[team("phc_old"), team("phc_new")], false);
+        assert!(configs.found.read().unwrap().is_empty(), "the read has it now");
+        assert_eq!(configs.answer(Ask::ConfigJson, Some("phc_new"), false).await.outcome, "team");
     }
 }

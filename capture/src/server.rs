@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
@@ -37,7 +36,7 @@ use crate::health::Health;
 use crate::pipeline::{Accepted, Pipeline};
 use crate::request::{Endpoint, RequestMeta};
 use crate::sdk_config::{Answer, Ask, SdkConfigs};
-use crate::{decode, telemetry, v1};
+use crate::{decode, sdk_request, telemetry, v1};
 
 /// Body limits as received (before decompression), per kind of route.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +44,9 @@ pub(crate) struct BodyLimits {
     pub events: usize,
     pub batch: usize,
     pub replay: usize,
+    /// `/flags` and `/decide`, as received and decoded: they carry a token and a few
+    /// properties, never events.
+    pub sdk_config: usize,
 }
 
 impl BodyLimits {
@@ -53,6 +55,7 @@ impl BodyLimits {
             Endpoint::Batch | Endpoint::AnalyticsV1 => self.batch,
             Endpoint::Replay => self.replay,
             Endpoint::Events | Endpoint::LegacyEvents | Endpoint::Engage => self.events,
+            Endpoint::SdkConfig => self.sdk_config,
         }
     }
 }
@@ -79,27 +82,9 @@ pub(crate) struct BodyTimeouts {
     pub whole: Duration,
 }
 
-pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let capture_routes = Router::new()
-        .merge(event_routes(&["/e", "/i/v0/e", "/capture", "/track"], |path| {
-            if path == "/i/v0/e" {
-                Endpoint::Events
-            } else {
-                Endpoint::LegacyEvents
-            }
-        }))
-        .merge(event_routes(&["/engage"], |_| Endpoint::Engage))
-        .merge(post_routes(&["/batch"], Endpoint::Batch))
-        .merge(post_routes(&["/s"], Endpoint::Replay))
-        .route(
-            "/i/v1/analytics/events",
-            axum::routing::post(|State(state): State<Arc<AppState>>, req: Request| analytics_v1(state, req)),
-        );
-
-    Router::new()
-        .merge(capture_routes)
-        .merge(sdk_config_routes())
-        .route("/", get(|| async { "sluice-capture" }))
+/// What every route gets: the probes and metrics beside it, CORS, and the state.
+pub(crate) fn with_common_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         .merge(sluice_common::health::routes(Arc::new(state.health.clone()), state.metrics.clone()))
         .layer(
             // posthog-js sends credentials, so the origin must be echoed, never `*`.
@@ -113,53 +98,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn with_trailing_slash(paths: &[&'static str]) -> Vec<(String, &'static str)> {
-    paths.iter().flat_map(|p| [(p.to_string(), *p), (format!("{p}/"), *p)]).collect()
-}
-
-fn capture_handler(route: Endpoint) -> MethodRouter<Arc<AppState>> {
-    axum::routing::post(move |State(state): State<Arc<AppState>>, req: Request| capture(state, route, req))
-        .options(|| async { StatusCode::OK })
-}
-
-fn event_routes(paths: &[&'static str], route_of: fn(&str) -> Endpoint) -> Router<Arc<AppState>> {
-    with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, base)| {
-        let route = route_of(base);
-        r.route(
-            &path,
-            capture_handler(route)
-                .get(move |State(state): State<Arc<AppState>>, req: Request| capture(state, route, req))
-                .head(|| async { StatusCode::OK }),
-        )
-    })
-}
-
-fn post_routes(paths: &[&'static str], route: Endpoint) -> Router<Arc<AppState>> {
-    with_trailing_slash(paths).into_iter().fold(Router::new(), |r, (path, _)| r.route(&path, capture_handler(route)))
-}
-
-/// The SDK's configuration requests: the config by token in the path, and the flag
-/// endpoints, which name the token in the query or the (possibly compressed) body.
-fn sdk_config_routes() -> Router<Arc<AppState>> {
-    let config = |ask: Ask| {
-        get(move |State(state): State<Arc<AppState>>, Path(token): Path<String>| async move {
-            sdk_answer(&state, ask, Some(&token))
-        })
-    };
-    let flag_routes = |path: &'static str, decide: bool| {
-        let handler = move |State(state): State<Arc<AppState>>, req: Request| flags(state, decide, req);
-        with_trailing_slash(&[path])
-            .into_iter()
-            .fold(Router::new(), |r, (path, _)| r.route(&path, get(handler).post(handler)))
-    };
-    Router::new()
-        .route("/array/{token}/config", config(Ask::ConfigJson))
-        .route("/array/{token}/config.js", config(Ask::ConfigScript))
-        .merge(flag_routes("/flags", false))
-        .merge(flag_routes("/decide", true))
-}
-
-async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
+/// `/flags` and `/decide`: the token comes from the query, or else from the body, which
+/// is received and decoded under the same limits, memory reservation and processing
+/// slot as an event body, and from which only the token is read.
+pub(crate) async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
+    let started = Instant::now();
+    let route = Endpoint::SdkConfig;
     let (parts, body) = req.into_parts();
     let query: Vec<(String, String)> =
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
@@ -169,41 +113,38 @@ async fn flags(state: Arc<AppState>, decide: bool, req: Request) -> Response {
     } else {
         Ask::Flags { with_config: param("config").is_some_and(|v| v == "true" || v == "1") }
     };
-    let mut token = param("token").or_else(|| param("api_key")).map(str::to_string);
-    if token.is_none() {
-        // Old SDKs send `/decide` bodies as they send events (a base64 form, gzip), so
-        // they are read by the same rules, under the same limits.
-        let meta = RequestMeta::new(Endpoint::LegacyEvents, parts.uri.query(), &parts.headers, peer(&parts), 0);
-        let read = async {
-            let mut memory = state.memory.reservation();
-            let limit = state.body_limits.events;
-            let body = read_body(body, limit, state.body_timeouts, &mut memory).await?;
-            if body.is_empty() && meta.query.data.is_none() {
-                return Ok(None);
+    let token = match param("token").or_else(|| param("api_key")) {
+        Some(token) => Ok(Some(token.to_string())),
+        None => {
+            // Old SDKs send `/decide` bodies as they send events (a base64 form, gzip).
+            let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), 0);
+            async {
+                let (body, mut memory, _slot) = receive(&state, route, &parts, body).await?;
+                if body.is_empty() && meta.query.data.is_none() {
+                    return Ok(None);
+                }
+                let limit = state.body_limits.sdk_config;
+                let decoded = decode::decode(&meta, body, limit, &mut memory)?;
+                Ok(sdk_request::token(&decoded.json)?)
             }
-            let decoded = decode::decode(&meta, body, state.pipeline.max_decompressed_bytes, &mut memory)?;
-            let json: serde_json::Value = serde_json::from_slice(&decoded.json)
-                .map_err(|e| CaptureError::BodyRead(format!("the body is not JSON: {e}")))?;
-            Ok::<_, CaptureError>(
-                ["token", "api_key", "$token"].iter().find_map(|k| json.get(k)?.as_str().map(str::to_string)),
-            )
-        };
-        match read.await {
-            Ok(found) => token = found,
-            Err(e) => return e.into_response(),
+            .await
         }
-    }
-    sdk_answer(&state, ask, token.as_deref())
+    };
+    let response = match token {
+        Ok(token) => Ok(sdk_answer(&state, ask, token.as_deref()).await),
+        Err(e) => Err(e),
+    };
+    answered(route, started, response)
 }
 
-fn sdk_answer(state: &AppState, ask: Ask, token: Option<&str>) -> Response {
+pub(crate) async fn sdk_answer(state: &AppState, ask: Ask, token: Option<&str>) -> Response {
     let limited = token.is_some_and(|t| state.pipeline.router.lists.quota_recordings.contains(t));
-    let Answer { status, content_type, body, outcome } = state.sdk_config.answer(ask, token, limited);
+    let Answer { status, content_type, body, outcome } = state.sdk_config.answer(ask, token, limited).await;
     telemetry::sdk_config_request(ask.label(), outcome);
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn capture(state: Arc<AppState>, route: Endpoint, req: Request) -> Response {
+pub(crate) async fn capture(state: Arc<AppState>, route: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let meta = RequestMeta::new(route, parts.uri.query(), &parts.headers, peer(&parts), state.trusted_proxy_hops);
@@ -256,7 +197,7 @@ fn answered(route: Endpoint, started: Instant, result: Result<Response, CaptureE
 
 /// The v1 batch: decoded like any body, translated to the `/batch` shape, then through the
 /// pipeline; answered per event.
-async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
+pub(crate) async fn analytics_v1(state: Arc<AppState>, req: Request) -> Response {
     let started = Instant::now();
     let route = Endpoint::AnalyticsV1;
     let (parts, body) = req.into_parts();

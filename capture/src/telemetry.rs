@@ -9,6 +9,7 @@ use sluice_schema::metrics::{Kind, Metric};
 
 const REQUESTS: &str = "capture_requests_total";
 const SDK_CONFIG_REQUESTS: &str = "capture_sdk_config_requests_total";
+const SDK_CONFIG_LOOKUPS: &str = "capture_sdk_config_lookups_total";
 const REQUEST_DURATION: &str = "capture_request_duration_seconds";
 const EVENTS_RECEIVED: &str = "capture_events_received_total";
 const EVENTS_INGESTED: &str = "capture_events_ingested_total";
@@ -38,6 +39,13 @@ const METRICS: &[Metric] = &[
         Kind::Counter,
         "SDK configuration requests (config, config_js, flags, decide), by what answered them: the team's \
          settings, the defaults (settings not read yet) or unknown_token.",
+    ),
+    (
+        SDK_CONFIG_LOOKUPS,
+        Kind::Counter,
+        "Tokens not in the last read of the teams, looked up on demand, by outcome: found, unknown, \
+         cached_unknown (refused from the short negative cache, no query), busy (every lookup slot \
+         taken) or failed.",
     ),
     (
         REQUEST_DURATION,
@@ -71,6 +79,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// it was answered from: `team`, `defaults` (settings not read yet) or `unknown_token`.
 pub fn sdk_config_request(endpoint: &'static str, outcome: &'static str) {
     counter!(SDK_CONFIG_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+}
+
+/// An on-demand lookup of a token the last read of the teams did not have.
+pub fn sdk_config_lookup(outcome: &'static str) {
+    counter!(SDK_CONFIG_LOOKUPS, "outcome" => outcome).increment(1);
 }
 
 // Labels are plain values, so that this module depends on no stage and every stage may
@@ -133,6 +146,9 @@ pub fn register(overflow_reasons: &[&'static str]) {
         counter!(OVERFLOW_REROUTES, "reason" => *reason).increment(0);
     }
     counter!(PRODUCER_RECREATED).increment(0);
+    for outcome in ["found", "unknown", "cached_unknown", "busy", "failed"] {
+        counter!(SDK_CONFIG_LOOKUPS, "outcome" => outcome).increment(0);
+    }
     for endpoint in ["config", "config_js", "flags", "decide"] {
         for outcome in ["team", "defaults", "unknown_token"] {
             counter!(SDK_CONFIG_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(0);

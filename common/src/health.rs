@@ -18,14 +18,20 @@ pub trait Probes: Send + Sync + 'static {
     fn readiness(&self) -> Result<(), &'static str>;
 }
 
+pub const LIVENESS: &str = "/_liveness";
+pub const READINESS: &str = "/_readiness";
+pub const METRICS: &str = "/metrics";
+/// The paths [`routes`] serves, each GET only, for a binary that lists its routes.
+pub const PATHS: [&str; 3] = [LIVENESS, READINESS, METRICS];
+
 /// The three routes, to serve alone (ingest) or beside the event routes (capture).
 pub fn routes<S: Clone + Send + Sync + 'static>(probes: Arc<dyn Probes>, metrics: PrometheusHandle) -> axum::Router<S> {
     let live = probes.clone();
     axum::Router::new()
-        .route("/_liveness", get(move || std::future::ready(answer(live.liveness()))))
-        .route("/_readiness", get(move || std::future::ready(answer(probes.readiness()))))
+        .route(LIVENESS, get(move || std::future::ready(answer(live.liveness()))))
+        .route(READINESS, get(move || std::future::ready(answer(probes.readiness()))))
         .route(
-            "/metrics",
+            METRICS,
             get(move || std::future::ready(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()))),
         )
 }

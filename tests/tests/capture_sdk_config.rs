@@ -129,6 +129,40 @@ fn unknown_tokens_older_sdks_and_the_recordings_quota_are_answered_as_posthog_do
 }
 
 #[test]
+fn a_team_created_after_the_last_read_is_served_at_once_and_unknown_tokens_are_bounded() {
+    // A read every ten minutes: only the lookup can know a team made after the first.
+    let cap = Capture::start("sdk-new-team", &[("SDK_CONFIG_REFRESH_INTERVAL_MS", "600000")]);
+    let before = create_team(&unique("sdk before"));
+    wait_config(&cap, &before, |c| c["token"] == before.as_str());
+    let token = create_team(&unique("sdk new"));
+    let config = cap.get(&format!("/array/{token}/config"));
+    assert_eq!(config.status, 200, "{}", config.text);
+    assert_eq!(config.json()["token"], token.as_str());
+    let flags = cap.post("/flags?v=2", "application/json", json!({"token": token, "distinct_id": "d"}).to_string());
+    assert_eq!(flags.status, 200, "{}", flags.text);
+    let decide = cap.get(&format!("/decide/?v=3&token={token}"));
+    assert_eq!(decide.status, 200, "{}", decide.text);
+
+    // The same unknown token, many times at once: refused each time, asked of Postgres once.
+    let random = unique("phc_random");
+    let answers: Vec<u16> = (0..50)
+        .map(|_| {
+            let url = format!("{}/array/{random}/config", cap.url);
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(answers.iter().all(|s| *s == 404), "{answers:?}");
+    let asked = cap.metric("capture_sdk_config_lookups_total", "outcome=\"unknown\"");
+    let cached = cap.metric("capture_sdk_config_lookups_total", "outcome=\"cached_unknown\"");
+    let busy = cap.metric("capture_sdk_config_lookups_total", "outcome=\"busy\"");
+    assert!(asked <= 4.0, "{asked} queries for one unknown token (SDK_CONFIG_LOOKUP_CONCURRENCY is 4)");
+    assert!(asked + cached + busy >= 50.0, "{asked} + {cached} + {busy}");
+}
+
+#[test]
 fn while_the_settings_cannot_be_read_every_token_gets_the_defaults() {
     let cap = Capture::start(
         "sdk-defaults",
