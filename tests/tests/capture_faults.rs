@@ -93,6 +93,38 @@ fn broker_down_gives_503_and_nothing_acknowledged_after_it_returns_is_missing() 
         assert!(Instant::now() < deadline, "readiness still 200 with the broker down");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Every request is refused, but the identical warning each one gives is written a few
+    // times and the rest counted in one line, not once per request.
+    let refused: Vec<_> = (0..40)
+        .map(|_| {
+            let (url, body) = (cap.url.clone(), one_event(&token, &uuid::Uuid::now_v7().to_string()));
+            std::thread::spawn(move || {
+                let r = sluice_tests::http().post(format!("{url}/batch")).body(body).send().unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    for r in refused {
+        assert_eq!(r.join().unwrap(), 503);
+    }
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let held = loop {
+        let log = cap.log_text();
+        if let Some(line) =
+            log.lines().find(|l| l.contains("identical log lines held back") && l.contains("request not accepted"))
+        {
+            break (
+                line.to_string(),
+                log.lines().filter(|l| l.contains("WARN") && l.contains("request not accepted")).count(),
+            );
+        }
+        assert!(Instant::now() < deadline, "no report of held-back warnings:\n{log}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    println!("{} warnings written for 41 refused requests; {}", held.1, held.0);
+    assert!(held.1 <= 12, "{} warnings for 41 refused requests", held.1);
+    let count: u64 = held.0.split("held=").nth(1).and_then(|n| n.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    assert!(count >= 25, "{}", held.0);
 
     // The broker comes back empty (memory storage), so the topics are made again.
     let _broker = OwnBroker::start(port);
