@@ -81,8 +81,18 @@ const METRICS: &[Metric] = &[
         Kind::Counter,
         "Events given to a plugin configuration's process_event, by plugin configuration id.",
     ),
-    (PLUGIN_ERRORS, Kind::Counter, "Failed plugin calls, by plugin configuration id and kind of failure."),
-    (PLUGIN_STATE_CHANGES, Kind::Counter, "Plugin configurations that became degraded or disabled, by the new status."),
+    (
+        PLUGIN_ERRORS,
+        Kind::Counter,
+        "Failed plugin calls, by plugin configuration id, kind of failure (the limit hit: timeout, ticks, memory; \
+         a strike: watchdog, hang, crash; or error, invalid_event, compile, retry) and hook.",
+    ),
+    (
+        PLUGIN_STATE_CHANGES,
+        Kind::Counter,
+        "Plugin configurations that became degraded or disabled, by the new status and the kind of failure that \
+         made it so.",
+    ),
     (PLUGIN_BATCH_DURATION, Kind::Histogram(SECONDS), "Time one plugin configuration spent on one batch."),
     (ON_EVENT_DROPPED, Kind::Counter, "Written events whose on_event exports were dropped because the queue was full."),
 ];
@@ -177,9 +187,12 @@ pub fn plugin_calls(plugin_config: i64, n: usize) {
     counter!(PLUGIN_CALLS, "plugin_config" => plugin_config.to_string()).increment(n as u64);
 }
 
-/// A failed plugin call by kind: `error`, `timeout`, `ticks`, `memory`, `crash`, `setup`.
-pub fn plugin_error(plugin_config: i64, kind: &'static str) {
-    counter!(PLUGIN_ERRORS, "plugin_config" => plugin_config.to_string(), "kind" => kind).increment(1);
+/// A failed plugin call: the hook (`setup`, `process_event`, `on_event`, a schedule) and
+/// the kind, a limit (`timeout`, `ticks`, `memory`), a strike (`watchdog`, `hang`,
+/// `crash`) or another failure (`error`, `invalid_event`, `compile`, `retry`).
+pub fn plugin_error(plugin_config: i64, hook: &'static str, kind: &'static str) {
+    let id = plugin_config.to_string();
+    counter!(PLUGIN_ERRORS, "plugin_config" => id, "kind" => kind, "hook" => hook).increment(1);
 }
 
 /// Written events whose on_event exports were dropped (queue full).
@@ -197,9 +210,10 @@ pub fn ready(ready: bool) {
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
-/// A plugin configuration that became `degraded` or `disabled`.
-pub fn plugin_state_changed(status: &'static str) {
-    counter!(PLUGIN_STATE_CHANGES, "status" => status).increment(1);
+/// A plugin configuration that became `degraded` or `disabled`, and the kind of failure
+/// that made it so (as [`plugin_error`]'s).
+pub fn plugin_state_changed(status: &'static str, cause: &'static str) {
+    counter!(PLUGIN_STATE_CHANGES, "status" => status, "cause" => cause).increment(1);
 }
 
 /// Creates the counters whose labels are known in advance at zero: an alert on
@@ -217,7 +231,9 @@ pub fn register(lane: &'static str) {
         counter!(DEPENDENCY_RETRIES, "dependency" => dependency).increment(0);
     }
     for status in ["degraded", "disabled"] {
-        counter!(PLUGIN_STATE_CHANGES, "status" => status).increment(0);
+        for cause in ["timeout", "ticks", "memory", "watchdog", "hang", "crash", "error"] {
+            counter!(PLUGIN_STATE_CHANGES, "status" => status, "cause" => cause).increment(0);
+        }
     }
     counter!(CONSUME_ERRORS).increment(0);
     counter!(COMMITS_ABANDONED).increment(0);

@@ -1,28 +1,34 @@
 //! What plugin authors run on their machine (`sluice-plugin test` and `run`): a plugin's
-//! `test.lua` and `fixtures/*.json` against a VM with in-memory cache and storage and an
-//! http that records instead of sending, and one event through `process_event`. Kept
-//! apart from the sandbox, which is what production runs.
+//! `test.lua` and `fixtures/*.json`, and one event through `process_event`, in a worker
+//! process under a supervisor with production's limits ([`Workbench`]), cache and
+//! storage in the worker's memory within production's quotas, and (for `test`) an http
+//! that records instead of sending.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use mlua::{ChunkMode, Function, LuaSerdeExt, Value as LuaValue};
 use serde_json::{Map, Value};
 
-use crate::hook::{Hook, PluginError};
-use crate::host::{GeoIp, Host, LogEntry};
-use crate::kv::KeyValue;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use crate::hook::{Hook, PluginConfigId, PluginError, TeamId};
+use crate::host::LogEntry;
 use crate::limits::Limits;
 use crate::manifest::PluginSource;
-use crate::sandbox::{classify, Vm};
-
-/// One test's name and whether it passed (with why not).
-pub type TestResult = (String, Result<(), String>);
+use crate::protocol::{Instance, TestResult};
+use crate::sandbox::{classify, Spent, Vm};
+use crate::supervisor::{Settings as SupervisorSettings, Supervisor};
+use crate::worker::WorkerEnv;
 
 impl Vm {
     /// Runs an author's `test.lua` against this plugin: its `test_*` functions, in name
     /// order, each under the hook limits. In scope: `plugin` (the hooks table), `ctx`,
-    /// `process_event(event)`, `http_requests()` (what the stubbed http received).
-    pub async fn run_tests(&self, test_source: &str) -> Result<Vec<(String, Result<(), String>)>, PluginError> {
+    /// `process_event(event)` (the plugin's, exactly as production calls it: its own time
+    /// and tick limits, the output checks, the same error texts), `http_requests()` (what
+    /// the stubbed http received).
+    pub async fn run_tests(self: &Arc<Self>, test_source: &str) -> Result<Vec<TestResult>, PluginError> {
         let compile = |e: mlua::Error| PluginError::Compile(format!("test.lua: {e}"));
         let env = self.lua.create_table().map_err(compile)?;
         let meta = self.lua.create_table().map_err(compile)?;
@@ -30,15 +36,23 @@ impl Vm {
         env.set_metatable(Some(meta)).map_err(compile)?;
         env.raw_set("plugin", self.plugin.clone()).map_err(compile)?;
         env.raw_set("ctx", self.ctx.clone()).map_err(compile)?;
-        let (plugin, ctx) = (self.plugin.clone(), self.ctx.clone());
+        // Weak: the function lives in the VM, which must not keep itself alive.
+        let vm = Arc::downgrade(self);
         let process = self
             .lua
-            .create_async_function(move |_, event: LuaValue| {
-                let (plugin, ctx) = (plugin.clone(), ctx.clone());
+            .create_async_function(move |lua, event: LuaValue| {
+                let vm = vm.clone();
                 async move {
-                    match plugin.raw_get::<LuaValue>("process_event")? {
-                        LuaValue::Function(f) => f.call_async::<LuaValue>((event, ctx)).await,
-                        _ => Ok(event),
+                    let Some(vm) = vm.upgrade() else { return Err(mlua::Error::runtime("the plugin is unloaded")) };
+                    let event: Value = lua.from_value(event)?;
+                    // The test's own clock stops for the call and goes on after it.
+                    let left = vm.guard.left();
+                    let out = vm.process_event(&event).await;
+                    vm.guard.arm(left.unwrap_or(vm.limits.hook_wall), vm.limits.hook_ticks);
+                    match out {
+                        Ok(Some(out)) => lua.to_value(&out),
+                        Ok(None) => Ok(LuaValue::Nil),
+                        Err(e) => Err(mlua::Error::runtime(e.to_string())),
                     }
                 }
             })
@@ -70,8 +84,10 @@ impl Vm {
         let mut results = Vec::new();
         for (name, f) in tests {
             self.guard.arm(self.limits.hook_wall, self.limits.hook_ticks);
+            let started = std::time::Instant::now();
             let r = f.call_async::<()>(()).await;
-            let hit = self.guard.hit();
+            let hit =
+                self.guard.hit().map(|h| (h, Spent::since(self.limits.hook_wall, self.limits.hook_ticks, started)));
             self.guard.disarm();
             results.push((
                 name,
@@ -85,13 +101,71 @@ impl Vm {
     }
 }
 
+/// Where an author's plugin runs: a worker process under a supervisor, as in ingest, with
+/// production's default limits, store quotas and watchdog. What a plugin does wrong on
+/// an author's machine then fails here as it fails in production, with the same words:
+/// nothing of the sandbox is set up twice.
+pub struct Workbench {
+    supervisor: Supervisor,
+    limits: Limits,
+    next_id: AtomicI64,
+}
+
+/// The team an author's plugins run for.
+const TEAM: TeamId = TeamId(1);
+
+impl Workbench {
+    /// `worker`: the program whose `worker` subcommand serves VMs (`sluice-plugin`).
+    /// `http_stub`: `ctx.http.fetch` records requests instead of sending them.
+    /// `geoip`: a MaxMind City database for `ctx.geoip`.
+    pub fn new(worker: &Path, http_stub: bool, geoip: Option<&Path>) -> Workbench {
+        let limits = Limits::default();
+        let env = WorkerEnv { geoip_database: geoip.map(|p| p.display().to_string()), http_stub, ..Default::default() };
+        let supervisor = Supervisor::new(SupervisorSettings::production(
+            worker.to_path_buf(),
+            vec!["worker".into()],
+            env.to_vars(),
+            1,
+            &limits,
+        ));
+        Workbench { supervisor, limits, next_id: AtomicI64::new(1) }
+    }
+
+    /// Loads `source` with `given` settings (checked against its manifest) as a new
+    /// plugin configuration.
+    async fn load(&self, source: &PluginSource, given: &Map<String, Value>) -> Result<PluginConfigId, String> {
+        let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
+        let id = PluginConfigId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let instance = Instance { id, source: source.clone(), config, limits: self.limits.clone() };
+        self.supervisor.load(TEAM, instance).await.map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// One event through `process_event`, as ingest runs it: the output (`None`:
+    /// dropped), or how the call failed (its error, or the strike when its worker died),
+    /// and what it logged.
+    async fn process(&self, id: PluginConfigId, event: &Value) -> (Result<Option<Value>, String>, Vec<LogEntry>) {
+        let run = self.supervisor.process(TEAM, &[id], vec![event.clone()]).await;
+        let logs = run.output.logs.into_iter().map(|(_, entry)| entry).collect();
+        if let Some(strike) = run.strikes.into_iter().next() {
+            return (Err(strike.reason), logs);
+        }
+        if let Some((_, _, error)) = run.output.errors.into_iter().next() {
+            return (Err(error.to_string()), logs);
+        }
+        let event = run.output.events.into_iter().next().and_then(|p| p.event);
+        (Ok(event), logs)
+    }
+
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
 /// Runs a plugin's tests: `test.lua` (with `test_config.json` under the `given`
-/// values), then each fixture (`{"event", "expected" | null, "config"}`), in name order.
-pub async fn test_plugin(
-    dir: &Path,
-    given: &Map<String, Value>,
-    geoip: &Option<GeoIp>,
-) -> Result<Vec<TestResult>, String> {
+/// values), then each fixture (`{"event", "expected" | null, "config"}`), in name order,
+/// on `bench` (http recorded, never sent).
+pub async fn test_plugin(bench: &Workbench, dir: &Path, given: &Map<String, Value>) -> Result<Vec<TestResult>, String> {
     let source = PluginSource::from_dir(dir).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     if let Ok(tests) = std::fs::read_to_string(dir.join("test.lua")) {
@@ -100,10 +174,12 @@ pub async fn test_plugin(
             Err(_) => Map::new(),
         };
         config.extend(given.clone());
-        let vm = test_vm(&source, &config, geoip).await?;
-        for (name, result) in vm.run_tests(&tests).await.map_err(|e| e.to_string())? {
-            results.push((format!("test.lua {name}"), result));
+        let id = bench.load(&source, &config).await?;
+        match bench.supervisor.run_tests(TEAM, id, &tests).await {
+            Ok(ran) => results.extend(ran.into_iter().map(|(name, r)| (format!("test.lua {name}"), r))),
+            Err(e) => results.push(("test.lua".into(), Err(e.to_string()))),
         }
+        bench.supervisor.unload(TEAM, id).await;
     }
     let mut fixtures: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("fixtures"))
         .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
@@ -111,41 +187,29 @@ pub async fn test_plugin(
     fixtures.sort();
     for path in fixtures {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        results.push((name, fixture(&source, given, &path, geoip).await));
+        results.push((name, fixture(bench, &source, given, &path).await));
     }
     Ok(results)
 }
 
-/// One event through the plugin's `process_event`: its output (`None`: dropped) and
-/// what it logged.
+/// One event through the plugin's `process_event` on `bench`: its output (`None`:
+/// dropped) or why it failed, and what it logged.
 pub async fn run_plugin(
+    bench: &Workbench,
     dir: &Path,
     event: &Value,
     given: &Map<String, Value>,
-    geoip: Option<GeoIp>,
-) -> Result<(Result<Option<Value>, PluginError>, Vec<LogEntry>), String> {
+) -> Result<(Result<Option<Value>, String>, Vec<LogEntry>), String> {
     let source = PluginSource::from_dir(dir).map_err(|e| e.to_string())?;
-    let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
-    let kv = KeyValue::memory(10_000);
-    let host = Host::new(kv.namespaced("cache/"), kv.namespaced("storage/")).with_geoip(geoip);
-    let vm = Vm::new(&source, &config, Limits::default(), host).await.map_err(|e| e.to_string())?;
-    let result = vm.process_event(event).await;
-    Ok((result, vm.take_logs()))
-}
-
-/// A fresh VM with in-memory cache and storage and stubbed http.
-async fn test_vm(source: &PluginSource, given: &Map<String, Value>, geoip: &Option<GeoIp>) -> Result<Vm, String> {
-    let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
-    let kv = KeyValue::memory(10_000);
-    let host = Host::with_http_stub(kv.namespaced("cache/"), kv.namespaced("storage/")).with_geoip(geoip.clone());
-    Vm::new(source, &config, Limits::default(), host).await.map_err(|e| e.to_string())
+    let id = bench.load(&source, given).await?;
+    Ok(bench.process(id, event).await)
 }
 
 async fn fixture(
+    bench: &Workbench,
     source: &PluginSource,
     given: &Map<String, Value>,
     path: &Path,
-    geoip: &Option<GeoIp>,
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let f: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
@@ -153,10 +217,12 @@ async fn fixture(
     if let Some(c) = f.get("config").and_then(Value::as_object) {
         config.extend(c.clone());
     }
-    let vm = test_vm(source, &config, geoip).await?;
     let input = f.get("event").ok_or("no `event`")?;
     let expected = f.get("expected").ok_or("no `expected` (null for a drop)")?;
-    let got = vm.process_event(input).await.map_err(|e| e.to_string())?.unwrap_or(Value::Null);
+    let id = bench.load(source, &config).await?;
+    let (got, _) = bench.process(id, input).await;
+    bench.supervisor.unload(TEAM, id).await;
+    let got = got?.unwrap_or(Value::Null);
     if same(&got, expected) {
         Ok(())
     } else {

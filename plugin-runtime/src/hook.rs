@@ -60,10 +60,10 @@ pub enum PluginError {
     Compile(String),
     #[error("{hook} failed: {message}")]
     Failed { hook: String, message: String },
-    #[error("{hook} took longer than its time limit")]
-    Timeout { hook: String },
-    #[error("{hook} used up its tick budget")]
-    Ticks { hook: String },
+    #[error("{hook} took longer than its time limit of {limit_ms} ms (stopped after {took_ms} ms; awaited I/O is not counted)")]
+    Timeout { hook: String, limit_ms: u64, took_ms: u64 },
+    #[error("{hook} used up its tick budget of {budget} interrupts (loop turns and calls)")]
+    Ticks { hook: String, budget: u64 },
     #[error("{hook} ran out of memory (limit {limit} bytes)")]
     Memory { hook: String, limit: usize },
     #[error("process_event returned something that is not an event: {0}")]
@@ -76,6 +76,20 @@ impl PluginError {
     /// Errors that count against the plugin's health as limit violations.
     pub fn is_limit(&self) -> bool {
         matches!(self, PluginError::Timeout { .. } | PluginError::Ticks { .. } | PluginError::Memory { .. })
+    }
+
+    /// What kind of failure it is, for metric labels: `timeout`, `ticks`, `memory`,
+    /// `invalid_event`, `compile`, `retry` or `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::Ticks { .. } => "ticks",
+            PluginError::Memory { .. } => "memory",
+            PluginError::InvalidEvent(_) => "invalid_event",
+            PluginError::Compile(_) => "compile",
+            PluginError::Retry(_) => "retry",
+            PluginError::Failed { .. } => "error",
+        }
     }
 }
 

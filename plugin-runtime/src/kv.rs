@@ -112,6 +112,25 @@ impl KeyValue {
         format!("{}{key}", self.namespace)
     }
 
+    /// Opens the connection a first call would open (and loads Redis's quota script), so
+    /// that cost is paid when a plugin loads, not inside its first `process_event` with
+    /// its 50 ms limit. Memory needs nothing; a store that cannot be reached says why.
+    pub async fn warm_up(&self) -> Result<(), KvError> {
+        match &self.backend {
+            Backend::Memory(_) | Backend::Unavailable(_) => Ok(()),
+            Backend::Redis(c) => {
+                let mut c = c.clone();
+                redis::cmd("PING").query_async::<()>(&mut c).await?;
+                redis::Script::new(QUOTA_SCRIPT).prepare_invoke().load_async(&mut c).await?;
+                Ok(())
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Where Redis keeps what a plugin configuration's keys take: beside its keys, never
     /// among them.
     fn usage_keys(&self) -> (String, String) {

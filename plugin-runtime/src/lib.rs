@@ -24,7 +24,7 @@ mod supervisor;
 mod watchdog;
 mod worker;
 
-pub use authoring::{run_plugin, test_plugin, TestResult};
+pub use authoring::{run_plugin, test_plugin, Workbench};
 pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
 pub use host::{open_geoip, GeoIp, Host, LogEntry};
 pub use kv::{KeyValue, KvError, Quota};
@@ -32,7 +32,7 @@ pub use limits::{HttpLimits, Limits};
 pub use manifest::{
     AskedLimits, ConfigField, FieldType, HttpManifest, Manifest, ManifestError, PluginSource, Schedule,
 };
-pub use protocol::{ChainOutput, Instance, ProcessedEvent};
+pub use protocol::{ChainOutput, Instance, ProcessedEvent, TestResult};
 pub use sandbox::Vm;
-pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor};
+pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor, DEFAULT_MAX_STRIKES};
 pub use worker::{serve as serve_worker, WorkerEnv};

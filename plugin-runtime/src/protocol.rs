@@ -34,6 +34,9 @@ pub(crate) fn answer_bound(events: &[String], event_bytes: usize) -> usize {
     events.iter().map(|e| event_allowance(e.len(), event_bytes)).fold(ANSWER_OVERHEAD_BYTES, usize::saturating_add)
 }
 
+/// One test's name and whether it passed (with why not).
+pub type TestResult = (String, Result<(), String>);
+
 /// One plugin instance: a plugin with a team's configuration (PostHog's "plugin config").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -68,6 +71,11 @@ pub(crate) enum Request {
         hook: Hook,
         event: Option<String>,
     },
+    /// Run an author's `test.lua` against an instance (`sluice-plugin test`).
+    RunTests {
+        id: PluginConfigId,
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +102,13 @@ pub(crate) enum Response {
     HookDone {
         id: PluginConfigId,
         error: Option<PluginError>,
+        logs: Vec<LogEntry>,
+    },
+    /// Each `test_*` function of a `test.lua` by name, and whether it passed; or why the
+    /// file did not run.
+    TestsRan {
+        id: PluginConfigId,
+        results: Result<Vec<TestResult>, PluginError>,
         logs: Vec<LogEntry>,
     },
 }

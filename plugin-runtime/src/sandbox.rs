@@ -64,8 +64,9 @@ impl Vm {
             .set_mode(ChunkMode::Text)
             .set_environment(env);
         guard.arm(limits.hook_wall, limits.hook_ticks);
+        let started = std::time::Instant::now();
         let loaded = chunk.call_async::<LuaValue>(()).await;
-        let hit = guard.hit();
+        let hit = guard.hit().map(|h| (h, Spent::since(limits.hook_wall, limits.hook_ticks, started)));
         guard.disarm();
         let plugin = match loaded {
             Ok(LuaValue::Table(t)) => t,
@@ -168,11 +169,12 @@ impl Vm {
         let thread = self.lua.create_thread(f).map_err(|e| classify(hook, e, None, &self.limits))?;
         self.host.enter(hook, thread.clone());
         self.guard.arm(wall, ticks);
+        let started = std::time::Instant::now();
         let result = match thread.into_async::<MultiValue>(args) {
             Ok(running) => running.await,
             Err(e) => Err(e),
         };
-        let hit = self.guard.hit();
+        let hit = self.guard.hit().map(|h| (h, Spent::since(wall, ticks, started)));
         self.guard.disarm();
         self.host.leave();
         result.map_err(|e| self.masked(classify(hook, e, hit, &self.limits)))
@@ -193,11 +195,28 @@ impl Vm {
 
 /// A limit the guard saw wins over the error text (a plugin may have caught and
 /// rethrown it); then a retry request, memory, anything else.
-pub(crate) fn classify(hook: Hook, e: mlua::Error, hit: Option<Exceeded>, limits: &Limits) -> PluginError {
+/// The limits a call ran under and how long it ran: what its error reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spent {
+    pub wall: std::time::Duration,
+    pub ticks: u64,
+    pub took: std::time::Duration,
+}
+
+impl Spent {
+    pub(crate) fn since(wall: std::time::Duration, ticks: u64, started: std::time::Instant) -> Spent {
+        Spent { wall, ticks, took: started.elapsed() }
+    }
+}
+
+pub(crate) fn classify(hook: Hook, e: mlua::Error, hit: Option<(Exceeded, Spent)>, limits: &Limits) -> PluginError {
     let hook = hook.name().to_string();
     match hit {
-        Some(Exceeded::Time) => return PluginError::Timeout { hook },
-        Some(Exceeded::Ticks) => return PluginError::Ticks { hook },
+        Some((Exceeded::Time, spent)) => {
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            return PluginError::Timeout { hook, limit_ms: ms(spent.wall), took_ms: ms(spent.took) };
+        }
+        Some((Exceeded::Ticks, spent)) => return PluginError::Ticks { hook, budget: spent.ticks },
         None => {}
     }
     if let Some(reason) = host::retry_reason(&e) {

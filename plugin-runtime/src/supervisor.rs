@@ -48,13 +48,54 @@ pub struct Settings {
     pub max_strikes: u32,
 }
 
-/// What happened to an instance outside its own error handling.
+/// Crashes or hangs before an instance is disabled, unless the operator says otherwise.
+pub const DEFAULT_MAX_STRIKES: u32 = 3;
+/// What a batch may take besides its events' own time.
+const BATCH_BASE: Duration = Duration::from_secs(5);
+
+impl Settings {
+    /// What ingest runs plugins with, and so does the author tool: a batch's budget is a
+    /// fixed base plus each event's `process_event` limit.
+    pub fn production(
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        workers: usize,
+        limits: &crate::limits::Limits,
+    ) -> Settings {
+        Settings {
+            program,
+            args,
+            env,
+            workers,
+            batch_base: BATCH_BASE,
+            per_event: limits.process_event_wall,
+            max_strikes: DEFAULT_MAX_STRIKES,
+        }
+    }
+}
+
+/// What happened to an instance outside its own error handling: which hook was running,
+/// which limit it hit (or that its worker died), and what was measured, in words.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Strike {
     pub id: PluginConfigId,
+    pub hook: Hook,
+    /// For metric labels: `watchdog` (a single call ran past its time limit without
+    /// reaching an interrupt, and the worker's watchdog stopped it), `hang` (no answer
+    /// within the batch's budget) or `crash` (the worker died otherwise).
+    pub cause: &'static str,
     pub reason: String,
     /// This strike disabled it.
     pub disabled: bool,
+}
+
+/// The instance a worker was running when it failed, and since when.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    id: PluginConfigId,
+    hook: Hook,
+    since: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +193,56 @@ impl Supervisor {
         }
     }
 
+    /// Runs `teardown` of an instance and forgets it.
+    pub async fn unload(&self, team: TeamId, id: PluginConfigId) {
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        let within = self.instances.lock().expect("lock").remove(&id).map(|i| i.limits.hook_call());
+        if let (Some(worker), Some(within)) = (slot.as_mut(), within) {
+            if worker.loaded.remove(&id) && ask(worker, &Request::Unload { id }, within).await.is_err() {
+                self.kill(&mut slot).await;
+            }
+        }
+    }
+
+    /// Runs an author's `test.lua` against a loaded instance (`sluice-plugin test`): each
+    /// `test_*` function's result, or, when the worker died or hung, the strike's reason.
+    pub async fn run_tests(
+        &self,
+        team: TeamId,
+        id: PluginConfigId,
+        source: &str,
+    ) -> Result<Vec<crate::protocol::TestResult>, PluginError> {
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        let Some(limits) = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.clone()) else {
+            return Err(PluginError::Failed {
+                hook: "test.lua".into(),
+                message: format!("plugin config {id} is not loaded"),
+            });
+        };
+        // Every test function may take a hook call's time; a test file is not a batch.
+        let budget = limits.hook_call() * 4 + self.settings.batch_base;
+        // Loads the instance into a restarted worker first, as batches do.
+        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
+            self.kill(&mut slot).await;
+            return Err(PluginError::Failed { hook: "test.lua".into(), message: e.to_string() });
+        }
+        let worker = slot.as_mut().expect("running after try_run");
+        // A worker that dies here most likely died in a `process_event` a test called.
+        let running = Running { id, hook: Hook::ProcessEvent, since: std::time::Instant::now() };
+        let request = Request::RunTests { id, source: source.to_string() };
+        match ask(worker, &request, budget).await {
+            Ok(Response::TestsRan { results, .. }) => results,
+            other => {
+                let down = match other {
+                    Err(Unanswered::Hung) => WorkerDown::Hung(budget),
+                    _ => WorkerDown::Exited("during test.lua".into()),
+                };
+                let strike = self.strike_down(&mut slot, running, &down).await;
+                Err(PluginError::Failed { hook: "test.lua".into(), message: strike.reason })
+            }
+        }
+    }
+
     pub fn is_disabled(&self, id: PluginConfigId) -> bool {
         self.disabled.lock().expect("lock").contains(&id)
     }
@@ -198,16 +289,18 @@ impl Supervisor {
         }
         let worker = slot.as_mut().expect("running after try_run");
         let request = Request::Hook { id, hook, event: Some(info.to_string()) };
+        let running = Running { id, hook, since: std::time::Instant::now() };
         match ask(worker, &request, budget).await {
             Ok(Response::HookDone { error, logs, .. }) => (error.map_or(Ok(()), Err), logs, None),
             other => {
-                let reason = match other {
-                    Err(Unanswered::Hung) => WorkerDown::Hung(budget).to_string(),
-                    _ => WorkerDown::Exited(format!("during {}", hook.name())).to_string(),
+                let down = match other {
+                    Err(Unanswered::Hung) => WorkerDown::Hung(budget),
+                    _ => WorkerDown::Exited(format!("during {}", hook.name())),
                 };
-                self.kill(&mut slot).await;
-                let strike = self.strike(id, &reason);
-                (Err(PluginError::Failed { hook: hook.name().into(), message: reason }), Vec::new(), Some(strike))
+                let strike = self.strike_down(&mut slot, running, &down).await;
+                warn!(team = team.0, instance = id.0, hook = hook.name(), cause = strike.cause, reason = %strike.reason, "plugin worker failed; restarting it");
+                let error = PluginError::Failed { hook: hook.name().into(), message: strike.reason.clone() };
+                (Err(error), Vec::new(), Some(strike))
             }
         }
     }
@@ -242,10 +335,18 @@ impl Supervisor {
                     outcome.output = passthrough(events, &skipped);
                     return outcome;
                 }
-                Err((Some(id), e)) => {
-                    warn!(team = team.0, instance = id.0, error = %e, "plugin worker failed; restarting it");
-                    self.kill(&mut slot).await;
-                    outcome.strikes.push(self.strike(id, &e.to_string()));
+                Err((Some(running), e)) => {
+                    let id = running.id;
+                    let strike = self.strike_down(&mut slot, running, &e).await;
+                    warn!(
+                        team = team.0,
+                        instance = id.0,
+                        hook = strike.hook.name(),
+                        cause = strike.cause,
+                        reason = %strike.reason,
+                        "plugin worker failed; restarting it"
+                    );
+                    outcome.strikes.push(strike);
                     chain.retain(|c| *c != id);
                     skipped.push(id);
                     if chain.is_empty() {
@@ -276,11 +377,12 @@ impl Supervisor {
         events: &[String],
         budget: Duration,
         on_event: Option<u32>,
-    ) -> Result<WireOutput, (Option<PluginConfigId>, WorkerDown)> {
+    ) -> Result<WireOutput, (Option<Running>, WorkerDown)> {
         let worker = self.running(slot).await.map_err(|e| (None, e))?;
         // Instances this worker lost in a restart are loaded again first.
         for id in chain.iter().filter(|id| !worker.loaded.contains(id)).copied().collect::<Vec<_>>() {
             let Some(instance) = self.instances.lock().expect("lock").get(&id).cloned() else { continue };
+            let loading = Running { id, hook: Hook::Setup, since: std::time::Instant::now() };
             let answer = tokio::time::timeout(instance.limits.hook_call() + self.settings.batch_base, async {
                 write_frame(&mut worker.input, &Request::Load(Box::new(instance))).await?;
                 read_frame::<Response>(&mut worker.output, small_answer()).await
@@ -291,11 +393,12 @@ impl Supervisor {
                     worker.loaded.insert(id);
                 }
                 Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) | Ok(Err(_)) => return Err((Some(id), WorkerDown::Exited("while loading".into()))),
-                Err(_) => return Err((Some(id), WorkerDown::Hung(budget))),
+                Ok(Ok(None)) | Ok(Err(_)) => return Err((Some(loading), WorkerDown::Exited("while loading".into()))),
+                Err(_) => return Err((Some(loading), WorkerDown::Hung(budget))),
             }
         }
         let mut running = None;
+        let hook = if on_event.is_some() { Hook::OnEvent } else { Hook::ProcessEvent };
         let bound = answer_bound(events, DEFAULT_EVENT_BYTES);
         let exchange = async {
             let request = match on_event {
@@ -305,7 +408,9 @@ impl Supervisor {
             write_frame(&mut worker.input, &request).await.map_err(|e| WorkerDown::Exited(e.to_string()))?;
             loop {
                 match read_frame::<Response>(&mut worker.output, bound).await {
-                    Ok(Some(Response::Running { id })) => running = Some(id),
+                    Ok(Some(Response::Running { id })) => {
+                        running = Some(Running { id, hook, since: std::time::Instant::now() })
+                    }
                     Ok(Some(Response::Ran { .. })) => running = None,
                     Ok(Some(Response::Processed(output))) => return Ok(output),
                     Ok(Some(other)) => return Err(WorkerDown::Exited(format!("unexpected answer {other:?}"))),
@@ -362,15 +467,34 @@ impl Supervisor {
         }
     }
 
-    fn strike(&self, id: PluginConfigId, reason: &str) -> Strike {
+    /// Kills the worker that failed while `running` ran, and strikes that instance with
+    /// what was seen: how long the call ran, against which limit, and how the worker
+    /// ended.
+    async fn strike_down(&self, slot: &mut Option<Worker>, running: Running, down: &WorkerDown) -> Strike {
+        let ran = running.since.elapsed();
+        // A worker that closed its output is exiting: its status says how.
+        let status = match (down, slot.as_mut()) {
+            (WorkerDown::Exited(_), Some(worker)) => {
+                tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await.ok().and_then(Result::ok)
+            }
+            _ => None,
+        };
+        self.kill(slot).await;
+        let limits = self.instances.lock().expect("lock").get(&running.id).map(|i| i.limits.clone());
+        let limit = limits.map(|l| match running.hook {
+            Hook::ProcessEvent => l.process_event_wall,
+            _ => l.hook_wall,
+        });
+        let (cause, reason) = diagnose(running, ran, limit, down, status);
         let mut strikes = self.strikes.lock().expect("lock");
-        let n = strikes.entry(id).or_default();
+        let n = strikes.entry(running.id).or_default();
         *n += 1;
         let disabled = *n >= self.settings.max_strikes;
         if disabled {
-            self.disabled.lock().expect("lock").insert(id);
+            self.disabled.lock().expect("lock").insert(running.id);
         }
-        Strike { id, reason: format!("{reason} (strike {n} of {})", self.settings.max_strikes), disabled }
+        let reason = format!("{reason} (strike {n} of {})", self.settings.max_strikes);
+        Strike { id: running.id, hook: running.hook, cause, reason, disabled }
     }
 
     /// Worker pids, for tests and the operator's view.
@@ -381,6 +505,50 @@ impl Supervisor {
         }
         pids
     }
+}
+
+/// Why an instance's worker failed, in words and as a label: which hook, the limit it
+/// ran past (if any), the time it ran, how the worker ended.
+fn diagnose(
+    running: Running,
+    ran: Duration,
+    limit: Option<Duration>,
+    down: &WorkerDown,
+    status: Option<std::process::ExitStatus>,
+) -> (&'static str, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let (hook, id, ran_ms) = (running.hook.name(), running.id, ran.as_millis());
+    let limit_text = limit.map_or_else(String::new, |l| format!("; its time limit is {} ms", l.as_millis()));
+    match down {
+        WorkerDown::Hung(budget) => (
+            "hang",
+            format!(
+                "{hook} of plugin config {id} gave no answer within the budget of {} ms (it ran {ran_ms} ms{limit_text}); its worker was killed",
+                budget.as_millis()
+            ),
+        ),
+        WorkerDown::Exited(_) if status.and_then(|s| s.signal()) == Some(libc_sigabrt()) && limit.is_some_and(|l| ran >= l) => (
+            "watchdog",
+            format!(
+                "{hook} of plugin config {id} ran {ran_ms} ms, past its time limit of {} ms, in a single call that reaches no interrupt (a long string.find, string.rep or table.sort); the worker's watchdog stopped it",
+                limit.unwrap_or_default().as_millis()
+            ),
+        ),
+        WorkerDown::Exited(how) => {
+            let ended = match status {
+                Some(s) if s.signal().is_some() => format!("killed by signal {}", s.signal().unwrap_or_default()),
+                Some(s) => format!("exited with {s}"),
+                None => how.clone(),
+            };
+            ("crash", format!("the worker died while {hook} of plugin config {id} ran ({ran_ms} ms{limit_text}): {ended}"))
+        }
+        WorkerDown::CannotStart(e) => ("crash", e.clone()),
+    }
+}
+
+/// SIGABRT: what `std::process::abort` (the watchdog's way out) raises.
+const fn libc_sigabrt() -> i32 {
+    6
 }
 
 fn down(id: PluginConfigId, e: WorkerDown) -> PluginError {

@@ -3,6 +3,7 @@
 //! VMs it holds, and the supervisor restarts it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::host::Host;
 use crate::kv::KeyValue;
@@ -28,15 +29,20 @@ pub async fn serve() -> std::io::Result<()> {
     let mut input = tokio::io::stdin();
     let mut output = tokio::io::stdout();
     let stores = Stores::from_env().await;
-    let mut vms: HashMap<PluginConfigId, Vm> = HashMap::new();
+    let mut warmed = false;
+    let mut vms: HashMap<PluginConfigId, Arc<Vm>> = HashMap::new();
     while let Some(request) = read_frame::<Request>(&mut input, MAX_FRAME_BYTES).await? {
         match request {
             Request::Load(instance) => {
                 let id = instance.id;
+                if !warmed {
+                    stores.warm_up(instance.limits.store_timeout).await;
+                    warmed = true;
+                }
                 let (error, hooks) = match load(&instance, &stores).await {
                     Ok(vm) => {
                         let hooks = Hook::ALL.into_iter().filter(|h| vm.has(*h)).collect();
-                        if let Some(old) = vms.insert(id, vm) {
+                        if let Some(old) = vms.insert(id, Arc::new(vm)) {
                             let _ = old.run_hook(Hook::Teardown, None).await;
                         }
                         (None, hooks)
@@ -56,7 +62,7 @@ pub async fn serve() -> std::io::Result<()> {
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     let started = std::time::Instant::now();
-                    run_one(id, vms.get(&id), &mut batch).await;
+                    run_one(id, vms.get(&id).map(|vm| &**vm), &mut batch).await;
                     batch.out.durations.push((id, started.elapsed().as_secs_f64()));
                     write_frame(&mut output, &Response::Ran { id }).await?;
                 }
@@ -81,6 +87,13 @@ pub async fn serve() -> std::io::Result<()> {
                     write_frame(&mut output, &Response::Ran { id }).await?;
                 }
                 write_frame(&mut output, &Response::Processed(out)).await?;
+            }
+            Request::RunTests { id, source } => {
+                let (results, logs) = match vms.get(&id) {
+                    Some(vm) => (vm.run_tests(&source).await, vm.take_logs()),
+                    None => (Err(not_loaded(id, "test.lua")), Vec::new()),
+                };
+                write_frame(&mut output, &Response::TestsRan { id, results, logs }).await?;
             }
             Request::Hook { id, hook, event } => {
                 let event = event.and_then(|text| serde_json::from_str::<Value>(&text).ok());
@@ -109,6 +122,8 @@ pub struct WorkerEnv {
     pub storage_database_url: Option<String>,
     /// A MaxMind City database for `ctx.geoip`; `None`: off.
     pub geoip_database: Option<String>,
+    /// `ctx.http.fetch` records requests instead of sending them (`sluice-plugin test`).
+    pub http_stub: bool,
 }
 
 const CACHE_REDIS_URL: &str = "SLUICE_PLUGIN_CACHE_REDIS_URL";
@@ -116,6 +131,7 @@ const CACHE_PREFIX: &str = "SLUICE_PLUGIN_CACHE_PREFIX";
 /// Prefix of the cache's Redis TLS settings (`…REDIS_TLS_CA_FILE` and the others).
 const CACHE_TLS_PREFIX: &str = "SLUICE_PLUGIN_CACHE_";
 const STORAGE_DATABASE_URL: &str = "SLUICE_PLUGIN_STORAGE_DATABASE_URL";
+const HTTP_STUB: &str = "SLUICE_PLUGIN_HTTP_STUB";
 /// Also read by `sluice-plugin`'s `--geoip`.
 pub(crate) const GEOIP_DATABASE: &str = "SLUICE_PLUGIN_GEOIP_DATABASE";
 
@@ -132,6 +148,9 @@ impl WorkerEnv {
             }
         }
         vars.extend(self.cache_redis_tls.to_vars(CACHE_TLS_PREFIX));
+        if self.http_stub {
+            vars.push((HTTP_STUB.to_string(), "1".to_string()));
+        }
         vars
     }
 
@@ -143,6 +162,7 @@ impl WorkerEnv {
             cache_redis_tls: sluice_connect::redis::RedisTls::from_vars(CACHE_TLS_PREFIX),
             storage_database_url: var(STORAGE_DATABASE_URL),
             geoip_database: var(GEOIP_DATABASE),
+            http_stub: var(HTTP_STUB).is_some_and(|v| v == "1"),
         }
     }
 }
@@ -153,6 +173,7 @@ struct Stores {
     cache: KeyValue,
     storage: KeyValue,
     geoip: Option<crate::host::GeoIp>,
+    http_stub: bool,
 }
 
 impl Stores {
@@ -187,17 +208,30 @@ impl Stores {
                 .inspect_err(|e| tracing::warn!(error = %e, "geoip database not readable; ctx.geoip is off"))
                 .ok()
         });
-        Stores { cache, storage, geoip }
+        Stores { cache, storage, geoip, http_stub: env.http_stub }
+    }
+}
+
+impl Stores {
+    /// Connects cache and storage before the first plugin call needs them; a store that
+    /// does not answer within `within` is left to connect on first use, with a warning.
+    async fn warm_up(&self, within: std::time::Duration) {
+        for (name, store) in [("cache", &self.cache), ("storage", &self.storage)] {
+            match tokio::time::timeout(within, store.warm_up()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(store = name, error = %e, "plugin {name} not reachable at load"),
+                Err(_) => tracing::warn!(store = name, "plugin {name} did not answer at load"),
+            }
+        }
     }
 }
 
 async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     let quota = instance.limits.store;
-    let host = Host::new(
-        stores.cache.for_plugin_config(instance.id, quota),
-        stores.storage.for_plugin_config(instance.id, quota),
-    )
-    .with_geoip(stores.geoip.clone());
+    let (cache, storage) =
+        (stores.cache.for_plugin_config(instance.id, quota), stores.storage.for_plugin_config(instance.id, quota));
+    let host = if stores.http_stub { Host::with_http_stub(cache, storage) } else { Host::new(cache, storage) };
+    let host = host.with_geoip(stores.geoip.clone());
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 
@@ -328,6 +362,7 @@ mod tests {
             cache_redis_tls: sluice_connect::redis::RedisTls::default(),
             storage_database_url: None,
             geoip_database: Some(String::new()),
+            http_stub: false,
         };
         let vars = env.to_vars();
         assert!(vars.contains(&(CACHE_REDIS_URL.to_string(), "rediss://cache:6380".to_string())));

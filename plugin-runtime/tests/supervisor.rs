@@ -104,6 +104,10 @@ async fn a_worker_that_dies_strikes_its_plugin_and_the_batch_goes_on() {
     assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
     assert_eq!(out.strikes[0].id, PluginConfigId(20));
     assert!(!out.strikes[0].disabled);
+    assert_eq!((out.strikes[0].hook, out.strikes[0].cause), (sluice_plugin_runtime::Hook::ProcessEvent, "crash"));
+    let reason = &out.strikes[0].reason;
+    assert!(reason.starts_with("the worker died while process_event of plugin config 20 ran ("), "{reason}");
+    assert!(reason.contains("its time limit is 1000 ms): killed by signal 9 (strike 1 of 2)"), "{reason}");
     for e in &out.output.events {
         assert_eq!(e.event.as_ref().unwrap()["properties"]["tagged"], true, "the other plugin still ran");
         assert_eq!(e.failed, ids(&[20]));
@@ -142,7 +146,14 @@ async fn a_worker_that_hangs_inside_a_plugin_is_replaced_and_the_plugin_struck()
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(out.strikes.len(), 1);
     assert_eq!(out.strikes[0].id, PluginConfigId(20));
-    assert!(out.strikes[0].reason.contains("did not answer"), "{:?}", out.strikes);
+    assert_eq!(out.strikes[0].cause, "hang");
+    assert!(
+        out.strikes[0]
+            .reason
+            .starts_with("process_event of plugin config 20 gave no answer within the budget of 1700 ms (it ran "),
+        "{:?}",
+        out.strikes
+    );
     assert_eq!(out.output.events.len(), 30, "events pass unchanged");
     let next = s.process(TEAM, &ids(&[20]), events(1)).await;
     assert!(next.strikes.is_empty(), "{next:?}");
@@ -268,6 +279,42 @@ async fn a_call_that_never_reaches_an_interrupt_is_ended_from_outside() {
     println!("ended after {:?}", started.elapsed());
     assert_eq!(out.strikes.len(), 1, "{:?}", out.strikes);
     assert_eq!(out.strikes[0].id, PluginConfigId(40));
-    assert!(out.strikes[0].reason.contains("exited"), "the worker aborted, not the batch budget: {:?}", out.strikes);
+    // The strike says which hook, which limit and how long it ran, and that the watchdog
+    // (not the batch budget) ended it.
+    let strike = &out.strikes[0];
+    assert_eq!((strike.hook, strike.cause), (sluice_plugin_runtime::Hook::ProcessEvent, "watchdog"), "{strike:?}");
+    assert!(strike.reason.starts_with("process_event of plugin config 40 ran "), "{}", strike.reason);
+    assert!(strike.reason.contains(" ms, past its time limit of 100 ms, in a single call"), "{}", strike.reason);
+    assert!(strike.reason.ends_with("the worker's watchdog stopped it (strike 1 of 3)"), "{}", strike.reason);
     assert_eq!(out.output.events[0].event.as_ref().unwrap()["properties"]["tagged"], true);
+}
+
+/// A worker connects its cache and storage when it loads a plugin, so the first
+/// `process_event` (50 ms by default) does not pay for a connection to a remote Redis or
+/// Postgres. Here the "servers" only count connections and hang up.
+#[tokio::test]
+async fn a_worker_connects_its_stores_when_it_loads_a_plugin_before_any_event() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    async fn counting_server(hits: Arc<AtomicUsize>) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                hits.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        port
+    }
+    let storage_hits = Arc::new(AtomicUsize::new(0));
+    let storage = counting_server(storage_hits.clone()).await;
+    let env = sluice_plugin_runtime::WorkerEnv {
+        storage_database_url: Some(format!("postgres://plugins@127.0.0.1:{storage}/plugins")),
+        ..Default::default()
+    };
+    let s = Supervisor::new(SupervisorSettings { env: env.to_vars(), workers: 1, ..settings(3) });
+    assert_eq!(storage_hits.load(Ordering::SeqCst), 0);
+    s.load(TEAM, instance(30, TAG)).await.unwrap();
+    assert!(storage_hits.load(Ordering::SeqCst) >= 1, "storage was not connected at load");
 }

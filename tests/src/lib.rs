@@ -17,6 +17,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
+pub mod plugins;
 pub mod tls;
 
 /// A plugin that counts its events in `ctx.cache` (Redis) into `properties.seen` and keeps

@@ -2,81 +2,12 @@
 //! workers run each team's chain → ClickHouse. Each test has a Postgres database of its
 //! own, so the plugins it installs are seen by its ingest only.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sluice_tests::plugins::{install, plugin_dir, Database};
 use sluice_tests::{clickhouse_rows, ingest_command, unique, wait_for_rows, Capture, Ingest};
-
-/// A Postgres database for one test, dropped with it.
-struct Database {
-    url: String,
-    name: String,
-}
-
-impl Database {
-    fn create(test: &str) -> Database {
-        let name = unique(&format!("sluice_{test}")).replace('-', "_");
-        let admin = sluice_tests::database_url();
-        sluice_tests::postgres(|pool| {
-            let sql = format!("CREATE DATABASE {name}");
-            Box::pin(async move {
-                sqlx::query(&sql).execute(pool).await.expect("create database");
-            })
-        });
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("DATABASE_URL without a database: {admin}"),
-        };
-        Database { url, name }
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![("DATABASE_URL", self.url.as_str())]
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        ingest_command(args, &self.env())
-    }
-
-    /// Creates a team; returns (id, token).
-    fn team(&self, name: &str) -> (i64, String) {
-        let out = self.run(&["teams", "create", "--name", name]);
-        let id = out.split_whitespace().nth(2).and_then(|w| w.parse().ok()).expect("team id");
-        (id, out.lines().last().unwrap().trim().to_string())
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        sluice_tests::postgres(|pool| {
-            Box::pin(async move {
-                let _ = sqlx::query(&sql).execute(pool).await;
-            })
-        });
-    }
-}
-
-fn plugin_dir(name: &str, manifest: Value, main: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(&format!("plugin-{name}")));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("plugin.json"), manifest.to_string()).unwrap();
-    std::fs::write(dir.join("main.lua"), main).unwrap();
-    dir
-}
-
-fn install(db: &Database, dir: &Path, team: i64, extra: &[&str]) -> i64 {
-    let team = team.to_string();
-    let mut args = vec!["plugins", "install", dir.to_str().unwrap(), "--team", &team];
-    args.extend_from_slice(extra);
-    let out = db.run(&args);
-    out.split("plugin config ")
-        .nth(1)
-        .and_then(|r| r.split(';').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no plugin config id in: {out}"))
-}
 
 fn send(cap: &Capture, token: &str, events: &[(&str, &str)]) {
     let batch: Vec<Value> = events.iter().map(|(e, d)| json!({"event": e, "distinct_id": d})).collect();
@@ -232,7 +163,8 @@ fn a_plugin_that_keeps_failing_is_disabled_and_events_still_flow() {
     let props: Value = serde_json::from_str(last[0]["properties"].as_str().unwrap()).unwrap();
     assert!(props.get("$plugins_failed").is_none(), "{props}");
     let metrics = ingest.metrics();
-    let errors = format!("ingest_plugin_errors_total{{plugin_config=\"{broken_id}\",kind=\"error\"}}");
+    let errors =
+        format!("ingest_plugin_errors_total{{plugin_config=\"{broken_id}\",kind=\"error\",hook=\"process_event\"}}");
     assert!(metrics.contains(&errors), "{errors} missing:\n{metrics}");
     // The operator turns it back on.
     assert!(db.run(&["plugins", "enable", &broken_id.to_string()]).contains("enabled"));

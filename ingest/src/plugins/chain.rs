@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sluice_plugin_runtime::{PluginConfigId, PluginError, TeamId};
+use sluice_plugin_runtime::{PluginConfigId, TeamId};
 use sluice_schema::clickhouse::Flavor;
 use sluice_schema::CapturedEvent;
 use tracing::{info, warn};
@@ -54,18 +54,13 @@ impl Plugins {
         for (id, seconds) in &outcome.output.durations {
             crate::telemetry::plugin_duration(id.0, *seconds);
         }
-        let mut failed_now: HashMap<i64, (u32, String)> = HashMap::new();
+        let mut failed_now: HashMap<i64, (u32, String, &'static str)> = HashMap::new();
         for (id, _, error) in &outcome.output.errors {
-            let kind = match error {
-                PluginError::Timeout { .. } => "timeout",
-                PluginError::Ticks { .. } => "ticks",
-                PluginError::Memory { .. } => "memory",
-                _ => "error",
-            };
-            crate::telemetry::plugin_error(id.0, kind);
-            let entry = failed_now.entry(id.0).or_insert((0, String::new()));
+            crate::telemetry::plugin_error(id.0, "process_event", error.kind());
+            let entry = failed_now.entry(id.0).or_insert((0, String::new(), ""));
             entry.0 += 1;
             entry.1 = error.to_string();
+            entry.2 = error.kind();
             warn!(plugin = %label(id.0), team, error = %error, "plugin call failed");
             logs.push(id.0, "error", &error.to_string());
         }
@@ -74,11 +69,11 @@ impl Plugins {
             logs.push(id.0, &entry.level, &entry.message);
         }
         for strike in &outcome.strikes {
-            crate::telemetry::plugin_error(strike.id.0, "crash");
+            crate::telemetry::plugin_error(strike.id.0, strike.hook.name(), strike.cause);
             logs.push(strike.id.0, "error", &strike.reason);
             if strike.disabled {
                 let reason = format!("its worker kept dying: {}", strike.reason);
-                self.set_state(strike.id.0, PluginState::Disabled, &reason).await;
+                self.set_state(strike.id.0, PluginState::Disabled, strike.cause, &reason).await;
             }
         }
         for link in &chain {

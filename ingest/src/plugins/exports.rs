@@ -36,7 +36,7 @@ impl Plugins {
         crate::telemetry::step("on_event", started.elapsed().as_secs_f64());
         let mut logs = PluginLogs::new(team, ch.flavor);
         for (id, _, error) in &outcome.output.errors {
-            crate::telemetry::plugin_error(id.0, "on_event");
+            crate::telemetry::plugin_error(id.0, "on_event", error.kind());
             warn!(plugin_config = id.0, team, error = %error, "on_event failed");
             logs.push(id.0, "error", &error.to_string());
         }
@@ -45,10 +45,11 @@ impl Plugins {
             logs.push(id.0, &entry.level, &entry.message);
         }
         for strike in &outcome.strikes {
-            crate::telemetry::plugin_error(strike.id.0, "crash");
+            crate::telemetry::plugin_error(strike.id.0, strike.hook.name(), strike.cause);
+            logs.push(strike.id.0, "error", &strike.reason);
             if strike.disabled {
                 let reason = format!("its export worker kept dying: {}", strike.reason);
-                self.set_state(strike.id.0, PluginState::Disabled, &reason).await;
+                self.set_state(strike.id.0, PluginState::Disabled, strike.cause, &reason).await;
             }
         }
         logs.write(ch, "on-event").await;

@@ -90,16 +90,16 @@ impl CallHealth {
 impl Plugins {
     /// Failed calls among the recent ones degrade, then disable, an instance: judged on
     /// the rate, so a plugin that still succeeds now and then is not healthy for it.
-    pub(super) async fn track_health(&self, id: i64, failed: Option<&(u32, String)>, calls: usize) {
-        let failed_calls = failed.map_or(0, |(k, _)| *k as u64);
+    pub(super) async fn track_health(&self, id: i64, failed: Option<&(u32, String, &'static str)>, calls: usize) {
+        let failed_calls = failed.map_or(0, |(k, _, _)| *k as u64);
         let (verdict, (recent_failed, recent_calls)) = {
             let mut failures = self.failures.lock().expect("failures lock");
             let health = failures.entry(id).or_default();
             (health.record(failed_calls, calls as u64, &self.thresholds), health.counts())
         };
-        let (Some(state), Some((_, last))) = (verdict, failed) else { return };
+        let (Some(state), Some((_, last, kind))) = (verdict, failed) else { return };
         let reason = format!("{recent_failed} of the last {recent_calls} calls failed; last: {last}");
-        self.set_state(id, state, &reason).await;
+        self.set_state(id, state, kind, &reason).await;
         if state == PluginState::Disabled {
             for chains in [&self.chains, &self.on_event_chains] {
                 chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
@@ -109,9 +109,11 @@ impl Plugins {
 
     /// Records a new state: the metric, the log, Postgres, and a disabled required plugin
     /// blocking its team's events.
-    pub(super) async fn set_state(&self, id: i64, state: PluginState, reason: &str) {
-        warn!(plugin_config = id, status = state.as_str(), reason, "plugin state changed");
-        crate::telemetry::plugin_state_changed(state.as_str());
+    /// `cause`: the kind of the last failure (`timeout`, `memory`, …) or of the strike
+    /// (`watchdog`, `hang`, `crash`), for the metric's label.
+    pub(super) async fn set_state(&self, id: i64, state: PluginState, cause: &'static str, reason: &str) {
+        warn!(plugin_config = id, status = state.as_str(), cause, reason, "plugin state changed");
+        crate::telemetry::plugin_state_changed(state.as_str(), cause);
         if state == PluginState::Disabled {
             let chains = self.chains.read().expect("chains lock");
             for (team, chain) in chains.iter() {

@@ -85,37 +85,24 @@ impl Plugins {
     /// The plugin stage, and the receiving end of its `on_event` queue for
     /// [`spawn_on_event`].
     pub(crate) fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
-        let mut limits = Limits {
-            memory_bytes: config.plugins.memory_mb << 20,
-            process_event_wall: config.plugins.process_event_timeout,
-            process_event_ticks: config.plugins.process_event_ticks,
-            hook_wall: config.plugins.hook_timeout,
-            hook_io: config.plugins.hook_io,
-            store: sluice_plugin_runtime::Quota {
-                keys: config.plugins.store_max_keys,
-                bytes: config.plugins.store_max_bytes,
-                ..Default::default()
-            },
-            ..Limits::default()
-        };
-        limits.http.allow_private_addresses = config.plugins.http_allow_private;
-        let settings = SupervisorSettings {
-            program: std::env::current_exe()?,
-            args: vec!["plugin-worker".into()],
-            // What the workers connect to, and nothing else of ingest's environment.
-            env: WorkerEnv {
+        let limits = config.plugins.limits();
+        // What the workers connect to, and nothing else of ingest's environment.
+        let settings = SupervisorSettings::production(
+            std::env::current_exe()?,
+            vec!["plugin-worker".into()],
+            WorkerEnv {
                 cache_redis_url: Some(config.redis.url.clone()),
                 cache_prefix: sluice_schema::redis_keys::plugin_cache(&config.redis.key_prefix),
                 cache_redis_tls: config.redis.tls.clone(),
                 storage_database_url: Some(config.postgres.url.clone()),
                 geoip_database: Some(config.plugins.geoip_database_path.clone()),
+                http_stub: false,
             }
             .to_vars(),
-            workers: config.plugins.workers,
-            batch_base: Duration::from_secs(5),
-            per_event: limits.process_event_wall,
-            max_strikes: config.plugins.max_strikes,
-        };
+            config.plugins.workers,
+            &limits,
+        );
+        let settings = SupervisorSettings { max_strikes: config.plugins.max_strikes, ..settings };
         let exports = SupervisorSettings {
             workers: config.plugins.export_workers,
             per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),

@@ -84,7 +84,7 @@ impl Plugins {
                         // The version loaded before (if any) keeps running; this one is
                         // not tried again until the configuration changes.
                         warn!(plugin_config = row.id, error = %e, "plugin did not load; keeping what ran before");
-                        crate::telemetry::plugin_error(row.id, "setup");
+                        crate::telemetry::plugin_error(row.id, "setup", e.kind());
                     }
                 }
             }

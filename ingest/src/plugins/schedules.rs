@@ -147,13 +147,14 @@ impl Plugins {
             lines.push(id, &entry.level, &entry.message);
         }
         if let Err(e) = &result {
-            crate::telemetry::plugin_error(id, "schedule");
+            let kind = strike.as_ref().map_or_else(|| e.kind(), |s| s.cause);
+            crate::telemetry::plugin_error(id, hook.name(), kind);
             warn!(plugin_config = id, team, hook = hook.name(), error = %e, "schedule failed");
             lines.push(id, "error", &e.to_string());
         }
         if let Some(strike) = strike.filter(|s| s.disabled) {
             let reason = format!("its worker kept dying: {}", strike.reason);
-            self.set_state(id, PluginState::Disabled, &reason).await;
+            self.set_state(id, PluginState::Disabled, strike.cause, &reason).await;
         }
         lines.write(ch, "schedule").await;
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use sluice_common::settings::key_value;
-use sluice_plugin_runtime::{open_geoip, run_plugin, test_plugin, GeoIp};
+use sluice_plugin_runtime::{open_geoip, run_plugin, test_plugin, Workbench};
 
 #[derive(Parser)]
 #[command(name = "sluice-plugin", version, about = "Run and test Sluice plugins.")]
@@ -55,12 +55,20 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Worker => sluice_plugin_runtime::serve_worker().await.map_err(|e| e.to_string()),
-            Command::Run { dir, event, config, geoip } => match geoip_db(geoip) {
-                Ok(db) => run(dir, event, config, db).await,
+            Command::Run { dir, event, config, geoip } => match workbench(false, geoip) {
+                Ok(bench) => {
+                    let result = run(&bench, dir, event, config).await;
+                    bench.shutdown().await;
+                    result
+                }
                 Err(e) => Err(e),
             },
-            Command::Test { dir, config, geoip } => match geoip_db(geoip) {
-                Ok(db) => test(dir, config, db).await,
+            Command::Test { dir, config, geoip } => match workbench(true, geoip) {
+                Ok(bench) => {
+                    let result = test(&bench, dir, config).await;
+                    bench.shutdown().await;
+                    result
+                }
                 Err(e) => Err(e),
             },
         }
@@ -71,16 +79,21 @@ fn main() {
     }
 }
 
-fn geoip_db(path: Option<PathBuf>) -> Result<Option<GeoIp>, String> {
-    path.map(|p| open_geoip(&p)).transpose()
+/// Plugins run in a worker process of this same program, as ingest runs them.
+fn workbench(http_stub: bool, geoip: Option<PathBuf>) -> Result<Workbench, String> {
+    if let Some(path) = &geoip {
+        open_geoip(path)?;
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this program to start its worker: {e}"))?;
+    Ok(Workbench::new(&me, http_stub, geoip.as_deref()))
 }
 
 fn given(config: Vec<(String, String)>) -> Map<String, Value> {
     config.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
 }
 
-async fn test(dir: PathBuf, config: Vec<(String, String)>, geoip: Option<GeoIp>) -> Result<(), String> {
-    let results = test_plugin(&dir, &given(config), &geoip).await?;
+async fn test(bench: &Workbench, dir: PathBuf, config: Vec<(String, String)>) -> Result<(), String> {
+    let results = test_plugin(bench, &dir, &given(config)).await?;
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     for (name, result) in &results {
         match result {
@@ -98,14 +111,14 @@ async fn test(dir: PathBuf, config: Vec<(String, String)>, geoip: Option<GeoIp>)
     Ok(())
 }
 
-async fn run(dir: PathBuf, event: PathBuf, config: Vec<(String, String)>, geoip: Option<GeoIp>) -> Result<(), String> {
+async fn run(bench: &Workbench, dir: PathBuf, event: PathBuf, config: Vec<(String, String)>) -> Result<(), String> {
     let text = std::fs::read_to_string(&event).map_err(|e| format!("{}: {e}", event.display()))?;
     let event: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", event.display()))?;
-    let (result, logs) = run_plugin(&dir, &event, &given(config), geoip).await?;
+    let (result, logs) = run_plugin(bench, &dir, &event, &given(config)).await?;
     for log in logs {
         eprintln!("[{}] {}", log.level, log.message);
     }
-    match result.map_err(|e| e.to_string())? {
+    match result? {
         Some(e) => println!("{}", serde_json::to_string_pretty(&e).expect("JSON values serialize")),
         None => println!("dropped"),
     }
