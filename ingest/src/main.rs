@@ -1,4 +1,3 @@
-use clap::Parser;
 use sluice_ingest::commands::dlq::{self, Selection};
 use sluice_ingest::commands::{self, plugins, teams};
 use sluice_ingest::config::{Cli, Command, DlqCommand, PluginsCommand, TeamsCommand};
@@ -12,7 +11,7 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     sluice_common::logging::init(cli.config.log_format);
     sluice_connect::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

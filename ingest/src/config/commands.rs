@@ -2,6 +2,20 @@
 
 use clap::Subcommand;
 
+use super::Cli;
+
+/// The connection settings (by their `--help` heading) each operator command uses; its
+/// help shows those and hides the others. A new command says here what it reaches.
+pub fn connections(command: &str) -> &'static [&'static str] {
+    match command {
+        "migrate" => &["Postgres", "ClickHouse"],
+        "teams" => &["Postgres"],
+        "dlq" => &["Kafka"],
+        "plugins" => &["Postgres", "Redis", "ClickHouse"],
+        _ => &["Kafka", "Postgres", "Redis", "ClickHouse"],
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume the lane's topic and write rows (the default).
@@ -140,4 +154,100 @@ pub enum TeamsCommand {
         #[arg(long)]
         elements_chain_as_string: Option<bool>,
     },
+}
+
+impl Cli {
+    /// The command line as `sluice-ingest` parses it: the daemon's settings belong to it
+    /// alone, and each operator command shows its own flags and the connection settings
+    /// it uses (see [`commands::connections`]), the others hidden though still read.
+    pub fn command_line() -> clap::Command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        for sub in cmd.get_subcommands_mut() {
+            let uses = connections(sub.get_name());
+            hide_unused(sub, uses);
+        }
+        cmd
+    }
+
+    /// Parses the process's arguments and environment, or exits with clap's message.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command_line().get_matches();
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// Hides the connection settings under a heading `cmd` does not use, in it and below.
+fn hide_unused(cmd: &mut clap::Command, uses: &[&str]) {
+    let unused: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set() && a.get_help_heading().is_some_and(|h| !uses.contains(&h)))
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in unused {
+        *cmd = std::mem::take(cmd).mut_arg(id, |a| a.hide(true));
+    }
+    for sub in cmd.get_subcommands_mut() {
+        hide_unused(sub, uses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operator command (read from the command tree, so a new one is covered): its
+    /// help names none of the daemon's settings, the connection settings of what it uses,
+    /// and none of the others.
+    #[test]
+    fn operator_commands_show_their_own_flags_and_the_connections_they_use() {
+        let mut cmd = Cli::command_line();
+        let daemon_only: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| !a.is_global_set())
+            .filter_map(|a| Some(a.get_env()?.to_string_lossy().into_owned()))
+            .collect();
+        assert!(daemon_only.contains(&"PLUGIN_WORKERS".to_string()) && daemon_only.contains(&"LANE".to_string()));
+        let connection_settings: Vec<(String, String)> = cmd
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .filter_map(|a| Some((a.get_help_heading()?.to_string(), a.get_env()?.to_string_lossy().into_owned())))
+            .collect();
+        let mut leaves = Vec::new();
+        collect_leaves(&mut cmd, Vec::new(), &mut leaves);
+        assert!(leaves.len() >= 10, "{leaves:?}");
+        for (path, help) in leaves {
+            let uses = connections(&path[0]);
+            let words: Vec<&str> = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+            for env in &daemon_only {
+                assert!(!words.contains(&env.as_str()), "`{}` --help shows the daemon's {env}", path.join(" "));
+            }
+            for (heading, env) in &connection_settings {
+                let shown = words.contains(&env.as_str());
+                assert_eq!(
+                    shown,
+                    uses.contains(&heading.as_str()),
+                    "`{}` --help and {env} ({heading})",
+                    path.join(" ")
+                );
+            }
+        }
+    }
+
+    fn collect_leaves(cmd: &mut clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+        if cmd.is_hide_set() || cmd.get_name() == "help" {
+            return;
+        }
+        if cmd.get_subcommands().next().is_none() {
+            if !path.is_empty() {
+                out.push((path, cmd.render_long_help().to_string()));
+            }
+            return;
+        }
+        for sub in cmd.get_subcommands_mut() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            collect_leaves(sub, p, out);
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::write::{ClickHouseAccess, ClickHouseError};
 mod commands;
 mod plugins;
 
-pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
+pub use commands::{connections, Command, DlqCommand, PluginsCommand, TeamsCommand};
 pub use plugins::PluginSettings;
 pub use sluice_schema::topics::Lane;
 
@@ -33,29 +33,29 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address of the health and metrics server.
-    #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:3001", global = true)]
+    #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:3001")]
     pub address: SocketAddr,
     /// Log output format (json in production).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
 
     /// Which lane this process consumes.
-    #[arg(long, env = "LANE", value_enum, default_value = "main", global = true)]
+    #[arg(long, env = "LANE", value_enum, default_value = "main")]
     pub lane: Lane,
     /// After SIGTERM, how long the batch in flight may take to be written and committed
     /// (dependency retries included), and queued plugin exports to be handed over,
     /// before the process exits leaving the rest uncommitted for the next owner.
-    #[arg(long = "shutdown-drain-timeout-ms", env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value = "20000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(long = "shutdown-drain-timeout-ms", env = "SHUTDOWN_DRAIN_TIMEOUT_MS", default_value = "20000", value_name = "MS", value_parser = millis)]
     pub shutdown_drain_timeout: Duration,
 
     /// How often readiness asks Kafka, Postgres and ClickHouse while the lane is idle.
-    #[arg(long = "readiness-probe-interval-ms", env = "READINESS_PROBE_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(long = "readiness-probe-interval-ms", env = "READINESS_PROBE_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
     pub readiness_probe_interval: Duration,
     #[command(flatten)]
     pub plugins: PluginSettings,
 
     /// Longest pause between retries while a dependency is down.
-    #[arg(long = "retry-max-backoff-ms", env = "RETRY_MAX_BACKOFF_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(long = "retry-max-backoff-ms", env = "RETRY_MAX_BACKOFF_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
     pub retry_max_backoff: Duration,
     #[command(flatten)]
     pub kafka: KafkaSettings,
@@ -88,11 +88,11 @@ pub struct KafkaSettings {
     #[arg(id = "kafka_topic", long = "kafka-topic", env = "KAFKA_TOPIC", global = true)]
     pub topic: Option<String>,
     /// Consumer group; defaults to `sluice-ingest-<lane>`.
-    #[arg(id = "kafka_group_id", long = "kafka-group-id", env = "KAFKA_GROUP_ID", global = true)]
+    #[arg(id = "kafka_group_id", long = "kafka-group-id", env = "KAFKA_GROUP_ID")]
     pub group_id: Option<String>,
     /// How long the group waits for a silent member (a crashed process) before giving its
     /// partitions to others.
-    #[arg(id = "kafka_session_timeout", long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(id = "kafka_session_timeout", long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
     pub session_timeout: Duration,
     /// When a partition's offsets jump forward (the broker did not hand over some
     /// messages), the first search for the missing ones starts this many messages
@@ -104,8 +104,7 @@ pub struct KafkaSettings {
         id = "kafka_gap_rewind_messages",
         long = "kafka-gap-rewind-messages",
         env = "KAFKA_GAP_REWIND_MESSAGES",
-        default_value_t = 1_000,
-        global = true
+        default_value_t = 1_000
     )]
     pub gap_rewind_messages: i64,
     /// A partition of the lane's topic that has messages past its committed offset and no
@@ -113,7 +112,7 @@ pub struct KafkaSettings {
     /// is consumed by no one (a broker's group coordinator can leave a partition unassigned
     /// without telling any member): the process then leaves and rejoins the group, so that
     /// the group forms again. Longer than the slowest batch; 0 turns the check off.
-    #[arg(id = "kafka_stalled_partition_rejoin", long = "kafka-stalled-partition-rejoin-ms", env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(id = "kafka_stalled_partition_rejoin", long = "kafka-stalled-partition-rejoin-ms", env = "KAFKA_STALLED_PARTITION_REJOIN_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
     pub stalled_partition_rejoin: Duration,
     /// librdkafka debug contexts (e.g. `consumer,fetch,cgrp`), empty for none.
     #[arg(id = "kafka_debug", long = "kafka-debug", env = "KAFKA_DEBUG", default_value = "", global = true)]
@@ -130,29 +129,17 @@ pub struct KafkaSettings {
 #[command(next_help_heading = "Batches")]
 pub struct BatchSettings {
     /// Most events in one batch.
-    #[arg(
-        id = "batch_max_events",
-        long = "batch-max-events",
-        env = "BATCH_MAX_EVENTS",
-        default_value_t = 2_000,
-        global = true
-    )]
+    #[arg(id = "batch_max_events", long = "batch-max-events", env = "BATCH_MAX_EVENTS", default_value_t = 2_000)]
     pub max_events: usize,
     /// Most message bytes in one batch.
-    #[arg(id = "batch_max_bytes", long = "batch-max-bytes", env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    #[arg(id = "batch_max_bytes", long = "batch-max-bytes", env = "BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_bytes: usize,
     /// Longest wait to fill a batch.
-    #[arg(id = "batch_max_wait", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(id = "batch_max_wait", long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value = "500", value_name = "MS", value_parser = millis)]
     pub max_wait: Duration,
 
     /// Most groups of a batch (events of one person, in order) processed at once.
-    #[arg(
-        id = "batch_concurrency",
-        long = "batch-concurrency",
-        env = "BATCH_CONCURRENCY",
-        default_value_t = 8,
-        global = true
-    )]
+    #[arg(id = "batch_concurrency", long = "batch-concurrency", env = "BATCH_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
 }
 
@@ -181,10 +168,10 @@ pub struct PostgresSettings {
     )]
     pub max_connections: u32,
     /// How long a resolved token (or its absence) is trusted before it is looked up again.
-    #[arg(long = "team-cache-ttl-ms", env = "TEAM_CACHE_TTL_MS", default_value = "30000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(long = "team-cache-ttl-ms", env = "TEAM_CACHE_TTL_MS", default_value = "30000", value_name = "MS", value_parser = millis)]
     pub team_cache_ttl: Duration,
     /// Most tokens the team cache holds.
-    #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000, global = true)]
+    #[arg(long, env = "TEAM_CACHE_MAX_ENTRIES", default_value_t = 100_000)]
     pub team_cache_max_entries: usize,
 }
 
@@ -197,8 +184,7 @@ pub struct Restrictions {
         id = "restrict_drop_events",
         long = "restrict-drop-events",
         env = "RESTRICT_DROP_EVENTS",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub drop_events: String,
     /// Skip person processing for these, comma separated `token` or `token:distinct_id`.
@@ -206,8 +192,7 @@ pub struct Restrictions {
         id = "restrict_skip_persons",
         long = "restrict-skip-persons",
         env = "RESTRICT_SKIP_PERSONS",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub skip_persons: String,
 }
@@ -239,13 +224,13 @@ pub struct RedisSettings {
     )]
     pub key_prefix: String,
     /// How often the Redis restrictions are re-read.
-    #[arg(id = "redis_refresh_interval", long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(id = "redis_refresh_interval", long = "redis-refresh-interval-ms", env = "REDIS_REFRESH_INTERVAL_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
     pub refresh_interval: Duration,
     /// Timeout of each Redis call.
     #[arg(id = "redis_timeout", long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value = "500", value_name = "MS", value_parser = millis, global = true)]
     pub timeout: Duration,
     /// Restrictions read from Redis are forgotten when not refreshed for this long.
-    #[arg(id = "redis_stale_after", long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis, global = true)]
+    #[arg(id = "redis_stale_after", long = "redis-stale-after-ms", env = "REDIS_STALE_AFTER_MS", default_value = "60000", value_name = "MS", value_parser = millis)]
     pub stale_after: Duration,
 }
 
