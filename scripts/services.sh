@@ -79,6 +79,25 @@ sys.exit(0 if any(k.startswith("tansu ") and wanted <= set(v.get("features", [])
 PY
 }
 
+# Crates compiled in a full build of the broker, for the progress line (measured on a
+# fresh machine; a different count only makes the line's total approximate).
+TANSU_CRATES=530
+build_tansu() {
+  local build_log="$STATE/tansu-build.log" started=$SECONDS pid n
+  log "building the Tansu broker with cargo: once per machine, about 15-20 minutes on 2 cores"
+  log "(later runs reuse ~/.cargo/bin/tansu); progress every 30 s, full log in $build_log"
+  cargo install tansu --version '^0.6' --locked --features "$TANSU_FEATURES" >"$build_log" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null || break
+    n=$(grep -c '^ *Compiling ' "$build_log" || true)
+    log "tansu: $n of about $TANSU_CRATES crates compiled, $(( (SECONDS - started) / 60 )) min so far ($(grep -E '^ *(Compiling|Downloaded|Updating)' "$build_log" | tail -n 1 | sed 's/^ *//'))"
+  done
+  wait "$pid" || die "cargo install tansu failed; see $build_log"
+  log "tansu: built in $(( (SECONDS - started) / 60 )) min"
+}
+
 install_missing() {
   local pkgs=()
   [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || pkgs+=(postgresql)
@@ -92,9 +111,7 @@ install_missing() {
   if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   if [ -z "$TANSU" ] || { [ "$TANSU" = "$HOME/.cargo/bin/tansu" ] && ! tansu_has_features; }; then
     # Built once (15-20 minutes on 2 cores), then reused from ~/.cargo/bin.
-    log "building the Tansu broker with cargo (once; takes a while)"
-    cargo install tansu --version '^0.6' --locked --features "$TANSU_FEATURES" >"$STATE/tansu-build.log" 2>&1 \
-      || die "cargo install tansu failed; see $STATE/tansu-build.log"
+    build_tansu
     TANSU="$HOME/.cargo/bin/tansu"
   fi
 }

@@ -4,7 +4,7 @@
 //!
 //! `HOSTILE_CONCURRENCY` (default 48) sets both the number of hostile clients and
 //! capture's `MAX_CONCURRENT_REQUESTS`; `SLUICE_BIN_DIR` points at a release build for
-//! the figure in the README.
+//! the figures in docs/operations.md.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -159,13 +159,20 @@ pub enum TeamsCommand {
 impl Cli {
     /// The command line as `sluice-ingest` parses it: the daemon's settings belong to it
     /// alone, and each operator command shows its own flags and the connection settings
-    /// it uses (see [`commands::connections`]), the others hidden though still read.
+    /// it uses ([`connections`]), the others hidden though still read.
     pub fn command_line() -> clap::Command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
-        cmd.build();
+        let globals: Vec<clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set()).cloned().collect();
         for sub in cmd.get_subcommands_mut() {
             let uses = connections(sub.get_name());
-            hide_unused(sub, uses);
+            let unused: Vec<clap::Arg> = globals
+                .iter()
+                .filter(|a| a.get_help_heading().is_some_and(|h| !uses.contains(&h)))
+                .map(|a| a.clone().hide(true))
+                .collect();
+            // Clap copies a global setting into a subcommand only where the subcommand
+            // has none of that name: a hidden copy put there first is the one it keeps.
+            *sub = std::mem::take(sub).args(unused);
         }
         cmd
     }
@@ -174,21 +181,6 @@ impl Cli {
     pub fn parse_args() -> Cli {
         let matches = Cli::command_line().get_matches();
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-    }
-}
-
-/// Hides the connection settings under a heading `cmd` does not use, in it and below.
-fn hide_unused(cmd: &mut clap::Command, uses: &[&str]) {
-    let unused: Vec<clap::Id> = cmd
-        .get_arguments()
-        .filter(|a| a.is_global_set() && a.get_help_heading().is_some_and(|h| !uses.contains(&h)))
-        .map(|a| a.get_id().clone())
-        .collect();
-    for id in unused {
-        *cmd = std::mem::take(cmd).mut_arg(id, |a| a.hide(true));
-    }
-    for sub in cmd.get_subcommands_mut() {
-        hide_unused(sub, uses);
     }
 }
 
@@ -202,6 +194,7 @@ mod tests {
     #[test]
     fn operator_commands_show_their_own_flags_and_the_connections_they_use() {
         let mut cmd = Cli::command_line();
+        cmd.build();
         let daemon_only: Vec<String> = cmd
             .get_arguments()
             .filter(|a| !a.is_global_set())
