@@ -81,10 +81,10 @@ PY
 
 # Crates compiled in a full build of the broker, for the progress line (measured on a
 # fresh machine; a different count only makes the line's total approximate).
-TANSU_CRATES=530
+TANSU_CRATES=430
 build_tansu() {
   local build_log="$STATE/tansu-build.log" started=$SECONDS pid n
-  log "building the Tansu broker with cargo: once per machine, about 15-20 minutes on 2 cores"
+  log "building the Tansu broker with cargo: once per machine, about 15-30 minutes on 2 cores"
   log "(later runs reuse ~/.cargo/bin/tansu); progress every 30 s, full log in $build_log"
   cargo install tansu --version '^0.6' --locked --features "$TANSU_FEATURES" >"$build_log" 2>&1 &
   pid=$!
