@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::hook::{Hook, PluginConfigId, PluginError, TeamId};
 use crate::host::LogEntry;
-use crate::limits::Limits;
+use crate::limits::{LimitSettings, Limits};
 use crate::manifest::PluginSource;
 use crate::protocol::{Instance, TestResult};
 use crate::sandbox::{classify, Spent, Vm};
@@ -102,7 +102,8 @@ impl Vm {
 }
 
 /// Where an author's plugin runs: a worker process under a supervisor, as in ingest, with
-/// production's default limits, store quotas and watchdog. What a plugin does wrong on
+/// the operator's limit settings (`PLUGIN_*`, the same variables and defaults as
+/// ingest's), store quotas and watchdog. What a plugin does wrong on
 /// an author's machine then fails here as it fails in production, with the same words:
 /// nothing of the sandbox is set up twice.
 pub struct Workbench {
@@ -118,16 +119,13 @@ impl Workbench {
     /// `worker`: the program whose `worker` subcommand serves VMs (`sluice-plugin`).
     /// `http_stub`: `ctx.http.fetch` records requests instead of sending them.
     /// `geoip`: a MaxMind City database for `ctx.geoip`.
-    pub fn new(worker: &Path, http_stub: bool, geoip: Option<&Path>) -> Workbench {
-        let limits = Limits::default();
+    pub fn new(worker: &Path, http_stub: bool, geoip: Option<&Path>, settings: &LimitSettings) -> Workbench {
+        let limits = settings.limits();
         let env = WorkerEnv { geoip_database: geoip.map(|p| p.display().to_string()), http_stub, ..Default::default() };
-        let supervisor = Supervisor::new(SupervisorSettings::production(
-            worker.to_path_buf(),
-            vec!["worker".into()],
-            env.to_vars(),
-            1,
-            &limits,
-        ));
+        let supervisor = Supervisor::new(SupervisorSettings {
+            max_strikes: settings.max_strikes,
+            ..SupervisorSettings::production(worker.to_path_buf(), vec!["worker".into()], env.to_vars(), 1, &limits)
+        });
         Workbench { supervisor, limits, next_id: AtomicI64::new(1) }
     }
 

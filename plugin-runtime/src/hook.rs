@@ -60,7 +60,7 @@ pub enum PluginError {
     Compile(String),
     #[error("{hook} failed: {message}")]
     Failed { hook: String, message: String },
-    #[error("{hook} took longer than its time limit of {limit_ms} ms (stopped after {took_ms} ms; awaited I/O is not counted)")]
+    #[error("{hook} took longer than its time limit of {limit_ms} ms (stopped after {took_ms} ms)")]
     Timeout { hook: String, limit_ms: u64, took_ms: u64 },
     #[error("{hook} used up its tick budget of {budget} interrupts (loop turns and calls)")]
     Ticks { hook: String, budget: u64 },

@@ -28,7 +28,7 @@ pub use authoring::{run_plugin, test_plugin, Workbench};
 pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
 pub use host::{open_geoip, GeoIp, Host, LogEntry};
 pub use kv::{KeyValue, KvError, Quota};
-pub use limits::{HttpLimits, Limits};
+pub use limits::{HttpLimits, LimitSettings, Limits};
 pub use manifest::{
     AskedLimits, ConfigField, FieldType, HttpManifest, Manifest, ManifestError, PluginSource, Schedule,
 };

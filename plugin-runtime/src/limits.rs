@@ -108,9 +108,81 @@ impl Limits {
     }
 }
 
+/// What the operator sets of every plugin VM's limits (`PLUGIN_*`): ingest runs plugins
+/// with these, and `sluice-plugin` runs an author's plugin with the very same settings and
+/// defaults, so a plugin fails on the author's machine as it would in production.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitSettings {
+    /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
+    #[arg(long = "plugin-max-strikes", env = "PLUGIN_MAX_STRIKES", default_value_t = 3)]
+    pub max_strikes: u32,
+    /// Keys one plugin configuration may keep in its cache, and again in its storage.
+    #[arg(long = "plugin-store-max-keys", env = "PLUGIN_STORE_MAX_KEYS", default_value_t = 10_000)]
+    pub store_max_keys: usize,
+    /// Bytes (keys and values) one plugin configuration may keep in its cache, and again in its storage.
+    #[arg(long = "plugin-store-max-bytes", env = "PLUGIN_STORE_MAX_BYTES", default_value_t = 16 << 20)]
+    pub store_max_bytes: usize,
+    /// Wall time of setup, on_event, a schedule, teardown, not counting the I/O they
+    /// await (http, cache, storage).
+    #[arg(long = "plugin-hook-timeout-ms", env = "PLUGIN_HOOK_TIMEOUT_MS", default_value = "30000", value_name = "MS", value_parser = sluice_common::settings::millis)]
+    pub hook_timeout: Duration,
+    /// Awaited I/O one call of setup, on_event, a schedule or teardown may spend in all.
+    #[arg(long = "plugin-hook-io-ms", env = "PLUGIN_HOOK_IO_MS", default_value = "120000", value_name = "MS", value_parser = sluice_common::settings::millis)]
+    pub hook_io: Duration,
+    /// Lua heap of one plugin VM.
+    #[arg(long = "plugin-memory-mb", env = "PLUGIN_MEMORY_MB", default_value_t = 32)]
+    pub memory_mb: usize,
+    /// Wall time of one process_event call.
+    #[arg(
+        long = "plugin-process-event-timeout-ms",
+        env = "PLUGIN_PROCESS_EVENT_TIMEOUT_MS",
+        default_value = "50",
+        value_name = "MS", value_parser = sluice_common::settings::millis
+    )]
+    pub process_event_timeout: Duration,
+    /// Interrupts (loop turns, calls) one process_event call may take: a limit that
+    /// does not depend on the machine's speed.
+    #[arg(long = "plugin-process-event-ticks", env = "PLUGIN_PROCESS_EVENT_TICKS", default_value_t = 2_000_000)]
+    pub process_event_ticks: u64,
+    /// Let plugins' http.fetch reach loopback, private and link-local addresses.
+    #[arg(long = "plugin-http-allow-private", env = "PLUGIN_HTTP_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub http_allow_private: bool,
+}
+
+impl LimitSettings {
+    /// What one plugin VM may use, as the operator set it (a plugin may ask for less).
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits {
+            memory_bytes: self.memory_mb << 20,
+            process_event_wall: self.process_event_timeout,
+            process_event_ticks: self.process_event_ticks,
+            hook_wall: self.hook_timeout,
+            hook_io: self.hook_io,
+            store: crate::kv::Quota { keys: self.store_max_keys, bytes: self.store_max_bytes, ..Default::default() },
+            ..Limits::default()
+        };
+        limits.http.allow_private_addresses = self.http_allow_private;
+        limits
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings' defaults are the runtime's defaults, which the sandbox tests hold.
+    #[test]
+    fn the_settings_default_to_the_runtimes_limits() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            limits: LimitSettings,
+        }
+        let defaults = Only::try_parse_from(["plugins"]).expect("defaults parse").limits;
+        assert_eq!(defaults.limits(), Limits::default());
+        assert_eq!(defaults.max_strikes, crate::supervisor::DEFAULT_MAX_STRIKES);
+    }
 
     #[test]
     fn a_plugin_can_lower_its_limits_but_not_raise_them() {

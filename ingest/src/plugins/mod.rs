@@ -85,7 +85,7 @@ impl Plugins {
     /// The plugin stage, and the receiving end of its `on_event` queue for
     /// [`spawn_on_event`].
     pub(crate) fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
-        let limits = config.plugins.limits();
+        let limits = config.plugins.limits.limits();
         // What the workers connect to, and nothing else of ingest's environment.
         let settings = SupervisorSettings::production(
             std::env::current_exe()?,
@@ -102,7 +102,7 @@ impl Plugins {
             config.plugins.workers,
             &limits,
         );
-        let settings = SupervisorSettings { max_strikes: config.plugins.max_strikes, ..settings };
+        let settings = SupervisorSettings { max_strikes: config.plugins.limits.max_strikes, ..settings };
         let exports = SupervisorSettings {
             workers: config.plugins.export_workers,
             per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),

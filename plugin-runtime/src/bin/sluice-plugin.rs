@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use sluice_common::settings::key_value;
-use sluice_plugin_runtime::{open_geoip, run_plugin, test_plugin, Workbench};
+use sluice_plugin_runtime::{open_geoip, run_plugin, test_plugin, LimitSettings, Workbench};
 
 #[derive(Parser)]
 #[command(name = "sluice-plugin", version, about = "Run and test Sluice plugins.")]
@@ -30,6 +30,8 @@ enum Command {
         /// A MaxMind City database for ctx.geoip.
         #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
         geoip: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitSettings,
     },
     /// Run a plugin's test.lua (functions named test_*) and fixtures/*.json (an input
     /// event and the expected output, or null for a drop); non-zero exit on failure.
@@ -43,6 +45,8 @@ enum Command {
         /// A MaxMind City database for ctx.geoip.
         #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
         geoip: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitSettings,
     },
     /// Serve plugin VMs over stdin/stdout for a supervisor (ingest).
     #[command(hide = true)]
@@ -55,7 +59,7 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Worker => sluice_plugin_runtime::serve_worker().await.map_err(|e| e.to_string()),
-            Command::Run { dir, event, config, geoip } => match workbench(false, geoip) {
+            Command::Run { dir, event, config, geoip, limits } => match workbench(false, geoip, &limits) {
                 Ok(bench) => {
                     let result = run(&bench, dir, event, config).await;
                     bench.shutdown().await;
@@ -63,7 +67,7 @@ fn main() {
                 }
                 Err(e) => Err(e),
             },
-            Command::Test { dir, config, geoip } => match workbench(true, geoip) {
+            Command::Test { dir, config, geoip, limits } => match workbench(true, geoip, &limits) {
                 Ok(bench) => {
                     let result = test(&bench, dir, config).await;
                     bench.shutdown().await;
@@ -80,12 +84,12 @@ fn main() {
 }
 
 /// Plugins run in a worker process of this same program, as ingest runs them.
-fn workbench(http_stub: bool, geoip: Option<PathBuf>) -> Result<Workbench, String> {
+fn workbench(http_stub: bool, geoip: Option<PathBuf>, limits: &LimitSettings) -> Result<Workbench, String> {
     if let Some(path) = &geoip {
         open_geoip(path)?;
     }
     let me = std::env::current_exe().map_err(|e| format!("cannot find this program to start its worker: {e}"))?;
-    Ok(Workbench::new(&me, http_stub, geoip.as_deref()))
+    Ok(Workbench::new(&me, http_stub, geoip.as_deref(), limits))
 }
 
 fn given(config: Vec<(String, String)>) -> Map<String, Value> {
