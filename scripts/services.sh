@@ -6,6 +6,7 @@
 #   scripts/services.sh status   say what runs where
 #   scripts/services.sh down     stop what this script started (by recorded pid), nothing else
 #   scripts/services.sh restart postgres|redis|clickhouse   restart one server it started
+#   scripts/services.sh build-broker   (re)build the Tansu broker with cargo, showing progress
 #
 # Addresses come from the same variables the binaries read (KAFKA_HOSTS, DATABASE_URL,
 # REDIS_URL, CLICKHOUSE_URL). A server already answering at its address is reused; one
@@ -83,13 +84,13 @@ PY
 # fresh machine; a different count only makes the line's total approximate).
 TANSU_CRATES=430
 build_tansu() {
-  local build_log="$STATE/tansu-build.log" started=$SECONDS pid n
+  local build_log="$STATE/tansu-build.log" started=$SECONDS pid n every="${SLUICE_PROGRESS_SECONDS:-30}"
   log "building the Tansu broker with cargo: once per machine, about 15-30 minutes on 2 cores"
-  log "(later runs reuse ~/.cargo/bin/tansu); progress every 30 s, full log in $build_log"
+  log "(later runs reuse ~/.cargo/bin/tansu); progress every $every s, full log in $build_log"
   cargo install tansu --version '^0.6' --locked --features "$TANSU_FEATURES" >"$build_log" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    for _ in $(seq "$every"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$pid" 2>/dev/null || break
     n=$(grep -c '^ *Compiling ' "$build_log" || true)
     log "tansu: $n of about $TANSU_CRATES crates compiled, $(( (SECONDS - started) / 60 )) min so far ($(grep -E '^ *(Compiling|Downloaded|Updating)' "$build_log" | tail -n 1 | sed 's/^ *//'))"
@@ -308,5 +309,6 @@ case "${1:-up}" in
   down) cmd_down ;;
   restart) cmd_restart "${2:-}" ;;
   status) cmd_status ;;
-  *) die "usage: $0 up|down|status" ;;
+  build-broker) build_tansu ;;
+  *) die "usage: $0 up|down|status|restart NAME|build-broker" ;;
 esac
