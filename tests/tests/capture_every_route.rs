@@ -137,12 +137,6 @@ fn kinds(token: &str) -> Vec<Kind> {
     ]
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("capture's /proc status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("a number") * 1024
-}
-
 #[test]
 fn every_route_answers_and_every_body_route_refuses_every_hostile_kind_within_the_ceiling() {
     let concurrency: usize = std::env::var("HOSTILE_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
@@ -171,7 +165,7 @@ fn every_route_answers_and_every_body_route_refuses_every_hostile_kind_within_th
     let work = Arc::new(Mutex::new(work));
     let answers: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
-    let baseline = peak_rss(cap.child.id());
+    let baseline = sluice_tests::peak_rss(cap.child.id());
     let started = Instant::now();
     let clients: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -213,7 +207,7 @@ fn every_route_answers_and_every_body_route_refuses_every_hostile_kind_within_th
     for c in clients {
         c.join().unwrap();
     }
-    let peak = peak_rss(cap.child.id());
+    let peak = sluice_tests::peak_rss(cap.child.id());
     println!(
         "{} routes x {} kinds with {concurrency} clients in {:.1?}",
         body_routes.len(),

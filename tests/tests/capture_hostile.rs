@@ -113,18 +113,12 @@ fn attacks() -> Vec<Attack> {
     ]
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("capture's /proc status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("a number") * 1024
-}
-
 #[test]
 fn hostile_bodies_at_the_concurrency_limit_stay_under_the_memory_ceiling() {
     let concurrency: usize = std::env::var("HOSTILE_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let rounds: usize = std::env::var("HOSTILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let cap = Capture::start("hostile", &[("MAX_CONCURRENT_REQUESTS", &concurrency.to_string())]);
-    let baseline = peak_rss(cap.child.id());
+    let baseline = sluice_tests::peak_rss(cap.child.id());
     let attacks = Arc::new(attacks());
     let answers: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let flooding = Arc::new(AtomicBool::new(true));
@@ -193,7 +187,7 @@ fn hostile_bodies_at_the_concurrency_limit_stay_under_the_memory_ceiling() {
     let took = started.elapsed();
     flooding.store(false, Ordering::Relaxed);
     let (accepted, busy) = honest.join().unwrap();
-    let peak = peak_rss(cap.child.id());
+    let peak = sluice_tests::peak_rss(cap.child.id());
 
     let answers = answers.lock().unwrap();
     println!("{concurrency} hostile clients x {rounds} rounds of {} kinds in {took:.1?}", attacks.len());
