@@ -122,10 +122,13 @@ impl Workbench {
     pub fn new(worker: &Path, http_stub: bool, geoip: Option<&Path>, settings: &LimitSettings) -> Workbench {
         let limits = settings.limits();
         let env = WorkerEnv { geoip_database: geoip.map(|p| p.display().to_string()), http_stub, ..Default::default() };
-        let supervisor = Supervisor::new(SupervisorSettings {
-            max_strikes: settings.max_strikes,
-            ..SupervisorSettings::production(worker.to_path_buf(), vec!["worker".into()], env.to_vars(), 1, &limits)
-        });
+        let supervisor = Supervisor::new(SupervisorSettings::production(
+            worker.to_path_buf(),
+            vec!["worker".into()],
+            env.to_vars(),
+            1,
+            settings,
+        ));
         Workbench { supervisor, limits, next_id: AtomicI64::new(1) }
     }
 

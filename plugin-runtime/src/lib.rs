@@ -34,5 +34,5 @@ pub use manifest::{
 };
 pub use protocol::{ChainOutput, Instance, ProcessedEvent, TestResult};
 pub use sandbox::Vm;
-pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor, DEFAULT_MAX_STRIKES};
+pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor};
 pub use worker::{serve as serve_worker, WorkerEnv};

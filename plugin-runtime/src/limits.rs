@@ -181,7 +181,7 @@ mod tests {
         }
         let defaults = Only::try_parse_from(["plugins"]).expect("defaults parse").limits;
         assert_eq!(defaults.limits(), Limits::default());
-        assert_eq!(defaults.max_strikes, crate::supervisor::DEFAULT_MAX_STRIKES);
+        assert_eq!(defaults.max_strikes, 3, "the documented PLUGIN_MAX_STRIKES");
     }
 
     #[test]

@@ -48,20 +48,19 @@ pub struct Settings {
     pub max_strikes: u32,
 }
 
-/// Crashes or hangs before an instance is disabled, unless the operator says otherwise.
-pub const DEFAULT_MAX_STRIKES: u32 = 3;
 /// What a batch may take besides its events' own time.
 const BATCH_BASE: Duration = Duration::from_secs(5);
 
 impl Settings {
-    /// What ingest runs plugins with, and so does the author tool: a batch's budget is a
-    /// fixed base plus each event's `process_event` limit.
+    /// What ingest runs plugins with, and so does the author tool, from the operator's
+    /// limit settings: a batch's budget is a fixed base plus each event's `process_event`
+    /// limit, and an instance is disabled after `PLUGIN_MAX_STRIKES`.
     pub fn production(
         program: PathBuf,
         args: Vec<String>,
         env: Vec<(String, String)>,
         workers: usize,
-        limits: &crate::limits::Limits,
+        limits: &crate::limits::LimitSettings,
     ) -> Settings {
         Settings {
             program,
@@ -69,9 +68,28 @@ impl Settings {
             env,
             workers,
             batch_base: BATCH_BASE,
-            per_event: limits.process_event_wall,
-            max_strikes: DEFAULT_MAX_STRIKES,
+            per_event: limits.limits().process_event_wall,
+            max_strikes: limits.max_strikes,
         }
+    }
+}
+
+/// Why one request to a loaded instance was not answered.
+enum Unserved {
+    /// The instance is not loaded, or could not be loaded into a restarted worker:
+    /// nothing is struck.
+    NotLoaded(String),
+    /// Its worker died or hung on the request: killed, and the instance struck.
+    Struck(Strike),
+}
+
+impl Unserved {
+    fn into_error(self, hook: &str) -> (PluginError, Option<Strike>) {
+        let (message, strike) = match self {
+            Unserved::NotLoaded(message) => (message, None),
+            Unserved::Struck(strike) => (strike.reason.clone(), Some(strike)),
+        };
+        (PluginError::Failed { hook: hook.into(), message }, strike)
     }
 }
 
@@ -212,34 +230,16 @@ impl Supervisor {
         id: PluginConfigId,
         source: &str,
     ) -> Result<Vec<crate::protocol::TestResult>, PluginError> {
-        let mut slot = self.workers[self.worker_of(team)].lock().await;
-        let Some(limits) = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.clone()) else {
-            return Err(PluginError::Failed {
-                hook: "test.lua".into(),
-                message: format!("plugin config {id} is not loaded"),
-            });
-        };
-        // Every test function may take a hook call's time; a test file is not a batch.
-        let budget = limits.hook_call() * 4 + self.settings.batch_base;
-        // Loads the instance into a restarted worker first, as batches do.
-        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
-            self.kill(&mut slot).await;
-            return Err(PluginError::Failed { hook: "test.lua".into(), message: e.to_string() });
-        }
-        let worker = slot.as_mut().expect("running after try_run");
-        // A worker that dies here most likely died in a `process_event` a test called.
-        let running = Running { id, hook: Hook::ProcessEvent, since: std::time::Instant::now() };
         let request = Request::RunTests { id, source: source.to_string() };
-        match ask(worker, &request, budget).await {
-            Ok(Response::TestsRan { results, .. }) => results,
-            other => {
-                let down = match other {
-                    Err(Unanswered::Hung) => WorkerDown::Hung(budget),
-                    _ => WorkerDown::Exited("during test.lua".into()),
-                };
-                let strike = self.strike_down(&mut slot, running, &down).await;
-                Err(PluginError::Failed { hook: "test.lua".into(), message: strike.reason })
-            }
+        let answer = |response| match response {
+            Response::TestsRan { results, .. } => Some(results),
+            _ => None,
+        };
+        // A test file is not a batch: it is given four hook calls' time. A worker that
+        // dies on it most likely died in a `process_event` a test called.
+        match self.ask_instance(team, id, Hook::ProcessEvent, &request, 4, answer).await {
+            Ok(results) => results,
+            Err(unserved) => Err(unserved.into_error("test.lua").0),
         }
     }
 
@@ -274,35 +274,50 @@ impl Supervisor {
         hook: Hook,
         info: Value,
     ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
-        let mut slot = self.workers[self.worker_of(team)].lock().await;
-        let longest = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_call());
-        let Some(longest) = longest else {
-            let e =
-                PluginError::Failed { hook: hook.name().into(), message: format!("plugin config {id} is not loaded") };
-            return (Err(e), Vec::new(), None);
-        };
-        let budget = longest + self.settings.batch_base;
-        // Loads the instance into a restarted worker first, as batches do.
-        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
-            self.kill(&mut slot).await;
-            return (Err(PluginError::Failed { hook: hook.name().into(), message: e.to_string() }), Vec::new(), None);
-        }
-        let worker = slot.as_mut().expect("running after try_run");
         let request = Request::Hook { id, hook, event: Some(info.to_string()) };
-        let running = Running { id, hook, since: std::time::Instant::now() };
-        match ask(worker, &request, budget).await {
-            Ok(Response::HookDone { error, logs, .. }) => (error.map_or(Ok(()), Err), logs, None),
-            other => {
-                let down = match other {
-                    Err(Unanswered::Hung) => WorkerDown::Hung(budget),
-                    _ => WorkerDown::Exited(format!("during {}", hook.name())),
-                };
-                let strike = self.strike_down(&mut slot, running, &down).await;
-                warn!(team = team.0, instance = id.0, hook = hook.name(), cause = strike.cause, reason = %strike.reason, "plugin worker failed; restarting it");
-                let error = PluginError::Failed { hook: hook.name().into(), message: strike.reason.clone() };
-                (Err(error), Vec::new(), Some(strike))
+        let answer = |response| match response {
+            Response::HookDone { error, logs, .. } => Some((error, logs)),
+            _ => None,
+        };
+        match self.ask_instance(team, id, hook, &request, 1, answer).await {
+            Ok((error, logs)) => (error.map_or(Ok(()), Err), logs, None),
+            Err(unserved) => {
+                let (error, strike) = unserved.into_error(hook.name());
+                (Err(error), Vec::new(), strike)
             }
         }
+    }
+
+    /// One request to a loaded instance in its team's worker, loaded again into a
+    /// restarted worker first (as batches do), within the batch base plus `calls` hook
+    /// calls' time. An answer `answer` does not take, no answer, or a dead worker strikes
+    /// the instance for `hook`, the hook it runs.
+    async fn ask_instance<T>(
+        &self,
+        team: TeamId,
+        id: PluginConfigId,
+        hook: Hook,
+        request: &Request,
+        calls: u32,
+        answer: impl FnOnce(Response) -> Option<T>,
+    ) -> Result<T, Unserved> {
+        let mut slot = self.workers[self.worker_of(team)].lock().await;
+        let Some(hook_call) = self.instances.lock().expect("lock").get(&id).map(|i| i.limits.hook_call()) else {
+            return Err(Unserved::NotLoaded(format!("plugin config {id} is not loaded")));
+        };
+        let budget = hook_call * calls + self.settings.batch_base;
+        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
+            self.kill(&mut slot).await;
+            return Err(Unserved::NotLoaded(e.to_string()));
+        }
+        let worker = slot.as_mut().expect("running after try_run");
+        let running = Running { id, hook, since: std::time::Instant::now() };
+        let down = match ask(worker, request, budget).await.map(answer) {
+            Ok(Some(answered)) => return Ok(answered),
+            Err(Unanswered::Hung) => WorkerDown::Hung(budget),
+            Ok(None) | Err(Unanswered::Died) => WorkerDown::Exited(format!("during {}", hook.name())),
+        };
+        Err(Unserved::Struck(self.strike_down(team, &mut slot, running, &down).await))
     }
 
     async fn run(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>, on_event: Option<u32>) -> ChainRun {
@@ -337,16 +352,7 @@ impl Supervisor {
                 }
                 Err((Some(running), e)) => {
                     let id = running.id;
-                    let strike = self.strike_down(&mut slot, running, &e).await;
-                    warn!(
-                        team = team.0,
-                        instance = id.0,
-                        hook = strike.hook.name(),
-                        cause = strike.cause,
-                        reason = %strike.reason,
-                        "plugin worker failed; restarting it"
-                    );
-                    outcome.strikes.push(strike);
+                    outcome.strikes.push(self.strike_down(team, &mut slot, running, &e).await);
                     chain.retain(|c| *c != id);
                     skipped.push(id);
                     if chain.is_empty() {
@@ -469,8 +475,14 @@ impl Supervisor {
 
     /// Kills the worker that failed while `running` ran, and strikes that instance with
     /// what was seen: how long the call ran, against which limit, and how the worker
-    /// ended.
-    async fn strike_down(&self, slot: &mut Option<Worker>, running: Running, down: &WorkerDown) -> Strike {
+    /// ended; the process log says so too.
+    async fn strike_down(
+        &self,
+        team: TeamId,
+        slot: &mut Option<Worker>,
+        running: Running,
+        down: &WorkerDown,
+    ) -> Strike {
         let ran = running.since.elapsed();
         // A worker that closed its output is exiting: its status says how.
         let status = match (down, slot.as_mut()) {
@@ -494,6 +506,14 @@ impl Supervisor {
             self.disabled.lock().expect("lock").insert(running.id);
         }
         let reason = format!("{reason} (strike {n} of {})", self.settings.max_strikes);
+        warn!(
+            team = team.0,
+            instance = running.id.0,
+            hook = running.hook.name(),
+            cause,
+            reason = %reason,
+            "plugin worker failed; restarting it"
+        );
         Strike { id: running.id, hook: running.hook, cause, reason, disabled }
     }
 
@@ -527,7 +547,7 @@ fn diagnose(
                 budget.as_millis()
             ),
         ),
-        WorkerDown::Exited(_) if status.and_then(|s| s.signal()) == Some(libc_sigabrt()) && limit.is_some_and(|l| ran >= l) => (
+        WorkerDown::Exited(_) if status.and_then(|s| s.signal()) == Some(SIGABRT) && limit.is_some_and(|l| ran >= l) => (
             "watchdog",
             format!(
                 "{hook} of plugin config {id} ran {ran_ms} ms, past its time limit of {} ms, in a single call that reaches no interrupt (a long string.find, string.rep or table.sort); the worker's watchdog stopped it",
@@ -546,10 +566,8 @@ fn diagnose(
     }
 }
 
-/// SIGABRT: what `std::process::abort` (the watchdog's way out) raises.
-const fn libc_sigabrt() -> i32 {
-    6
-}
+/// What `std::process::abort` (the watchdog's way out) raises.
+const SIGABRT: i32 = 6;
 
 fn down(id: PluginConfigId, e: WorkerDown) -> PluginError {
     PluginError::Failed { hook: "setup".into(), message: format!("plugin config {id}: {e}") }

@@ -100,9 +100,8 @@ impl Plugins {
             }
             .to_vars(),
             config.plugins.workers,
-            &limits,
+            &config.plugins.limits,
         );
-        let settings = SupervisorSettings { max_strikes: config.plugins.limits.max_strikes, ..settings };
         let exports = SupervisorSettings {
             workers: config.plugins.export_workers,
             per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),
