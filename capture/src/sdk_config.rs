@@ -58,12 +58,19 @@ impl TeamSettings {
     }
 }
 
-const SETTINGS_QUERY: &str = "SELECT api_token, session_recording_opt_in, session_recording_sample_rate, \
-     session_recording_minimum_duration_ms, capture_console_log_opt_in, autocapture_opt_out, heatmaps_opt_in, \
-     autocapture_exceptions_opt_in, elements_chain_as_string FROM teams ORDER BY id LIMIT $1";
-const ONE_TEAM_QUERY: &str = "SELECT api_token, session_recording_opt_in, session_recording_sample_rate, \
-     session_recording_minimum_duration_ms, capture_console_log_opt_in, autocapture_opt_out, heatmaps_opt_in, \
-     autocapture_exceptions_opt_in, elements_chain_as_string FROM teams WHERE api_token = $1";
+/// `TeamSettings`' columns, selected from `teams` followed by the rest of a query.
+macro_rules! select_settings {
+    ($rest:literal) => {
+        concat!(
+            "SELECT api_token, session_recording_opt_in, session_recording_sample_rate, ",
+            "session_recording_minimum_duration_ms, capture_console_log_opt_in, autocapture_opt_out, heatmaps_opt_in, ",
+            "autocapture_exceptions_opt_in, elements_chain_as_string FROM teams ",
+            $rest
+        )
+    };
+}
+const SETTINGS_QUERY: &str = select_settings!("ORDER BY id LIMIT $1");
+const ONE_TEAM_QUERY: &str = select_settings!("WHERE api_token = $1");
 
 /// One team's config, as the JSON object and its two serialized forms.
 struct Answers {

@@ -6,7 +6,7 @@ use super::Cli;
 
 /// The connection settings (by their `--help` heading) each operator command uses; its
 /// help shows those and hides the others. A new command says here what it reaches.
-pub fn connections(command: &str) -> &'static [&'static str] {
+fn connections(command: &str) -> &'static [&'static str] {
     match command {
         "migrate" => &["Postgres", "ClickHouse"],
         "teams" => &["Postgres"],

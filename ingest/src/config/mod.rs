@@ -15,7 +15,7 @@ use crate::write::{ClickHouseAccess, ClickHouseError};
 mod commands;
 mod plugins;
 
-pub use commands::{connections, Command, DlqCommand, PluginsCommand, TeamsCommand};
+pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
 pub use plugins::PluginSettings;
 pub use sluice_schema::topics::Lane;
 
