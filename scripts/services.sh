@@ -23,7 +23,8 @@ REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 KAFKA_PARTITIONS="${KAFKA_PARTITIONS:-4}"
 TOPICS=(events_plugin_ingestion events_plugin_ingestion_overflow events_plugin_ingestion_historical
-        session_recording_snapshot_item_events session_recording_snapshot_item_overflow events_dead_letter_queue)
+        session_recording_snapshot_item_events session_recording_snapshot_item_overflow events_dead_letter_queue
+        clickhouse_events_json exports_dead_letter_queue)
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -34,8 +34,31 @@ impl DeadLetters {
         dead: &DeadLetter,
         attempts: u32,
     ) -> Result<(), rdkafka::error::KafkaError> {
+        let team = dead.team_id.map(|t| t.to_string()).unwrap_or_default();
+        let attempts = attempts.to_string();
+        let reason = [
+            ("dlq_stage", dead.stage),
+            ("dlq_error", dead.error.as_str()),
+            ("dlq_error_class", dead.error_class),
+            ("dlq_team_id", team.as_str()),
+            ("dlq_attempts", attempts.as_str()),
+        ];
+        let payload = original.payload().unwrap_or_default();
+        self.publish(payload, original.key(), original.headers(), original.topic(), &reason).await
+    }
+
+    /// Publishes `payload` with its key and headers, the reason's headers, and where and
+    /// when it failed.
+    pub(crate) async fn publish(
+        &self,
+        payload: &[u8],
+        key: Option<&[u8]>,
+        original: Option<&OwnedHeaders>,
+        source_topic: &str,
+        reason: &[(&str, &str)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let mut headers = OwnedHeaders::new();
-        if let Some(h) = original.headers() {
+        if let Some(h) = original {
             for h in h.iter() {
                 headers = headers.insert(Header { key: h.key, value: h.value });
             }
@@ -43,22 +66,13 @@ impl DeadLetters {
         let failed_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .expect("UTC times format");
-        let team = dead.team_id.map(|t| t.to_string()).unwrap_or_default();
-        let attempts = attempts.to_string();
-        for (k, v) in [
-            ("dlq_stage", dead.stage),
-            ("dlq_error", dead.error.as_str()),
-            ("dlq_error_class", dead.error_class),
-            ("dlq_team_id", team.as_str()),
-            ("dlq_attempts", attempts.as_str()),
-            ("dlq_failed_at", failed_at.as_str()),
-            ("dlq_lane", self.lane),
-            ("dlq_source_topic", original.topic()),
-        ] {
+        let place =
+            [("dlq_failed_at", failed_at.as_str()), ("dlq_lane", self.lane), ("dlq_source_topic", source_topic)];
+        for (k, v) in reason.iter().chain(&place) {
             headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let mut record = FutureRecord::to(&self.topic).payload(original.payload().unwrap_or_default()).headers(headers);
-        if let Some(key) = original.key() {
+        let mut record = FutureRecord::to(&self.topic).payload(payload).headers(headers);
+        if let Some(key) = key {
             record = record.key(key);
         }
         self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::batch;
 use crate::consume::{self, BatchLimits, LaneConsumer};
 use crate::dlq::DeadLetters;
+use crate::exports::ExportsTopic;
 use crate::health::Health;
 use crate::process::Deps;
 use crate::stopping::Stopping;
@@ -29,8 +30,8 @@ pub(crate) struct Loop<'a> {
     pub(crate) lane: &'static str,
     /// Groups of a batch handled at once (`BATCH_CONCURRENCY`).
     pub(crate) concurrency: usize,
-    /// Longest wait for room in the `on_event` queue.
-    pub(crate) on_event_wait: Duration,
+    /// Where written events of teams with export plugins go (`None`: plugins are off).
+    pub(crate) exports: Option<&'a ExportsTopic>,
     /// Longest pause between retries of a batch.
     pub(crate) max_backoff: Duration,
     pub(crate) health: &'a Health,
@@ -99,16 +100,9 @@ impl Loop<'_> {
         let mut backoff = Duration::from_millis(100);
         loop {
             self.health.tick();
-            let handled = batch::handle(
-                batch,
-                &self.deps,
-                self.ch,
-                self.dead_letters,
-                self.lane,
-                self.concurrency,
-                self.on_event_wait,
-            )
-            .await;
+            let handled =
+                batch::handle(batch, &self.deps, self.ch, self.dead_letters, self.lane, self.concurrency, self.exports)
+                    .await;
             match handled {
                 Ok(()) => return true,
                 Err(e) if self.stopping.is_cancelled() => {

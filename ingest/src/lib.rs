@@ -4,7 +4,8 @@
 //! [`batch`] (planned into ordered groups that run concurrently) → [`process`] (per
 //! event: parse, [`resolve`] team, [`restrict`], [`normalize`], [`timestamp`],
 //! [`persons`], [`groups`]) → [`write`] (ClickHouse) or [`dlq`] (dead letters), then its
-//! offsets are committed.
+//! offsets are committed; the written events of teams with export plugins go to the
+//! exports topic, which the exports lane ([`exports`]) hands to their plugins.
 //! [`commands`] are the operator commands of the same binary.
 
 mod batch;
@@ -13,6 +14,7 @@ pub mod config;
 mod consume;
 mod dlq;
 mod elements;
+mod exports;
 mod groups;
 mod health;
 mod lane;
@@ -42,6 +44,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::consume::{BatchLimits, LaneConsumer, LaneContext};
 use crate::dlq::DeadLetters;
+use crate::exports::ExportsTopic;
 use crate::groups::GroupStore;
 use crate::health::{Dependencies, Health};
 use crate::persons::PersonStore;
@@ -100,9 +103,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         persons: PersonStore::new(pool.clone()),
         groups: GroupStore::new(pool.clone()),
     };
+    let exports_lane = config.lane == config::Lane::Exports;
+    if exports_lane && !config.plugins.enabled {
+        anyhow::bail!("LANE=exports runs export plugins: it needs PLUGINS_ENABLED=true");
+    }
     let plugins = if config.plugins.enabled {
-        let (plugins, on_event_queue) = Plugins::new(&config, pool.clone())?;
-        let plugins = Arc::new(plugins);
+        let role = if exports_lane { plugins::Role::Exports } else { plugins::Role::Events };
+        let plugins = Arc::new(Plugins::new(&config, pool.clone(), role)?);
         if let Err(e) = plugins.refresh().await {
             warn!(error = %e, "reading plugin configurations failed; retrying in the background");
         }
@@ -113,7 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             sluice_schema::redis_keys::plugin_reload(&config.redis.key_prefix),
             stop.clone(),
         ));
-        Some((plugins, on_event_queue))
+        Some(plugins)
     } else {
         None
     };
@@ -139,9 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             return Ok(());
         }
     };
-    let mut exporter = None;
-    let plugins = plugins.map(|(plugins, queue)| {
-        exporter = Some(plugins::spawn_on_event(plugins.clone(), queue, ch.clone(), stopping.clone()));
+    if let Some(plugins) = plugins.as_ref().filter(|_| !exports_lane) {
         background.push(plugins::schedules::spawn(
             plugins.clone(),
             ch.clone(),
@@ -152,9 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             },
             stop.clone(),
         ));
-        plugins
-    });
-    let on_event_wait = config.plugins.on_event_enqueue_timeout;
+    }
     info!(flavor = ?ch.flavor, database = %ch.database, "clickhouse ready");
 
     let consumer: Arc<LaneConsumer> = consumer_config
@@ -175,6 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             topic: config.topic(),
             interval: stall_after.map_or(WATCH_INTERVAL, |after| WATCH_INTERVAL.min(after / 3)),
             stall_after,
+            judge_owned: !exports_lane,
         },
         stop.clone(),
     ));
@@ -186,7 +190,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         config.readiness_probe_interval,
         stop.clone(),
     ));
-    let dead_letters = DeadLetters::new(producer, config.kafka.dlq_topic.clone(), lane);
+    let dlq_topic = if exports_lane { &config.kafka.exports_dlq_topic } else { &config.kafka.dlq_topic };
+    let dead_letters = DeadLetters::new(producer.clone(), dlq_topic.clone(), lane);
     let limits = BatchLimits {
         max_events: config.batch.max_events,
         max_bytes: config.batch.max_bytes,
@@ -195,6 +200,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let max_backoff = config.retry_max_backoff;
     info!(lane, topic = %config.topic(), group = %config.group_id(), "sluice-ingest consuming");
 
+    if let (true, Some(plugins)) = (exports_lane, &plugins) {
+        let dead = Arc::new(dead_letters);
+        exports::Lane {
+            consumer: &consumer,
+            topic: config.topic(),
+            limits,
+            plugins: plugins.clone(),
+            ch: ch.clone(),
+            dead: dead.clone(),
+            settings: config.exports.clone(),
+            health: &health,
+            stopping: &stopping,
+        }
+        .run()
+        .await;
+        let dead_letters = Arc::try_unwrap(dead).map_err(|_| anyhow::anyhow!("a delivery outlived the lane"))?;
+        finish(Some(plugins), background, consumer, dead_letters, &stopping, drain).await;
+        info!("sluice-ingest exports lane stopped");
+        return Ok(());
+    }
+    let exports = ExportsTopic::new(producer, config.kafka.exports_topic.clone());
     let deps = Deps { stores: &stores, restrictions: &restrictions, plugins: plugins.as_deref(), flavor: ch.flavor };
     let ended = lane::Loop {
         consumer: &consumer,
@@ -205,7 +231,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         dead_letters: &dead_letters,
         lane,
         concurrency: config.batch.concurrency,
-        on_event_wait,
+        exports: plugins.is_some().then_some(&exports),
         max_backoff,
         health: &health,
         stopping: &stopping,
@@ -213,10 +239,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .run()
     .await;
-    if let Some(plugins) = &plugins {
-        if let Some(exporter) = exporter {
-            let _ = exporter.await;
-        }
+    finish(plugins.as_deref(), background, consumer, dead_letters, &stopping, drain).await;
+    if ended == lane::Ended::LeftUncommitted {
+        info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
+        return Ok(());
+    }
+    info!("sluice-ingest stopped after committing its last batch");
+    Ok(())
+}
+
+/// After the lane's loop: plugin teardowns, the background tasks, then Kafka, each
+/// within what is left of the drain.
+async fn finish(
+    plugins: Option<&Plugins>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    consumer: Arc<LaneConsumer>,
+    dead_letters: DeadLetters,
+    stopping: &Stopping,
+    drain: Duration,
+) {
+    if let Some(plugins) = plugins {
         plugins.shutdown(stopping.left(drain).max(Duration::from_millis(500))).await;
     }
     // A round in flight (a probe, a Redis read) is bounded by its own timeout; what is
@@ -225,12 +267,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::time::timeout(stopping.left(drain).max(Duration::from_secs(1)), futures::future::join_all(background))
             .await;
     lane::close_kafka(consumer, dead_letters, stopping.left(drain).max(Duration::from_secs(2)));
-    if ended == lane::Ended::LeftUncommitted {
-        info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
-        return Ok(());
-    }
-    info!("sluice-ingest stopped after committing its last batch");
-    Ok(())
 }
 
 async fn connect_clickhouse(config: &Config, endpoint: &ClickHouseAccess, health: &Health) -> ClickHouse {

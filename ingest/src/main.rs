@@ -33,16 +33,20 @@ async fn run(cli: Cli) {
         Command::Teams { command: configure @ TeamsCommand::Configure { .. } } => {
             teams::configure(&cli.config, configure).await
         }
-        Command::Dlq { command: DlqCommand::List { since, team } } => match selection(since, team) {
-            Ok(s) => dlq::list(&cli.config, &s).await,
-            Err(e) => Err(e),
-        },
+        Command::Dlq { command: DlqCommand::List { since, team, exports, plugin_config } } => {
+            match selection(since, team, exports, plugin_config) {
+                Ok(s) => dlq::list(&cli.config, &s).await,
+                Err(e) => Err(e),
+            }
+        }
         Command::Plugins { command } => plugin_command(&cli.config, command).await,
         Command::PluginWorker => sluice_plugin_runtime::serve_worker().await.map_err(anyhow::Error::from),
-        Command::Dlq { command: DlqCommand::Replay { since, team, to, dry_run } } => match selection(since, team) {
-            Ok(s) => dlq::replay(&cli.config, &s, to.as_deref(), dry_run).await,
-            Err(e) => Err(e),
-        },
+        Command::Dlq { command: DlqCommand::Replay { since, team, exports, plugin_config, to, dry_run } } => {
+            match selection(since, team, exports, plugin_config) {
+                Ok(s) => dlq::replay(&cli.config, &s, to.as_deref(), dry_run).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -63,6 +67,11 @@ async fn plugin_command(config: &sluice_ingest::config::Config, command: Plugins
     }
 }
 
-fn selection(since: Option<String>, team: Option<i64>) -> anyhow::Result<Selection> {
-    Ok(Selection { since: since.as_deref().map(dlq::parse_since).transpose()?, team })
+fn selection(
+    since: Option<String>,
+    team: Option<i64>,
+    exports: bool,
+    plugin_config: Option<i64>,
+) -> anyhow::Result<Selection> {
+    Ok(Selection { since: since.as_deref().map(dlq::parse_since).transpose()?, team, exports, plugin_config })
 }

@@ -31,7 +31,9 @@ const PLUGIN_CALLS: &str = "ingest_plugin_calls_total";
 const PLUGIN_ERRORS: &str = "ingest_plugin_errors_total";
 const PLUGIN_STATE_CHANGES: &str = "ingest_plugin_state_changes_total";
 const PLUGIN_BATCH_DURATION: &str = "ingest_plugin_batch_duration_seconds";
-const ON_EVENT_DROPPED: &str = "ingest_plugin_on_event_dropped_total";
+const EXPORTS_PUBLISHED: &str = "ingest_exports_published_total";
+const EXPORTS: &str = "ingest_exports_total";
+const EXPORTS_PENDING: &str = "ingest_exports_pending_events";
 
 /// Seconds, from a millisecond to an hour: batches and steps are milliseconds, lag after
 /// an outage is minutes.
@@ -94,7 +96,14 @@ const METRICS: &[Metric] = &[
          made it so.",
     ),
     (PLUGIN_BATCH_DURATION, Kind::Histogram(SECONDS), "Time one plugin configuration spent on one batch."),
-    (ON_EVENT_DROPPED, Kind::Counter, "Written events whose on_event exports were dropped because the queue was full."),
+    (EXPORTS_PUBLISHED, Kind::Counter, "Written events an event lane published to the exports topic."),
+    (
+        EXPORTS,
+        Kind::Counter,
+        "Events in export deliveries, by hook and outcome: delivered, retried (a retry scheduled), gave_up (in the \
+         exports dead-letter topic).",
+    ),
+    (EXPORTS_PENDING, Kind::Gauge, "Events the exports lane read and not every plugin has finished yet."),
 ];
 
 pub fn metrics_handle() -> PrometheusHandle {
@@ -195,9 +204,18 @@ pub fn plugin_error(plugin_config: i64, hook: &'static str, kind: &'static str) 
     counter!(PLUGIN_ERRORS, "plugin_config" => id, "kind" => kind, "hook" => hook).increment(1);
 }
 
-/// Written events whose on_event exports were dropped (queue full).
-pub fn on_event_dropped(n: usize) {
-    counter!(ON_EVENT_DROPPED).increment(n as u64);
+/// Written events published to the exports topic.
+pub fn exports_published(n: usize) {
+    counter!(EXPORTS_PUBLISHED).increment(n as u64);
+}
+
+/// Events of a delivery by what came of them: `delivered`, `retried` or `gave_up`.
+pub fn exports(hook: &'static str, outcome: &'static str, n: usize) {
+    counter!(EXPORTS, "hook" => hook, "outcome" => outcome).increment(n as u64);
+}
+
+pub fn exports_pending(events: usize) {
+    gauge!(EXPORTS_PENDING).set(events as f64);
 }
 
 /// Time one plugin instance spent on one batch.
@@ -237,5 +255,10 @@ pub fn register(lane: &'static str) {
     }
     counter!(CONSUME_ERRORS).increment(0);
     counter!(COMMITS_ABANDONED).increment(0);
-    counter!(ON_EVENT_DROPPED).increment(0);
+    counter!(EXPORTS_PUBLISHED).increment(0);
+    for hook in ["on_event", "export_events"] {
+        for outcome in ["delivered", "retried", "gave_up"] {
+            counter!(EXPORTS, "hook" => hook, "outcome" => outcome).increment(0);
+        }
+    }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Settings {
     /// How long a partition may have messages and no commit before this process rejoins
     /// the group; `None` turns the check off.
     pub stall_after: Option<Duration>,
+    /// Whether partitions this process owns are judged too. Not in the exports lane: a
+    /// partition there rightly waits uncommitted while a plugin's retries run.
+    pub judge_owned: bool,
 }
 
 /// One partition of the topic as the broker and this member see it.
@@ -71,7 +74,9 @@ pub(crate) fn spawn(
             let context = context_consumer.context();
             report_lag(context.lane(), &settings.topic, &view, &mut reported);
             let Some(after) = settings.stall_after else { continue };
-            let stalled = stalls.observe(Instant::now(), health.ready(), context.assignment_changed(), &view, after);
+            let judged: Vec<PartitionView> =
+                view.iter().filter(|p| settings.judge_owned || !p.owned).copied().collect();
+            let stalled = stalls.observe(Instant::now(), health.ready(), context.assignment_changed(), &judged, after);
             if !stalled.is_empty() {
                 warn!(
                     lane = context.lane(),

@@ -9,6 +9,9 @@ pub enum Hook {
     Setup,
     ProcessEvent,
     OnEvent,
+    /// `export_events(events, ctx)`: a buffer of written events at once (the app
+    /// server's `exportEvents`).
+    ExportEvents,
     EveryMinute,
     EveryHour,
     EveryDay,
@@ -16,15 +19,21 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Setup,
         Hook::ProcessEvent,
         Hook::OnEvent,
+        Hook::ExportEvents,
         Hook::EveryMinute,
         Hook::EveryHour,
         Hook::EveryDay,
         Hook::Teardown,
     ];
+
+    /// The hooks that receive written events: they run in the exports lane.
+    pub fn is_export(self) -> bool {
+        matches!(self, Hook::OnEvent | Hook::ExportEvents)
+    }
 
     /// `every_minute`, `every_hour`, `every_day`.
     pub fn is_schedule(self) -> bool {
@@ -46,6 +55,7 @@ impl Hook {
             Hook::Setup => "setup",
             Hook::ProcessEvent => "process_event",
             Hook::OnEvent => "on_event",
+            Hook::ExportEvents => "export_events",
             Hook::EveryMinute => "every_minute",
             Hook::EveryHour => "every_hour",
             Hook::EveryDay => "every_day",

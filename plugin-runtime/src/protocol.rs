@@ -58,12 +58,16 @@ pub(crate) enum Request {
         chain: Vec<PluginConfigId>,
         events: Vec<String>,
     },
-    /// Run `on_event` of every instance of `chain` on every (written) event; a call that
-    /// asks to be retried is, up to `attempts` times with back-off.
+    /// Run `on_event` of every instance of `chain` on every (written) event, once each:
+    /// retrying is the caller's, so no worker sleeps through a back-off.
     OnEvent {
         chain: Vec<PluginConfigId>,
         events: Vec<String>,
-        attempts: u32,
+    },
+    /// Run one instance's `export_events` on a buffer of written events (JSON text each).
+    ExportEvents {
+        id: PluginConfigId,
+        events: Vec<String>,
     },
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {

@@ -109,8 +109,9 @@ impl Vm {
     }
 
     /// Runs a hook other than `process_event` (with the hook limits); a missing hook is a
-    /// success. `on_event(event, ctx)` gets the event; schedules get `(ctx, info)` with
-    /// `info.period_start_ms`, the start of the period this run is for.
+    /// success. `on_event(event, ctx)` gets the event, `export_events(events, ctx)` an
+    /// array of them; schedules get `(ctx, info)` with `info.period_start_ms`, the start
+    /// of the period this run is for.
     pub async fn run_hook(&self, hook: Hook, arg: Option<&Value>) -> Result<(), PluginError> {
         if !self.has(hook) {
             return Ok(());
@@ -120,7 +121,7 @@ impl Vm {
             None => LuaValue::Nil,
         };
         match hook {
-            Hook::OnEvent => self.call(hook, arg).await.map(drop),
+            Hook::OnEvent | Hook::ExportEvents => self.call(hook, arg).await.map(drop),
             _ => self.call_ctx_first(hook, arg).await.map(drop),
         }
     }

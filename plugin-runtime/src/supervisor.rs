@@ -250,19 +250,28 @@ impl Supervisor {
     /// Runs `chain`'s `process_event` on `events`. Always answers: a worker failure strikes
     /// the instance that was running and the batch goes on without it.
     pub async fn process(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>) -> ChainRun {
-        self.run(team, chain, events, None).await
+        self.run(team, chain, events, false).await
     }
 
-    /// Runs `chain`'s `on_event` on written `events`, retrying calls that ask for it up
-    /// to `attempts` times. Same failure handling as [`Supervisor::process`].
-    pub async fn on_event(
+    /// Runs `chain`'s `on_event` on written `events`, once each (a call that asks to be
+    /// retried answers `PluginError::Retry`). Same failure handling as
+    /// [`Supervisor::process`].
+    pub async fn on_event(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>) -> ChainRun {
+        self.run(team, chain, events, true).await
+    }
+
+    /// Runs one instance's `export_events` on `events` (JSON text each, as the exports
+    /// topic carries them), within one hook call's time. A worker failure strikes the
+    /// instance, as for batches; retrying is the caller's, so no worker waits out a
+    /// back-off.
+    pub async fn export_events(
         &self,
         team: TeamId,
-        chain: &[PluginConfigId],
-        events: Vec<Value>,
-        attempts: u32,
-    ) -> ChainRun {
-        self.run(team, chain, events, Some(attempts)).await
+        id: PluginConfigId,
+        events: Vec<String>,
+    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
+        let request = Request::ExportEvents { id, events };
+        self.hook_call(team, id, Hook::ExportEvents, &request).await
     }
 
     /// Runs one instance's schedule (`every_minute`, …) with `info` as its argument. A
@@ -275,11 +284,22 @@ impl Supervisor {
         info: Value,
     ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
         let request = Request::Hook { id, hook, event: Some(info.to_string()) };
+        self.hook_call(team, id, hook, &request).await
+    }
+
+    /// One call of one instance's hook answered by `HookDone`.
+    async fn hook_call(
+        &self,
+        team: TeamId,
+        id: PluginConfigId,
+        hook: Hook,
+        request: &Request,
+    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
         let answer = |response| match response {
             Response::HookDone { error, logs, .. } => Some((error, logs)),
             _ => None,
         };
-        match self.ask_instance(team, id, hook, &request, 1, answer).await {
+        match self.ask_instance(team, id, hook, request, 1, answer).await {
             Ok((error, logs)) => (error.map_or(Ok(()), Err), logs, None),
             Err(unserved) => {
                 let (error, strike) = unserved.into_error(hook.name());
@@ -306,7 +326,7 @@ impl Supervisor {
             return Err(Unserved::NotLoaded(format!("plugin config {id} is not loaded")));
         };
         let budget = hook_call * calls + self.settings.batch_base;
-        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, None).await {
+        if let Err((_, e)) = self.try_run(&mut slot, &[id], &[], budget, false).await {
             self.kill(&mut slot).await;
             return Err(Unserved::NotLoaded(e.to_string()));
         }
@@ -320,7 +340,7 @@ impl Supervisor {
         Err(Unserved::Struck(self.strike_down(team, &mut slot, running, &down).await))
     }
 
-    async fn run(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>, on_event: Option<u32>) -> ChainRun {
+    async fn run(&self, team: TeamId, chain: &[PluginConfigId], events: Vec<Value>, on_event: bool) -> ChainRun {
         let mut outcome = ChainRun::default();
         let mut chain: Vec<PluginConfigId> = chain.iter().copied().filter(|id| !self.is_disabled(*id)).collect();
         if chain.is_empty() {
@@ -382,7 +402,7 @@ impl Supervisor {
         chain: &[PluginConfigId],
         events: &[String],
         budget: Duration,
-        on_event: Option<u32>,
+        on_event: bool,
     ) -> Result<WireOutput, (Option<Running>, WorkerDown)> {
         let worker = self.running(slot).await.map_err(|e| (None, e))?;
         // Instances this worker lost in a restart are loaded again first.
@@ -404,12 +424,12 @@ impl Supervisor {
             }
         }
         let mut running = None;
-        let hook = if on_event.is_some() { Hook::OnEvent } else { Hook::ProcessEvent };
+        let hook = if on_event { Hook::OnEvent } else { Hook::ProcessEvent };
         let bound = answer_bound(events, DEFAULT_EVENT_BYTES);
         let exchange = async {
             let request = match on_event {
-                None => Request::Process { chain: chain.to_vec(), events: events.to_vec() },
-                Some(attempts) => Request::OnEvent { chain: chain.to_vec(), events: events.to_vec(), attempts },
+                false => Request::Process { chain: chain.to_vec(), events: events.to_vec() },
+                true => Request::OnEvent { chain: chain.to_vec(), events: events.to_vec() },
             };
             write_frame(&mut worker.input, &request).await.map_err(|e| WorkerDown::Exited(e.to_string()))?;
             loop {

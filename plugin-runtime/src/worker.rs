@@ -68,7 +68,7 @@ pub async fn serve() -> std::io::Result<()> {
                 }
                 write_frame(&mut output, &Response::Processed(batch.write())).await?;
             }
-            Request::OnEvent { chain, events, attempts } => {
+            Request::OnEvent { chain, events } => {
                 let batch = Batch::read(events, &chain);
                 let mut out = WireOutput::default();
                 for id in chain {
@@ -78,7 +78,7 @@ pub async fn serve() -> std::io::Result<()> {
                             let Some(event) = processed.event.as_ref().filter(|_| processed.failed.is_empty()) else {
                                 continue;
                             };
-                            if let Err(e) = on_event(vm, event, attempts).await {
+                            if let Err(e) = vm.run_hook(Hook::OnEvent, Some(event)).await {
                                 out.errors.push((id, i, e));
                             }
                         }
@@ -87,6 +87,25 @@ pub async fn serve() -> std::io::Result<()> {
                     write_frame(&mut output, &Response::Ran { id }).await?;
                 }
                 write_frame(&mut output, &Response::Processed(out)).await?;
+            }
+            Request::ExportEvents { id, events } => {
+                // The supervisor sends only events it read itself; one that does not
+                // read here is a defect, refused whole rather than half exported.
+                let parsed: Result<Vec<Value>, _> = events.iter().map(|t| serde_json::from_str::<Value>(t)).collect();
+                let (error, logs) = match (vms.get(&id), parsed) {
+                    (Some(vm), Ok(events)) => {
+                        (vm.run_hook(Hook::ExportEvents, Some(&Value::Array(events))).await.err(), vm.take_logs())
+                    }
+                    (Some(_), Err(e)) => (
+                        Some(PluginError::Failed {
+                            hook: "export_events".into(),
+                            message: format!("unreadable event: {e}"),
+                        }),
+                        Vec::new(),
+                    ),
+                    (None, _) => (Some(not_loaded(id, "export_events")), Vec::new()),
+                };
+                write_frame(&mut output, &Response::HookDone { id, error, logs }).await?;
             }
             Request::RunTests { id, source } => {
                 let (results, logs) = match vms.get(&id) {
@@ -319,30 +338,6 @@ async fn run_one(id: PluginConfigId, vm: Option<&Vm>, batch: &mut Batch) {
     }
     if let Some(vm) = vm {
         out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
-    }
-}
-
-/// `on_event` with bounded retries: a plugin's `ctx.retry(reason)` waits 100 ms, then
-/// 200, 400, … and gives up after `attempts` calls.
-async fn on_event(vm: &Vm, event: &serde_json::Value, attempts: u32) -> Result<(), PluginError> {
-    let mut wait = std::time::Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match vm.run_hook(Hook::OnEvent, Some(event)).await {
-            Err(PluginError::Retry(reason)) if attempt < attempts.max(1) => {
-                tracing::debug!(attempt, reason, "on_event asked to be retried");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
-            }
-            Err(PluginError::Retry(reason)) => {
-                return Err(PluginError::Failed {
-                    hook: "on_event".into(),
-                    message: format!("gave up after {attempt} attempts: {reason}"),
-                })
-            }
-            other => return other,
-        }
     }
 }
 

@@ -35,9 +35,16 @@ fn geoip_database() -> PathBuf {
 fn every_shipped_plugin_passes_its_tests() {
     let dirs = shipped();
     let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().to_string()).collect();
-    for expected in
-        ["currency-normalizer", "downsample", "geoip", "property-filter", "taxonomy", "user-agent", "webhook"]
-    {
+    for expected in [
+        "currency-normalizer",
+        "downsample",
+        "geoip",
+        "http-export",
+        "property-filter",
+        "taxonomy",
+        "user-agent",
+        "webhook",
+    ] {
         assert!(names.contains(&expected.to_string()), "{expected} ships: {names:?}");
     }
     let geoip = geoip_database();

@@ -14,8 +14,15 @@ pub const REPLAY_OVERFLOW: &str = "session_recording_snapshot_item_overflow";
 /// What ingest could not process, with the reason.
 pub const DEAD_LETTER: &str = "events_dead_letter_queue";
 
+/// Written events of teams with export plugins, as plugins see them: what the exports
+/// lane consumes (the app server's name for the same stream).
+pub const EXPORTS: &str = "clickhouse_events_json";
+/// What an export plugin gave up on, with the plugin and its error.
+pub const EXPORTS_DEAD_LETTER: &str = "exports_dead_letter_queue";
+
 /// Every topic the pipeline uses, for tooling that creates them.
-pub const ALL: [&str; 6] = [EVENTS, EVENTS_OVERFLOW, EVENTS_HISTORICAL, REPLAY, REPLAY_OVERFLOW, DEAD_LETTER];
+pub const ALL: [&str; 8] =
+    [EVENTS, EVENTS_OVERFLOW, EVENTS_HISTORICAL, REPLAY, REPLAY_OVERFLOW, DEAD_LETTER, EXPORTS, EXPORTS_DEAD_LETTER];
 
 /// The three lanes analytics events travel: capture produces to each lane's topic, and
 /// an ingest process consumes one lane (the same names in both binaries' metrics).

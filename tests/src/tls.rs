@@ -28,6 +28,8 @@ pub const TOPICS: &[&str] = &[
     "session_recording_snapshot_item_events",
     "session_recording_snapshot_item_overflow",
     "events_dead_letter_queue",
+    "clickhouse_events_json",
+    "exports_dead_letter_queue",
 ];
 
 pub struct TlsStack {

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sluice_schema::CapturedEvent;
 
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::exports::{ExportsTopic, Written};
 use crate::plugins::AfterPlugins;
 use crate::process::{self, DependencyDown, Deps, Fate};
 use crate::rows::Table;
@@ -36,6 +37,8 @@ pub(crate) enum BatchError {
     ClickHouse(#[from] ClickHouseError),
     #[error("dead-letter topic: {0}")]
     DeadLetters(#[from] rdkafka::error::KafkaError),
+    #[error("exports topic: {0}")]
+    Exports(rdkafka::error::KafkaError),
 }
 
 impl From<DependencyDown> for BatchError {
@@ -50,13 +53,13 @@ impl BatchError {
         match self {
             BatchError::Postgres(_) => "postgres",
             BatchError::ClickHouse(_) => "clickhouse",
-            BatchError::DeadLetters(_) => "kafka",
+            BatchError::DeadLetters(_) | BatchError::Exports(_) => "kafka",
         }
     }
 }
 
-/// Processes every event of the batch, writes the rows and the dead letters, and hands
-/// the written events to `on_event`: the phases below, in order.
+/// Processes every event of the batch, writes the rows and the dead letters, and
+/// publishes the written events of teams with export plugins: the phases below, in order.
 pub(crate) async fn handle<S: Stores>(
     batch: &[OwnedMessage],
     deps: &Deps<'_, S>,
@@ -64,7 +67,7 @@ pub(crate) async fn handle<S: Stores>(
     dead_letters: &DeadLetters,
     lane: &'static str,
     concurrency: usize,
-    on_event_wait: std::time::Duration,
+    exports: Option<&ExportsTopic>,
 ) -> Result<(), BatchError> {
     let mut parsed = parse(batch);
     let plugin_logs = match deps.plugins {
@@ -83,8 +86,10 @@ pub(crate) async fn handle<S: Stores>(
         dead_letters.send(&batch[*i], d, 1).await?;
         telemetry::dead_lettered(d.stage);
     }
-    if let Some(plugins) = deps.plugins {
-        export(plugins, &sorted, &refused, on_event_wait).await;
+    if let (Some(plugins), Some(exports)) = (deps.plugins, exports) {
+        let written = for_export(plugins, &sorted, &refused);
+        exports.publish(&written).await.map_err(BatchError::Exports)?;
+        telemetry::exports_published(written.len());
     }
     let now = time::OffsetDateTime::now_utc();
     for (_, at) in sorted.captured_at.iter().filter(|(i, _)| !refused.contains_key(i)) {
@@ -234,23 +239,20 @@ async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Re
     Ok(())
 }
 
-/// Step 12: the written events to the teams' `on_event` plugins, off the commit path.
-async fn export(
-    plugins: &crate::plugins::Plugins,
-    sorted: &Sorted,
-    refused: &HashMap<usize, String>,
-    wait: std::time::Duration,
-) {
-    let mut by_team: HashMap<i64, Vec<Value>> = HashMap::new();
+/// Step 12: the written events of teams with export plugins, as plugins see them, for
+/// the exports lane.
+fn for_export(plugins: &crate::plugins::Plugins, sorted: &Sorted, refused: &HashMap<usize, String>) -> Vec<Written> {
+    let mut out = Vec::new();
     for (i, row) in &sorted.rows.events {
-        let Some(team) = sorted.team_of.get(i).copied().filter(|t| plugins.has_on_event(*t)) else { continue };
-        if !refused.contains_key(i) {
-            by_team.entry(team).or_default().push(crate::plugins::on_event_payload(row));
+        let Some(team) = sorted.team_of.get(i).copied().filter(|t| plugins.has_exports(*t)) else { continue };
+        if refused.contains_key(i) {
+            continue;
         }
+        let distinct_id = row.get("distinct_id").and_then(Value::as_str).unwrap_or_default();
+        let payload = crate::plugins::on_event_payload(row).to_string().into_bytes();
+        out.push(Written { team, key: format!("{team}:{distinct_id}"), payload });
     }
-    for (team, events) in by_team {
-        plugins.enqueue_on_event(team, events, wait).await;
-    }
+    out
 }
 
 /// A message after step 1 (and 5, plugins).

@@ -17,6 +17,20 @@ use crate::config::Config;
 pub struct Selection {
     pub since: Option<OffsetDateTime>,
     pub team: Option<i64>,
+    /// The exports dead-letter topic instead of the events'.
+    pub exports: bool,
+    /// Only what this plugin config gave up on.
+    pub plugin_config: Option<i64>,
+}
+
+impl Selection {
+    fn topic<'c>(&self, config: &'c Config) -> &'c str {
+        if self.exports {
+            &config.kafka.exports_dlq_topic
+        } else {
+            &config.kafka.dlq_topic
+        }
+    }
 }
 
 /// `2024-05-01T00:00:00Z`, or a duration back from now: `30m`, `2h`, `7d`.
@@ -42,15 +56,14 @@ fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
     m.headers()?.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
-/// Reads the whole dead-letter topic, up to its end at the time of the call.
-fn read_all(config: &Config) -> anyhow::Result<Vec<OwnedMessage>> {
+/// Reads the whole dead-letter `topic`, up to its end at the time of the call.
+fn read_all(config: &Config, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = config
         .kafka
         .client_config(Role::Consumer)?
         .set("group.id", "sluice-ingest-dlq-reader")
         .set("enable.auto.commit", "false")
         .create()?;
-    let topic = &config.kafka.dlq_topic;
     let metadata =
         consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("reading dead-letter topic metadata")?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
@@ -93,16 +106,21 @@ fn read_all(config: &Config) -> anyhow::Result<Vec<OwnedMessage>> {
 fn selected(m: &OwnedMessage, s: &Selection) -> bool {
     let failed_at = header(m, "dlq_failed_at").and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     let team = header(m, "dlq_team_id").and_then(|t| t.parse::<i64>().ok());
-    s.since.is_none_or(|since| failed_at.is_some_and(|at| at >= since)) && s.team.is_none_or(|want| team == Some(want))
+    let plugin = header(m, "dlq_plugin_config_id").and_then(|t| t.parse::<i64>().ok());
+    s.since.is_none_or(|since| failed_at.is_some_and(|at| at >= since))
+        && s.team.is_none_or(|want| team == Some(want))
+        && s.plugin_config.is_none_or(|want| plugin == Some(want))
 }
 
 pub async fn list(config: &Config, selection: &Selection) -> anyhow::Result<()> {
-    let all = read_all(config)?;
+    let topic = selection.topic(config);
+    let all = read_all(config, topic)?;
     let chosen: Vec<_> = all.iter().filter(|m| selected(m, selection)).collect();
-    println!("{} of {} dead letters in {} match", chosen.len(), all.len(), config.kafka.dlq_topic);
+    println!("{} of {} dead letters in {} match", chosen.len(), all.len(), topic);
     for m in chosen {
+        let plugin = header(m, "dlq_plugin_config_id").map(|id| format!("\tplugin_config={id}")).unwrap_or_default();
         println!(
-            "{}/{}\t{}\tlane={}\tstage={}\tclass={}\tteam={}\t{}",
+            "{}/{}\t{}\tlane={}\tstage={}\tclass={}\tteam={}{}\t{}",
             m.partition(),
             m.offset(),
             header(m, "dlq_failed_at").unwrap_or("?"),
@@ -110,6 +128,7 @@ pub async fn list(config: &Config, selection: &Selection) -> anyhow::Result<()> 
             header(m, "dlq_stage").unwrap_or("?"),
             header(m, "dlq_error_class").unwrap_or("?"),
             header(m, "dlq_team_id").filter(|t| !t.is_empty()).unwrap_or("-"),
+            plugin,
             header(m, "dlq_error").unwrap_or("").chars().take(200).collect::<String>(),
         );
     }
@@ -117,9 +136,10 @@ pub async fn list(config: &Config, selection: &Selection) -> anyhow::Result<()> 
 }
 
 /// Publishes each selected dead letter, as it was before it failed, to the topic it came
-/// from (or `--to`).
+/// from (or `--to`). An export's dead letter goes back addressed to the plugin that gave
+/// up on it, and only that plugin gets it again.
 pub async fn replay(config: &Config, selection: &Selection, to: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
-    let all = read_all(config)?;
+    let all = read_all(config, selection.topic(config))?;
     let chosen: Vec<_> = all.iter().filter(|m| selected(m, selection)).collect();
     if dry_run {
         println!("dry run: would replay {} of {} dead letters", chosen.len(), all.len());
@@ -127,13 +147,25 @@ pub async fn replay(config: &Config, selection: &Selection, to: Option<&str>, dr
     }
     let producer: FutureProducer =
         config.kafka.client_config(Role::Producer)?.set("acks", "all").set("enable.idempotence", "true").create()?;
-    let default_topic = config.topic();
+    let default_topic = if selection.exports { config.kafka.exports_topic.clone() } else { config.topic() };
     for m in &chosen {
         let topic = to.or_else(|| header(m, "dlq_source_topic")).unwrap_or(&default_topic);
         let mut headers = OwnedHeaders::new();
         if let Some(h) = m.headers() {
-            for h in h.iter().filter(|h| !h.key.starts_with("dlq_")) {
+            for h in h.iter().filter(|h| !h.key.starts_with("dlq_") && !h.key.starts_with("sluice_export_")) {
                 headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        if selection.exports {
+            use crate::exports::headers as export;
+            for (key, from) in [
+                (export::TEAM, "dlq_team_id"),
+                (export::ONLY_PLUGIN, "dlq_plugin_config_id"),
+                (export::ONLY_HOOK, "dlq_hook"),
+            ] {
+                if let Some(value) = header(m, from).filter(|v| !v.is_empty()) {
+                    headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+                }
             }
         }
         let mut record = FutureRecord::to(topic).payload(m.payload().unwrap_or_default()).headers(headers);

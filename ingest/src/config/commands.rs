@@ -93,8 +93,15 @@ pub enum DlqCommand {
         /// Only those of this team id.
         #[arg(long)]
         team: Option<i64>,
+        /// The exports dead-letter topic (what export plugins gave up on) instead.
+        #[arg(long)]
+        exports: bool,
+        /// Only those this plugin config gave up on (with --exports).
+        #[arg(long, requires = "exports")]
+        plugin_config: Option<i64>,
     },
-    /// Publish dead letters again, unchanged, to the topic they came from.
+    /// Publish dead letters again, unchanged, to the topic they came from; with
+    /// --exports, to the exports topic for the plugin that gave up on each alone.
     Replay {
         /// Only those that failed since: RFC 3339, or a duration back (30m, 2h, 7d).
         #[arg(long)]
@@ -102,6 +109,12 @@ pub enum DlqCommand {
         /// Only those of this team id.
         #[arg(long)]
         team: Option<i64>,
+        /// The exports dead-letter topic (what export plugins gave up on) instead.
+        #[arg(long)]
+        exports: bool,
+        /// Only those this plugin config gave up on (with --exports).
+        #[arg(long, requires = "exports")]
+        plugin_config: Option<i64>,
         /// Publish to this topic instead of the one each came from.
         #[arg(long)]
         to: Option<String>,

@@ -13,11 +13,44 @@ use sqlx::postgres::PgConnectOptions;
 use crate::write::{ClickHouseAccess, ClickHouseError};
 
 mod commands;
+mod exports;
 mod plugins;
 
 pub use commands::{Command, DlqCommand, PluginsCommand, TeamsCommand};
+pub use exports::ExportSettings;
 pub use plugins::PluginSettings;
-pub use sluice_schema::topics::Lane;
+
+/// What one `sluice-ingest` process consumes: one of the three lanes capture produces
+/// to, or the written events of teams with export plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Lane {
+    Main,
+    Overflow,
+    Historical,
+    /// `on_event` and `export_events` of the teams' plugins, on the exports topic.
+    Exports,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Main => "main",
+            Lane::Overflow => "overflow",
+            Lane::Historical => "historical",
+            Lane::Exports => "exports",
+        }
+    }
+
+    pub fn default_topic(self) -> &'static str {
+        use sluice_schema::topics;
+        match self {
+            Lane::Main => topics::EVENTS,
+            Lane::Overflow => topics::EVENTS_OVERFLOW,
+            Lane::Historical => topics::EVENTS_HISTORICAL,
+            Lane::Exports => topics::EXPORTS,
+        }
+    }
+}
 
 pub use sluice_common::logging::LogFormat;
 
@@ -53,6 +86,8 @@ pub struct Config {
     pub readiness_probe_interval: Duration,
     #[command(flatten)]
     pub plugins: PluginSettings,
+    #[command(flatten)]
+    pub exports: ExportSettings,
 
     /// Longest pause between retries while a dependency is down.
     #[arg(long = "retry-max-backoff-ms", env = "RETRY_MAX_BACKOFF_MS", default_value = "10000", value_name = "MS", value_parser = millis)]
@@ -122,6 +157,13 @@ pub struct KafkaSettings {
     /// Dead-letter topic.
     #[arg(id = "kafka_dlq_topic", long = "kafka-dlq-topic", env = "KAFKA_DLQ_TOPIC", default_value = sluice_schema::topics::DEAD_LETTER, global = true)]
     pub dlq_topic: String,
+    /// Written events of teams with export plugins: the event lanes produce to it before
+    /// they commit, the exports lane consumes it.
+    #[arg(id = "kafka_exports_topic", long = "kafka-exports-topic", env = "KAFKA_EXPORTS_TOPIC", default_value = sluice_schema::topics::EXPORTS, global = true)]
+    pub exports_topic: String,
+    /// What export plugins gave up on, with the plugin and the error.
+    #[arg(id = "kafka_exports_dlq_topic", long = "kafka-exports-dlq-topic", env = "KAFKA_EXPORTS_DLQ_TOPIC", default_value = sluice_schema::topics::EXPORTS_DEAD_LETTER, global = true)]
+    pub exports_dlq_topic: String,
 }
 
 /// How a batch is gathered and run.
@@ -297,7 +339,11 @@ pub struct ClickHouseSettings {
 
 impl Config {
     pub fn topic(&self) -> String {
-        self.kafka.topic.clone().unwrap_or_else(|| self.lane.default_topic().to_string())
+        let default = match self.lane {
+            Lane::Exports => self.kafka.exports_topic.clone(),
+            lane => lane.default_topic().to_string(),
+        };
+        self.kafka.topic.clone().unwrap_or(default)
     }
 
     pub fn group_id(&self) -> String {

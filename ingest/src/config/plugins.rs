@@ -33,23 +33,10 @@ pub struct PluginSettings {
     /// Share of a plugin's recent calls that must fail for it to be degraded or disabled.
     #[arg(long = "plugin-failure-ratio", env = "PLUGIN_FAILURE_RATIO", default_value_t = 0.5)]
     pub failure_ratio: f64,
-    /// Worker processes for on_event and schedules (kept apart from process_event's).
+    /// Worker processes for schedules (in an event lane) or for on_event and
+    /// export_events (in the exports lane), kept apart from process_event's.
     #[arg(long = "plugin-export-workers", env = "PLUGIN_EXPORT_WORKERS", default_value_t = 1)]
     pub export_workers: usize,
-    /// Batches of written events waiting for on_event; past it, a batch waits at most
-    /// PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS, then its exports are dropped and counted.
-    #[arg(long = "plugin-on-event-queue-batches", env = "PLUGIN_ON_EVENT_QUEUE_BATCHES", default_value_t = 64)]
-    pub on_event_queue_batches: usize,
-    #[arg(
-        long = "plugin-on-event-enqueue-timeout-ms",
-        env = "PLUGIN_ON_EVENT_ENQUEUE_TIMEOUT_MS",
-        default_value = "1000",
-        value_name = "MS", value_parser = millis
-    )]
-    pub on_event_enqueue_timeout: Duration,
-    /// Calls of on_event for one event when it asks to be retried (ctx.retry).
-    #[arg(long = "plugin-on-event-attempts", env = "PLUGIN_ON_EVENT_ATTEMPTS", default_value_t = 3)]
-    pub on_event_attempts: u32,
     /// The length of a "minute" for plugin schedules (every_hour is 60 of them,
     /// every_day 1,440). Only tests shorten it.
     #[arg(

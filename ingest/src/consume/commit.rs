@@ -29,9 +29,17 @@ pub(crate) async fn commit(consumer: &Arc<LaneConsumer>, batch: &[OwnedMessage])
         let e = next.entry((m.topic(), m.partition())).or_insert(0);
         *e = (*e).max(m.offset() + 1);
     }
+    commit_offsets(consumer, next.into_iter().map(|((t, p), o)| (t, p, o))).await
+}
+
+/// Commits each `(topic, partition, next offset)` still assigned here, as [`commit`].
+pub(crate) async fn commit_offsets<'a>(
+    consumer: &Arc<LaneConsumer>,
+    offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> Result<(), KafkaError> {
     let owned = consumer.context().owned();
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
+    for (topic, partition, offset) in offsets {
         if owned.iter().any(|(t, p)| t == topic && *p == partition) {
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }

@@ -34,7 +34,7 @@ use crate::telemetry;
 mod commit;
 mod positions;
 
-pub(crate) use commit::{commit, commit_is_hopeless};
+pub(crate) use commit::{commit, commit_is_hopeless, commit_offsets};
 use positions::{Positions, Verdict};
 
 pub(crate) type LaneConsumer = StreamConsumer<LaneContext>;
@@ -72,6 +72,11 @@ impl LaneContext {
     /// The partitions assigned here now.
     pub(crate) fn owned(&self) -> Vec<(String, i32)> {
         self.positions().owned.keys().cloned().collect()
+    }
+
+    /// Which assignment of `partition` this is (`None`: not assigned here).
+    pub(crate) fn epoch(&self, partition: &Partition) -> Option<u64> {
+        self.positions().epoch(partition)
     }
 
     /// When the assignment here last changed; `None` before the first.

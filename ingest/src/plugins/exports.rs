@@ -1,50 +1,91 @@
-//! `on_event`: written events handed to the teams' export plugins through a bounded queue,
-//! in a worker pool of their own, so slow exports never hold up `process_event` or a
-//! commit longer than the enqueue wait.
+//! One delivery of written events to one export plugin, for the exports lane: a buffer
+//! to `export_events`, or events one by one to `on_event`. What came of each event is
+//! read here (delivered, to be retried, given up on); the lane decides what to do next.
 
 use serde_json::Value;
-use sluice_plugin_runtime::{PluginConfigId, TeamId};
-use std::time::Duration;
+use sluice_plugin_runtime::{Hook, PluginConfigId, PluginError, TeamId};
 use tracing::{info, warn};
 
 use super::{PluginLogs, PluginState, Plugins};
 
-/// Written events of one team waiting for `on_event`.
-pub(crate) type OnEventQueue = tokio::sync::mpsc::Receiver<(i64, Vec<Value>)>;
+/// What became of one event of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    Done,
+    /// The plugin asked to be called again (`ctx.retry`), ran out of time, or its worker
+    /// died: worth another attempt after a back-off.
+    Retry(String),
+    /// The plugin refused it (an error that is not a retry), or it cannot run.
+    GaveUp(String),
+}
+
+/// Whether a failed call is worth another attempt: the plugin asked for it, or the
+/// destination may merely have been slow.
+fn verdict(error: &PluginError) -> Delivered {
+    match error {
+        PluginError::Retry(_) | PluginError::Timeout { .. } => Delivered::Retry(error.to_string()),
+        _ => Delivered::GaveUp(error.to_string()),
+    }
+}
 
 impl Plugins {
-    /// Hands written events to the `on_event` exporters. Waits at most `wait` for room in
-    /// the queue: exports never hold up the commit longer than that; what does not fit
-    /// is counted.
-    pub(crate) async fn enqueue_on_event(&self, team: i64, events: Vec<Value>, wait: Duration) {
+    /// Calls plugin config `id`'s export `hook` for `events` (JSON text each, as the
+    /// exports topic carries them): one answer per event, in order. Logs, errors and
+    /// strikes are recorded as for every other hook.
+    pub(crate) async fn deliver(
+        &self,
+        team: i64,
+        id: i64,
+        hook: Hook,
+        events: Vec<String>,
+        ch: &crate::write::ClickHouse,
+    ) -> Vec<Delivered> {
         let n = events.len();
-        if let Err(e) = self.on_event_queue.send_timeout((team, events), wait).await {
-            warn!(team, events = n, error = %e, "on_event queue full; these events are not exported");
-            crate::telemetry::on_event_dropped(n);
+        let pid = PluginConfigId(id);
+        if self.exports.is_disabled(pid) || !self.exporters(team).contains(&(id, hook)) {
+            let why = format!("plugin config {id} no longer runs {} for team {team}", hook.name());
+            return vec![Delivered::GaveUp(why); n];
         }
-    }
-
-    /// Runs `on_event` for one team's written events.
-    async fn export(&self, team: i64, events: Vec<Value>, ch: &crate::write::ClickHouse) {
-        let chain = self.on_event_chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
-        if chain.is_empty() {
-            return;
-        }
-        let ids: Vec<PluginConfigId> = chain.iter().map(|l| PluginConfigId(l.id)).collect();
         let started = std::time::Instant::now();
-        let outcome = self.exports.on_event(TeamId(team), &ids, events, self.on_event_attempts).await;
-        crate::telemetry::step("on_event", started.elapsed().as_secs_f64());
         let mut logs = PluginLogs::new(team, ch.flavor);
-        for (id, _, error) in &outcome.output.errors {
-            crate::telemetry::plugin_error(id.0, "on_event", error.kind());
-            warn!(plugin_config = id.0, team, error = %error, "on_event failed");
-            logs.push(id.0, "error", &error.to_string());
-        }
-        for (id, entry) in &outcome.output.logs {
-            info!(plugin_config = id.0, team, level = %entry.level, "{}", entry.message);
-            logs.push(id.0, &entry.level, &entry.message);
-        }
-        for strike in &outcome.strikes {
+        let (answers, strikes) = match hook {
+            Hook::ExportEvents => {
+                let (result, lines, strike) = self.exports.export_events(TeamId(team), pid, events).await;
+                logs.extend(id, &lines);
+                let answer = match (&result, &strike) {
+                    (_, Some(s)) => Delivered::Retry(s.reason.clone()),
+                    (Ok(()), None) => Delivered::Done,
+                    (Err(e), None) => {
+                        self.record_error(team, id, hook, e, &mut logs);
+                        verdict(e)
+                    }
+                };
+                (vec![answer; n], strike.into_iter().collect())
+            }
+            _ => {
+                let values: Vec<Value> =
+                    events.iter().map(|t| serde_json::from_str(t).unwrap_or(Value::Null)).collect();
+                let run = self.exports.on_event(TeamId(team), &[pid], values).await;
+                let mut answers = vec![Delivered::Done; n];
+                for (i, event) in run.output.events.iter().enumerate().take(n) {
+                    if event.failed.contains(&pid) {
+                        answers[i] = Delivered::Retry("its worker failed during the call".into());
+                    }
+                }
+                for (_, i, e) in &run.output.errors {
+                    self.record_error(team, id, hook, e, &mut logs);
+                    if let Some(a) = answers.get_mut(*i) {
+                        *a = verdict(e);
+                    }
+                }
+                for (_, entry) in &run.output.logs {
+                    logs.extend(id, std::slice::from_ref(entry));
+                }
+                (answers, run.strikes)
+            }
+        };
+        crate::telemetry::step(hook.name(), started.elapsed().as_secs_f64());
+        for strike in &strikes {
             crate::telemetry::plugin_error(strike.id.0, strike.hook.name(), strike.cause);
             logs.push(strike.id.0, "error", &strike.reason);
             if strike.disabled {
@@ -52,60 +93,27 @@ impl Plugins {
                 self.set_state(strike.id.0, PluginState::Disabled, strike.cause, &reason).await;
             }
         }
-        logs.write(ch, "on-event").await;
+        logs.write(ch, "exports").await;
+        answers
+    }
+
+    fn record_error(&self, team: i64, id: i64, hook: Hook, error: &PluginError, logs: &mut PluginLogs) {
+        crate::telemetry::plugin_error(id, hook.name(), error.kind());
+        warn!(plugin_config = id, team, hook = hook.name(), error = %error, "export call failed");
+        logs.push(id, "error", &error.to_string());
     }
 }
 
-/// Runs queued `on_event` work until `stopping`; then hands over what is queued until
-/// its drain deadline and counts the rest as dropped.
-pub(crate) fn spawn_on_event(
-    plugins: std::sync::Arc<Plugins>,
-    mut queue: OnEventQueue,
-    ch: std::sync::Arc<crate::write::ClickHouse>,
-    stopping: crate::stopping::Stopping,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // Resolves at the deadline once stopping has begun; an export in flight then is
-        // cut like a queued one.
-        let cut = stopping.deadline_passed();
-        tokio::pin!(cut);
-        let mut handed = 0;
-        loop {
-            let next = if stopping.is_cancelled() {
-                queue.try_recv().ok()
-            } else {
-                tokio::select! {
-                    next = queue.recv() => match next {
-                        Some(work) => Some(work),
-                        None => return,
-                    },
-                    _ = stopping.cancelled() => continue,
-                }
-            };
-            let Some((team, events)) = next else { break };
-            let n = events.len();
-            tokio::select! {
-                _ = plugins.export(team, events, &ch) => {
-                    if stopping.is_cancelled() {
-                        handed += n;
-                    }
-                }
-                _ = &mut cut => {
-                    let mut left = n;
-                    while let Ok((_, events)) = queue.try_recv() {
-                        left += events.len();
-                    }
-                    crate::telemetry::on_event_dropped(left);
-                    warn!(events = left, "shutdown deadline: these written events were not exported");
-                    return;
-                }
-            }
+impl PluginLogs {
+    fn extend(&mut self, id: i64, lines: &[sluice_plugin_runtime::LogEntry]) {
+        for entry in lines {
+            info!(plugin_config = id, team = self.team, level = %entry.level, "{}", entry.message);
+            self.push(id, &entry.level, &entry.message);
         }
-        info!(events = handed, "queued on_event exports handed over before stopping");
-    })
+    }
 }
 
-/// A written event row as `on_event` receives it: properties as objects, not text.
+/// A written event row as export plugins receive it: properties as objects, not text.
 pub(crate) fn on_event_payload(row: &Value) -> Value {
     let mut event = row.clone();
     for key in ["properties", "person_properties"] {

@@ -101,9 +101,8 @@ impl Plugins {
         let reason = format!("{recent_failed} of the last {recent_calls} calls failed; last: {last}");
         self.set_state(id, state, kind, &reason).await;
         if state == PluginState::Disabled {
-            for chains in [&self.chains, &self.on_event_chains] {
-                chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
-            }
+            self.chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|l| l.id != id));
+            self.export_chains.write().expect("chains lock").values_mut().for_each(|c| c.retain(|(l, _)| l.id != id));
         }
     }
 

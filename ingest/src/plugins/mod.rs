@@ -3,7 +3,8 @@
 //! - [`registry`]: which configurations run, loaded from Postgres and reloaded when an
 //!   operator changes them ([`reload`] listens for that);
 //! - [`chain`]: `process_event` over a batch, in the team's order;
-//! - [`exports`]: `on_event` for written events, in a pool of its own;
+//! - [`exports`]: `on_event` and `export_events` calls for the exports lane, in a worker
+//!   pool of their own;
 //! - [`schedules`]: `every_minute` / `every_hour` / `every_day`, once per period cluster-wide;
 //! - [`health`]: degraded and disabled, from recent failures;
 //! - [`event`]: the event as plugins see it and back; [`store`]: the plugin-config SQL.
@@ -35,7 +36,7 @@ use crate::rows::PluginLogRow;
 use crate::write::ClickHouse;
 
 pub(crate) use chain::AfterPlugins;
-pub(crate) use exports::{on_event_payload, spawn_on_event, OnEventQueue};
+pub(crate) use exports::{on_event_payload, Delivered};
 pub(crate) use health::{CallHealth, HealthThresholds, PluginState};
 pub(crate) use reload::spawn_reloader;
 
@@ -49,10 +50,19 @@ struct Link {
     required: bool,
 }
 
+/// Which hooks of the teams' plugins a process runs: an event lane runs `process_event`
+/// and the schedules, the exports lane `on_event` and `export_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Events,
+    Exports,
+}
+
 pub(crate) struct Plugins {
     pool: PgPool,
+    role: Role,
     supervisor: Supervisor,
-    /// A pool of its own for `on_event`: slow exports never hold up `process_event`.
+    /// A pool of its own for exports and schedules: they never hold up `process_event`.
     exports: Supervisor,
     limits: Limits,
     thresholds: HealthThresholds,
@@ -60,11 +70,11 @@ pub(crate) struct Plugins {
     /// Teams with a required plugin that cannot run (disabled, or never loaded), and why:
     /// their events are dead-lettered, not stored unprocessed.
     blocked: RwLock<HashMap<i64, String>>,
-    on_event_chains: RwLock<HashMap<i64, Vec<Link>>>,
-    /// Instances with schedules but neither process_event nor on_event.
+    /// Each team's export plugins and the export hook each runs (one with both
+    /// `on_event` and `export_events` is listed twice).
+    export_chains: RwLock<HashMap<i64, Vec<(Link, Hook)>>>,
+    /// Instances with schedules but neither process_event nor an export hook.
     scheduled_only: RwLock<HashSet<i64>>,
-    on_event_queue: tokio::sync::mpsc::Sender<(i64, Vec<Value>)>,
-    on_event_attempts: u32,
     loaded: Mutex<HashMap<i64, Version>>,
     /// Recent calls and failures per instance.
     failures: Mutex<HashMap<i64, CallHealth>>,
@@ -82,9 +92,8 @@ struct Version {
 }
 
 impl Plugins {
-    /// The plugin stage, and the receiving end of its `on_event` queue for
-    /// [`spawn_on_event`].
-    pub(crate) fn new(config: &Config, pool: PgPool) -> anyhow::Result<(Plugins, OnEventQueue)> {
+    /// The plugin stage of a process in `role`.
+    pub(crate) fn new(config: &Config, pool: PgPool, role: Role) -> anyhow::Result<Plugins> {
         let limits = config.plugins.limits.limits();
         // What the workers connect to, and nothing else of ingest's environment.
         let settings = SupervisorSettings::production(
@@ -104,12 +113,12 @@ impl Plugins {
         );
         let exports = SupervisorSettings {
             workers: config.plugins.export_workers,
-            per_event: limits.hook_call() * config.plugins.on_event_attempts.max(1),
+            per_event: limits.hook_call(),
             ..settings.clone()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(config.plugins.on_event_queue_batches.max(1));
         let plugins = Plugins {
             pool,
+            role,
             supervisor: Supervisor::new(settings),
             exports: Supervisor::new(exports),
             limits,
@@ -120,14 +129,12 @@ impl Plugins {
             },
             chains: RwLock::default(),
             blocked: RwLock::default(),
-            on_event_chains: RwLock::default(),
+            export_chains: RwLock::default(),
             scheduled_only: RwLock::default(),
-            on_event_queue: tx,
-            on_event_attempts: config.plugins.on_event_attempts,
             loaded: Mutex::default(),
             failures: Mutex::default(),
         };
-        Ok((plugins, rx))
+        Ok(plugins)
     }
 
     /// Runs every instance's `teardown` (in both worker pools) and stops the workers.
@@ -135,8 +142,15 @@ impl Plugins {
         tokio::join!(self.supervisor.shutdown(within), self.exports.shutdown(within));
     }
 
-    pub(crate) fn has_on_event(&self, team: i64) -> bool {
-        self.on_event_chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
+    /// Whether the team's written events go to the exports topic.
+    pub(crate) fn has_exports(&self, team: i64) -> bool {
+        self.export_chains.read().expect("chains lock").get(&team).is_some_and(|c| !c.is_empty())
+    }
+
+    /// The team's export plugins: `(plugin config, hook)`, in the team's order.
+    pub(crate) fn exporters(&self, team: i64) -> Vec<(i64, Hook)> {
+        let chains = self.export_chains.read().expect("chains lock");
+        chains.get(&team).map(|c| c.iter().map(|(l, h)| (l.id, *h)).collect()).unwrap_or_default()
     }
 
     /// Whether the team's events go through [`Plugins::apply`].

@@ -17,9 +17,9 @@ impl Plugins {
             .read()
             .expect("chains lock")
             .values()
-            .chain(self.on_event_chains.read().expect("chains lock").values())
             .flatten()
             .map(|l| l.id)
+            .chain(self.export_chains.read().expect("chains lock").values().flatten().map(|(l, _)| l.id))
             .collect();
         let loaded = self.loaded.lock().expect("loaded lock");
         let mut out = Vec::new();
@@ -37,7 +37,7 @@ impl Plugins {
     pub(crate) async fn refresh(&self) -> Result<(), sqlx::Error> {
         let rows = store::configs(&self.pool).await?;
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
-        let mut on_event_chains: HashMap<i64, Vec<Link>> = HashMap::new();
+        let mut export_chains: HashMap<i64, Vec<(Link, Hook)>> = HashMap::new();
         let mut scheduled_only = HashSet::new();
         let mut blocked: HashMap<i64, String> = HashMap::new();
         for row in rows {
@@ -58,12 +58,7 @@ impl Plugins {
                     config: row.config.0,
                     limits: self.limits.clone(),
                 };
-                let mut result = self.supervisor.load(TeamId(row.team_id), instance.clone()).await;
-                if let Ok(hooks) = &result {
-                    if hooks.iter().any(|h| *h == Hook::OnEvent || h.is_schedule()) {
-                        result = self.exports.load(TeamId(row.team_id), instance).await.map(|_| hooks.clone());
-                    }
-                }
+                let result = self.load(TeamId(row.team_id), instance).await;
                 let mut loaded = self.loaded.lock().expect("loaded lock");
                 let entry = loaded.entry(row.id).or_insert(Version {
                     attempted: row.updated_at,
@@ -100,16 +95,41 @@ impl Plugins {
             if hooks.contains(&Hook::ProcessEvent) {
                 chains.entry(row.team_id).or_default().push(link.clone());
             }
-            if hooks.contains(&Hook::OnEvent) {
-                on_event_chains.entry(row.team_id).or_default().push(link);
-            } else if !hooks.contains(&Hook::ProcessEvent) {
+            for hook in hooks.iter().filter(|h| h.is_export()) {
+                export_chains.entry(row.team_id).or_default().push((link.clone(), *hook));
+            }
+            if !hooks.iter().any(|h| *h == Hook::ProcessEvent || h.is_export()) {
                 scheduled_only.insert(row.id);
             }
         }
         *self.scheduled_only.write().expect("lock") = scheduled_only;
         *self.blocked.write().expect("blocked lock") = blocked;
         *self.chains.write().expect("chains lock") = chains;
-        *self.on_event_chains.write().expect("chains lock") = on_event_chains;
+        *self.export_chains.write().expect("chains lock") = export_chains;
         Ok(())
+    }
+
+    /// Sets an instance up in the worker pools of this process's role: an event lane
+    /// runs `process_event` in one pool and schedules in the other; the exports lane
+    /// runs only the export hooks, in its own.
+    async fn load(&self, team: TeamId, instance: Instance) -> Result<Vec<Hook>, sluice_plugin_runtime::PluginError> {
+        match self.role {
+            super::Role::Exports => {
+                let id = instance.id;
+                let hooks = self.exports.load(team, instance).await?;
+                if !hooks.iter().any(|h| h.is_export()) {
+                    // Nothing for this lane to run: its VM need not stay.
+                    self.exports.unload(team, id).await;
+                }
+                Ok(hooks)
+            }
+            super::Role::Events => {
+                let hooks = self.supervisor.load(team, instance.clone()).await?;
+                if hooks.iter().any(|h| h.is_schedule()) {
+                    self.exports.load(team, instance).await?;
+                }
+                Ok(hooks)
+            }
+        }
     }
 }
