@@ -150,7 +150,7 @@ async fn commit(consumer: &Arc<LaneConsumer>, batch: &[OwnedMessage], stopping: 
 /// process would never exit (seen in the chaos run). Everything is committed or left for
 /// the next owner by now, so the close happens on a thread of its own and is abandoned
 /// after `within`.
-pub(crate) fn close_kafka(consumer: Arc<LaneConsumer>, dead_letters: DeadLetters, within: Duration) {
+pub(crate) fn close_kafka(consumer: Arc<LaneConsumer>, dead_letters: Arc<DeadLetters>, within: Duration) {
     let (closed, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(consumer);

@@ -215,8 +215,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         .run()
         .await;
-        let dead_letters = Arc::try_unwrap(dead).map_err(|_| anyhow::anyhow!("a delivery outlived the lane"))?;
-        finish(Some(plugins), background, consumer, dead_letters, &stopping, drain).await;
+        // A delivery cut at the deadline may still hold the producer: it goes with the
+        // process.
+        finish(Some(plugins), background, consumer, dead, &stopping, drain).await;
         info!("sluice-ingest exports lane stopped");
         return Ok(());
     }
@@ -239,7 +240,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .run()
     .await;
-    finish(plugins.as_deref(), background, consumer, dead_letters, &stopping, drain).await;
+    finish(plugins.as_deref(), background, consumer, Arc::new(dead_letters), &stopping, drain).await;
     if ended == lane::Ended::LeftUncommitted {
         info!("sluice-ingest stopped; its last batch is left for the next owner of its partitions");
         return Ok(());
@@ -254,7 +255,7 @@ async fn finish(
     plugins: Option<&Plugins>,
     background: Vec<tokio::task::JoinHandle<()>>,
     consumer: Arc<LaneConsumer>,
-    dead_letters: DeadLetters,
+    dead_letters: Arc<DeadLetters>,
     stopping: &Stopping,
     drain: Duration,
 ) {

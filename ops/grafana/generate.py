@@ -123,9 +123,13 @@ PLUGINS = dashboard("sluice-plugins", "Sluice / Plugins", [
            [(f"histogram_quantile(0.99, sum by (le, plugin_config) "
              f"(rate(ingest_plugin_batch_duration_seconds_bucket{RATE})))", "{{plugin_config}}")], "s"),
      panel("Degraded / disabled", [f"sum by (status) (increase(ingest_plugin_state_changes_total{RATE}))"],
-           legend="{{status}}"),
-     panel("on_event exports dropped", [f"sum(rate(ingest_plugin_on_event_dropped_total{RATE}))"], "ops",
-           legend="dropped")],
+           legend="{{status}}")],
+    [panel("Exported events by hook and outcome",
+           [f"sum by (hook, outcome) (rate(ingest_exports_total{RATE}))"], "ops", legend="{{hook}} {{outcome}}"),
+     panel("Exports lane: events waiting for a plugin", ["sum(ingest_exports_pending_events)"], legend="pending"),
+     panel("Exports lane lag", ['sum(ingest_consumer_lag_messages{lane="exports"})'], legend="lag"),
+     panel("Published to the exports topic", [f"sum(rate(ingest_exports_published_total{RATE}))"], "ops",
+           legend="published")],
 ])
 
 DASHBOARDS = {"overview": OVERVIEW, "capture": CAPTURE, "ingest": INGEST, "plugins": PLUGINS}

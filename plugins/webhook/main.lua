@@ -26,11 +26,16 @@ function plugin.on_event(event, ctx)
     if ctx.config.secret ~= "" then
         headers["X-Sluice-Signature"] = "sha256=" .. ctx.crypto.hmac_sha256(ctx.config.secret, body)
     end
-    local response = ctx.http.fetch(ctx.config.url, {method = "POST", headers = headers, body = body, timeout_ms = 5000})
+    local sent, response = pcall(ctx.http.fetch, ctx.config.url, {method = "POST", headers = headers, body = body, timeout_ms = 5000})
+    if not sent then
+        -- Refused, reset or timed out: the receiver may be back later.
+        ctx.retry("request failed: " .. tostring(response))
+    end
     if response.status >= 500 or response.status == 429 then
         ctx.retry("webhook answered " .. response.status)
     elseif response.status >= 400 then
-        ctx.log.warn("webhook refused the event: " .. response.status)
+        -- Given up: the event waits in the exports dead-letter topic with this error.
+        error("webhook refused the event: " .. response.status)
     end
 end
 

@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub mod plugins;
+pub mod receiver;
 pub mod tls;
 
 /// A plugin that counts its events in `ctx.cache` (Redis) into `properties.seen` and keeps
@@ -435,6 +436,10 @@ pub struct Ingest {
     address: String,
     pub database: String,
     pub dlq_topic: String,
+    /// Where this test's event lane publishes written events for export plugins, and
+    /// where its exports lane puts what they gave up on.
+    pub exports_topic: String,
+    pub exports_dlq_topic: String,
     pub log: PathBuf,
     env: Vec<(String, String)>,
     /// The first process of a group owns (and drops) the ClickHouse database; members
@@ -447,12 +452,17 @@ impl Ingest {
     pub fn start(test: &str, topic: &str, extra: &[(&str, &str)]) -> Ingest {
         let database = unique(&format!("test_{test}")).replace('-', "_");
         let dlq_topic = format!("{}-dlq", unique(test));
-        create_topics(&kafka_hosts(), std::slice::from_ref(&dlq_topic), 1);
+        let exports_topic = format!("{}-exports", unique(test));
+        let exports_dlq_topic = format!("{}-exports-dlq", unique(test));
+        create_topics(&kafka_hosts(), &[dlq_topic.clone(), exports_dlq_topic.clone()], 1);
+        create_topics(&kafka_hosts(), std::slice::from_ref(&exports_topic), 2);
         let mut env: Vec<(String, String)> = vec![
             ("CLICKHOUSE_DATABASE".into(), database.clone()),
             ("KAFKA_TOPIC".into(), topic.into()),
             ("KAFKA_GROUP_ID".into(), unique(test)),
             ("KAFKA_DLQ_TOPIC".into(), dlq_topic.clone()),
+            ("KAFKA_EXPORTS_TOPIC".into(), exports_topic.clone()),
+            ("KAFKA_EXPORTS_DLQ_TOPIC".into(), exports_dlq_topic.clone()),
             ("BATCH_MAX_WAIT_MS".into(), "200".into()),
             ("LOG_FORMAT".into(), "text".into()),
         ];
@@ -462,21 +472,39 @@ impl Ingest {
         let log = std::env::temp_dir().join(format!("{}.ingest.log", unique(test)));
         let address = format!("127.0.0.1:{}", free_port());
         let child = Self::spawn(&address, &env, &log);
-        Ingest { child, address, database, dlq_topic, log, env, owns_database: true }
+        Ingest { child, address, database, dlq_topic, exports_topic, exports_dlq_topic, log, env, owns_database: true }
+    }
+
+    /// The exports lane of this ingest's pipeline (`LANE=exports` on its exports topic,
+    /// a consumer group of its own), with `extra` settings on top of its own.
+    pub fn exports_lane(&self, name: &str, extra: &[(&str, &str)]) -> Ingest {
+        let mut env = self.env.clone();
+        env.extend([
+            ("LANE".to_string(), "exports".to_string()),
+            ("KAFKA_TOPIC".to_string(), self.exports_topic.clone()),
+            ("KAFKA_GROUP_ID".to_string(), format!("{}-exports", self.database)),
+        ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.member_with(name, env)
     }
 
     /// Another process in the same consumer group, writing to the same database, with a
     /// health address and log of its own.
     pub fn member(&self, name: &str) -> Ingest {
+        self.member_with(name, self.env.clone())
+    }
+
+    fn member_with(&self, name: &str, env: Vec<(String, String)>) -> Ingest {
         let log = self.log.with_extension(format!("{name}.log"));
         let address = format!("127.0.0.1:{}", free_port());
-        let env = self.env.clone();
         let child = Self::spawn(&address, &env, &log);
         Ingest {
             child,
             address,
             database: self.database.clone(),
             dlq_topic: self.dlq_topic.clone(),
+            exports_topic: self.exports_topic.clone(),
+            exports_dlq_topic: self.exports_dlq_topic.clone(),
             log,
             env,
             owns_database: false,
