@@ -33,7 +33,7 @@ const PLUGIN_STATE_CHANGES: &str = "ingest_plugin_state_changes_total";
 const PLUGIN_BATCH_DURATION: &str = "ingest_plugin_batch_duration_seconds";
 const EXPORTS_PUBLISHED: &str = "ingest_exports_published_total";
 const EXPORTS: &str = "ingest_exports_total";
-const EXPORTS_PENDING: &str = "ingest_exports_pending_events";
+const EXPORTS_PENDING: &str = "ingest_exports_pending_messages";
 
 /// Seconds, from a millisecond to an hour: batches and steps are milliseconds, lag after
 /// an outage is minutes.

@@ -126,7 +126,7 @@ PLUGINS = dashboard("sluice-plugins", "Sluice / Plugins", [
            legend="{{status}}")],
     [panel("Exported events by hook and outcome",
            [f"sum by (hook, outcome) (rate(ingest_exports_total{RATE}))"], "ops", legend="{{hook}} {{outcome}}"),
-     panel("Exports lane: events waiting for a plugin", ["sum(ingest_exports_pending_events)"], legend="pending"),
+     panel("Exports lane: events waiting for a plugin", ["sum(ingest_exports_pending_messages)"], legend="pending"),
      panel("Exports lane lag", ['sum(ingest_consumer_lag_messages{lane="exports"})'], legend="lag"),
      panel("Published to the exports topic", [f"sum(rate(ingest_exports_published_total{RATE}))"], "ops",
            legend="published")],

@@ -571,7 +571,12 @@ impl Ingest {
     pub fn wait_for_metrics(&self, wanted: &[&str], timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let metrics = self.metrics();
+            // Not listening yet reads as nothing exported yet.
+            let metrics = http()
+                .get(format!("http://{}/metrics", self.address))
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
             let missing: Vec<&&str> = wanted.iter().filter(|m| !metrics.contains(**m)).collect();
             if missing.is_empty() {
                 return metrics;

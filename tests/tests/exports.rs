@@ -309,3 +309,36 @@ fn exports_chaos_loses_nothing() {
         println!("exports chaos: {line}");
     }
 }
+
+/// A plugin installed while the pipeline runs exports the events written once the
+/// event lane has loaded it, even when the exports lane had not read it yet: it reads
+/// its configurations again rather than pass them as having no exporter.
+#[test]
+fn a_plugin_installed_while_running_exports_what_is_written_after() {
+    let db = Database::create("exports_install");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("installs later");
+    let hook = Receiver::start();
+    let cap = Capture::start("exports-install", &[]);
+    let mut env = db.env();
+    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
+    let ingest = Ingest::start("exports_install", &cap.topics.main, &env);
+    let exports = ingest.exports_lane("exports", &[]);
+    exports.wait_for_metrics(&["ingest_exports_pending_messages"], Duration::from_secs(30));
+
+    install(&db, &shipped("webhook"), team, &["--config", &format!("url={}", hook.url("/hook"))]);
+    wait_until(
+        "the event lane loaded the plugin",
+        Duration::from_secs(30),
+        || ingest.log_text().contains("plugin loaded"),
+        || ingest.log_text(),
+    );
+    send(&cap, &token, &events("late-", 5));
+    wait_until(
+        "the five events reached the webhook",
+        Duration::from_secs(30),
+        || uuids(&hook.bodies()).into_iter().collect::<HashSet<_>>().len() == 5,
+        || format!("{}\n{}", exports.log_text(), ingest.log_text()),
+    );
+    assert_eq!(uuids(&hook.bodies()).into_iter().collect::<HashSet<_>>(), written(&ingest, team, "late-%"));
+}

@@ -144,6 +144,7 @@ fn metrics_follow_the_conventions_and_every_dashboard_and_rule_reads_exported_on
     install_plugin(&team_name);
     let cap = Capture::start("observability", &[]);
     let ingest = Ingest::start("observability", &cap.topics.main, &[]);
+    let exports = ingest.exports_lane("exports", &[]);
     // Planted: none of these may appear in a label value.
     let distinct_id = unique("person-secret-id");
     let limited = unique("phc_limited");
@@ -164,11 +165,15 @@ fn metrics_follow_the_conventions_and_every_dashboard_and_rule_reads_exported_on
         Duration::from_secs(30),
     );
     let capture_metrics = http().get(format!("{}/metrics", cap.url)).send().unwrap().text().unwrap();
+    let exports_metrics = exports.wait_for_metrics(&["ingest_exports_pending_messages"], Duration::from_secs(30));
 
     let mut breaks = convention_breaks("capture", &capture_metrics);
     breaks.extend(convention_breaks("ingest", &ingest_metrics));
+    breaks.extend(convention_breaks("ingest", &exports_metrics));
     for planted in [&token, &limited, &distinct_id] {
-        for (binary, text) in [("capture", &capture_metrics), ("ingest", &ingest_metrics)] {
+        for (binary, text) in
+            [("capture", &capture_metrics), ("ingest", &ingest_metrics), ("exports", &exports_metrics)]
+        {
             if text.contains(planted.as_str()) {
                 breaks.push(format!("{binary}: event data ({planted}) in a label value"));
             }
@@ -176,8 +181,11 @@ fn metrics_follow_the_conventions_and_every_dashboard_and_rule_reads_exported_on
     }
     assert!(breaks.is_empty(), "{breaks:#?}\n{capture_metrics}\n{ingest_metrics}");
 
-    let exported: BTreeSet<String> =
-        families(&capture_metrics).into_keys().chain(families(&ingest_metrics).into_keys()).collect();
+    let exported: BTreeSet<String> = families(&capture_metrics)
+        .into_keys()
+        .chain(families(&ingest_metrics).into_keys())
+        .chain(families(&exports_metrics).into_keys())
+        .collect();
     let mut unknown = Vec::new();
     let expressions = ops_expressions();
     assert!(expressions.len() > 30, "the dashboards and rules were read: {}", expressions.len());

@@ -78,6 +78,7 @@ impl Lane<'_> {
         let mut drained = false;
         let mut committed: HashMap<(String, i32), i64> = HashMap::new();
         let mut last_commit = Instant::now();
+        let mut last_refresh: Option<Instant> = None;
         let deadline = self.stopping.deadline_passed();
         tokio::pin!(deadline);
         loop {
@@ -99,7 +100,9 @@ impl Lane<'_> {
             }
             let (events, bytes) = ledger.pending();
             telemetry::exports_pending(events);
-            let room = events < s.max_pending_events && bytes < s.max_pending_bytes;
+            // Nothing is read before the plugin configurations are: an event of a team
+            // whose exporters are not known yet would pass as having none.
+            let room = events < s.max_pending_events && bytes < s.max_pending_bytes && self.known().await;
             if room && !stopping {
                 if let Err(e) = consume::rejoin_if_asked(self.consumer, &self.topic) {
                     warn!(error = %e, "could not rejoin the consumer group; trying again");
@@ -112,15 +115,15 @@ impl Lane<'_> {
                 };
                 let batch = consume::next_batch(self.consumer, &limits).await;
                 telemetry::consumed("exports", batch.len());
+                self.catch_up(&batch, &mut last_refresh).await;
                 for m in &batch {
                     self.intake(m, &mut ledger, &mut buffers, &mut ready).await;
                 }
                 ready.extend(buffers.seal_hook(Hook::OnEvent));
             } else {
-                let wake = buffers
-                    .next_deadline()
-                    .map(Instant::from_std)
-                    .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
+                // At least every 200 ms: the loop's heartbeat is its liveness.
+                let soon = Instant::now() + Duration::from_millis(200);
+                let wake = buffers.next_deadline().map_or(soon, |at| Instant::from_std(at).min(soon));
                 tokio::select! {
                     Some(f) = done_rx.recv() => {
                         running -= 1;
@@ -149,6 +152,37 @@ impl Lane<'_> {
         self.commit(&ledger, &mut committed).await;
         let (events, _) = ledger.pending();
         info!(unfinished = events, "exports lane stopped; unfinished events are the next owner's");
+    }
+
+    /// Whether the plugin configurations were read; tries once more if not.
+    async fn known(&self) -> bool {
+        if self.plugins.read_once() {
+            return true;
+        }
+        if let Err(e) = self.plugins.refresh().await {
+            warn!(error = %e, "plugin configurations not read yet; the exports lane waits");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.plugins.read_once()
+    }
+
+    /// An event lane published these because their team has export plugins. If this
+    /// lane knows none for a team, its configurations are older than the event lane's
+    /// (a plugin installed a moment ago): read them again, at most every few seconds,
+    /// rather than pass the events as having no exporter.
+    async fn catch_up(&self, batch: &[OwnedMessage], last: &mut Option<Instant>) {
+        let unknown = batch.iter().any(|m| {
+            header(m, headers::ONLY_PLUGIN).is_none()
+                && header(m, headers::TEAM)
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .is_some_and(|team| self.plugins.exporters(team).is_empty())
+        });
+        if unknown && last.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+            *last = Some(Instant::now());
+            if let Err(e) = self.plugins.refresh().await {
+                warn!(error = %e, "could not read plugin configurations again");
+            }
+        }
     }
 
     /// Takes one message: whose plugins it goes to, into their buffers.

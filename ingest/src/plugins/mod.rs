@@ -76,6 +76,12 @@ pub(crate) struct Plugins {
     /// Instances with schedules but neither process_event nor an export hook.
     scheduled_only: RwLock<HashSet<i64>>,
     loaded: Mutex<HashMap<i64, Version>>,
+    /// One refresh at a time (the reloader, and the exports lane when an event names a
+    /// team it knows no exporter of).
+    refreshing: tokio::sync::Mutex<()>,
+    /// The configurations were read at least once: until then no team is known to have
+    /// no plugins.
+    read_once: std::sync::atomic::AtomicBool,
     /// Recent calls and failures per instance.
     failures: Mutex<HashMap<i64, CallHealth>>,
 }
@@ -132,6 +138,8 @@ impl Plugins {
             export_chains: RwLock::default(),
             scheduled_only: RwLock::default(),
             loaded: Mutex::default(),
+            refreshing: tokio::sync::Mutex::default(),
+            read_once: Default::default(),
             failures: Mutex::default(),
         };
         Ok(plugins)
@@ -140,6 +148,11 @@ impl Plugins {
     /// Runs every instance's `teardown` (in both worker pools) and stops the workers.
     pub(crate) async fn shutdown(&self, within: Duration) {
         tokio::join!(self.supervisor.shutdown(within), self.exports.shutdown(within));
+    }
+
+    /// Whether the plugin configurations have been read at least once.
+    pub(crate) fn read_once(&self) -> bool {
+        self.read_once.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the team's written events go to the exports topic.

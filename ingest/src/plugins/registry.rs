@@ -35,6 +35,7 @@ impl Plugins {
 
     /// Loads what changed since the last call and rebuilds the chains.
     pub(crate) async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let rows = store::configs(&self.pool).await?;
         let mut chains: HashMap<i64, Vec<Link>> = HashMap::new();
         let mut export_chains: HashMap<i64, Vec<(Link, Hook)>> = HashMap::new();
@@ -106,6 +107,7 @@ impl Plugins {
         *self.blocked.write().expect("blocked lock") = blocked;
         *self.chains.write().expect("chains lock") = chains;
         *self.export_chains.write().expect("chains lock") = export_chains;
+        self.read_once.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
