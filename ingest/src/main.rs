@@ -64,6 +64,10 @@ async fn plugin_command(config: &sluice_ingest::config::Config, command: Plugins
         PluginsCommand::Disable { id } => plugins::set_enabled(config, id, false).await,
         PluginsCommand::Configure { id, config: settings } => plugins::configure(config, id, &settings).await,
         PluginsCommand::Logs { id, limit } => plugins::logs(config, id, limit).await,
+        PluginsCommand::Attach { id, key, file, content_type, max_bytes } => {
+            plugins::attach(config, id, &key, &file, content_type.as_deref(), max_bytes).await
+        }
+        PluginsCommand::Detach { id, key } => plugins::detach(config, id, &key).await,
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use crate::hook::{Hook, PluginConfigId, PluginError, TeamId};
-use crate::host::LogEntry;
+use crate::host::{Attachment, LogEntry};
 use crate::limits::{LimitSettings, Limits};
 use crate::manifest::PluginSource;
 use crate::protocol::{Instance, TestResult};
@@ -110,6 +110,8 @@ pub struct Workbench {
     supervisor: Supervisor,
     limits: Limits,
     next_id: AtomicI64,
+    /// `--attach key=file`: what `ctx.attachments` holds.
+    attachments: Vec<Attachment>,
 }
 
 /// The team an author's plugins run for.
@@ -129,7 +131,13 @@ impl Workbench {
             1,
             settings,
         ));
-        Workbench { supervisor, limits, next_id: AtomicI64::new(1) }
+        Workbench { supervisor, limits, next_id: AtomicI64::new(1), attachments: Vec::new() }
+    }
+
+    /// Plugins loaded from now on get these files as `ctx.attachments`.
+    pub fn with_attachments(mut self, files: Vec<Attachment>) -> Workbench {
+        self.attachments = files;
+        self
     }
 
     /// Loads `source` with `given` settings (checked against its manifest) as a new
@@ -137,7 +145,13 @@ impl Workbench {
     async fn load(&self, source: &PluginSource, given: &Map<String, Value>) -> Result<PluginConfigId, String> {
         let config = source.manifest.validate_config(given).map_err(|e| e.to_string())?;
         let id = PluginConfigId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let instance = Instance { id, source: source.clone(), config, limits: self.limits.clone() };
+        let instance = Instance {
+            id,
+            source: source.clone(),
+            config,
+            limits: self.limits.clone(),
+            attachments: self.attachments.clone(),
+        };
         self.supervisor.load(TEAM, instance).await.map_err(|e| e.to_string())?;
         Ok(id)
     }

@@ -26,7 +26,7 @@ mod worker;
 
 pub use authoring::{run_plugin, test_plugin, Workbench};
 pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
-pub use host::{open_geoip, GeoIp, Host, LogEntry};
+pub use host::{luau_definitions, open_geoip, Attachment, GeoIp, Host, LogEntry, ATTACHMENT_MAX_BYTES};
 pub use kv::{KeyValue, KvError, Quota};
 pub use limits::{HttpLimits, LimitSettings, Limits};
 pub use manifest::{

@@ -44,6 +44,9 @@ pub struct Instance {
     pub source: PluginSource,
     pub config: Map<String, Value>,
     pub limits: Limits,
+    /// Files uploaded with the configuration (`ctx.attachments`).
+    #[serde(default)]
+    pub attachments: Vec<crate::host::Attachment>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -250,7 +250,7 @@ async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     let (cache, storage) =
         (stores.cache.for_plugin_config(instance.id, quota), stores.storage.for_plugin_config(instance.id, quota));
     let host = if stores.http_stub { Host::with_http_stub(cache, storage) } else { Host::new(cache, storage) };
-    let host = host.with_geoip(stores.geoip.clone());
+    let host = host.with_geoip(stores.geoip.clone()).with_attachments(instance.attachments.clone());
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 

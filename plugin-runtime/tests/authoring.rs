@@ -122,12 +122,54 @@ fn run_prints_the_event_or_dropped() {
     assert!(!ok && text.contains("config `convention`: must be one of"), "{text}");
 }
 
-/// The Luau type definitions shipped for authors name every field of `ctx` the host
-/// provides, and nothing it does not.
+/// `--attach key=file` gives the plugin the file as production's `plugins attach` does:
+/// `ctx.attachments.<key>` with its type, name and bytes, within the same size limit.
+#[test]
+fn run_gives_the_plugin_its_attachments() {
+    let main = "return { process_event = function(e, ctx) \
+        local a = ctx.attachments.mapping \
+        e.properties.to = ctx.json.decode(a.contents)[e.event] \
+        e.properties.type = a.content_type e.properties.file = a.file_name \
+        e.properties.none = ctx.attachments.missing == nil return e end }";
+    let dir = scratch_plugin(
+        main,
+        r#"{"event": {"uuid": "u", "team_id": 1, "event": "x", "properties": {}}, "expected": null}"#,
+    );
+    let mapping = dir.join("map.json");
+    std::fs::write(&mapping, r#"{"signup": "Signed Up"}"#).unwrap();
+    let event = dir.join("event.json");
+    std::fs::write(&event, r#"{"uuid": "u", "team_id": 1, "event": "signup", "properties": {}}"#).unwrap();
+    let attach = format!("mapping={}", mapping.display());
+    let (ok, text) =
+        sluice_plugin(&["run", dir.to_str().unwrap(), "--event", event.to_str().unwrap(), "--attach", &attach]);
+    assert!(ok, "{text}");
+    for expected in
+        [r#""to": "Signed Up""#, r#""type": "application/json""#, r#""file": "map.json""#, r#""none": true"#]
+    {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    let big = dir.join("big.json");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let attach = format!("mapping={}", big.display());
+    let (ok, text) =
+        sluice_plugin(&["run", dir.to_str().unwrap(), "--event", event.to_str().unwrap(), "--attach", &attach]);
+    assert!(!ok && text.contains("over the 1048576 byte limit"), "{text}");
+}
+
+/// The Luau type definitions shipped for authors are the ones generated from the host's
+/// namespace table (`sluice-plugin types`), and name every field of `ctx` a running
+/// plugin gets, and nothing it does not.
 #[tokio::test]
 async fn the_type_definitions_match_the_host_api() {
     use sluice_plugin_runtime::{Host, KeyValue, Limits, Manifest, PluginSource, Vm};
     let types = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("types/sluice.d.luau")).unwrap();
+    let (ok, printed) = sluice_plugin(&["types"]);
+    assert!(ok, "{printed}");
+    assert_eq!(
+        types, printed,
+        "types/sluice.d.luau is not what `sluice-plugin types` prints: regenerate it with \
+         `sluice-plugin types > plugin-runtime/types/sluice.d.luau`"
+    );
     let block = types.split("type Ctx = {").nth(1).unwrap().split("\n}").next().unwrap();
     let mut declared: Vec<String> = block
         .lines()

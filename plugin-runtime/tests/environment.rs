@@ -58,6 +58,7 @@ async fn workers_get_no_secrets_and_plugin_requests_no_proxy() {
         source: source.clone(),
         config: Default::default(),
         limits: Limits::default(),
+        attachments: Vec::new(),
     };
     assert!(s.load(TeamId(1), instance).await.is_err(), "the dumping worker exits");
     let env = std::fs::read_to_string(&dump).unwrap();

@@ -39,6 +39,7 @@ fn instance(id: i64, main: &str) -> Instance {
         },
         config: Default::default(),
         limits: Limits { process_event_wall: Duration::from_secs(1), ..Limits::default() },
+        attachments: Vec::new(),
     }
 }
 

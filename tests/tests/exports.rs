@@ -342,3 +342,37 @@ fn a_plugin_installed_while_running_exports_what_is_written_after() {
     );
     assert_eq!(uuids(&hook.bodies()).into_iter().collect::<HashSet<_>>(), written(&ingest, team, "late-%"));
 }
+
+/// SIGTERM hands every open `export_events` buffer to its plugin at once (within the
+/// drain), however young: buffered events are delivered and committed before the
+/// process exits, not left to wait out EXPORT_BUFFER_MAX_AGE_MS.
+#[test]
+fn sigterm_flushes_open_export_buffers() {
+    let db = Database::create("exports_flush");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("flushes");
+    let warehouse = Receiver::start();
+    install(&db, &shipped("http-export"), team, &["--config", &format!("url={}", warehouse.url("/in"))]);
+    let cap = Capture::start("exports-flush", &[]);
+    let mut env = db.env();
+    env.push(("PLUGIN_HTTP_ALLOW_PRIVATE", "true"));
+    let ingest = Ingest::start("exports_flush", &cap.topics.main, &env);
+    let settings = [("EXPORT_BUFFER_MAX_AGE_MS", "600000"), ("EXPORT_COMMIT_INTERVAL_MS", "100")];
+    let mut exports = ingest.exports_lane("exports", &settings);
+
+    send(&cap, &token, &events("held-", 7));
+    exports.wait_for_metrics(&["ingest_exports_pending_messages 7"], Duration::from_secs(40));
+    assert!(warehouse.bodies().is_empty(), "the buffer is held for its age");
+    let status = exports.terminate(Duration::from_secs(30)).expect("stops within the drain");
+    assert!(status.success(), "{status:?}\n{}", exports.log_text());
+    let got: HashSet<String> = uuids(&warehouse.bodies()).into_iter().collect();
+    assert_eq!(got, written(&ingest, team, "held-%"), "flushed before exit\n{}", exports.log_text());
+
+    // Committed: started again, the lane reads only what came after.
+    exports.restart();
+    send(&cap, &token, &events("after-", 1));
+    exports.wait_for_metrics(&["ingest_exports_pending_messages 1\n"], Duration::from_secs(40));
+    exports.terminate(Duration::from_secs(30)).expect("stops");
+    let delivered = uuids(&warehouse.bodies());
+    assert_eq!(delivered.len(), 8, "the seven once, and the one after: {delivered:?}");
+}

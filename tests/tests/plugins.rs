@@ -710,3 +710,90 @@ fn plugin_store_quotas_hold_on_redis_and_postgres() {
         .await;
     });
 }
+
+/// Maps event names with a table uploaded as an attachment.
+const MAPPER: &str = r#"
+local plugin = {}
+function plugin.setup(ctx)
+    ctx.global.map = ctx.json.decode(ctx.attachments.mapping.contents)
+end
+function plugin.process_event(event, ctx)
+    event.properties.mapped = ctx.global.map[event.event]
+    event.properties.file = ctx.attachments.mapping.file_name
+    event.properties.content_type = ctx.attachments.mapping.content_type
+    return event
+end
+return plugin
+"#;
+
+/// `plugins attach` uploads a file the plugin reads as `ctx.attachments.<key>`; a new
+/// upload under the same key reloads the plugin with it, no restart; `plugins list`
+/// names attachments and never shows their contents; a file over the limit or a bad key
+/// is refused with the reason.
+#[test]
+fn attachments_are_read_by_the_plugin_and_reloaded_when_replaced() {
+    let db = Database::create("plugins_attach");
+    db.run(&["migrate"]);
+    let (team, token) = db.team("attaching");
+    let id = install(&db, &plugin_dir("mapper", json!({"name": "mapper"}), MAPPER), team, &[]);
+    let dir = std::env::temp_dir().join(unique("attachments"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, second) = (dir.join("first.json"), dir.join("second.json"));
+    std::fs::write(&first, r#"{"signup": "Signed Up (1)", "secret": "s3cr3t-value"}"#).unwrap();
+    std::fs::write(&second, r#"{"signup": "Signed Up (2)"}"#).unwrap();
+    let out = db.run(&["plugins", "attach", &id.to_string(), "mapping", first.to_str().unwrap()]);
+    assert!(out.contains("attached first.json as ctx.attachments.mapping (application/json"), "{out}");
+
+    let cap = Capture::start("plugins-attach", &[]);
+    let ingest = Ingest::start("plugins_attach", &cap.topics.main, &db.env());
+    let mapped = |n: usize| {
+        let sql = format!(
+            "SELECT properties FROM {} FINAL WHERE event = 'signup' ORDER BY timestamp",
+            ingest.table("events")
+        );
+        let rows = wait_for_rows(&sql, n, Duration::from_secs(30));
+        let props: Value = serde_json::from_str(rows[n - 1]["properties"].as_str().unwrap()).unwrap();
+        props
+    };
+    send(&cap, &token, &[("signup", "a")]);
+    let props = mapped(1);
+    assert_eq!(props["mapped"], "Signed Up (1)", "{props}\n{}", ingest.log_text());
+    assert_eq!(
+        (props["file"].as_str(), props["content_type"].as_str()),
+        (Some("first.json"), Some("application/json"))
+    );
+
+    let loads = |log: &str| log.matches("plugin loaded").count();
+    let before = loads(&ingest.log_text());
+    db.run(&["plugins", "attach", &id.to_string(), "mapping", second.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while loads(&ingest.log_text()) == before {
+        assert!(Instant::now() < deadline, "not reloaded\n{}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send(&cap, &token, &[("signup", "b")]);
+    assert_eq!(mapped(2)["mapped"], "Signed Up (2)");
+
+    let listed = db.run(&["plugins", "list"]);
+    assert!(listed.contains("attachments: mapping=second.json (27 bytes)"), "{listed}");
+    assert!(!listed.contains("Signed Up"), "contents are not listed: {listed}");
+
+    let big = dir.join("big.csv");
+    std::fs::write(&big, vec![b'x'; 2048]).unwrap();
+    let refused = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_tests::bin_path("sluice-ingest"))
+            .args(args)
+            .envs(db.env())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let id_text = id.to_string();
+    let text = refused(&["plugins", "attach", &id_text, "rates", big.to_str().unwrap(), "--max-bytes", "1024"]);
+    assert!(text.contains("over the 1024 byte limit"), "{text}");
+    let text = refused(&["plugins", "attach", &id_text, "a-b", first.to_str().unwrap()]);
+    assert!(text.contains("use 1 to 64 letters, digits or _"), "{text}");
+    let removed = db.run(&["plugins", "detach", &id.to_string(), "mapping"]);
+    assert!(removed.contains("removed attachment mapping"), "{removed}");
+}

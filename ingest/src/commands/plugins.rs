@@ -1,4 +1,5 @@
-//! `sluice-ingest plugins …`: install, list, enable, disable, configure, logs. Every
+//! `sluice-ingest plugins …`: install, list, enable, disable, configure, attach, detach,
+//! logs. Every
 //! change moves the config's `updated_at`, which running ingest processes pick up and
 //! load without a restart.
 
@@ -148,11 +149,24 @@ pub async fn list(config: &Config, team: Option<i64>) -> anyhow::Result<()> {
     if rows.is_empty() {
         println!("no plugins installed: install one with `sluice-ingest plugins install DIR --team ID`");
     }
+    // Listed by name and size, never their contents (a credentials file, say).
+    let files: Vec<(i64, String, String, i32)> = sqlx::query_as(
+        "SELECT plugin_config_id, key, file_name, octet_length(contents) FROM plugin_attachments ORDER BY key",
+    )
+    .fetch_all(&pool)
+    .await?;
     for (id, team, order, enabled, status, reason, name, version, manifest, settings) in rows {
         let state = if enabled { status } else { "off".to_string() };
         let reason = if reason.is_empty() { String::new() } else { format!(" ({reason})") };
         let shown = Value::Object(manifest.0.redact(&settings.0));
-        println!("{id}\tteam={team}\torder={order}\t{name} {version}\t{state}{reason}\tconfig={shown}");
+        let attached: Vec<String> = files
+            .iter()
+            .filter(|(of, ..)| *of == id)
+            .map(|(_, key, file, bytes)| format!("{key}={file} ({bytes} bytes)"))
+            .collect();
+        let attached =
+            if attached.is_empty() { String::new() } else { format!("\tattachments: {}", attached.join(", ")) };
+        println!("{id}\tteam={team}\torder={order}\t{name} {version}\t{state}{reason}\tconfig={shown}{attached}");
     }
     Ok(())
 }
@@ -196,6 +210,79 @@ pub async fn configure(config: &Config, id: i64, settings: &[(String, String)]) 
         .await?;
     notify_reload(config, id).await;
     println!("plugin config {id} configured: {}", Value::Object(manifest.0.redact(&validated)));
+    Ok(())
+}
+
+/// Attachments a plugin config may have: each is loaded into its VM.
+const MAX_ATTACHMENTS: i64 = 16;
+
+pub async fn attach(
+    config: &Config,
+    id: i64,
+    key: &str,
+    file: &Path,
+    content_type: Option<&str>,
+    max_bytes: u64,
+) -> anyhow::Result<()> {
+    let file =
+        sluice_plugin_runtime::Attachment::from_file(key, file, content_type, max_bytes).map_err(anyhow::Error::msg)?;
+    let pool = pool(config).await?;
+    let mut tx = pool.begin().await?;
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM plugin_configs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    anyhow::ensure!(exists.is_some(), "no plugin config with id {id}");
+    let (others,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM plugin_attachments WHERE plugin_config_id = $1 AND key <> $2")
+            .bind(id)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+    anyhow::ensure!(
+        others < MAX_ATTACHMENTS,
+        "plugin config {id} already has {others} attachments, the most it may have"
+    );
+    sqlx::query(
+        "INSERT INTO plugin_attachments (plugin_config_id, key, content_type, file_name, contents)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (plugin_config_id, key) DO UPDATE
+           SET content_type = EXCLUDED.content_type, file_name = EXCLUDED.file_name,
+               contents = EXCLUDED.contents, created_at = now()",
+    )
+    .bind(id)
+    .bind(&file.key)
+    .bind(&file.content_type)
+    .bind(&file.file_name)
+    .bind(&file.contents)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE plugin_configs SET updated_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    notify_reload(config, id).await;
+    println!(
+        "plugin config {id}: attached {} as ctx.attachments.{} ({}, {} bytes)",
+        file.file_name,
+        file.key,
+        file.content_type,
+        file.contents.len()
+    );
+    Ok(())
+}
+
+pub async fn detach(config: &Config, id: i64, key: &str) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query("DELETE FROM plugin_attachments WHERE plugin_config_id = $1 AND key = $2")
+        .bind(id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    anyhow::ensure!(done.rows_affected() == 1, "plugin config {id} has no attachment {key:?}");
+    sqlx::query("UPDATE plugin_configs SET updated_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    notify_reload(config, id).await;
+    println!("plugin config {id}: removed attachment {key}");
     Ok(())
 }
 

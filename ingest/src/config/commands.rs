@@ -81,6 +81,22 @@ pub enum PluginsCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Upload a file for a plugin config, read by the plugin as ctx.attachments.<key>
+    /// (replacing one of the same key); running ingest processes reload the plugin.
+    Attach {
+        id: i64,
+        /// Its name in ctx.attachments: letters, digits and _.
+        key: String,
+        file: std::path::PathBuf,
+        /// The content type; told from the file's extension (or contents) if not given.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The largest file taken.
+        #[arg(long, env = "PLUGIN_ATTACHMENT_MAX_BYTES", default_value_t = sluice_plugin_runtime::ATTACHMENT_MAX_BYTES)]
+        max_bytes: u64,
+    },
+    /// Remove a plugin config's attachment.
+    Detach { id: i64, key: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,6 +58,7 @@ impl Plugins {
                     source: sluice_plugin_runtime::PluginSource { manifest: row.manifest.0.clone(), main: row.source },
                     config: row.config.0,
                     limits: self.limits.clone(),
+                    attachments: store::attachments(&self.pool, row.id).await?,
                 };
                 let result = self.load(TeamId(row.team_id), instance).await;
                 let mut loaded = self.loaded.lock().expect("loaded lock");

@@ -38,6 +38,25 @@ pub(super) async fn configs(pool: &PgPool) -> Result<Vec<ConfigRow>, sqlx::Error
     .await
 }
 
+/// The files uploaded with a configuration (`plugins attach`).
+pub(super) async fn attachments(pool: &PgPool, id: i64) -> Result<Vec<sluice_plugin_runtime::Attachment>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT key, content_type, file_name, contents FROM plugin_attachments WHERE plugin_config_id = $1 ORDER BY key",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, content_type, file_name, contents)| sluice_plugin_runtime::Attachment {
+            key,
+            content_type,
+            file_name,
+            contents,
+        })
+        .collect())
+}
+
 /// Stores a configuration's new state and why, for `plugins list`.
 pub(super) async fn set_state(pool: &PgPool, id: i64, state: PluginState, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE plugin_configs SET status = $2, status_reason = $3 WHERE id = $1")

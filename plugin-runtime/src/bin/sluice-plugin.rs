@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use sluice_common::settings::key_value;
-use sluice_plugin_runtime::{open_geoip, run_plugin, test_plugin, LimitSettings, Workbench};
+use sluice_plugin_runtime::{
+    open_geoip, run_plugin, test_plugin, Attachment, LimitSettings, Workbench, ATTACHMENT_MAX_BYTES,
+};
 
 #[derive(Parser)]
 #[command(name = "sluice-plugin", version, about = "Run and test Sluice plugins.")]
@@ -30,9 +32,16 @@ enum Command {
         /// A MaxMind City database for ctx.geoip.
         #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
         geoip: Option<PathBuf>,
+        /// A file for ctx.attachments, repeated: key=path (as `sluice-ingest plugins
+        /// attach` uploads it, within the same size limit).
+        #[arg(long = "attach", value_parser = key_value)]
+        attach: Vec<(String, String)>,
         #[command(flatten)]
         limits: LimitSettings,
     },
+    /// Print the Luau type definitions of what Sluice hands a plugin (events, ctx), for
+    /// editors and luau-analyze; the same as plugin-runtime/types/sluice.d.luau.
+    Types,
     /// Run a plugin's test.lua (functions named test_*) and fixtures/*.json (an input
     /// event and the expected output, or null for a drop); non-zero exit on failure.
     /// test.lua runs with the settings of test_config.json, if present. Cache and
@@ -45,6 +54,10 @@ enum Command {
         /// A MaxMind City database for ctx.geoip.
         #[arg(long, env = "SLUICE_PLUGIN_GEOIP_DATABASE")]
         geoip: Option<PathBuf>,
+        /// A file for ctx.attachments, repeated: key=path (as `sluice-ingest plugins
+        /// attach` uploads it, within the same size limit).
+        #[arg(long = "attach", value_parser = key_value)]
+        attach: Vec<(String, String)>,
         #[command(flatten)]
         limits: LimitSettings,
     },
@@ -59,15 +72,21 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Worker => sluice_plugin_runtime::serve_worker().await.map_err(|e| e.to_string()),
-            Command::Run { dir, event, config, geoip, limits } => match workbench(false, geoip, &limits) {
-                Ok(bench) => {
-                    let result = run(&bench, dir, event, config).await;
-                    bench.shutdown().await;
-                    result
+            Command::Types => {
+                print!("{}", sluice_plugin_runtime::luau_definitions());
+                Ok(())
+            }
+            Command::Run { dir, event, config, geoip, attach, limits } => {
+                match workbench(false, geoip, &attach, &limits) {
+                    Ok(bench) => {
+                        let result = run(&bench, dir, event, config).await;
+                        bench.shutdown().await;
+                        result
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            Command::Test { dir, config, geoip, limits } => match workbench(true, geoip, &limits) {
+            }
+            Command::Test { dir, config, geoip, attach, limits } => match workbench(true, geoip, &attach, &limits) {
                 Ok(bench) => {
                     let result = test(&bench, dir, config).await;
                     bench.shutdown().await;
@@ -84,12 +103,21 @@ fn main() {
 }
 
 /// Plugins run in a worker process of this same program, as ingest runs them.
-fn workbench(http_stub: bool, geoip: Option<PathBuf>, limits: &LimitSettings) -> Result<Workbench, String> {
+fn workbench(
+    http_stub: bool,
+    geoip: Option<PathBuf>,
+    attach: &[(String, String)],
+    limits: &LimitSettings,
+) -> Result<Workbench, String> {
     if let Some(path) = &geoip {
         open_geoip(path)?;
     }
+    let files = attach
+        .iter()
+        .map(|(key, path)| Attachment::from_file(key, std::path::Path::new(path), None, ATTACHMENT_MAX_BYTES))
+        .collect::<Result<Vec<_>, _>>()?;
     let me = std::env::current_exe().map_err(|e| format!("cannot find this program to start its worker: {e}"))?;
-    Ok(Workbench::new(&me, http_stub, geoip.as_deref(), limits))
+    Ok(Workbench::new(&me, http_stub, geoip.as_deref(), limits).with_attachments(files))
 }
 
 fn given(config: Vec<(String, String)>) -> Map<String, Value> {
