@@ -576,3 +576,37 @@ fn io_from_a_coroutine_does_not_stop_the_clock() {
         println!("{place}: stopped after {:?}", started.elapsed());
     }
 }
+
+/// Attachments live in the VM's heap: more of them than its memory limit holds keep the
+/// plugin from loading (a memory error, the worker unharmed), and a plugin cannot change
+/// one or reach another configuration's.
+#[tokio::test]
+async fn attachments_count_against_memory_and_are_read_only() {
+    use sluice_plugin_runtime::Attachment;
+    // Distinct contents: Luau interns strings, so equal files would be held once.
+    let file = |key: &str, bytes: usize| Attachment {
+        key: key.into(),
+        content_type: "text/plain".into(),
+        file_name: format!("{key}.txt"),
+        contents: key.bytes().cycle().take(bytes).collect(),
+    };
+    let kv = KeyValue::memory(10);
+    let limits = Limits { memory_bytes: 4 << 20, ..Limits::default() };
+    let host =
+        Host::new(kv.clone(), kv.clone()).with_attachments((0..6).map(|i| file(&format!("f{i}"), 1 << 20)).collect());
+    let loaded = Vm::new(&source("return {}"), &Default::default(), limits.clone(), host).await;
+    assert!(matches!(loaded, Err(PluginError::Memory { .. }) | Err(PluginError::Compile(_))), "{:?}", loaded.err());
+
+    let host = Host::new(kv.clone(), kv).with_attachments(vec![file("small", 10)]);
+    let main = hook(
+        "local ok1 = pcall(function() ctx.attachments.small.contents = 'changed' end) \
+         local ok2 = pcall(function() ctx.attachments.other = {} end) \
+         event.properties.changed = ok1 or ok2 \
+         event.properties.size = #ctx.attachments.small.contents \
+         return event",
+    );
+    let vm = Vm::new(&source(&main), &Default::default(), limits, host).await.unwrap();
+    let out = vm.process_event(&event()).await.unwrap().unwrap();
+    assert_eq!(out["properties"]["changed"], false, "read-only");
+    assert_eq!(out["properties"]["size"], 10);
+}
