@@ -184,6 +184,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ));
     let producer: FutureProducer =
         producer_config.clone().set("acks", "all").set("enable.idempotence", "true").create()?;
+    if let Some(plugins) = &plugins {
+        let topic = config.plugins.capture_topic.clone();
+        plugins.capture_to(plugins::CaptureSink { producer: producer.clone(), topic });
+    }
     background.push(health::spawn_probe(
         health.clone(),
         Dependencies { postgres: pool, clickhouse: ch.clone(), kafka: producer.clone() },

@@ -32,6 +32,7 @@ const PLUGIN_ERRORS: &str = "ingest_plugin_errors_total";
 const PLUGIN_STATE_CHANGES: &str = "ingest_plugin_state_changes_total";
 const PLUGIN_BATCH_DURATION: &str = "ingest_plugin_batch_duration_seconds";
 const EXPORTS_PUBLISHED: &str = "ingest_exports_published_total";
+const PLUGIN_CAPTURED: &str = "ingest_plugin_captured_events_total";
 const EXPORTS: &str = "ingest_exports_total";
 const EXPORTS_PENDING: &str = "ingest_exports_pending_messages";
 
@@ -97,6 +98,7 @@ const METRICS: &[Metric] = &[
     ),
     (PLUGIN_BATCH_DURATION, Kind::Histogram(SECONDS), "Time one plugin configuration spent on one batch."),
     (EXPORTS_PUBLISHED, Kind::Counter, "Written events an event lane published to the exports topic."),
+    (PLUGIN_CAPTURED, Kind::Counter, "Events plugins sent with ctx.capture, produced to the ingestion topic."),
     (
         EXPORTS,
         Kind::Counter,
@@ -202,6 +204,11 @@ pub fn plugin_calls(plugin_config: i64, n: usize) {
 pub fn plugin_error(plugin_config: i64, hook: &'static str, kind: &'static str) {
     let id = plugin_config.to_string();
     counter!(PLUGIN_ERRORS, "plugin_config" => id, "kind" => kind, "hook" => hook).increment(1);
+}
+
+/// Events a plugin configuration sent with `ctx.capture`.
+pub fn plugin_captured(plugin_config: i64, n: usize) {
+    counter!(PLUGIN_CAPTURED, "plugin_config" => plugin_config.to_string()).increment(n as u64);
 }
 
 /// Written events published to the exports topic.

@@ -27,7 +27,7 @@ impl Vm {
     /// order, each under the hook limits. In scope: `plugin` (the hooks table), `ctx`,
     /// `process_event(event)` (the plugin's, exactly as production calls it: its own time
     /// and tick limits, the output checks, the same error texts), `http_requests()` (what
-    /// the stubbed http received).
+    /// the stubbed http received), `captured_events()` (what `ctx.capture` sent).
     pub async fn run_tests(self: &Arc<Self>, test_source: &str) -> Result<Vec<TestResult>, PluginError> {
         let compile = |e: mlua::Error| PluginError::Compile(format!("test.lua: {e}"));
         let env = self.lua.create_table().map_err(compile)?;
@@ -64,6 +64,15 @@ impl Vm {
             .create_function(move |lua, ()| lua.to_value(&Value::Array(host.stubbed_requests())))
             .map_err(compile)?;
         env.raw_set("http_requests", requests).map_err(compile)?;
+        // What the plugin sent with ctx.capture since the last look, under production's
+        // quotas (tests call hooks directly, so ctx.capture is allowed anywhere here).
+        self.host.start_testing();
+        let host = self.host.clone();
+        let captured = self
+            .lua
+            .create_function(move |lua, ()| lua.to_value(&Value::Array(host.take_captured())))
+            .map_err(compile)?;
+        env.raw_set("captured_events", captured).map_err(compile)?;
         self.lua
             .load(test_source)
             .set_name("=test.lua")

@@ -28,11 +28,11 @@ pub use authoring::{run_plugin, test_plugin, Workbench};
 pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
 pub use host::{luau_definitions, open_geoip, Attachment, GeoIp, Host, LogEntry, ATTACHMENT_MAX_BYTES};
 pub use kv::{KeyValue, KvError, Quota};
-pub use limits::{HttpLimits, LimitSettings, Limits};
+pub use limits::{CaptureLimits, HttpLimits, LimitSettings, Limits};
 pub use manifest::{
     AskedLimits, ConfigField, FieldType, HttpManifest, Manifest, ManifestError, PluginSource, Schedule,
 };
 pub use protocol::{ChainOutput, Instance, ProcessedEvent, TestResult};
 pub use sandbox::Vm;
-pub use supervisor::{ChainRun, Settings as SupervisorSettings, Strike, Supervisor};
+pub use supervisor::{ChainRun, HookRun, Settings as SupervisorSettings, Strike, Supervisor};
 pub use worker::{serve as serve_worker, WorkerEnv};

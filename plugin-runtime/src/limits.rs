@@ -34,7 +34,26 @@ pub struct Limits {
     /// Largest event `process_event` may return, as JSON.
     #[serde(default = "default_event_bytes")]
     pub event_bytes: usize,
+    /// Events `ctx.capture` may send in one call, and per minute.
+    #[serde(default)]
+    pub capture: CaptureLimits,
     pub http: HttpLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaptureLimits {
+    pub per_call: u32,
+    pub per_minute: u32,
+    /// How many times in a row events captured by plugins may lead plugins to capture
+    /// again: an event a plugin captured carries its depth, and a capture in a call
+    /// about such an event is refused past this.
+    pub max_depth: u32,
+}
+
+impl Default for CaptureLimits {
+    fn default() -> Self {
+        CaptureLimits { per_call: 1_000, per_minute: 10_000, max_depth: 3 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -64,6 +83,7 @@ impl Default for Limits {
             value_bytes: 64 << 10,
             store: crate::kv::Quota::default(),
             event_bytes: default_event_bytes(),
+            capture: CaptureLimits::default(),
             http: HttpLimits {
                 timeout: Duration::from_secs(5),
                 max_response_bytes: 1 << 20,
@@ -116,6 +136,12 @@ pub struct LimitSettings {
     /// Crashes or hangs of a worker while a plugin runs before that plugin is disabled.
     #[arg(long = "plugin-max-strikes", env = "PLUGIN_MAX_STRIKES", default_value_t = 3)]
     pub max_strikes: u32,
+    /// Events one call of a hook may send with ctx.capture…
+    #[arg(long = "plugin-capture-max-per-call", env = "PLUGIN_CAPTURE_MAX_PER_CALL", default_value_t = 1_000)]
+    pub capture_per_call: u32,
+    /// …and one plugin configuration per minute (in each worker process).
+    #[arg(long = "plugin-capture-max-per-minute", env = "PLUGIN_CAPTURE_MAX_PER_MINUTE", default_value_t = 10_000)]
+    pub capture_per_minute: u32,
     /// Keys one plugin configuration may keep in its cache, and again in its storage.
     #[arg(long = "plugin-store-max-keys", env = "PLUGIN_STORE_MAX_KEYS", default_value_t = 10_000)]
     pub store_max_keys: usize,
@@ -159,6 +185,11 @@ impl LimitSettings {
             hook_wall: self.hook_timeout,
             hook_io: self.hook_io,
             store: crate::kv::Quota { keys: self.store_max_keys, bytes: self.store_max_bytes, ..Default::default() },
+            capture: CaptureLimits {
+                per_call: self.capture_per_call,
+                per_minute: self.capture_per_minute,
+                ..CaptureLimits::default()
+            },
             ..Limits::default()
         };
         limits.http.allow_private_addresses = self.http_allow_private;

@@ -110,6 +110,9 @@ pub(crate) enum Response {
         id: PluginConfigId,
         error: Option<PluginError>,
         logs: Vec<LogEntry>,
+        /// What the call sent with `ctx.capture`.
+        #[serde(default)]
+        captured: Vec<Value>,
     },
     /// Each `test_*` function of a `test.lua` by name, and whether it passed; or why the
     /// file did not run.
@@ -130,6 +133,9 @@ pub struct ChainOutput {
     /// Seconds each instance spent on the batch.
     #[serde(default)]
     pub durations: Vec<(PluginConfigId, f64)>,
+    /// What each instance sent with `ctx.capture` (from `on_event`).
+    #[serde(default)]
+    pub captured: Vec<(PluginConfigId, Value)>,
 }
 
 /// [`ChainOutput`] as it crosses: events as JSON text.
@@ -139,6 +145,8 @@ pub(crate) struct WireOutput {
     pub errors: Vec<(PluginConfigId, usize, PluginError)>,
     pub logs: Vec<(PluginConfigId, LogEntry)>,
     pub durations: Vec<(PluginConfigId, f64)>,
+    #[serde(default)]
+    pub captured: Vec<(PluginConfigId, Value)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -116,6 +116,13 @@ impl Vm {
         if !self.has(hook) {
             return Ok(());
         }
+        // What the call is about decides how deep its captures are (see host::capture).
+        let depth = match (hook, arg) {
+            (Hook::OnEvent, Some(event)) => host::depth_of(event),
+            (Hook::ExportEvents, Some(Value::Array(events))) => events.iter().map(host::depth_of).max().unwrap_or(0),
+            _ => 0,
+        };
+        self.host.set_capture_depth(depth);
         let arg = match arg {
             Some(v) => self.lua.to_value(v).map_err(|e| PluginError::InvalidEvent(e.to_string()))?,
             None => LuaValue::Nil,
@@ -128,6 +135,11 @@ impl Vm {
 
     pub fn take_logs(&self) -> Vec<LogEntry> {
         self.host.take_logs()
+    }
+
+    /// Events the last call sent with `ctx.capture`.
+    pub fn take_captured(&self) -> Vec<Value> {
+        self.host.take_captured()
     }
 
     /// The limits this instance runs with (the operator's, tightened by its manifest).

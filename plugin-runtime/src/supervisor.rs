@@ -116,6 +116,17 @@ struct Running {
     since: std::time::Instant,
 }
 
+/// One call of one instance's hook (a schedule, `export_events`).
+#[derive(Debug)]
+pub struct HookRun {
+    pub result: Result<(), PluginError>,
+    pub logs: Vec<crate::host::LogEntry>,
+    /// What it sent with `ctx.capture`, to be produced by the caller.
+    pub captured: Vec<Value>,
+    /// Its worker died or hung during the call.
+    pub strike: Option<Strike>,
+}
+
 #[derive(Debug, Default)]
 pub struct ChainRun {
     pub output: ChainOutput,
@@ -264,46 +275,29 @@ impl Supervisor {
     /// topic carries them), within one hook call's time. A worker failure strikes the
     /// instance, as for batches; retrying is the caller's, so no worker waits out a
     /// back-off.
-    pub async fn export_events(
-        &self,
-        team: TeamId,
-        id: PluginConfigId,
-        events: Vec<String>,
-    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
+    pub async fn export_events(&self, team: TeamId, id: PluginConfigId, events: Vec<String>) -> HookRun {
         let request = Request::ExportEvents { id, events };
         self.hook_call(team, id, Hook::ExportEvents, &request).await
     }
 
     /// Runs one instance's schedule (`every_minute`, …) with `info` as its argument. A
     /// worker failure strikes the instance, as for batches.
-    pub async fn schedule(
-        &self,
-        team: TeamId,
-        id: PluginConfigId,
-        hook: Hook,
-        info: Value,
-    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
+    pub async fn schedule(&self, team: TeamId, id: PluginConfigId, hook: Hook, info: Value) -> HookRun {
         let request = Request::Hook { id, hook, event: Some(info.to_string()) };
         self.hook_call(team, id, hook, &request).await
     }
 
     /// One call of one instance's hook answered by `HookDone`.
-    async fn hook_call(
-        &self,
-        team: TeamId,
-        id: PluginConfigId,
-        hook: Hook,
-        request: &Request,
-    ) -> (Result<(), PluginError>, Vec<crate::host::LogEntry>, Option<Strike>) {
+    async fn hook_call(&self, team: TeamId, id: PluginConfigId, hook: Hook, request: &Request) -> HookRun {
         let answer = |response| match response {
-            Response::HookDone { error, logs, .. } => Some((error, logs)),
+            Response::HookDone { error, logs, captured, .. } => Some((error, logs, captured)),
             _ => None,
         };
         match self.ask_instance(team, id, hook, request, 1, answer).await {
-            Ok((error, logs)) => (error.map_or(Ok(()), Err), logs, None),
+            Ok((error, logs, captured)) => HookRun { result: error.map_or(Ok(()), Err), logs, captured, strike: None },
             Err(unserved) => {
                 let (error, strike) = unserved.into_error(hook.name());
-                (Err(error), Vec::new(), strike)
+                HookRun { result: Err(error), logs: Vec::new(), captured: Vec::new(), strike }
             }
         }
     }
@@ -615,7 +609,7 @@ fn read_output(wire: WireOutput, sent: &[Value], chain: &[PluginConfigId]) -> Ch
             }
         })
         .collect();
-    ChainOutput { events, errors: wire.errors, logs: wire.logs, durations: wire.durations }
+    ChainOutput { events, errors: wire.errors, logs: wire.logs, durations: wire.durations, captured: wire.captured }
 }
 
 fn passthrough(events: Vec<Value>, failed: &[PluginConfigId]) -> ChainOutput {

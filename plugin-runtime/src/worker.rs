@@ -83,6 +83,7 @@ pub async fn serve() -> std::io::Result<()> {
                             }
                         }
                         out.logs.extend(vm.take_logs().into_iter().map(|l| (id, l)));
+                        out.captured.extend(vm.take_captured().into_iter().map(|e| (id, e)));
                     }
                     write_frame(&mut output, &Response::Ran { id }).await?;
                 }
@@ -92,20 +93,18 @@ pub async fn serve() -> std::io::Result<()> {
                 // The supervisor sends only events it read itself; one that does not
                 // read here is a defect, refused whole rather than half exported.
                 let parsed: Result<Vec<Value>, _> = events.iter().map(|t| serde_json::from_str::<Value>(t)).collect();
-                let (error, logs) = match (vms.get(&id), parsed) {
+                let (error, logs, captured) = match (vms.get(&id), parsed) {
                     (Some(vm), Ok(events)) => {
-                        (vm.run_hook(Hook::ExportEvents, Some(&Value::Array(events))).await.err(), vm.take_logs())
+                        let error = vm.run_hook(Hook::ExportEvents, Some(&Value::Array(events))).await.err();
+                        (error, vm.take_logs(), vm.take_captured())
                     }
-                    (Some(_), Err(e)) => (
-                        Some(PluginError::Failed {
-                            hook: "export_events".into(),
-                            message: format!("unreadable event: {e}"),
-                        }),
-                        Vec::new(),
-                    ),
-                    (None, _) => (Some(not_loaded(id, "export_events")), Vec::new()),
+                    (Some(_), Err(e)) => {
+                        let message = format!("unreadable event: {e}");
+                        (Some(PluginError::Failed { hook: "export_events".into(), message }), Vec::new(), Vec::new())
+                    }
+                    (None, _) => (Some(not_loaded(id, "export_events")), Vec::new(), Vec::new()),
                 };
-                write_frame(&mut output, &Response::HookDone { id, error, logs }).await?;
+                write_frame(&mut output, &Response::HookDone { id, error, logs, captured }).await?;
             }
             Request::RunTests { id, source } => {
                 let (results, logs) = match vms.get(&id) {
@@ -116,11 +115,11 @@ pub async fn serve() -> std::io::Result<()> {
             }
             Request::Hook { id, hook, event } => {
                 let event = event.and_then(|text| serde_json::from_str::<Value>(&text).ok());
-                let (error, logs) = match vms.get(&id) {
-                    Some(vm) => (vm.run_hook(hook, event.as_ref()).await.err(), vm.take_logs()),
-                    None => (Some(not_loaded(id, hook.name())), Vec::new()),
+                let (error, logs, captured) = match vms.get(&id) {
+                    Some(vm) => (vm.run_hook(hook, event.as_ref()).await.err(), vm.take_logs(), vm.take_captured()),
+                    None => (Some(not_loaded(id, hook.name())), Vec::new(), Vec::new()),
                 };
-                write_frame(&mut output, &Response::HookDone { id, error, logs }).await?;
+                write_frame(&mut output, &Response::HookDone { id, error, logs, captured }).await?;
             }
         }
     }
@@ -250,7 +249,10 @@ async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     let (cache, storage) =
         (stores.cache.for_plugin_config(instance.id, quota), stores.storage.for_plugin_config(instance.id, quota));
     let host = if stores.http_stub { Host::with_http_stub(cache, storage) } else { Host::new(cache, storage) };
-    let host = host.with_geoip(stores.geoip.clone()).with_attachments(instance.attachments.clone());
+    let host = host
+        .with_geoip(stores.geoip.clone())
+        .with_attachments(instance.attachments.clone())
+        .for_plugin_config(instance.id.0);
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 
@@ -292,7 +294,13 @@ impl Batch {
                 WireEvent { event, succeeded: p.succeeded, failed: p.failed }
             })
             .collect();
-        WireOutput { events, errors: self.out.errors, logs: self.out.logs, durations: self.out.durations }
+        WireOutput {
+            events,
+            errors: self.out.errors,
+            logs: self.out.logs,
+            durations: self.out.durations,
+            captured: self.out.captured,
+        }
     }
 }
 

@@ -610,3 +610,40 @@ async fn attachments_count_against_memory_and_are_read_only() {
     assert_eq!(out["properties"]["changed"], false, "read-only");
     assert_eq!(out["properties"]["size"], 10);
 }
+
+/// `ctx.capture` marks what it sends (`$lib`, the plugin config, the depth), answers it
+/// to the caller, and is refused in `process_event`, past the per-call quota, and about
+/// an event plugins already captured as many times in a row as allowed.
+#[tokio::test]
+async fn capture_is_marked_bounded_and_refused_where_it_does_not_belong() {
+    let main = "local p = {} \
+        function p.on_event(e, ctx) \
+            if e.event == 'flood' then for i = 1, 1001 do ctx.capture('f') end end \
+            ctx.capture('echo', {n = 1}) ctx.capture('other', {distinct_id = 'd-9'}) end \
+        function p.process_event(e, ctx) ctx.capture('x') return e end \
+        return p";
+    let kv = KeyValue::memory(10);
+    let host = Host::new(kv.clone(), kv).for_plugin_config(42);
+    let vm = Vm::new(&source(main), &Default::default(), Limits::default(), host).await.unwrap();
+    vm.run_hook(Hook::OnEvent, Some(&event())).await.unwrap();
+    let captured = vm.take_captured();
+    assert_eq!(captured.len(), 2, "{captured:?}");
+    assert_eq!(captured[0]["event"], "echo");
+    assert_eq!(captured[0]["distinct_id"], "plugin-42");
+    let props = &captured[0]["properties"];
+    assert_eq!((props["n"].as_i64(), props["$lib"].as_str()), (Some(1), Some("sluice-plugin")));
+    assert_eq!((props["$plugin_config_id"].as_i64(), props["$plugin_capture_depth"].as_i64()), (Some(42), Some(1)));
+    assert_eq!(captured[1]["distinct_id"], "d-9");
+    assert!(vm.take_captured().is_empty(), "taken once");
+
+    let refused = vm.process_event(&event()).await.unwrap_err().to_string();
+    assert!(refused.contains("only for on_event, export_events and schedules"), "{refused}");
+    let mut deep = event();
+    deep["properties"]["$plugin_capture_depth"] = json!(3);
+    let refused = vm.run_hook(Hook::OnEvent, Some(&deep)).await.unwrap_err().to_string();
+    assert!(refused.contains("captured 3 times in a row, the most is 3"), "{refused}");
+    let mut flood = event();
+    flood["event"] = json!("flood");
+    let refused = vm.run_hook(Hook::OnEvent, Some(&flood)).await.unwrap_err().to_string();
+    assert!(refused.contains("more than 1000 captures in one call"), "{refused}");
+}

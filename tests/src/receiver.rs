@@ -13,11 +13,14 @@ pub type Received = Arc<Mutex<Vec<(String, String)>>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     Status(u16),
+    /// A status with a JSON body.
+    Json(u16, &'static str),
     /// Close the connection without an answer.
     Close,
 }
 
-type Policy = Box<dyn FnMut(&str) -> Answer + Send>;
+/// How to answer a request, from its head (request line and headers) and body.
+type Policy = Box<dyn FnMut(&str, &str) -> Answer + Send>;
 
 pub struct Receiver {
     pub port: u16,
@@ -35,7 +38,12 @@ impl Receiver {
     }
 
     /// Answers each request (by its body) as `policy` says, after `delay`.
-    pub fn answering(policy: impl FnMut(&str) -> Answer + Send + 'static, delay: Duration) -> Receiver {
+    pub fn answering(mut policy: impl FnMut(&str) -> Answer + Send + 'static, delay: Duration) -> Receiver {
+        Receiver::responding(move |_, body| policy(body), delay)
+    }
+
+    /// Answers each request (by its head and body) as `policy` says, after `delay`.
+    pub fn responding(policy: impl FnMut(&str, &str) -> Answer + Send + 'static, delay: Duration) -> Receiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let receiver =
@@ -51,8 +59,8 @@ impl Receiver {
     }
 
     /// Answers from now on as `policy` says.
-    pub fn set(&self, policy: impl FnMut(&str) -> Answer + Send + 'static) {
-        *self.policy.lock().unwrap() = Box::new(policy);
+    pub fn set(&self, mut policy: impl FnMut(&str) -> Answer + Send + 'static) {
+        *self.policy.lock().unwrap() = Box::new(move |_, body| policy(body));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -94,19 +102,25 @@ fn serve(
         }
         let body = String::from_utf8_lossy(&body).to_string();
         std::thread::sleep(delay);
-        let answer = (policy.lock().unwrap())(&body);
+        let answer = (policy.lock().unwrap())(&head, &body);
         all.lock().unwrap().push((body.clone(), answer));
         let status = match answer {
             Answer::Close => {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
-            Answer::Status(status) => status,
+            Answer::Status(status) => (status, ""),
+            Answer::Json(status, json) => (status, json),
         };
+        let (status, answer_body) = status;
         if (200..300).contains(&status) {
             got.lock().unwrap().push((head, body));
         }
         let mut s = &stream;
-        let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer_body}",
+            answer_body.len()
+        );
     }
 }

@@ -46,6 +46,10 @@ pub struct PluginSettings {
         value_name = "MS", value_parser = millis
     )]
     pub schedule_minute: Duration,
+    /// Where events plugins send with ctx.capture go: the ingestion topic capture
+    /// produces ordinary events to.
+    #[arg(long = "plugin-capture-topic", env = "PLUGIN_CAPTURE_TOPIC", default_value = sluice_schema::topics::EVENTS)]
+    pub capture_topic: String,
     /// A MaxMind City (or GeoLite2-City) database file for plugins' ctx.geoip; empty
     /// for none.
     #[arg(long = "geoip-database-path", env = "GEOIP_DATABASE_PATH", default_value = "")]

@@ -50,9 +50,9 @@ impl Plugins {
         let mut logs = PluginLogs::new(team, ch.flavor);
         let (answers, strikes) = match hook {
             Hook::ExportEvents => {
-                let (result, lines, strike) = self.exports.export_events(TeamId(team), pid, events).await;
-                logs.extend(id, &lines);
-                let answer = match (&result, &strike) {
+                let run = self.exports.export_events(TeamId(team), pid, events).await;
+                logs.extend(id, &run.logs);
+                let mut answer = match (&run.result, &run.strike) {
                     (_, Some(s)) => Delivered::Retry(s.reason.clone()),
                     (Ok(()), None) => Delivered::Done,
                     (Err(e), None) => {
@@ -60,7 +60,11 @@ impl Plugins {
                         verdict(e)
                     }
                 };
-                (vec![answer; n], strike.into_iter().collect())
+                if let Err(e) = self.send_captured(team, id, run.captured).await {
+                    // The call's captures are not in Kafka: it is made again.
+                    answer = Delivered::Retry(format!("events it captured were not sent: {e}"));
+                }
+                (vec![answer; n], run.strike.into_iter().collect())
             }
             _ => {
                 let values: Vec<Value> =
@@ -80,6 +84,12 @@ impl Plugins {
                 }
                 for (_, entry) in &run.output.logs {
                     logs.extend(id, std::slice::from_ref(entry));
+                }
+                let captured = run.output.captured.into_iter().map(|(_, e)| e).collect();
+                if let Err(e) = self.send_captured(team, id, captured).await {
+                    // Which event's call captured what is not kept: all are made again.
+                    let why = format!("events it captured were not sent: {e}");
+                    answers.iter_mut().for_each(|a| *a = Delivered::Retry(why.clone()));
                 }
                 (answers, run.strikes)
             }

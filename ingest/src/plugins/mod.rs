@@ -6,9 +6,11 @@
 //! - [`exports`]: `on_event` and `export_events` calls for the exports lane, in a worker
 //!   pool of their own;
 //! - [`schedules`]: `every_minute` / `every_hour` / `every_day`, once per period cluster-wide;
+//! - [`capture`]: what plugins sent with `ctx.capture`, into the ingestion topic;
 //! - [`health`]: degraded and disabled, from recent failures;
 //! - [`event`]: the event as plugins see it and back; [`store`]: the plugin-config SQL.
 
+mod capture;
 mod chain;
 mod event;
 mod exports;
@@ -35,6 +37,7 @@ use crate::config::Config;
 use crate::rows::PluginLogRow;
 use crate::write::ClickHouse;
 
+pub(crate) use capture::CaptureSink;
 pub(crate) use chain::AfterPlugins;
 pub(crate) use exports::{on_event_payload, Delivered};
 pub(crate) use health::{CallHealth, HealthThresholds, PluginState};
@@ -82,6 +85,9 @@ pub(crate) struct Plugins {
     /// The configurations were read at least once: until then no team is known to have
     /// no plugins.
     read_once: std::sync::atomic::AtomicBool,
+    /// Where `ctx.capture`'s events go, and the teams' tokens they go under.
+    capture_sink: std::sync::OnceLock<CaptureSink>,
+    tokens: Mutex<HashMap<i64, String>>,
     /// Recent calls and failures per instance.
     failures: Mutex<HashMap<i64, CallHealth>>,
 }
@@ -140,6 +146,8 @@ impl Plugins {
             loaded: Mutex::default(),
             refreshing: tokio::sync::Mutex::default(),
             read_once: Default::default(),
+            capture_sink: Default::default(),
+            tokens: Mutex::default(),
             failures: Mutex::default(),
         };
         Ok(plugins)

@@ -140,11 +140,17 @@ impl Plugins {
     /// Runs one schedule of one instance and records what it logged or how it failed.
     async fn run_schedule(&self, team: i64, id: i64, hook: Hook, info: Value, ch: &ClickHouse) {
         let started = std::time::Instant::now();
-        let (result, logs, strike) = self.exports.schedule(TeamId(team), PluginConfigId(id), hook, info).await;
+        let run = self.exports.schedule(TeamId(team), PluginConfigId(id), hook, info).await;
+        let (result, logs, strike) = (run.result, run.logs, run.strike);
         crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
         let mut lines = PluginLogs::new(team, ch.flavor);
         for entry in &logs {
             lines.push(id, &entry.level, &entry.message);
+        }
+        if let Err(e) = self.send_captured(team, id, run.captured).await {
+            // The run is over; its period is not run again for this.
+            warn!(plugin_config = id, team, hook = hook.name(), error = %e, "events the schedule captured were not sent");
+            lines.push(id, "error", &format!("events captured by {} were not sent: {e}", hook.name()));
         }
         if let Err(e) = &result {
             let kind = strike.as_ref().map_or_else(|| e.kind(), |s| s.cause);

@@ -126,7 +126,10 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
     let sent_at_text = captured.sent_at.map(|t| t.format(&Rfc3339).expect("UTC times format"));
     let mut properties = normalize::properties(
         &mut data,
-        &normalize::Context { ip: Some(&captured.ip), sent_at: sent_at_text.as_deref() },
+        &normalize::Context {
+            ip: Some(captured.ip.as_str()).filter(|ip| !ip.is_empty()),
+            sent_at: sent_at_text.as_deref(),
+        },
     );
 
     // 7. Timestamp.

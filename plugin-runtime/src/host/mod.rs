@@ -18,6 +18,7 @@
 //! | `time` | [`time`] |
 //! | `geoip` | [`geoip`] |
 //! | `attachments` | [`attachments`] |
+//! | `capture` | [`capture`] |
 //! | `retry` | [`retry`] |
 
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use crate::manifest::PluginSource;
 use crate::watchdog::Guard;
 
 mod attachments;
+mod capture;
 mod config;
 mod crypto;
 mod fetch;
@@ -45,6 +47,7 @@ mod store;
 mod time;
 
 pub use attachments::{Attachment, ATTACHMENT_MAX_BYTES};
+pub(crate) use capture::depth_of;
 pub use geoip::{open_geoip, GeoIp};
 pub(crate) use retry::retry_reason;
 
@@ -82,6 +85,7 @@ pub(crate) const NAMESPACES: &[Namespace] = &[
     time::TIME,
     geoip::GEOIP,
     attachments::ATTACHMENTS,
+    capture::CAPTURE,
     retry::RETRY,
 ];
 
@@ -187,6 +191,12 @@ struct HostInner {
     secrets: Mutex<Vec<String>>,
     /// Files uploaded with the plugin configuration.
     attachments: Vec<Attachment>,
+    /// The plugin configuration served: what captured events are marked with.
+    plugin_config: i64,
+    captured: Mutex<capture::CaptureState>,
+    /// Running an author's `test.lua` (`sluice-plugin test`): its functions call hooks
+    /// directly, outside any hook call.
+    testing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -214,6 +224,9 @@ impl Host {
                 io_spent: Mutex::default(),
                 secrets: Mutex::default(),
                 attachments: Vec::new(),
+                plugin_config: 0,
+                captured: Mutex::default(),
+                testing: Default::default(),
             }),
         }
     }
@@ -229,6 +242,21 @@ impl Host {
     pub fn with_geoip(mut self, db: Option<GeoIp>) -> Host {
         Arc::get_mut(&mut self.inner).expect("host not shared yet").geoip = db;
         self
+    }
+
+    /// The same host serving plugin configuration `id` (what its captures are marked with).
+    pub fn for_plugin_config(mut self, id: i64) -> Host {
+        Arc::get_mut(&mut self.inner).expect("host not shared yet").plugin_config = id;
+        self
+    }
+
+    /// From now on this host serves an author's `test.lua`.
+    pub(crate) fn start_testing(&self) {
+        self.inner.testing.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn testing(&self) -> bool {
+        self.inner.testing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same host with `ctx.attachments` holding `files`.
