@@ -619,6 +619,8 @@ async fn capture_is_marked_bounded_and_refused_where_it_does_not_belong() {
     let main = "local p = {} \
         function p.on_event(e, ctx) \
             if e.event == 'flood' then for i = 1, 1001 do ctx.capture('f') end end \
+            if e.event == 'huge' then ctx.capture('h', {blob = string.rep('x', 2000000)}) end \
+            if e.event == 'nameless' then ctx.capture('') end \
             ctx.capture('echo', {n = 1}) ctx.capture('other', {distinct_id = 'd-9'}) end \
         function p.process_event(e, ctx) ctx.capture('x') return e end \
         return p";
@@ -646,4 +648,11 @@ async fn capture_is_marked_bounded_and_refused_where_it_does_not_belong() {
     flood["event"] = json!("flood");
     let refused = vm.run_hook(Hook::OnEvent, Some(&flood)).await.unwrap_err().to_string();
     assert!(refused.contains("more than 1000 captures in one call"), "{refused}");
+    for (name, why) in [("huge", "larger than 1048576 bytes"), ("nameless", "event name must be 1 to 200 bytes")] {
+        let mut e = event();
+        e["event"] = json!(name);
+        let refused = vm.run_hook(Hook::OnEvent, Some(&e)).await.unwrap_err().to_string();
+        assert!(refused.to_lowercase().contains(why), "{name}: {refused}");
+    }
+    assert!(vm.take_captured().len() <= 2000, "what was refused is not kept whole");
 }
