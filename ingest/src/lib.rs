@@ -147,6 +147,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     };
     if let Some(plugins) = plugins.as_ref().filter(|_| !exports_lane) {
+        background.push(plugins::jobs::spawn(
+            plugins.clone(),
+            ch.clone(),
+            plugins::jobs::Settings {
+                poll: config.plugins.job_poll,
+                concurrency: config.plugins.job_concurrency,
+                max_attempts: config.plugins.job_max_attempts,
+                backoff: config.plugins.job_retry_backoff,
+            },
+            stop.clone(),
+        ));
         background.push(plugins::schedules::spawn(
             plugins.clone(),
             ch.clone(),

@@ -68,6 +68,8 @@ async fn plugin_command(config: &sluice_ingest::config::Config, command: Plugins
             plugins::attach(config, id, &key, &file, content_type.as_deref(), max_bytes).await
         }
         PluginsCommand::Detach { id, key } => plugins::detach(config, id, &key).await,
+        PluginsCommand::Jobs { plugin_config, limit } => plugins::jobs(config, plugin_config, limit).await,
+        PluginsCommand::RetryJob { job } => plugins::retry_job(config, job).await,
     }
 }
 

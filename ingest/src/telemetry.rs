@@ -33,6 +33,7 @@ const PLUGIN_STATE_CHANGES: &str = "ingest_plugin_state_changes_total";
 const PLUGIN_BATCH_DURATION: &str = "ingest_plugin_batch_duration_seconds";
 const EXPORTS_PUBLISHED: &str = "ingest_exports_published_total";
 const PLUGIN_CAPTURED: &str = "ingest_plugin_captured_events_total";
+const PLUGIN_JOBS: &str = "ingest_plugin_jobs_total";
 const EXPORTS: &str = "ingest_exports_total";
 const EXPORTS_PENDING: &str = "ingest_exports_pending_messages";
 
@@ -99,6 +100,7 @@ const METRICS: &[Metric] = &[
     (PLUGIN_BATCH_DURATION, Kind::Histogram(SECONDS), "Time one plugin configuration spent on one batch."),
     (EXPORTS_PUBLISHED, Kind::Counter, "Written events an event lane published to the exports topic."),
     (PLUGIN_CAPTURED, Kind::Counter, "Events plugins sent with ctx.capture, produced to the ingestion topic."),
+    (PLUGIN_JOBS, Kind::Counter, "Plugin job runs, by outcome: done, or failed (retried later or kept as failed)."),
     (
         EXPORTS,
         Kind::Counter,
@@ -209,6 +211,11 @@ pub fn plugin_error(plugin_config: i64, hook: &'static str, kind: &'static str) 
 /// Events a plugin configuration sent with `ctx.capture`.
 pub fn plugin_captured(plugin_config: i64, n: usize) {
     counter!(PLUGIN_CAPTURED, "plugin_config" => plugin_config.to_string()).increment(n as u64);
+}
+
+/// One run of a plugin's job: `done` or `failed`.
+pub fn plugin_job(outcome: &'static str) {
+    counter!(PLUGIN_JOBS, "outcome" => outcome).increment(1);
 }
 
 /// Written events published to the exports topic.

@@ -27,7 +27,8 @@ impl Vm {
     /// order, each under the hook limits. In scope: `plugin` (the hooks table), `ctx`,
     /// `process_event(event)` (the plugin's, exactly as production calls it: its own time
     /// and tick limits, the output checks, the same error texts), `http_requests()` (what
-    /// the stubbed http received), `captured_events()` (what `ctx.capture` sent).
+    /// the stubbed http received), `captured_events()` (what `ctx.capture` sent),
+    /// `started_jobs()` (what `ctx.jobs` started; run one with `plugin.jobs.<name>(payload, ctx)`).
     pub async fn run_tests(self: &Arc<Self>, test_source: &str) -> Result<Vec<TestResult>, PluginError> {
         let compile = |e: mlua::Error| PluginError::Compile(format!("test.lua: {e}"));
         let env = self.lua.create_table().map_err(compile)?;
@@ -73,6 +74,23 @@ impl Vm {
             .create_function(move |lua, ()| lua.to_value(&Value::Array(host.take_captured())))
             .map_err(compile)?;
         env.raw_set("captured_events", captured).map_err(compile)?;
+        // The jobs the plugin started since the last look: {name, payload, run_at_ms}.
+        let host = self.host.clone();
+        let started = self
+            .lua
+            .create_function(move |lua, ()| {
+                let jobs: Vec<Value> = host
+                    .started_jobs()
+                    .into_iter()
+                    .map(|j| {
+                        let payload = serde_json::from_str(&j.payload).unwrap_or(Value::Null);
+                        serde_json::json!({"name": j.name, "payload": payload, "run_at_ms": j.run_at_ms})
+                    })
+                    .collect();
+                lua.to_value(&Value::Array(jobs))
+            })
+            .map_err(compile)?;
+        env.raw_set("started_jobs", started).map_err(compile)?;
         self.lua
             .load(test_source)
             .set_name("=test.lua")

@@ -16,10 +16,12 @@ pub enum Hook {
     EveryHour,
     EveryDay,
     Teardown,
+    /// One of the plugin's `jobs` (a table of functions, not a function).
+    Jobs,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; 9] = [
         Hook::Setup,
         Hook::ProcessEvent,
         Hook::OnEvent,
@@ -28,6 +30,7 @@ impl Hook {
         Hook::EveryHour,
         Hook::EveryDay,
         Hook::Teardown,
+        Hook::Jobs,
     ];
 
     /// The hooks that receive written events: they run in the exports lane.
@@ -60,6 +63,7 @@ impl Hook {
             Hook::EveryHour => "every_hour",
             Hook::EveryDay => "every_day",
             Hook::Teardown => "teardown",
+            Hook::Jobs => "jobs",
         }
     }
 }

@@ -15,6 +15,7 @@ mod convert;
 mod hook;
 mod host;
 mod http;
+mod jobs;
 mod kv;
 mod limits;
 mod manifest;
@@ -27,6 +28,7 @@ mod worker;
 pub use authoring::{run_plugin, test_plugin, Workbench};
 pub use hook::{Hook, PluginConfigId, PluginError, TeamId};
 pub use host::{luau_definitions, open_geoip, Attachment, GeoIp, Host, LogEntry, ATTACHMENT_MAX_BYTES};
+pub use jobs::{JobError, JobLimits, JobQueue, QueuedJob};
 pub use kv::{KeyValue, KvError, Quota};
 pub use limits::{CaptureLimits, HttpLimits, LimitSettings, Limits};
 pub use manifest::{

@@ -37,6 +37,9 @@ pub struct Limits {
     /// Events `ctx.capture` may send in one call, and per minute.
     #[serde(default)]
     pub capture: CaptureLimits,
+    /// Jobs `ctx.jobs` may keep pending, and their payloads.
+    #[serde(default)]
+    pub jobs: crate::jobs::JobLimits,
     pub http: HttpLimits,
 }
 
@@ -84,6 +87,7 @@ impl Default for Limits {
             store: crate::kv::Quota::default(),
             event_bytes: default_event_bytes(),
             capture: CaptureLimits::default(),
+            jobs: crate::jobs::JobLimits::default(),
             http: HttpLimits {
                 timeout: Duration::from_secs(5),
                 max_response_bytes: 1 << 20,
@@ -142,6 +146,12 @@ pub struct LimitSettings {
     /// …and one plugin configuration per minute (in each worker process).
     #[arg(long = "plugin-capture-max-per-minute", env = "PLUGIN_CAPTURE_MAX_PER_MINUTE", default_value_t = 10_000)]
     pub capture_per_minute: u32,
+    /// Pending jobs (ctx.jobs) one plugin configuration may have…
+    #[arg(long = "plugin-jobs-max-pending", env = "PLUGIN_JOBS_MAX_PENDING", default_value_t = 10_000)]
+    pub jobs_max_pending: u32,
+    /// …and the largest payload of one, as JSON.
+    #[arg(long = "plugin-job-payload-max-bytes", env = "PLUGIN_JOB_PAYLOAD_MAX_BYTES", default_value_t = 64 << 10)]
+    pub job_payload_max_bytes: usize,
     /// Keys one plugin configuration may keep in its cache, and again in its storage.
     #[arg(long = "plugin-store-max-keys", env = "PLUGIN_STORE_MAX_KEYS", default_value_t = 10_000)]
     pub store_max_keys: usize,
@@ -189,6 +199,10 @@ impl LimitSettings {
                 per_call: self.capture_per_call,
                 per_minute: self.capture_per_minute,
                 ..CaptureLimits::default()
+            },
+            jobs: crate::jobs::JobLimits {
+                max_pending: self.jobs_max_pending,
+                payload_bytes: self.job_payload_max_bytes,
             },
             ..Limits::default()
         };

@@ -72,6 +72,12 @@ pub(crate) enum Request {
         id: PluginConfigId,
         events: Vec<String>,
     },
+    /// Run one of an instance's jobs with its payload (JSON text).
+    Job {
+        id: PluginConfigId,
+        name: String,
+        payload: String,
+    },
     /// Run one instance's `on_event` (with `event`) or a schedule / `teardown`.
     Hook {
         id: PluginConfigId,

@@ -81,7 +81,27 @@ impl Vm {
     }
 
     pub fn has(&self, hook: Hook) -> bool {
-        matches!(self.plugin.raw_get::<LuaValue>(hook.name()), Ok(LuaValue::Function(_)))
+        match (hook, self.plugin.raw_get::<LuaValue>(hook.name())) {
+            (Hook::Jobs, Ok(LuaValue::Table(_))) => true,
+            (_, Ok(LuaValue::Function(_))) => hook != Hook::Jobs,
+            _ => false,
+        }
+    }
+
+    /// Runs the plugin's job `name` with `payload` (the hook limits): `jobs.<name>(payload, ctx)`.
+    pub async fn run_job(&self, name: &str, payload: &Value) -> Result<(), PluginError> {
+        let failed = |message: String| PluginError::Failed { hook: format!("jobs.{name}"), message };
+        let f: Function = match self.plugin.raw_get::<LuaValue>("jobs") {
+            Ok(LuaValue::Table(jobs)) => match jobs.raw_get::<LuaValue>(name) {
+                Ok(LuaValue::Function(f)) => f,
+                _ => return Err(failed(format!("the plugin has no job named {name:?}"))),
+            },
+            _ => return Err(failed("the plugin has no jobs".into())),
+        };
+        self.host.set_capture_depth(0);
+        let payload = self.lua.to_value(payload).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+        let args = MultiValue::from_vec(vec![payload, LuaValue::Table(self.ctx.clone())]);
+        self.invoke(Hook::Jobs, f, args).await.map(drop)
     }
 
     /// Runs `process_event`: `Ok(Some(event))`, `Ok(None)` to drop it, or why it failed.

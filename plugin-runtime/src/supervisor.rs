@@ -280,6 +280,13 @@ impl Supervisor {
         self.hook_call(team, id, Hook::ExportEvents, &request).await
     }
 
+    /// Runs one of an instance's jobs, within one hook call's time. A worker failure
+    /// strikes the instance, as for batches; retrying is the caller's.
+    pub async fn run_job(&self, team: TeamId, id: PluginConfigId, name: String, payload: String) -> HookRun {
+        let request = Request::Job { id, name, payload };
+        self.hook_call(team, id, Hook::Jobs, &request).await
+    }
+
     /// Runs one instance's schedule (`every_minute`, …) with `info` as its argument. A
     /// worker failure strikes the instance, as for batches.
     pub async fn schedule(&self, team: TeamId, id: PluginConfigId, hook: Hook, info: Value) -> HookRun {

@@ -106,6 +106,19 @@ pub async fn serve() -> std::io::Result<()> {
                 };
                 write_frame(&mut output, &Response::HookDone { id, error, logs, captured }).await?;
             }
+            Request::Job { id, name, payload } => {
+                let (error, logs, captured) = match (vms.get(&id), serde_json::from_str::<Value>(&payload)) {
+                    (Some(vm), Ok(payload)) => {
+                        (vm.run_job(&name, &payload).await.err(), vm.take_logs(), vm.take_captured())
+                    }
+                    (Some(_), Err(e)) => {
+                        let message = format!("unreadable payload: {e}");
+                        (Some(PluginError::Failed { hook: format!("jobs.{name}"), message }), Vec::new(), Vec::new())
+                    }
+                    (None, _) => (Some(not_loaded(id, "jobs")), Vec::new(), Vec::new()),
+                };
+                write_frame(&mut output, &Response::HookDone { id, error, logs, captured }).await?;
+            }
             Request::RunTests { id, source } => {
                 let (results, logs) = match vms.get(&id) {
                     Some(vm) => (vm.run_tests(&source).await, vm.take_logs()),
@@ -190,6 +203,8 @@ impl WorkerEnv {
 struct Stores {
     cache: KeyValue,
     storage: KeyValue,
+    /// `ctx.jobs`: the storage database's `plugin_jobs`, or memory.
+    jobs: crate::jobs::JobQueue,
     geoip: Option<crate::host::GeoIp>,
     http_stub: bool,
 }
@@ -212,13 +227,17 @@ impl Stores {
                 }
             },
         };
-        let storage = match &env.storage_database_url {
-            None => memory.namespaced("storage/"),
+        let (storage, jobs) = match &env.storage_database_url {
+            None => (memory.namespaced("storage/"), crate::jobs::JobQueue::memory()),
             Some(url) => match sluice_connect::postgres::options(url) {
-                Ok(options) => KeyValue::postgres(
-                    sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(options),
+                Ok(options) => {
+                    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(options);
+                    (KeyValue::postgres(pool.clone()), crate::jobs::JobQueue::Postgres(pool))
+                }
+                Err(e) => (
+                    KeyValue::unavailable(&format!("storage unavailable: {e}")),
+                    crate::jobs::JobQueue::Unavailable(e.to_string()),
                 ),
-                Err(e) => KeyValue::unavailable(&format!("storage unavailable: {e}")),
             },
         };
         let geoip = env.geoip_database.and_then(|path| {
@@ -226,7 +245,7 @@ impl Stores {
                 .inspect_err(|e| tracing::warn!(error = %e, "geoip database not readable; ctx.geoip is off"))
                 .ok()
         });
-        Stores { cache, storage, geoip, http_stub: env.http_stub }
+        Stores { cache, storage, jobs, geoip, http_stub: env.http_stub }
     }
 }
 
@@ -252,6 +271,7 @@ async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     let host = host
         .with_geoip(stores.geoip.clone())
         .with_attachments(instance.attachments.clone())
+        .with_jobs(stores.jobs.clone())
         .for_plugin_config(instance.id.0);
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }

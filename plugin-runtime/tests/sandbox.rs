@@ -656,3 +656,60 @@ async fn capture_is_marked_bounded_and_refused_where_it_does_not_belong() {
     }
     assert!(vm.take_captured().len() <= 2000, "what was refused is not kept whole");
 }
+
+/// `ctx.jobs.<name>(payload):run_now() | :run_in(s) | :run_at(ms)` starts jobs within
+/// the pending quota and the payload limit, never from `process_event`; `run_job` runs
+/// one under the hook limits, and a job the plugin does not define fails with its name.
+#[tokio::test]
+async fn jobs_start_within_their_quotas_and_run_under_the_hook_limits() {
+    use sluice_plugin_runtime::JobQueue;
+    let main = "local p = {jobs = {}} \
+        function p.every_minute(ctx) \
+            ctx.jobs.page({cursor = 'a'}):run_now() ctx.jobs.page({cursor = 'b'}):run_in(30) \
+            ctx.jobs.page({}):run_at(1700000000000) end \
+        function p.on_event(e, ctx) \
+            if e.event == 'big' then ctx.jobs.page({blob = string.rep('x', 70000)}):run_now() end \
+            if e.event == 'more' then ctx.jobs.page({}):run_now() end end \
+        function p.process_event(e, ctx) ctx.jobs.page({}):run_now() return e end \
+        function p.jobs.page(payload, ctx) if payload.cursor == 'boom' then error('page failed') end \
+            while payload.cursor == 'spin' do end end \
+        return p";
+    let kv = KeyValue::memory(10);
+    let queue = JobQueue::memory();
+    let host = Host::new(kv.clone(), kv).for_plugin_config(7).with_jobs(queue.clone());
+    let limits = Limits {
+        hook_wall: Duration::from_millis(300),
+        jobs: sluice_plugin_runtime::JobLimits { max_pending: 3, payload_bytes: 64 << 10 },
+        ..Limits::default()
+    };
+    let vm = Vm::new(&source(main), &Default::default(), limits, host.clone()).await.unwrap();
+    assert!(vm.has(Hook::Jobs));
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    vm.run_hook(Hook::EveryMinute, Some(&json!({}))).await.unwrap();
+    let started = host.started_jobs();
+    assert_eq!(started.len(), 3);
+    assert!(started.iter().all(|j| j.name == "page" && j.plugin_config == 7));
+    assert_eq!(started[0].payload, r#"{"cursor":"a"}"#);
+    assert!((started[1].run_at_ms - before - 30_000).abs() < 5_000, "{}", started[1].run_at_ms - before);
+    assert_eq!(started[2].run_at_ms, 1_700_000_000_000);
+
+    let mut e = event();
+    e["event"] = json!("big");
+    let refused = vm.run_hook(Hook::OnEvent, Some(&e)).await.unwrap_err().to_string();
+    assert!(refused.contains("job payload") && refused.contains("65536 bytes"), "{refused}");
+    e["event"] = json!("more");
+    for _ in 0..3 {
+        vm.run_hook(Hook::OnEvent, Some(&e)).await.unwrap();
+    }
+    let refused = vm.run_hook(Hook::OnEvent, Some(&e)).await.unwrap_err().to_string();
+    assert!(refused.contains("3 pending jobs, the most it may have"), "{refused}");
+    let refused = vm.process_event(&event()).await.unwrap_err().to_string();
+    assert!(refused.contains("not allowed in process_event"), "{refused}");
+
+    assert!(vm.run_job("page", &json!({"cursor": "a"})).await.is_ok());
+    assert!(vm.run_job("page", &json!({"cursor": "boom"})).await.unwrap_err().to_string().contains("page failed"));
+    assert!(matches!(vm.run_job("page", &json!({"cursor": "spin"})).await, Err(PluginError::Timeout { .. })));
+    let missing = vm.run_job("nope", &json!({})).await.unwrap_err().to_string();
+    assert!(missing.contains("no job named \"nope\""), "{missing}");
+    drop(queue);
+}

@@ -286,6 +286,44 @@ pub async fn detach(config: &Config, id: i64, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn jobs(config: &Config, plugin_config: Option<i64>, limit: i64) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    type Row = (i64, i64, String, String, i32, String, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, plugin_config_id, name, status, attempts, to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                last_error, left(payload, 200)
+           FROM plugin_jobs WHERE $1::bigint IS NULL OR plugin_config_id = $1
+          ORDER BY id DESC LIMIT $2",
+    )
+    .bind(plugin_config)
+    .bind(limit)
+    .fetch_all(&pool)
+    .await
+    .context("listing jobs (did you run `sluice-ingest migrate`?)")?;
+    if rows.is_empty() {
+        println!("no pending or failed jobs");
+    }
+    for (id, config_id, name, status, attempts, run_at, error, payload) in rows {
+        let error = if error.is_empty() { String::new() } else { format!("\terror={error}") };
+        println!("{id}\tplugin_config={config_id}\t{name}\t{status}\tattempts={attempts}\trun_at={run_at}\tpayload={payload}{error}");
+    }
+    Ok(())
+}
+
+pub async fn retry_job(config: &Config, job: i64) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    let done = sqlx::query(
+        "UPDATE plugin_jobs SET status = 'pending', attempts = 0, run_at = now(), locked_until = NULL
+          WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(job)
+    .execute(&pool)
+    .await?;
+    anyhow::ensure!(done.rows_affected() == 1, "no failed job with id {job}");
+    println!("job {job} will run again");
+    Ok(())
+}
+
 pub async fn logs(config: &Config, id: i64, limit: u32) -> anyhow::Result<()> {
     let ch = super::clickhouse(config).await?;
     let text = ch

@@ -97,6 +97,16 @@ pub enum PluginsCommand {
     },
     /// Remove a plugin config's attachment.
     Detach { id: i64, key: String },
+    /// List plugin jobs that are pending or failed (with their error), newest first.
+    Jobs {
+        /// Only this plugin config's.
+        #[arg(long)]
+        plugin_config: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Run a failed job again (its attempts start over).
+    RetryJob { job: i64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -46,6 +46,18 @@ pub struct PluginSettings {
         value_name = "MS", value_parser = millis
     )]
     pub schedule_minute: Duration,
+    /// How often an event lane looks for plugin jobs that are due…
+    #[arg(long = "plugin-job-poll-ms", env = "PLUGIN_JOB_POLL_MS", default_value = "1000", value_name = "MS", value_parser = millis)]
+    pub job_poll: Duration,
+    /// …and how many it claims and runs at once.
+    #[arg(long = "plugin-job-concurrency", env = "PLUGIN_JOB_CONCURRENCY", default_value_t = 4)]
+    pub job_concurrency: usize,
+    /// Runs of a failing job before it is kept as failed; the wait before each retry
+    /// starts at PLUGIN_JOB_RETRY_BACKOFF_MS and doubles.
+    #[arg(long = "plugin-job-max-attempts", env = "PLUGIN_JOB_MAX_ATTEMPTS", default_value_t = 5)]
+    pub job_max_attempts: u32,
+    #[arg(long = "plugin-job-retry-backoff-ms", env = "PLUGIN_JOB_RETRY_BACKOFF_MS", default_value = "5000", value_name = "MS", value_parser = millis)]
+    pub job_retry_backoff: Duration,
     /// Where events plugins send with ctx.capture go: the ingestion topic capture
     /// produces ordinary events to.
     #[arg(long = "plugin-capture-topic", env = "PLUGIN_CAPTURE_TOPIC", default_value = sluice_schema::topics::EVENTS)]

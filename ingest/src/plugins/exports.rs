@@ -115,7 +115,7 @@ impl Plugins {
 }
 
 impl PluginLogs {
-    fn extend(&mut self, id: i64, lines: &[sluice_plugin_runtime::LogEntry]) {
+    pub(super) fn extend(&mut self, id: i64, lines: &[sluice_plugin_runtime::LogEntry]) {
         for entry in lines {
             info!(plugin_config = id, team = self.team, level = %entry.level, "{}", entry.message);
             self.push(id, &entry.level, &entry.message);

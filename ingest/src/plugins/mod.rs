@@ -7,6 +7,7 @@
 //!   pool of their own;
 //! - [`schedules`]: `every_minute` / `every_hour` / `every_day`, once per period cluster-wide;
 //! - [`capture`]: what plugins sent with `ctx.capture`, into the ingestion topic;
+//! - [`jobs`]: plugins' jobs, claimed from Postgres and run once across processes;
 //! - [`health`]: degraded and disabled, from recent failures;
 //! - [`event`]: the event as plugins see it and back; [`store`]: the plugin-config SQL.
 
@@ -15,6 +16,7 @@ mod chain;
 mod event;
 mod exports;
 mod health;
+pub(crate) mod jobs;
 mod registry;
 mod reload;
 pub(crate) mod schedules;

@@ -128,7 +128,7 @@ impl Plugins {
             }
             super::Role::Events => {
                 let hooks = self.supervisor.load(team, instance.clone()).await?;
-                if hooks.iter().any(|h| h.is_schedule()) {
+                if hooks.iter().any(|h| h.is_schedule() || *h == Hook::Jobs) {
                     self.exports.load(team, instance).await?;
                 }
                 Ok(hooks)

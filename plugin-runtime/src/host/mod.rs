@@ -19,6 +19,7 @@
 //! | `geoip` | [`geoip`] |
 //! | `attachments` | [`attachments`] |
 //! | `capture` | [`capture`] |
+//! | `jobs` | [`jobs`] (where they are kept: `crate::jobs`) |
 //! | `retry` | [`retry`] |
 
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ mod config;
 mod crypto;
 mod fetch;
 mod geoip;
+mod jobs;
 mod json;
 mod log;
 mod retry;
@@ -86,6 +88,7 @@ pub(crate) const NAMESPACES: &[Namespace] = &[
     geoip::GEOIP,
     attachments::ATTACHMENTS,
     capture::CAPTURE,
+    jobs::JOBS,
     retry::RETRY,
 ];
 
@@ -197,6 +200,8 @@ struct HostInner {
     /// Running an author's `test.lua` (`sluice-plugin test`): its functions call hooks
     /// directly, outside any hook call.
     testing: std::sync::atomic::AtomicBool,
+    /// Where `ctx.jobs` starts jobs; `None`: not available.
+    jobs: Option<crate::jobs::JobQueue>,
 }
 
 #[derive(Default)]
@@ -227,6 +232,7 @@ impl Host {
                 plugin_config: 0,
                 captured: Mutex::default(),
                 testing: Default::default(),
+                jobs: None,
             }),
         }
     }
