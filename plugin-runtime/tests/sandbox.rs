@@ -639,7 +639,7 @@ async fn capture_is_marked_bounded_and_refused_where_it_does_not_belong() {
     assert!(vm.take_captured().is_empty(), "taken once");
 
     let refused = vm.process_event(&event()).await.unwrap_err().to_string();
-    assert!(refused.contains("only for on_event, export_events and schedules"), "{refused}");
+    assert!(refused.contains("only for on_event, export_events, schedules and jobs"), "{refused}");
     let mut deep = event();
     deep["properties"]["$plugin_capture_depth"] = json!(3);
     let refused = vm.run_hook(Hook::OnEvent, Some(&deep)).await.unwrap_err().to_string();
@@ -712,4 +712,16 @@ async fn jobs_start_within_their_quotas_and_run_under_the_hook_limits() {
     let missing = vm.run_job("nope", &json!({})).await.unwrap_err().to_string();
     assert!(missing.contains("no job named \"nope\""), "{missing}");
     drop(queue);
+}
+
+/// Jobs are where importers capture, after awaiting their source.
+#[tokio::test]
+async fn a_job_may_capture_after_awaiting_io() {
+    let main = "local p = {jobs = {}} \
+        function p.jobs.page(payload, ctx) ctx.cache.set('k', 1) ctx.capture('imported', {n = 1}) end return p";
+    let kv = KeyValue::memory(10);
+    let host = Host::new(kv.clone(), kv);
+    let vm = Vm::new(&source(main), &Default::default(), Limits::default(), host).await.unwrap();
+    vm.run_job("page", &json!({})).await.unwrap();
+    assert_eq!(vm.take_captured().len(), 1);
 }

@@ -1,6 +1,14 @@
+function test_a_minute_starts_one_chain_of_page_jobs()
+    plugin.every_minute(ctx, {period_start_ms = 0})
+    plugin.every_minute(ctx, {period_start_ms = 60000})
+    local jobs = started_jobs()
+    assert(#jobs == 1, "one chain at a time, got " .. #jobs)
+    assert(jobs[1].name == "page")
+end
+
 function test_a_page_is_fetched_after_the_stored_cursor()
     ctx.storage.set("cursor", "abc 1")
-    local ok = pcall(plugin.import_page, ctx)
+    pcall(plugin.jobs.page, {}, ctx)
     local sent = http_requests()
     assert(#sent == 1, "one request")
     assert(sent[1].url == "https://api.example.com/events?cursor=abc%201", sent[1].url)

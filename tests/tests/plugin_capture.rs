@@ -83,7 +83,7 @@ fn the_importer_captures_each_source_event_once_under_its_team() {
         ("PLUGIN_CAPTURE_TOPIC", cap.topics.main.as_str()),
     ]);
     let ingest = Ingest::start("capture_import", &cap.topics.main, &env);
-    let got = wait_rows(&ingest, team, 3, || ingest.log_text());
+    let got = wait_rows(&ingest, team, 3, || format!("{}\n{}", db.run(&["plugins", "jobs"]), ingest.log_text()));
     // Several more runs: the cursor stays at "b", and nothing comes again.
     let deadline = Instant::now() + Duration::from_secs(30);
     while endpoint.all.lock().unwrap().len() < 5 {

@@ -20,8 +20,8 @@ use crate::limits::CaptureLimits;
 pub(super) const CAPTURE: Namespace = Namespace {
     name: "capture",
     declarations: "",
-    field: r#"	-- Sends an event into the pipeline under this team (on_event, export_events, schedules
-	-- only), marked $lib = "sluice-plugin" with $plugin_config_id; distinct_id defaults to
+    field: r#"	-- Sends an event into the pipeline under this team (on_event, export_events, schedules,
+	-- jobs), marked $lib = "sluice-plugin" with $plugin_config_id; distinct_id defaults to
 	-- properties.distinct_id, else "plugin-<config id>"; properties.timestamp, if given, is
 	-- the event's time. Limited per call, per minute, and in how many times captured
 	-- events may lead to captures in a row.
@@ -70,11 +70,14 @@ fn build(b: &Build) -> mlua::Result<LuaValue> {
     let (host, limits, event_bytes) = (b.host.clone(), b.limits.capture.clone(), b.limits.event_bytes);
     let f = b.lua.create_function(
         move |lua, (event, properties, distinct_id): (String, Option<LuaValue>, Option<String>)| {
-            let allowed =
-                host.hook().is_some_and(|h| matches!(h, Hook::OnEvent | Hook::ExportEvents) || h.is_schedule())
-                    || (host.hook().is_none() && host.testing());
+            let allowed = host
+                .hook()
+                .is_some_and(|h| matches!(h, Hook::OnEvent | Hook::ExportEvents | Hook::Jobs) || h.is_schedule())
+                || (host.hook().is_none() && host.testing());
             if !allowed {
-                return Err(mlua::Error::runtime("ctx.capture is only for on_event, export_events and schedules"));
+                return Err(mlua::Error::runtime(
+                    "ctx.capture is only for on_event, export_events, schedules and jobs",
+                ));
             }
             let mut props = match properties {
                 None | Some(LuaValue::Nil) => Map::new(),
