@@ -50,20 +50,10 @@ PIDS+=("$!")
 until curl -sf "http://127.0.0.1:$SINK_PORT/" >/dev/null; do sleep 0.1; done
 sink_count() { curl -s "http://127.0.0.1:$SINK_PORT/"; }
 
-team() { "$BIN/sluice-ingest" teams create --name "$1" | awk 'NR == 1 {print $3}'; }
-token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }
 TB="$(team batched)"; TS="$(team single)"
 "$BIN/sluice-ingest" plugins install plugins/http-export --team "$TB" --config "url=http://127.0.0.1:$SINK_PORT/in" >/dev/null
 "$BIN/sluice-ingest" plugins install plugins/webhook --team "$TS" --config "url=http://127.0.0.1:$SINK_PORT/hook" >/dev/null
 
-cpu_of_tree() { # PID: CPU ticks of the process and its children (plugin workers)
-  local total; total="$(awk '{print $14 + $15}' "/proc/$1/stat")"
-  for stat in /proc/[0-9]*/stat; do
-    read -r -a f <"$stat" 2>/dev/null || continue
-    if [ "${f[3]:-}" = "$1" ]; then total=$((total + f[13] + f[14])); fi
-  done
-  echo "$total"
-}
 
 scenario() { # NAME TEAM
   local name="$1" topic="${RUN}-$1" exports="${RUN}-$1-exports" token

@@ -42,3 +42,19 @@ start_ingest() {
     "$BIN/sluice-ingest" >"$2" 2>&1 &
   INGEST_PID=$!; PIDS+=("$INGEST_PID")
 }
+
+# cpu_of_tree PID: CPU ticks of the process and its children (plugin workers).
+cpu_of_tree() {
+  local total; total="$(awk '{print $14 + $15}' "/proc/$1/stat")"
+  for stat in /proc/[0-9]*/stat; do
+    read -r -a f <"$stat" 2>/dev/null || continue
+    # comm has no spaces for our binaries: field 4 is the parent pid.
+    if [ "${f[3]:-}" = "$1" ]; then total=$((total + f[13] + f[14])); fi
+  done
+  echo "$total"
+}
+
+# team NAME: creates a team, prints its id; token_of ID: its api token.
+team() { "$BIN/sluice-ingest" teams create --name "$1" | awk 'NR == 1 {print $3}'; }
+token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }
+

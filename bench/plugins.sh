@@ -23,8 +23,6 @@ CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
 "$BIN/sluice-ingest" migrate >/dev/null
 TICKS="$(getconf CLK_TCK)"
 
-team() { "$BIN/sluice-ingest" teams create --name "$1" | awk 'NR == 1 {print $3}'; }
-token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }
 T0="$(team none)"; T1="$(team one)"; T3="$(team three)"
 "$BIN/sluice-ingest" plugins install plugins/property-filter --team "$T1" --config 'properties=secret,$ip' >/dev/null
 for t in "$T3"; do
@@ -46,15 +44,6 @@ with open(path, "w") as f:
 PY
 }
 
-cpu_of_tree() { # PID: CPU ticks of the process and its children (plugin workers)
-  local total; total="$(awk '{print $14 + $15}' "/proc/$1/stat")"
-  for stat in /proc/[0-9]*/stat; do
-    read -r -a f <"$stat" 2>/dev/null || continue
-    # comm has no spaces for our binaries: field 4 is the parent pid.
-    if [ "${f[3]:-}" = "$1" ]; then total=$((total + f[13] + f[14])); fi
-  done
-  echo "$total"
-}
 
 scenario() { # NAME TEAM
   local name="$1" topic="${RUN}-$1" token

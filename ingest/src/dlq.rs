@@ -78,3 +78,8 @@ impl DeadLetters {
         self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }
+
+/// A message's header as text (dead letters' `dlq_*`, the exports topic's own).
+pub(crate) fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    m.headers()?.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok())
+}

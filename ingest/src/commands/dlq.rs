@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::Config;
+use crate::dlq::header;
 
 /// Which dead letters a command applies to.
 pub struct Selection {
@@ -50,10 +51,6 @@ pub fn parse_since(text: &str) -> anyhow::Result<OffsetDateTime> {
         _ => bail!("--since {text:?}: unknown unit {unit:?} (use s, m, h or d)"),
     };
     Ok(OffsetDateTime::now_utc() - time::Duration::seconds(seconds))
-}
-
-fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
 /// Reads the whole dead-letter `topic`, up to its end at the time of the call.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sluice_plugin_runtime::Hook;
 use tokio::time::Instant;
@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::ExportSettings;
 use crate::consume::{self, BatchLimits, LaneConsumer};
-use crate::dlq::DeadLetters;
+use crate::dlq::{header, DeadLetters};
 use crate::health::Health;
 use crate::plugins::{Delivered, Plugins};
 use crate::stopping::Stopping;
@@ -328,10 +328,6 @@ impl Lane<'_> {
             }
         }
     }
-}
-
-fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
 /// Puts one given-up event in the exports dead-letter topic, trying again while the
