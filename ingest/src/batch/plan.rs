@@ -1,10 +1,10 @@
 //! Planning a batch into groups that must each run in offset order, and may run
 //! concurrently with each other (see the parent module).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::Parsed;
-use crate::process::{self, Deps};
+use crate::persons::NewPerson;
+use crate::process::{Deps, Prepared};
 use crate::stores::Stores;
 
 /// What the plan knows of an event before processing it.
@@ -61,25 +61,23 @@ fn union(parent: &mut [usize], a: usize, b: usize) {
     parent[high] = low;
 }
 
-/// Resolves the batch's teams (one query for those not cached), reads the persons of its
-/// distinct ids (one query per team), and plans the groups.
+/// Reads the persons of the batch's distinct ids (one query per team), creates in one
+/// statement the persons its events will create first (see [`new_persons`]), and plans
+/// the groups.
 pub(super) async fn plan_batch<S: Stores>(
-    parsed: &[Parsed],
+    prepared: &[Prepared],
     deps: &Deps<'_, S>,
 ) -> Result<Vec<Vec<usize>>, sqlx::Error> {
-    let events = || parsed.iter().map(Parsed::event);
-    let tokens: Vec<&str> = events().flatten().map(|c| c.token.as_str()).collect();
-    deps.stores.load_teams(&tokens).await?;
-    let mut members = Vec::with_capacity(parsed.len());
+    let mut members = Vec::with_capacity(prepared.len());
     let mut ids: HashMap<i64, Vec<String>> = HashMap::new();
-    for captured in events() {
-        let member = match captured {
-            Some(c) => deps.stores.team(&c.token).await?.map(|team| Member {
-                team: team.id,
-                distinct_id: c.distinct_id.clone(),
-                merge_source: process::merge_source(c),
+    for p in prepared {
+        let member = match p {
+            Prepared::Ready(ready) => Some(Member {
+                team: ready.team_id(),
+                distinct_id: ready.distinct_id().to_string(),
+                merge_source: ready.person_event().and_then(|e| e.merge_source().map(str::to_string)),
             }),
-            None => None,
+            Prepared::Done(_) => None,
         };
         if let Some(m) = &member {
             let list = ids.entry(m.team).or_default();
@@ -93,7 +91,32 @@ pub(super) async fn plan_batch<S: Stores>(
         list.dedup();
     }
     let person_of = deps.stores.prefetch_persons(&ids).await?;
-    Ok(plan(&members, |team, id| person_of.get(&(team, id.to_string())).copied()))
+    let person_of = |team: i64, id: &str| person_of.get(&(team, id.to_string())).copied();
+    deps.stores.create_persons(new_persons(prepared, person_of)).await?;
+    Ok(plan(&members, person_of))
+}
+
+/// The persons the batch's events create one at a time when run in order, known before
+/// any runs: an event that is the first of the batch to touch a distinct id with no
+/// person, and is not a merge, creates it from its own `$set`/`$set_once` and time,
+/// whatever else the batch holds. Created ahead in one statement, they cost one round
+/// trip per batch instead of one per person; each stays attributed to its event.
+pub(crate) fn new_persons(prepared: &[Prepared], person_of: impl Fn(i64, &str) -> Option<i64>) -> Vec<NewPerson> {
+    let mut touched: HashSet<(i64, &str)> = HashSet::new();
+    let mut new = Vec::new();
+    for p in prepared {
+        let Prepared::Ready(ready) = p else { continue };
+        let Some(ev) = ready.person_event() else { continue };
+        let source = ev.merge_source();
+        let first = touched.insert((ev.team_id, ev.distinct_id));
+        if source.is_none() && first && person_of(ev.team_id, ev.distinct_id).is_none() {
+            new.push(NewPerson::of(&ev));
+        }
+        if let Some(source) = source {
+            touched.insert((ev.team_id, source));
+        }
+    }
+    new
 }
 
 #[cfg(test)]

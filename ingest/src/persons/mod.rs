@@ -21,8 +21,8 @@ use uuid::Uuid;
 use self::merge::{Decision, PersonRef};
 use self::properties::Updates;
 use self::store::{
-    add_distinct_id, create, find, lost_race, merge_persons, person_from_row, save, PERSONS_OF_DISTINCT_IDS,
-    PERSON_OF_DISTINCT_ID,
+    add_distinct_id, create, find, lost_race, merge_persons, person_from_row, save, CREATE_PERSONS,
+    PERSONS_OF_DISTINCT_IDS, PERSON_OF_DISTINCT_ID,
 };
 
 /// Attempts of one event's transaction when it loses a race (see [`lost_race`]).
@@ -63,9 +63,9 @@ pub(crate) struct PersonEvent<'a> {
     pub timestamp: OffsetDateTime,
 }
 
-impl PersonEvent<'_> {
+impl<'a> PersonEvent<'a> {
     /// The id this event merges into its own distinct_id, if it is a merge.
-    fn merge_source(&self) -> Option<&str> {
+    pub(crate) fn merge_source(&self) -> Option<&'a str> {
         self.properties.get(merge_source_property(self.event)?).and_then(Value::as_str)
     }
 }
@@ -79,6 +79,46 @@ pub(crate) fn merge_source_property(event: &str) -> Option<&'static str> {
     }
 }
 
+/// A person an event of the batch will create, created ahead with the others
+/// (`PersonStore::create_new`): what `create_alone` would write for that event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NewPerson {
+    pub team_id: i64,
+    pub distinct_id: String,
+    pub properties: Map<String, Value>,
+    pub created_at: OffsetDateTime,
+}
+
+impl NewPerson {
+    pub(crate) fn of(ev: &PersonEvent<'_>) -> NewPerson {
+        NewPerson {
+            team_id: ev.team_id,
+            distinct_id: ev.distinct_id.to_string(),
+            properties: Updates::from_properties(ev.properties).initial(),
+            created_at: ev.timestamp,
+        }
+    }
+
+    /// The person and rows its event reports, as if it had created it alone.
+    fn created(self, id: i64) -> (Person, Changes) {
+        let uuid = person_uuid(self.team_id, &self.distinct_id);
+        let person = Person {
+            id,
+            uuid,
+            properties: self.properties,
+            is_identified: false,
+            created_at: self.created_at,
+            version: 0,
+        };
+        let changes = Changes {
+            persons: vec![(person.clone(), false)],
+            distinct_ids: vec![(self.distinct_id, uuid, 0)],
+            warnings: Vec::new(),
+        };
+        (person, changes)
+    }
+}
+
 /// What the batch being processed knows of its persons: `None` is a distinct id known to
 /// have no person.
 type BatchPersons = HashMap<(i64, String), Option<Person>>;
@@ -89,11 +129,14 @@ pub(crate) struct PersonStore {
     /// process's own writes, so most events cost no query. Cleared with each batch: a
     /// merge made by another ingest process is seen from the next batch on.
     batch: Mutex<BatchPersons>,
+    /// Persons created ahead for the batch ([`PersonStore::create_new`]), each waiting
+    /// for the event that creates it to take what it reports.
+    created: Mutex<HashMap<(i64, String), (Person, Changes)>>,
 }
 
 impl PersonStore {
     pub(crate) fn new(pool: PgPool) -> Self {
-        PersonStore { pool, batch: Mutex::default() }
+        PersonStore { pool, batch: Mutex::default(), created: Mutex::default() }
     }
 
     /// Reads, in one query per team, the persons of every distinct id of a batch;
@@ -116,7 +159,51 @@ impl PersonStore {
         }
         let person_ids = known.iter().filter_map(|(k, p)| Some((k.clone(), p.as_ref()?.id))).collect();
         *self.batch.lock().expect("batch lock") = known;
+        self.created.lock().expect("created lock").clear();
         Ok(person_ids)
+    }
+
+    /// Creates the batch's new persons with their distinct ids in one statement. Another
+    /// process creating one of them meanwhile fails the statement on a unique key, and
+    /// then none is created ahead: each event creates its own as before, and the one that
+    /// lost the race finds the other's.
+    pub(crate) async fn create_new(&self, new: Vec<NewPerson>) -> Result<(), sqlx::Error> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in &new {
+            columns.0.push(person_uuid(p.team_id, &p.distinct_id));
+            columns.1.push(p.team_id);
+            columns.2.push(sqlx::types::Json(&p.properties));
+            columns.3.push(p.created_at);
+            columns.4.push(p.distinct_id.as_str());
+        }
+        let created = sqlx::query(CREATE_PERSONS)
+            .bind(columns.0)
+            .bind(columns.1)
+            .bind(columns.2)
+            .bind(columns.3)
+            .bind(columns.4)
+            .fetch_all(&self.pool)
+            .await;
+        let rows = match created {
+            Ok(rows) => rows,
+            Err(e) if lost_race(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut ids: HashMap<(i64, String), i64> =
+            rows.into_iter().map(|r| ((r.get("team_id"), r.get("distinct_id")), r.get("person_id"))).collect();
+        let (mut batch, mut created) =
+            (self.batch.lock().expect("batch lock"), self.created.lock().expect("created lock"));
+        for p in new {
+            let key = (p.team_id, p.distinct_id.clone());
+            let Some(id) = ids.remove(&key) else { continue };
+            let (person, changes) = p.created(id);
+            batch.insert(key.clone(), Some(person.clone()));
+            created.insert(key, (person, changes));
+        }
+        Ok(())
     }
 
     /// Applies one event; returns the event's person (after the event) and what changed.
@@ -124,7 +211,11 @@ impl PersonStore {
         // Most events are a known person's and change nothing (the same $set again): the
         // batch's prefetch (or one plain read) answers them, without a transaction or lock.
         if ev.merge_source().is_none() {
-            let cached = self.batch.lock().expect("batch lock").get(&(ev.team_id, ev.distinct_id.to_string())).cloned();
+            let key = (ev.team_id, ev.distinct_id.to_string());
+            if let Some(done) = self.created.lock().expect("created lock").remove(&key) {
+                return Ok(done);
+            }
+            let cached = self.batch.lock().expect("batch lock").get(&key).cloned();
             let current = match cached {
                 Some(known) => known,
                 None => sqlx::query(PERSON_OF_DISTINCT_ID)

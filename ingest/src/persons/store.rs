@@ -33,6 +33,21 @@ pub(super) const PERSON_OF_DISTINCT_ID: &str = person_query!("WHERE d.team_id = 
 const PERSON_OF_DISTINCT_ID_LOCKED: &str = person_query!("WHERE d.team_id = $1 AND d.distinct_id = $2 FOR UPDATE OF p");
 pub(super) const PERSONS_OF_DISTINCT_IDS: &str = person_query!("WHERE d.team_id = $1 AND d.distinct_id = ANY($2)");
 
+/// Persons and their first distinct ids, one row each per `UNNEST`ed element (uuid,
+/// team, properties, created_at, distinct id); the distinct-id rows come back.
+pub(super) const CREATE_PERSONS: &str = "
+    WITH input AS (
+        SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[], $4::timestamptz[], $5::text[])
+            AS i (uuid, team_id, properties, created_at, distinct_id)
+    ), p AS (
+        INSERT INTO persons (uuid, team_id, properties, is_identified, created_at, version)
+        SELECT uuid, team_id, properties, false, created_at, 0 FROM input
+        RETURNING id, team_id, uuid
+    )
+    INSERT INTO person_distinct_ids (team_id, distinct_id, person_id, version)
+    SELECT p.team_id, input.distinct_id, p.id, 0 FROM p JOIN input USING (team_id, uuid)
+    RETURNING team_id, distinct_id, person_id";
+
 pub(super) fn person_from_row(r: sqlx::postgres::PgRow) -> Person {
     Person {
         id: r.get("id"),

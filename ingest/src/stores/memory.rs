@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::Stores;
 use crate::groups::{apply_set, Group, Stored, MAX_GROUP_TYPES};
 use crate::persons::properties::Updates;
-use crate::persons::{Changes, Person, PersonEvent};
+use crate::persons::{Changes, NewPerson, Person, PersonEvent};
 use crate::resolve::Team;
 
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub(crate) struct Memory {
     /// Only the person step fails (a lock timeout, say).
     pub persons_down: AtomicBool,
     pub person_calls: AtomicUsize,
+    /// What `create_persons` was asked to create, in order.
+    pub created_ahead: Mutex<Vec<NewPerson>>,
     persons: Mutex<HashMap<(i64, String), Person>>,
     group_types: Mutex<HashMap<(i64, String), i16>>,
     groups: Mutex<HashMap<(i64, i16, String), Stored>>,
@@ -63,6 +65,14 @@ impl Stores for Memory {
             .flat_map(|(team, list)| list.iter().map(move |d| (*team, d.clone())))
             .filter_map(|key| persons.get(&key).map(|p| (key, p.id)))
             .collect())
+    }
+
+    /// Records what it was asked; each event then creates its person alone, which
+    /// `create_persons` must match (the Postgres tests hold that).
+    async fn create_persons(&self, new: Vec<NewPerson>) -> Result<(), sqlx::Error> {
+        self.answer()?;
+        self.created_ahead.lock().expect("created lock").extend(new);
+        Ok(())
     }
 
     async fn person(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {

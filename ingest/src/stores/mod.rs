@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::groups::{Group, GroupStore};
-use crate::persons::{Changes, Person, PersonEvent, PersonStore};
+use crate::persons::{Changes, NewPerson, Person, PersonEvent, PersonStore};
 use crate::resolve::{Team, TeamCache};
 
 /// Every error is Postgres not answering: the batch is retried, never dropped.
@@ -27,6 +27,10 @@ pub(crate) trait Stores: Sync {
         &self,
         ids: &HashMap<i64, Vec<String>>,
     ) -> impl Future<Output = Result<HashMap<(i64, String), i64>, sqlx::Error>> + Send;
+
+    /// Creates the persons the batch's events will create (after `prefetch_persons`);
+    /// each event then reports its own from `person`, as if it had created it alone.
+    fn create_persons(&self, new: Vec<NewPerson>) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Applies one event to its person; the person after it, and what changed.
     fn person(&self, ev: &PersonEvent<'_>) -> impl Future<Output = Result<(Person, Changes), sqlx::Error>> + Send;
@@ -70,6 +74,10 @@ impl Stores for Postgres {
         ids: &HashMap<i64, Vec<String>>,
     ) -> Result<HashMap<(i64, String), i64>, sqlx::Error> {
         self.persons.prefetch(ids).await
+    }
+
+    async fn create_persons(&self, new: Vec<NewPerson>) -> Result<(), sqlx::Error> {
+        self.persons.create_new(new).await
     }
 
     async fn person(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
