@@ -36,7 +36,7 @@ fn modern_ddl_and_rows_load_into_a_modern_clickhouse() {
         groups: ["acme".into(), String::new(), String::new(), String::new(), String::new()],
     };
     // The same row twice, as a retried batch would write it: one row remains.
-    let line = row.to_json(Flavor::Modern).to_string();
+    let line = row.to_text(Flavor::Modern);
     std::fs::write(rows_dir.join("sluice_modern.events.jsonl"), format!("{line}\n{line}\n")).unwrap();
 
     let python = std::env::var("SLUICE_VENV")

@@ -18,11 +18,11 @@ use sluice_schema::CapturedEvent;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::exports::{ExportsTopic, Written};
 use crate::plugins::AfterPlugins;
-use crate::process::{self, DependencyDown, Deps, Fate};
+use crate::process::{self, DependencyDown, Deps, Fate, Prepared};
 use crate::rows::Table;
 use crate::stores::Stores;
 use crate::telemetry;
-use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
+use crate::write::{row_text, ClickHouse, ClickHouseError, SourcedRow};
 
 mod plan;
 
@@ -74,8 +74,9 @@ pub(crate) async fn handle<S: Stores>(
         Some(plugins) => run_plugins(&mut parsed, deps, plugins).await?,
         None => Vec::new(),
     };
-    let groups = plan::plan_batch(&parsed, deps).await?;
-    let outcomes = process_groups(parsed, groups, deps, concurrency).await?;
+    let prepared = prepare(parsed, deps).await?;
+    let groups = plan::plan_batch(&prepared, deps).await?;
+    let outcomes = process_groups(prepared, groups, deps, concurrency).await?;
     let mut sorted = Sorted::from(outcomes);
     let first = batch.first().map(|m| (m.topic(), m.partition(), m.offset())).unwrap_or_default();
     let token = format!("{lane}-{}-{}-{}", first.0, first.1, first.2);
@@ -110,25 +111,40 @@ fn parse(batch: &[OwnedMessage]) -> Vec<Parsed> {
         .collect()
 }
 
-/// The per-event steps, each group in offset order, groups concurrently (bounded);
-/// outcomes in message order.
+/// Steps 1–7 for every event (one query for the batch's teams not cached).
+async fn prepare<S: Stores>(parsed: Vec<Parsed>, deps: &Deps<'_, S>) -> Result<Vec<Prepared>, DependencyDown> {
+    let tokens: Vec<&str> = parsed.iter().filter_map(Parsed::event).map(|c| c.token.as_str()).collect();
+    deps.stores.load_teams(&tokens).await?;
+    let mut prepared = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        prepared.push(match p {
+            Parsed::Event(captured) => process::prepare(captured, None, deps).await?,
+            Parsed::Plugged(captured, data) => process::prepare(captured, Some(data), deps).await?,
+            Parsed::Dead(dead) => Prepared::Done(Fate::Dead(dead)),
+            Parsed::Dropped(cause) => Prepared::Done(Fate::Drop { cause, warnings: Vec::new() }),
+        });
+    }
+    Ok(prepared)
+}
+
+/// Steps 8–11, each group in offset order, groups concurrently (bounded); outcomes in
+/// message order.
 async fn process_groups<S: Stores>(
-    parsed: Vec<Parsed>,
+    prepared: Vec<Prepared>,
     groups: Vec<Vec<usize>>,
     deps: &Deps<'_, S>,
     concurrency: usize,
 ) -> Result<Vec<(usize, Fate)>, DependencyDown> {
-    let mut parsed: Vec<Option<Parsed>> = parsed.into_iter().map(Some).collect();
+    let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
     let work = groups.into_iter().map(|group| {
         let events: Vec<_> =
-            group.into_iter().map(|i| (i, parsed[i].take().expect("a message is in one group"))).collect();
+            group.into_iter().map(|i| (i, prepared[i].take().expect("a message is in one group"))).collect();
         async move {
             let mut outcomes = Vec::with_capacity(events.len());
             for (i, event) in events {
                 let outcome = match event {
-                    Parsed::Event(captured) => process::process(captured, deps).await?,
-                    Parsed::Dead(dead) => Fate::Dead(dead),
-                    Parsed::Dropped(cause) => Fate::Drop { cause, warnings: Vec::new() },
+                    Prepared::Ready(ready) => process::finish(*ready, deps).await?,
+                    Prepared::Done(fate) => fate,
                 };
                 outcomes.push((i, outcome));
             }
@@ -166,21 +182,20 @@ impl From<Vec<(usize, Fate)>> for Sorted {
         let mut sorted = Sorted::default();
         for (i, outcome) in outcomes {
             match outcome {
-                Fate::Row { event, rows: side, warnings, captured_at: at } => {
-                    if let Some(team) = event.get("team_id").and_then(Value::as_i64) {
-                        sorted.team_of.insert(i, team);
-                    }
+                Fate::Row { event, team_id, rows: side, warnings, captured_at: at } => {
+                    sorted.team_of.insert(i, team_id);
                     let rows = &mut sorted.rows;
+                    let text = |r: Value| (i, row_text(&r));
                     rows.events.push((i, event));
-                    rows.persons.extend(side.persons.into_iter().map(|r| (i, r)));
-                    rows.distinct_ids.extend(side.distinct_ids.into_iter().map(|r| (i, r)));
-                    rows.groups.extend(side.groups.into_iter().map(|r| (i, r)));
-                    rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
+                    rows.persons.extend(side.persons.into_iter().map(text));
+                    rows.distinct_ids.extend(side.distinct_ids.into_iter().map(text));
+                    rows.groups.extend(side.groups.into_iter().map(text));
+                    rows.warnings.extend(warnings.into_iter().map(text));
                     sorted.captured_at.push((i, at));
                 }
                 Fate::Drop { cause, warnings } => {
                     telemetry::dropped(cause);
-                    sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
+                    sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, row_text(&r))));
                 }
                 Fate::Dead(d) => sorted.dead.push((i, d)),
             }
@@ -233,7 +248,7 @@ async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Re
     if logs.is_empty() {
         return Ok(());
     }
-    let rows: Vec<SourcedRow> = logs.into_iter().map(|r| (usize::MAX, r)).collect();
+    let rows: Vec<SourcedRow> = logs.iter().map(|r| (usize::MAX, row_text(r))).collect();
     let refused = ch.insert(Table::PluginLogEntries, &rows, &format!("{token}-plugin-logs")).await?;
     telemetry::clickhouse_refused(Table::PluginLogEntries.name(), refused.len());
     Ok(())
@@ -248,8 +263,10 @@ fn for_export(plugins: &crate::plugins::Plugins, sorted: &Sorted, refused: &Hash
         if refused.contains_key(i) {
             continue;
         }
+        // Only exported events are read back from their text.
+        let row: Value = serde_json::from_str(row).expect("ingest's own row reads");
         let distinct_id = row.get("distinct_id").and_then(Value::as_str).unwrap_or_default();
-        let payload = crate::plugins::on_event_payload(row).to_string().into_bytes();
+        let payload = crate::plugins::on_event_payload(&row).to_string().into_bytes();
         out.push(Written { team, key: format!("{team}:{distinct_id}"), payload });
     }
     out
@@ -258,6 +275,8 @@ fn for_export(plugins: &crate::plugins::Plugins, sorted: &Sorted, refused: &Hash
 /// A message after step 1 (and 5, plugins).
 enum Parsed {
     Event(CapturedEvent),
+    /// An event after its plugins, with its data as they left it, parsed.
+    Plugged(CapturedEvent, serde_json::Map<String, Value>),
     Dead(DeadLetter),
     Dropped(&'static str),
 }
@@ -265,7 +284,7 @@ enum Parsed {
 impl Parsed {
     fn event(&self) -> Option<&CapturedEvent> {
         match self {
-            Parsed::Event(c) => Some(c),
+            Parsed::Event(c) | Parsed::Plugged(c, _) => Some(c),
             _ => None,
         }
     }
@@ -302,7 +321,7 @@ async fn run_plugins<S: Stores>(
         logs.extend(applied.logs);
         for (i, event) in indices.into_iter().zip(applied.events) {
             parsed[i] = match event {
-                AfterPlugins::Keep(c) => Parsed::Event(c),
+                AfterPlugins::Keep(c, data) => Parsed::Plugged(c, data),
                 AfterPlugins::Dropped => Parsed::Dropped("plugin"),
                 AfterPlugins::Dead(error) => Parsed::Dead(DeadLetter {
                     stage: "plugins",

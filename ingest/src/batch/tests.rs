@@ -11,7 +11,8 @@ use crate::stores::memory::Memory;
 
 fn row(team: i64, n: u32) -> Fate {
     Fate::Row {
-        event: json!({"team_id": team, "n": n}),
+        event: json!({"team_id": team, "n": n}).to_string(),
+        team_id: team,
         rows: SideRows { persons: vec![json!({"p": n})], distinct_ids: vec![], groups: vec![json!({"g": n})] },
         warnings: vec![json!({"w": n})],
         captured_at: time::OffsetDateTime::UNIX_EPOCH,
@@ -94,9 +95,37 @@ fn captured(token: &str, event: &str, distinct_id: &str, properties: serde_json:
 async fn through_the_steps(stores: &Memory, batch: &[OwnedMessage]) -> Result<Vec<(usize, Fate)>, String> {
     let restrictions = crate::restrict::Restrictions::parse("", "", std::time::Duration::from_secs(60));
     let deps = Deps { stores, restrictions: &restrictions, plugins: None, flavor: Flavor::Modern };
-    let parsed = parse(batch);
-    let groups = plan::plan_batch(&parsed, &deps).await.map_err(|e| e.to_string())?;
-    process_groups(parsed, groups, &deps, 3).await.map_err(|e| e.to_string())
+    let prepared = prepare(parse(batch), &deps).await.map_err(|e| e.to_string())?;
+    let groups = plan::plan_batch(&prepared, &deps).await.map_err(|e| e.to_string())?;
+    process_groups(prepared, groups, &deps, 3).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn persons_are_created_ahead_only_by_the_first_plain_event_of_an_id_without_one() {
+    let stores = Memory::with_team("phc_a", Team { id: 7, anonymize_ips: false, person_processing_opt_out: false });
+    let known = vec![message(0, &captured("phc_a", "$pageview", "known", json!({})))];
+    through_the_steps(&stores, &known).await.unwrap();
+    stores.created_ahead.lock().unwrap().clear();
+    let batch = vec![
+        message(1, &captured("phc_a", "$pageview", "new-1", json!({"$set": {"a": 1}, "$set_once": {"b": 2}}))),
+        message(2, &captured("phc_a", "$pageview", "new-1", json!({"$set": {"a": 3}}))),
+        message(3, &captured("phc_a", "$pageview", "known", json!({"$set": {"a": 1}}))),
+        // First seen as a merge's ids: the merge decides, nothing is created ahead.
+        message(4, &captured("phc_a", "$identify", "user", json!({"$anon_distinct_id": "anon"}))),
+        message(5, &captured("phc_a", "$pageview", "anon", json!({}))),
+        message(6, &captured("phc_a", "$pageview", "user", json!({}))),
+        // Personless: touches no person.
+        message(7, &captured("phc_a", "$pageview", "ghost", json!({"$process_person_profile": false}))),
+        message(8, &captured("phc_a", "$pageview", "new-2", json!({}))),
+    ];
+    let fates = through_the_steps(&stores, &batch).await.unwrap();
+    let ahead = stores.created_ahead.lock().unwrap().clone();
+    let ids: Vec<&str> = ahead.iter().map(|p| p.distinct_id.as_str()).collect();
+    assert_eq!(ids, vec!["new-1", "new-2"]);
+    assert_eq!(Value::Object(ahead[0].properties.clone()), json!({"a": 1, "b": 2}), "its own event's, not later ones'");
+    // What the event reports is what it reported creating it alone.
+    let Fate::Row { rows, .. } = &fates[0].1 else { panic!("a row") };
+    assert_eq!((rows.persons.len(), rows.distinct_ids.len()), (1, 1));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sluice_plugin_runtime::{PluginConfigId, TeamId};
 use sluice_schema::clickhouse::Flavor;
 use sluice_schema::CapturedEvent;
@@ -15,7 +15,8 @@ use super::{event, PluginLogs, PluginState, Plugins};
 
 /// What became of one event in its team's chain.
 pub(crate) enum AfterPlugins {
-    Keep(CapturedEvent),
+    /// The message's fields as the chain left them, and its data, parsed.
+    Keep(CapturedEvent, Map<String, Value>),
     /// A plugin dropped it.
     Dropped,
     /// A required plugin did not process it: dead-lettered with this reason.
@@ -40,7 +41,8 @@ impl Plugins {
             };
         }
         let chain = self.chains.read().expect("chains lock").get(&team).cloned().unwrap_or_default();
-        let inputs: Vec<Value> = events.iter().map(|e| event::to_plugin_event(e, team)).collect();
+        let (inputs, rests): (Vec<Value>, Vec<Map<String, Value>>) =
+            events.iter().map(|e| event::to_plugin_event(e, team)).unzip();
         let started = std::time::Instant::now();
         let ids: Vec<PluginConfigId> = chain.iter().map(|l| PluginConfigId(l.id)).collect();
         let outcome = self.supervisor.process(TeamId(team), &ids, inputs).await;
@@ -84,8 +86,9 @@ impl Plugins {
         let events = events
             .into_iter()
             .zip(outcome.output.events)
+            .zip(rests)
             .enumerate()
-            .map(|(i, (mut captured, processed))| {
+            .map(|(i, ((mut captured, processed), rest))| {
                 let missed = chain.iter().find(|l| l.required && processed.failed.contains(&PluginConfigId(l.id)));
                 if let Some(link) = missed {
                     let why = errors
@@ -97,8 +100,8 @@ impl Plugins {
                 let Some(event) = processed.event else { return AfterPlugins::Dropped };
                 let succeeded: Vec<String> = processed.succeeded.iter().map(|id| label(id.0)).collect();
                 let failed: Vec<String> = processed.failed.iter().map(|id| label(id.0)).collect();
-                event::from_plugin_event(&mut captured, &event, &succeeded, &failed);
-                AfterPlugins::Keep(captured)
+                let data = event::from_plugin_event(&mut captured, rest, event, &succeeded, &failed);
+                AfterPlugins::Keep(captured, data)
             })
             .collect();
         Applied { events, logs: logs.into_rows() }

@@ -6,14 +6,15 @@ use sluice_schema::CapturedEvent;
 use time::format_description::well_known::Rfc3339;
 
 /// The event as plugins see it: `uuid, event, distinct_id, properties, timestamp,
-/// team_id, ip, now, sent_at, $set, $set_once`.
-pub(super) fn to_plugin_event(c: &CapturedEvent, team: i64) -> Value {
-    let data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
+/// team_id, ip, now, sent_at, $set, $set_once`; and the rest of the client's data, which
+/// plugins do not see and [`from_plugin_event`] puts back.
+pub(super) fn to_plugin_event(c: &CapturedEvent, team: i64) -> (Value, Map<String, Value>) {
+    let mut data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
     let mut e = Map::new();
     e.insert("uuid".into(), Value::String(c.uuid.to_string()));
     e.insert("event".into(), Value::String(c.event.clone()));
     e.insert("distinct_id".into(), Value::String(c.distinct_id.clone()));
-    e.insert("properties".into(), data.get("properties").filter(|p| p.is_object()).cloned().unwrap_or(json!({})));
+    e.insert("properties".into(), data.remove("properties").filter(Value::is_object).unwrap_or(json!({})));
     if let Some(t) = &c.timestamp {
         e.insert("timestamp".into(), Value::String(t.clone()));
     }
@@ -24,16 +25,23 @@ pub(super) fn to_plugin_event(c: &CapturedEvent, team: i64) -> Value {
         e.insert("sent_at".into(), Value::String(s.format(&Rfc3339).expect("UTC times format")));
     }
     for key in ["$set", "$set_once"] {
-        if let Some(v) = data.get(key) {
-            e.insert(key.into(), v.clone());
+        if let Some(v) = data.remove(key) {
+            e.insert(key.into(), v);
         }
     }
-    Value::Object(e)
+    (Value::Object(e), data)
 }
 
-/// Writes what a chain made of an event back into the captured message.
-pub(super) fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[String], failed: &[String]) {
-    let mut data: Map<String, Value> = serde_json::from_str(&c.data).unwrap_or_default();
+/// What a chain made of an event, written back into the captured message's fields and
+/// its data (`rest`, from [`to_plugin_event`]): the client's data as the steps then read
+/// it, handed on parsed (the message's `data` text is left as it came).
+pub(super) fn from_plugin_event(
+    c: &mut CapturedEvent,
+    mut data: Map<String, Value>,
+    mut e: Value,
+    succeeded: &[String],
+    failed: &[String],
+) -> Map<String, Value> {
     if let Some(name) = e.get("event").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         c.event = name.to_string();
         data.insert("event".into(), Value::String(c.event.clone()));
@@ -42,7 +50,10 @@ pub(super) fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[S
         c.distinct_id = d.to_string();
         data.insert("distinct_id".into(), Value::String(c.distinct_id.clone()));
     }
-    let mut properties = e.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut properties = match e.get_mut("properties").map(Value::take) {
+        Some(Value::Object(p)) => p,
+        _ => Map::new(),
+    };
     if !succeeded.is_empty() {
         properties.insert("$plugins_succeeded".into(), json!(succeeded));
     }
@@ -51,9 +62,9 @@ pub(super) fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[S
     }
     data.insert("properties".into(), Value::Object(properties));
     for key in ["$set", "$set_once"] {
-        match e.get(key) {
+        match e.get_mut(key).map(Value::take) {
             Some(v) if v.is_object() => {
-                data.insert(key.into(), v.clone());
+                data.insert(key.into(), v);
             }
             _ => {
                 data.remove(key);
@@ -68,7 +79,7 @@ pub(super) fn from_plugin_event(c: &mut CapturedEvent, e: &Value, succeeded: &[S
     if let Some(ip) = e.get("ip").and_then(Value::as_str) {
         c.ip = ip.to_string();
     }
-    c.data = Value::Object(data).to_string();
+    data
 }
 
 #[cfg(test)]
@@ -89,16 +100,15 @@ mod tests {
             timestamp: Some("2026-01-01T00:00:00Z".into()),
             historical_migration: false,
         };
-        let mut e = to_plugin_event(&c, 7);
+        let (mut e, rest) = to_plugin_event(&c, 7);
         assert_eq!(e["team_id"], 7);
         assert_eq!(e["properties"], json!({"a": 1}));
         assert_eq!(e["$set"], json!({"s": 1}));
         e["event"] = json!("renamed");
         e["properties"]["b"] = json!(2);
         e.as_object_mut().unwrap().remove("$set");
-        from_plugin_event(&mut c, &e, &["p (1)".into()], &["q (2)".into()]);
+        let data = Value::Object(from_plugin_event(&mut c, rest, e, &["p (1)".into()], &["q (2)".into()]));
         assert_eq!(c.event, "renamed");
-        let data: Value = serde_json::from_str(&c.data).unwrap();
         assert_eq!(
             data["properties"],
             json!({"a": 1, "b": 2, "$plugins_succeeded": ["p (1)"], "$plugins_failed": ["q (2)"]})

@@ -210,7 +210,7 @@ impl PluginLogs {
         if self.rows.is_empty() {
             return;
         }
-        let rows: Vec<(usize, Value)> = self.rows.into_iter().map(|r| (usize::MAX, r)).collect();
+        let rows: Vec<(usize, String)> = self.rows.iter().map(|r| (usize::MAX, crate::write::row_text(r))).collect();
         if let Err(e) =
             ch.insert(crate::rows::Table::PluginLogEntries, &rows, &format!("{what}-{}", uuid::Uuid::now_v7())).await
         {

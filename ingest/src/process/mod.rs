@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::dlq::DeadLetter;
 use crate::normalize;
 use crate::persons::PersonEvent;
+use crate::resolve::Team;
 use crate::restrict::Restrictions;
 use crate::rows::{DistinctIdRow, EventRow, GroupRow, PersonRow, WarningRow};
 use crate::stores::{Postgres, Stores};
@@ -24,7 +25,9 @@ use crate::{elements, telemetry, timestamp};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Fate {
     Row {
-        event: Value,
+        /// The `events` row as `JSONEachRow` text.
+        event: String,
+        team_id: i64,
         rows: SideRows,
         warnings: Vec<Value>,
         captured_at: OffsetDateTime,
@@ -73,21 +76,73 @@ pub(crate) fn parse_message(payload: &[u8]) -> Result<CapturedEvent, DeadLetter>
     Ok(captured)
 }
 
-/// The distinct id a merge event ($identify, $create_alias, $merge_dangerously) merges
-/// into its own; the batch plan keeps both ids' events in one ordered group.
-pub(crate) fn merge_source(captured: &CapturedEvent) -> Option<String> {
-    let key = crate::persons::merge_source_property(&captured.event)?;
-    let data: Value = serde_json::from_str(&captured.data).ok()?;
-    data.get("properties")?.get(key)?.as_str().map(str::to_string)
+/// An event through steps 1–7 (no person touched yet): what steps 8–11 need.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    captured: CapturedEvent,
+    team: Team,
+    personless: bool,
+    properties: Map<String, Value>,
+    resolved: timestamp::Resolved,
+    warnings: Vec<Value>,
 }
 
+impl Ready {
+    /// What the person step reads; `None` for a personless event.
+    pub(crate) fn person_event(&self) -> Option<PersonEvent<'_>> {
+        (!self.personless).then(|| PersonEvent {
+            team_id: self.team.id,
+            event: &self.captured.event,
+            distinct_id: &self.captured.distinct_id,
+            properties: &self.properties,
+            timestamp: self.resolved.timestamp,
+        })
+    }
+
+    pub(crate) fn team_id(&self) -> i64 {
+        self.team.id
+    }
+
+    pub(crate) fn distinct_id(&self) -> &str {
+        &self.captured.distinct_id
+    }
+}
+
+/// Steps 1–7, or the event's fate if one of them decides it.
+pub(crate) enum Prepared {
+    Ready(Box<Ready>),
+    Done(Fate),
+}
+
+/// Steps 1–11 for one event.
+#[cfg(test)]
 pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, S>) -> Result<Fate, DependencyDown> {
+    match prepare(captured, None, deps).await? {
+        Prepared::Ready(ready) => finish(*ready, deps).await,
+        Prepared::Done(fate) => Ok(fate),
+    }
+}
+
+/// Steps 1–7: everything before the first write, so that a batch can see what its events
+/// will ask of persons before any of them runs (see `crate::batch`).
+/// `data`: the client's data already parsed (by the plugin step), else read from the
+/// message.
+pub(crate) async fn prepare<S: Stores>(
+    captured: CapturedEvent,
+    data: Option<Map<String, Value>>,
+    deps: &Deps<'_, S>,
+) -> Result<Prepared, DependencyDown> {
+    let done = |fate| Ok(Prepared::Done(fate));
     let flavor = deps.flavor;
     // 1. Parse the client's event in `data` (the outer message is [`parse_message`]'s).
-    let mut data: Map<String, Value> = match serde_json::from_str(&captured.data) {
+    let parsed = match data {
+        Some(d) => Ok(Value::Object(d)),
+        None => serde_json::from_str(&captured.data),
+    };
+    let mut data: Map<String, Value> = match parsed {
         Ok(Value::Object(d)) => d,
-        Ok(_) => return Ok(dead("parse", "invalid_data", "data is not a JSON object", None)),
-        Err(e) => return Ok(dead("parse", "invalid_data", e, None)),
+        Ok(_) => return done(dead("parse", "invalid_data", "data is not a JSON object", None)),
+        Err(e) => return done(dead("parse", "invalid_data", e, None)),
     };
 
     // 2. Team.
@@ -95,12 +150,12 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
     let team = deps.stores.team(&captured.token).await?;
     telemetry::step("resolve_team", step.elapsed().as_secs_f64());
     let Some(team) = team else {
-        return Ok(Fate::Drop { cause: "invalid_token", warnings: Vec::new() });
+        return done(Fate::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
 
     // 3. Restrictions.
     if deps.restrictions.drops(&captured.token, &captured.distinct_id) {
-        return Ok(Fate::Drop { cause: "restricted", warnings: Vec::new() });
+        return done(Fate::Drop { cause: "restricted", warnings: Vec::new() });
     }
 
     // 4. Person processing.
@@ -119,12 +174,12 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
             flavor,
             captured.now,
         ));
-        return Ok(Fate::Drop { cause: "personless_person_event", warnings });
+        return done(Fate::Drop { cause: "personless_person_event", warnings });
     }
 
     // 6. Normalize.
     let sent_at_text = captured.sent_at.map(|t| t.format(&Rfc3339).expect("UTC times format"));
-    let mut properties = normalize::properties(
+    let properties = normalize::properties(
         &mut data,
         &normalize::Context {
             ip: Some(captured.ip.as_str()).filter(|ip| !ip.is_empty()),
@@ -149,6 +204,13 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
             captured.now,
         ));
     }
+    Ok(Prepared::Ready(Box::new(Ready { captured, team, personless, properties, resolved, warnings })))
+}
+
+/// Steps 8–11, in the order of the event's group (see `crate::batch`).
+pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Result<Fate, DependencyDown> {
+    let flavor = deps.flavor;
+    let Ready { captured, team, personless, mut properties, resolved, mut warnings } = ready;
 
     // 8. Persons.
     let mut rows = SideRows::default();
@@ -247,8 +309,8 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
         captured_at: captured.now,
         groups: group_columns,
     }
-    .to_json(flavor);
-    Ok(Fate::Row { event, rows, warnings, captured_at: captured.now })
+    .to_text(flavor);
+    Ok(Fate::Row { event, team_id: team.id, rows, warnings, captured_at: captured.now })
 }
 
 /// Group keys are strings; SDKs sometimes send numbers.

@@ -52,7 +52,7 @@ fn no_restrictions() -> Restrictions {
 /// The event row and side rows of a written event.
 fn row(fate: Fate) -> (Value, SideRows, Vec<Value>) {
     match fate {
-        Fate::Row { event, rows, warnings, .. } => (event, rows, warnings),
+        Fate::Row { event, rows, warnings, .. } => (serde_json::from_str(&event).unwrap(), rows, warnings),
         other => panic!("expected a row, got {other:?}"),
     }
 }
