@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use mlua::{ChunkMode, Function, Lua, LuaSerdeExt, MultiValue, Table, Value as LuaValue, VmState};
+use mlua::{ChunkMode, Function, Lua, LuaSerdeExt, MultiValue, Table, Value as LuaValue};
 use serde_json::{Map, Value};
 
 use crate::convert;
@@ -48,12 +48,9 @@ impl Vm {
         lua.set_memory_limit(limits.memory_bytes).map_err(compile)?;
 
         let guard = Guard::new();
-        let g = guard.clone();
-        lua.set_interrupt(move |_| match g.check() {
-            None => Ok(VmState::Continue),
-            Some(Exceeded::Time) => Err(mlua::Error::runtime("time limit exceeded")),
-            Some(Exceeded::Ticks) => Err(mlua::Error::runtime("tick budget exceeded")),
-        });
+        crate::watchdog::install(&lua, &guard).map_err(compile)?;
+        // Until the Vm exists (whose drop releases), a failed load releases here.
+        let mut unfinished = Unfinished(Some(lua.clone()));
 
         host.attach(guard.clone());
         let env = lock_down_env(&lua).map_err(compile)?;
@@ -75,6 +72,7 @@ impl Vm {
             }
             Err(e) => return Err(classify(Hook::Setup, e, hit, &limits)),
         };
+        unfinished.0 = None;
         let vm = Vm { lua, plugin, ctx, guard, limits, host };
         vm.call(Hook::Setup, ()).await?;
         Ok(vm)
@@ -106,26 +104,39 @@ impl Vm {
 
     /// Runs `process_event`: `Ok(Some(event))`, `Ok(None)` to drop it, or why it failed.
     pub async fn process_event(&self, event: &Value) -> Result<Option<Value>, PluginError> {
+        let Some(text) = self.process_event_text(&event.to_string()).await? else { return Ok(None) };
+        serde_json::from_str(&text).map(Some).map_err(|e| PluginError::InvalidEvent(e.to_string()))
+    }
+
+    /// [`Vm::process_event`] on JSON text, read into the VM's tables and written from
+    /// them with no `Value` in between (what the worker runs per event and instance).
+    pub async fn process_event_text(&self, event: &str) -> Result<Option<String>, PluginError> {
         if !self.has(Hook::ProcessEvent) {
-            return Ok(Some(event.clone()));
+            return Ok(Some(event.to_string()));
         }
-        let input = self.lua.to_value(event).map_err(|e| PluginError::InvalidEvent(e.to_string()))?;
+        let invalid = |e: mlua::Error| PluginError::InvalidEvent(cap(e.to_string()));
+        let input = convert::from_json_text(&self.lua, event, self.limits.memory_bytes).map_err(invalid)?;
+        // What the plugin may not change, read before it can change the table in place.
+        let fixed = |v: &LuaValue| -> [Option<Value>; 2] {
+            let LuaValue::Table(t) = v else { return [None, None] };
+            ["uuid", "team_id"].map(|k| t.raw_get::<LuaValue>(k).ok().and_then(|v| self.lua.from_value(v).ok()))
+        };
+        let before = fixed(&input);
         let out = self.call(Hook::ProcessEvent, input).await?;
         let out = match out.into_iter().next() {
             None | Some(LuaValue::Nil) => return Ok(None),
             Some(v) => v,
         };
-        let out = convert::to_json(&self.lua, out, self.limits.event_bytes)
-            .map_err(|e| PluginError::InvalidEvent(cap(e.to_string())))?;
-        if !out.is_object() {
-            return Err(PluginError::InvalidEvent(format!("a {}", type_name(&out))));
+        let text = convert::to_json_text(&self.lua, &out, self.limits.event_bytes).map_err(invalid)?;
+        if !text.starts_with('{') {
+            return Err(PluginError::InvalidEvent(format!("a {}", json_kind(&text))));
         }
-        for key in ["uuid", "team_id"] {
-            if out.get(key) != event.get(key) {
+        for (key, (was, is)) in ["uuid", "team_id"].iter().zip(before.into_iter().zip(fixed(&out))) {
+            if was != is {
                 return Err(PluginError::InvalidEvent(format!("changing `{key}` is refused")));
             }
         }
-        Ok(Some(out))
+        Ok(Some(text))
     }
 
     /// Runs a hook other than `process_event` (with the hook limits); a missing hook is a
@@ -214,6 +225,23 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    fn drop(&mut self) {
+        crate::watchdog::release(&self.lua);
+    }
+}
+
+/// A VM whose load has not finished: its interrupt is released if the load fails.
+struct Unfinished(Option<Lua>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(lua) = &self.0 {
+            crate::watchdog::release(lua);
+        }
+    }
+}
+
 impl Vm {
     /// Error texts end up in the same logs as log lines: secrets masked alike.
     fn masked(&self, e: PluginError) -> PluginError {
@@ -292,13 +320,14 @@ fn lock_down_env(lua: &Lua) -> mlua::Result<Table> {
     Ok(env)
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+/// What JSON text holds, by its first character (the text is the writer's own).
+fn json_kind(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "boolean",
+        Some(b'"') => "string",
+        Some(b'[') => "array",
+        Some(b'{') => "object",
+        _ => "number",
     }
 }

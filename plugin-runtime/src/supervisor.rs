@@ -348,7 +348,8 @@ impl Supervisor {
             outcome.output = passthrough(events, &[]);
             return outcome;
         }
-        let texts: Vec<String> = events.iter().map(Value::to_string).collect();
+        let texts: Vec<String> =
+            events.iter().map(|e| serde_json::to_string(e).expect("a JSON value writes")).collect();
         let mut skipped: Vec<PluginConfigId> = Vec::new();
         let mut unattributed = 0;
         let mut slot = self.workers[self.worker_of(team)].lock().await;

@@ -11,8 +11,7 @@ use serde_json::Value;
 
 use crate::hook::{Hook, PluginConfigId, PluginError};
 use crate::protocol::{
-    event_allowance, read_frame, write_frame, ChainOutput, Instance, ProcessedEvent, Request, Response, WireEvent,
-    WireOutput, MAX_FRAME_BYTES,
+    event_allowance, read_frame, write_frame, Instance, Request, Response, WireEvent, WireOutput, MAX_FRAME_BYTES,
 };
 use crate::sandbox::Vm;
 
@@ -58,7 +57,7 @@ pub async fn serve() -> std::io::Result<()> {
                 write_frame(&mut output, &Response::Unloaded { id }).await?;
             }
             Request::Process { chain, events } => {
-                let mut batch = Batch::read(events, &chain);
+                let mut batch = Batch::read(events);
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     let started = std::time::Instant::now();
@@ -66,18 +65,18 @@ pub async fn serve() -> std::io::Result<()> {
                     batch.out.durations.push((id, started.elapsed().as_secs_f64()));
                     write_frame(&mut output, &Response::Ran { id }).await?;
                 }
-                write_frame(&mut output, &Response::Processed(batch.write())).await?;
+                write_frame(&mut output, &Response::Processed(batch.out)).await?;
             }
             Request::OnEvent { chain, events } => {
-                let batch = Batch::read(events, &chain);
+                // The supervisor sends only events it read itself; one that does not read
+                // here is a defect, and no plugin sees it.
+                let events: Vec<Option<Value>> = events.iter().map(|t| serde_json::from_str(t).ok()).collect();
                 let mut out = WireOutput::default();
                 for id in chain {
                     write_frame(&mut output, &Response::Running { id }).await?;
                     if let Some(vm) = vms.get(&id) {
-                        for (i, processed) in batch.out.events.iter().enumerate() {
-                            let Some(event) = processed.event.as_ref().filter(|_| processed.failed.is_empty()) else {
-                                continue;
-                            };
+                        for (i, event) in events.iter().enumerate() {
+                            let Some(event) = event else { continue };
                             if let Err(e) = vm.run_hook(Hook::OnEvent, Some(event)).await {
                                 out.errors.push((id, i, e));
                             }
@@ -276,51 +275,22 @@ async fn load(instance: &Instance, stores: &Stores) -> Result<Vm, PluginError> {
     Vm::new(&instance.source, &instance.config, instance.limits.clone(), host).await
 }
 
-/// A batch in the worker: each event parsed from its text once, run through the chain,
-/// and written back once.
+/// A batch in the worker: each event as JSON text, handed from one instance of the
+/// chain to the next (each VM reads it into its own tables and writes what it returns).
 struct Batch {
-    out: ChainOutput,
+    out: WireOutput,
     /// Each event's size as received, for its growth allowance.
     sizes: Vec<usize>,
-    /// The text of each event as it stands, kept while no plugin has changed it.
-    texts: Vec<Option<String>>,
 }
 
 impl Batch {
-    /// An event the worker cannot read (the supervisor only sends what it read itself,
-    /// so this is a defect, not a plugin's doing) goes back as it came, failed by every
-    /// instance of the chain, and no plugin sees it.
-    fn read(events: Vec<String>, chain: &[PluginConfigId]) -> Batch {
-        let mut out = ChainOutput::default();
-        for text in &events {
-            let processed = match serde_json::from_str::<Value>(text) {
-                Ok(v) => ProcessedEvent { event: Some(v), succeeded: Vec::new(), failed: Vec::new() },
-                Err(_) => ProcessedEvent { event: None, succeeded: Vec::new(), failed: chain.to_vec() },
-            };
-            out.events.push(processed);
-        }
-        Batch { out, sizes: events.iter().map(String::len).collect(), texts: events.into_iter().map(Some).collect() }
-    }
-
-    fn write(self) -> WireOutput {
-        let events = self
-            .out
-            .events
+    fn read(events: Vec<String>) -> Batch {
+        let sizes = events.iter().map(String::len).collect();
+        let events = events
             .into_iter()
-            .zip(self.texts)
-            .map(|(p, text)| {
-                // A dropped event's text is gone; an unreadable one kept its own.
-                let event = text.or_else(|| p.event.as_ref().map(Value::to_string));
-                WireEvent { event, succeeded: p.succeeded, failed: p.failed }
-            })
+            .map(|text| WireEvent { event: Some(text), succeeded: Vec::new(), failed: Vec::new() })
             .collect();
-        WireOutput {
-            events,
-            errors: self.out.errors,
-            logs: self.out.logs,
-            durations: self.out.durations,
-            captured: self.out.captured,
-        }
+        Batch { out: WireOutput { events, ..WireOutput::default() }, sizes }
     }
 }
 
@@ -330,15 +300,11 @@ impl Batch {
 async fn run_one(id: PluginConfigId, vm: Option<&Vm>, batch: &mut Batch) {
     let out = &mut batch.out;
     for (i, processed) in out.events.iter_mut().enumerate() {
-        // Dropped by an earlier instance, or unreadable (see `Batch::read`).
+        // Dropped by an earlier instance.
         let Some(event) = &processed.event else { continue };
         let result = match vm {
-            Some(vm) => vm.process_event(event).await.and_then(|next| {
-                let Some(next) = next else { return Ok((None, None)) };
-                if &next == event {
-                    return Ok((Some(next), None));
-                }
-                let text = next.to_string();
+            Some(vm) => vm.process_event_text(event).await.and_then(|next| {
+                let Some(text) = next else { return Ok(None) };
                 let allowance = event_allowance(batch.sizes[i], vm.limits().event_bytes);
                 if text.len() > allowance {
                     return Err(PluginError::InvalidEvent(format!(
@@ -346,15 +312,12 @@ async fn run_one(id: PluginConfigId, vm: Option<&Vm>, batch: &mut Batch) {
                         text.len()
                     )));
                 }
-                Ok((Some(next), Some(text)))
+                Ok(Some(text))
             }),
             None => Err(not_loaded(id, "process_event")),
         };
         match result {
-            Ok((next, text)) => {
-                if next.is_none() || text.is_some() {
-                    batch.texts[i] = text;
-                }
+            Ok(next) => {
                 processed.event = next;
                 processed.succeeded.push(id);
             }

@@ -57,7 +57,7 @@ fn table(lua: &Lua, host: &Host, kv: &KeyValue, limits: &Limits, cache: bool) ->
     let max = limits.value_bytes;
     let memory = limits.memory_bytes;
     let encode = move |lua: &Lua, v: LuaValue| -> mlua::Result<String> {
-        convert::check(&v, max).map_err(|e| match e {
+        convert::check(lua, &v, max).map_err(|e| match e {
             convert::ConvertError::TooLarge(_) => mlua::Error::runtime(format!("value is over the {max} byte limit")),
             deep => deep.into(),
         })?;
