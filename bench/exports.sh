@@ -16,12 +16,7 @@ EVENTS="${BENCH_EVENTS:-20000}"
 scripts/services.sh up >/dev/null
 build_release
 
-RUN="benchexports$(date +%s)"
-BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
-psql "$BASE_URL" -qc "CREATE DATABASE $RUN" >/dev/null
-export DATABASE_URL="${BASE_URL%/*}/$RUN" CLICKHOUSE_DATABASE="$RUN"
-CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
-"$BIN/sluice-ingest" migrate >/dev/null
+own_databases "benchexports$(date +%s)"
 TICKS="$(getconf CLK_TCK)"
 
 SINK_PORT="$(free_port)"
@@ -98,5 +93,3 @@ for line in open(sys.argv[1]):
     n, wall, cpu = int(n), float(end) - float(start), int(ticks) / int(sys.argv[2])
     print(f"| {name} | {n / wall:,.0f} | {n / cpu:,.0f} | {cpu / n * 1e6:.1f} |")
 PY
-curl -s "$CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null
-psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $RUN WITH (FORCE)" >/dev/null

@@ -54,6 +54,38 @@ cpu_of_tree() {
   echo "$total"
 }
 
+# server_cpu NAME: CPU ticks so far of a server the services script started (postgres,
+# clickhouse): the process, its live children, and the children it has reaped (a
+# Postgres backend's time moves to the postmaster when its connection closes). Empty
+# when the script did not start it here.
+server_cpu() {
+  local pidfile="${SLUICE_STATE_DIR:-$ROOT/.sluice}/$1.pid" pid total
+  [ -f "$pidfile" ] && pid="$(head -n 1 "$pidfile")" && [ -r "/proc/$pid/stat" ] || return 0
+  total="$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")"
+  for stat in /proc/[0-9]*/stat; do
+    read -r -a f <"$stat" 2>/dev/null || continue
+    if [ "${f[3]:-}" = "$pid" ]; then total=$((total + f[13] + f[14])); fi
+  done
+  echo "$total"
+}
+
+# own_databases RUN: a Postgres database and a ClickHouse database named RUN for this
+# run, migrated by $BIN's ingest (so another build's binaries run on their own schema),
+# both dropped on exit.
+own_databases() {
+  RUN="$1"
+  BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
+  CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
+  psql "$BASE_URL" -qc "CREATE DATABASE $RUN" >/dev/null
+  export DATABASE_URL="${BASE_URL%/*}/$RUN" CLICKHOUSE_DATABASE="$RUN"
+  "$BIN/sluice-ingest" migrate >/dev/null
+  trap 'cleanup; drop_databases' EXIT
+}
+drop_databases() {
+  curl -s "$CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null || true
+  psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $RUN WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
 # team NAME: creates a team, prints its id; token_of ID: its api token.
 team() { "$BIN/sluice-ingest" teams create --name "$1" | awk 'NR == 1 {print $3}'; }
 token_of() { psql "$DATABASE_URL" -tAc "SELECT api_token FROM teams WHERE id = $1"; }

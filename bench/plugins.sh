@@ -15,12 +15,7 @@ EVENTS="${BENCH_EVENTS:-40000}"
 scripts/services.sh up >/dev/null
 build_release
 
-RUN="benchplugins$(date +%s)"
-BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sluice}"
-psql "$BASE_URL" -qc "CREATE DATABASE $RUN" >/dev/null
-export DATABASE_URL="${BASE_URL%/*}/$RUN" CLICKHOUSE_DATABASE="$RUN"
-CLICKHOUSE_URL="${CLICKHOUSE_URL:-http://127.0.0.1:8123}"
-"$BIN/sluice-ingest" migrate >/dev/null
+own_databases "benchplugins$(date +%s)"
 TICKS="$(getconf CLK_TCK)"
 
 T0="$(team none)"; T1="$(team one)"; T3="$(team three)"
@@ -87,5 +82,3 @@ for name, k in (("none", 0), ("one", 1), ("three", 3)):
     added = f"{(per - base) / k:.1f} µs" if k else ""
     print(f"| {k} | {n / wall:,.0f} | {per:.1f} | {added} |")
 PY
-curl -s "$CLICKHOUSE_URL/" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null
-psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS $RUN WITH (FORCE)" >/dev/null
