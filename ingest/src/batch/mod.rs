@@ -223,16 +223,21 @@ impl Sorted {
 /// Writes every table's rows; returns the messages whose rows ClickHouse refused for
 /// their data, with why.
 async fn write_rows(ch: &ClickHouse, rows: &Rows, token: &str) -> Result<HashMap<usize, String>, ClickHouseError> {
-    let mut refused: HashMap<usize, String> = HashMap::new();
-    for (table, table_rows) in [
+    let tables = [
         (Table::Events, &rows.events),
         (Table::Persons, &rows.persons),
         (Table::PersonDistinctIds, &rows.distinct_ids),
         (Table::Groups, &rows.groups),
         (Table::IngestionWarnings, &rows.warnings),
-    ] {
-        let name = table.name();
-        let refused_here = ch.insert(table, table_rows, &format!("{token}-{name}")).await?;
+    ];
+    // The tables are written at once: the batch waits for the slowest insert, not for
+    // their sum. Each insert is idempotent, so any failure retries them all.
+    let tokens = tables.map(|(table, _)| format!("{token}-{}", table.name()));
+    let inserts = tables.iter().zip(&tokens).map(|((table, table_rows), token)| ch.insert(*table, table_rows, token));
+    let results = futures::future::join_all(inserts).await;
+    let mut refused: HashMap<usize, String> = HashMap::new();
+    for ((table, table_rows), result) in tables.into_iter().zip(results) {
+        let (name, refused_here) = (table.name(), result?);
         telemetry::clickhouse_rows(name, table_rows.len() - refused_here.len());
         telemetry::clickhouse_refused(name, refused_here.len());
         for (i, error) in refused_here {
