@@ -227,8 +227,7 @@ impl PersonStore {
             };
             match current {
                 Some(person) => {
-                    let mut probe = person.properties.clone();
-                    if !Updates::from_properties(ev.properties).apply(&mut probe) {
+                    if !Updates::would_change(ev.properties, &person.properties) {
                         return Ok((person, Changes::default()));
                     }
                 }

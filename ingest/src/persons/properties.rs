@@ -36,6 +36,24 @@ impl Updates {
         props
     }
 
+    /// Whether the event's updates would change `props` (what [`Updates::apply`] would
+    /// return), read from its properties without copying either: most events of a known
+    /// person change nothing, and this is asked for every one of them.
+    pub(crate) fn would_change(event_props: &Map<String, Value>, props: &Map<String, Value>) -> bool {
+        let object = |k: &str| event_props.get(k).and_then(Value::as_object);
+        if object("$set_once").is_some_and(|m| m.keys().any(|k| !props.contains_key(k))) {
+            return true;
+        }
+        if object("$set").is_some_and(|m| m.iter().any(|(k, v)| props.get(k) != Some(v))) {
+            return true;
+        }
+        match event_props.get("$unset") {
+            Some(Value::Array(keys)) => keys.iter().filter_map(Value::as_str).any(|k| props.contains_key(k)),
+            Some(Value::Object(keys)) => keys.keys().any(|k| props.contains_key(k)),
+            _ => false,
+        }
+    }
+
     /// Applies the updates in order; returns whether anything changed.
     pub(crate) fn apply(&self, props: &mut Map<String, Value>) -> bool {
         let mut changed = false;
@@ -92,5 +110,26 @@ mod tests {
             json!({"a": 1, "b": 2})
         );
         assert!(updates(json!({"$set": "nope"})).is_empty());
+    }
+
+    #[test]
+    fn would_change_answers_as_apply_does() {
+        let person = map(json!({"a": 1, "b": 2}));
+        for event in [
+            json!({}),
+            json!({"$set": {"a": 1}}),
+            json!({"$set": {"a": 2}}),
+            json!({"$set_once": {"a": 5}}),
+            json!({"$set_once": {"c": 5}}),
+            json!({"$unset": ["c"]}),
+            json!({"$unset": ["b"]}),
+            json!({"$unset": {"b": true}}),
+            json!({"$set": "not an object", "$unset": 3}),
+        ] {
+            let props = event.as_object().unwrap();
+            let mut probe = person.clone();
+            let applied = Updates::from_properties(props).apply(&mut probe);
+            assert_eq!(Updates::would_change(props, &person), applied, "{event}");
+        }
     }
 }

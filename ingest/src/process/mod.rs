@@ -293,12 +293,16 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
 
     // 11. The row.
     let elements_chain = elements::take_chain(&mut properties);
+    let (person_id, person_properties, person_created_at, person_mode) = match person {
+        Some(p) => (p.uuid, p.properties, p.created_at, "full"),
+        None => (person_uuid(team.id, &captured.distinct_id), Map::new(), resolved.timestamp, "propertyless"),
+    };
     let event = EventRow {
         uuid: captured.uuid,
-        person_id: person.as_ref().map_or_else(|| person_uuid(team.id, &captured.distinct_id), |p| p.uuid),
-        person_properties: person.as_ref().map(|p| p.properties.clone()).unwrap_or_default(),
-        person_created_at: person.as_ref().map_or(resolved.timestamp, |p| p.created_at),
-        person_mode: if person.is_some() { "full" } else { "propertyless" },
+        person_id,
+        person_properties,
+        person_created_at,
+        person_mode,
         event: captured.event,
         properties,
         timestamp: resolved.timestamp,
