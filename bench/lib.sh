@@ -43,9 +43,12 @@ start_ingest() {
   INGEST_PID=$!; PIDS+=("$INGEST_PID")
 }
 
-# cpu_of_tree PID: CPU ticks of the process and its children (plugin workers).
+# cpu_of_tree PID [reaped]: CPU ticks of the process and its live children (plugin
+# workers, Postgres backends); with `reaped`, also of the children it has waited for.
 cpu_of_tree() {
-  local total; total="$(awk '{print $14 + $15}' "/proc/$1/stat")"
+  local own='$14 + $15' total
+  [ "${2:-}" = reaped ] && own='$14 + $15 + $16 + $17'
+  total="$(awk "{print $own}" "/proc/$1/stat")"
   for stat in /proc/[0-9]*/stat; do
     read -r -a f <"$stat" 2>/dev/null || continue
     # comm has no spaces for our binaries: field 4 is the parent pid.
@@ -55,18 +58,12 @@ cpu_of_tree() {
 }
 
 # server_cpu NAME: CPU ticks so far of a server the services script started (postgres,
-# clickhouse): the process, its live children, and the children it has reaped (a
-# Postgres backend's time moves to the postmaster when its connection closes). Empty
-# when the script did not start it here.
+# clickhouse), its children included, reaped ones too (a Postgres backend's time moves
+# to the postmaster when its connection closes). Empty when the script did not start it.
 server_cpu() {
-  local pidfile="${SLUICE_STATE_DIR:-$ROOT/.sluice}/$1.pid" pid total
+  local pidfile="${SLUICE_STATE_DIR:-$ROOT/.sluice}/$1.pid" pid
   [ -f "$pidfile" ] && pid="$(head -n 1 "$pidfile")" && [ -r "/proc/$pid/stat" ] || return 0
-  total="$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")"
-  for stat in /proc/[0-9]*/stat; do
-    read -r -a f <"$stat" 2>/dev/null || continue
-    if [ "${f[3]:-}" = "$pid" ]; then total=$((total + f[13] + f[14])); fi
-  done
-  echo "$total"
+  cpu_of_tree "$pid" reaped
 }
 
 # own_databases RUN: a Postgres database and a ClickHouse database named RUN for this
