@@ -27,6 +27,8 @@ pub struct Vm {
     pub(crate) guard: Arc<Guard>,
     pub(crate) limits: Limits,
     pub(crate) host: Host,
+    /// The last call's thread, reset for the next call instead of made anew.
+    spare: std::sync::Mutex<Option<mlua::Thread>>,
 }
 
 impl Vm {
@@ -73,7 +75,7 @@ impl Vm {
             Err(e) => return Err(classify(Hook::Setup, e, hit, &limits)),
         };
         unfinished.0 = None;
-        let vm = Vm { lua, plugin, ctx, guard, limits, host };
+        let vm = Vm { lua, plugin, ctx, guard, limits, host, spare: Default::default() };
         vm.call(Hook::Setup, ()).await?;
         Ok(vm)
     }
@@ -210,8 +212,15 @@ impl Vm {
         };
         // The call runs on a thread of its own making, so the host can tell its waits
         // from those of coroutines the plugin made.
-        let thread = self.lua.create_thread(f).map_err(|e| classify(hook, e, None, &self.limits))?;
+        let spare = self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let thread = match spare {
+            // Luau resets a thread in any state (finished or failed) to a new one.
+            Some(thread) => thread.reset(f).map(|()| thread),
+            None => self.lua.create_thread(f),
+        }
+        .map_err(|e| classify(hook, e, None, &self.limits))?;
         self.host.enter(hook, thread.clone());
+        let reuse = thread.clone();
         self.guard.arm(wall, ticks);
         let started = std::time::Instant::now();
         let result = match thread.into_async::<MultiValue>(args) {
@@ -221,6 +230,9 @@ impl Vm {
         let hit = self.guard.hit().map(|h| (h, Spent::since(wall, ticks, started)));
         self.guard.disarm();
         self.host.leave();
+        if !matches!(reuse.status(), mlua::ThreadStatus::Resumable | mlua::ThreadStatus::Running) {
+            *self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reuse);
+        }
         result.map_err(|e| self.masked(classify(hook, e, hit, &self.limits)))
     }
 }

@@ -128,7 +128,7 @@ pub(crate) async fn process<S: Stores>(captured: CapturedEvent, deps: &Deps<'_, 
 /// `data`: the client's data already parsed (by the plugin step), else read from the
 /// message.
 pub(crate) async fn prepare<S: Stores>(
-    captured: CapturedEvent,
+    mut captured: CapturedEvent,
     data: Option<Map<String, Value>>,
     deps: &Deps<'_, S>,
 ) -> Result<Prepared, DependencyDown> {
@@ -144,6 +144,8 @@ pub(crate) async fn prepare<S: Stores>(
         Ok(_) => return done(dead("parse", "invalid_data", "data is not a JSON object", None)),
         Err(e) => return done(dead("parse", "invalid_data", e, None)),
     };
+    // The whole batch waits prepared for its persons: its text is not kept beside its tree.
+    captured.data = String::new();
 
     // 2. Team.
     let step = std::time::Instant::now();
