@@ -80,7 +80,7 @@ pub(crate) fn merge_source_property(event: &str) -> Option<&'static str> {
 }
 
 /// A person an event of the batch will create, created ahead with the others
-/// (`PersonStore::create_new`): what `create_alone` would write for that event.
+/// (`PersonStore::create_new`), or alone by its event (`create_alone`): the same rows.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NewPerson {
     pub team_id: i64,
@@ -100,7 +100,7 @@ impl NewPerson {
     }
 
     /// The person and rows its event reports, as if it had created it alone.
-    fn created(self, id: i64) -> (Person, Changes) {
+    pub(crate) fn created(self, id: i64) -> (Person, Changes) {
         let uuid = person_uuid(self.team_id, &self.distinct_id);
         let person = Person {
             id,
@@ -171,29 +171,11 @@ impl PersonStore {
         if new.is_empty() {
             return Ok(());
         }
-        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for p in &new {
-            columns.0.push(person_uuid(p.team_id, &p.distinct_id));
-            columns.1.push(p.team_id);
-            columns.2.push(sqlx::types::Json(&p.properties));
-            columns.3.push(p.created_at);
-            columns.4.push(p.distinct_id.as_str());
-        }
-        let created = sqlx::query(CREATE_PERSONS)
-            .bind(columns.0)
-            .bind(columns.1)
-            .bind(columns.2)
-            .bind(columns.3)
-            .bind(columns.4)
-            .fetch_all(&self.pool)
-            .await;
-        let rows = match created {
-            Ok(rows) => rows,
+        let mut ids = match self.insert_new(&new).await {
+            Ok(ids) => ids,
             Err(e) if lost_race(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut ids: HashMap<(i64, String), i64> =
-            rows.into_iter().map(|r| ((r.get("team_id"), r.get("distinct_id")), r.get("person_id"))).collect();
         let (mut batch, mut created) =
             (self.batch.lock().expect("batch lock"), self.created.lock().expect("created lock"));
         for p in new {
@@ -204,6 +186,28 @@ impl PersonStore {
             created.insert(key, (person, changes));
         }
         Ok(())
+    }
+
+    /// Inserts new persons with their first distinct ids in one statement; the person id
+    /// of each `(team, distinct id)`. Fails whole on a unique key another process took.
+    async fn insert_new(&self, new: &[NewPerson]) -> Result<HashMap<(i64, String), i64>, sqlx::Error> {
+        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in new {
+            columns.0.push(person_uuid(p.team_id, &p.distinct_id));
+            columns.1.push(p.team_id);
+            columns.2.push(sqlx::types::Json(&p.properties));
+            columns.3.push(p.created_at);
+            columns.4.push(p.distinct_id.as_str());
+        }
+        let rows = sqlx::query(CREATE_PERSONS)
+            .bind(columns.0)
+            .bind(columns.1)
+            .bind(columns.2)
+            .bind(columns.3)
+            .bind(columns.4)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| ((r.get("team_id"), r.get("distinct_id")), r.get("person_id"))).collect())
     }
 
     /// Applies one event; returns the event's person (after the event) and what changed.
@@ -258,30 +262,9 @@ impl PersonStore {
     }
 
     async fn create_alone(&self, ev: &PersonEvent<'_>) -> Result<(Person, Changes), sqlx::Error> {
-        let uuid = person_uuid(ev.team_id, ev.distinct_id);
-        let properties = Updates::from_properties(ev.properties).initial();
-        let id: i64 = sqlx::query_scalar(
-            "WITH p AS (
-                INSERT INTO persons (uuid, team_id, properties, is_identified, created_at, version)
-                VALUES ($1, $2, $3, false, $4, 0) RETURNING id
-             )
-             INSERT INTO person_distinct_ids (team_id, distinct_id, person_id, version)
-             SELECT $2, $5, id, 0 FROM p RETURNING person_id",
-        )
-        .bind(uuid)
-        .bind(ev.team_id)
-        .bind(sqlx::types::Json(Value::Object(properties.clone())))
-        .bind(ev.timestamp)
-        .bind(ev.distinct_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let person = Person { id, uuid, properties, is_identified: false, created_at: ev.timestamp, version: 0 };
-        let changes = Changes {
-            persons: vec![(person.clone(), false)],
-            distinct_ids: vec![(ev.distinct_id.to_string(), uuid, 0)],
-            warnings: Vec::new(),
-        };
-        Ok((person, changes))
+        let new = NewPerson::of(ev);
+        let id = self.insert_new(std::slice::from_ref(&new)).await?.into_values().next();
+        Ok(new.created(id.ok_or(sqlx::Error::RowNotFound)?))
     }
 
     /// Keeps the batch's view current after a write of this process.

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
-use sluice_schema::person_uuid;
 use time::OffsetDateTime;
 
 use super::Stores;
@@ -95,16 +94,8 @@ impl Stores for Memory {
                 p.clone()
             }
             None => {
-                let p = Person {
-                    id: next_id,
-                    uuid: person_uuid(ev.team_id, ev.distinct_id),
-                    properties: updates.initial(),
-                    is_identified: false,
-                    created_at: ev.timestamp,
-                    version: 0,
-                };
-                changes.persons.push((p.clone(), false));
-                changes.distinct_ids.push((ev.distinct_id.to_string(), p.uuid, 0));
+                let (p, created) = NewPerson::of(ev).created(next_id);
+                changes = created;
                 persons.insert(key, p.clone());
                 p
             }
