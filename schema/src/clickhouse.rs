@@ -40,13 +40,7 @@ impl Flavor {
         let year = t.year();
         if !(0..=9999).contains(&year) {
             // Outside four digits: the general formatter's spelling.
-            let text = match self {
-                Flavor::Legacy => t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")),
-                Flavor::Modern => {
-                    t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"))
-                }
-            };
-            return text.expect("a UTC time always formats");
+            return self.format_general(t);
         }
         let parts: [(char, u32, usize); 6] = [
             ('-', u8::from(t.month()).into(), 2),
@@ -63,6 +57,21 @@ impl Flavor {
             push_digits(&mut out, *n, *width);
         }
         out
+    }
+}
+
+impl Flavor {
+    /// [`Flavor::format`] by the `time` crate's general formatter: its spelling for
+    /// years outside four digits, and what the hand-written one is held to.
+    fn format_general(self, t: OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        match self {
+            Flavor::Legacy => t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")),
+            Flavor::Modern => {
+                t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"))
+            }
+        }
+        .expect("a UTC time always formats")
     }
 }
 
@@ -198,16 +207,6 @@ mod tests {
 
     #[test]
     fn the_hand_written_format_matches_the_general_one() {
-        let general = |flavor: Flavor, t: OffsetDateTime| {
-            let t = t.to_offset(time::UtcOffset::UTC);
-            match flavor {
-                Flavor::Legacy => t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")),
-                Flavor::Modern => {
-                    t.format(format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"))
-                }
-            }
-            .unwrap()
-        };
         for t in [
             datetime!(2026-12-02 09:05:07.000_042 UTC),
             datetime!(0001-01-01 00:00:00 UTC),
@@ -215,7 +214,7 @@ mod tests {
             datetime!(2024-02-29 12:00:00.5 +05:30),
         ] {
             for flavor in [Flavor::Legacy, Flavor::Modern] {
-                assert_eq!(flavor.format(t), general(flavor, t), "{t}");
+                assert_eq!(flavor.format(t), flavor.format_general(t), "{t}");
             }
         }
     }

@@ -2,10 +2,12 @@
 //!
 //! Converting is where a plugin can make the host work outside the Lua heap's limit: a
 //! table nested ten thousand deep overflows the host's stack, and a few tables that
-//! reference each other twice expand exponentially into JSON. So every Lua value is
-//! walked first, depth and JSON size counted as it would be written (shared tables once
-//! per reference, as the writer will), and refused at the first step past a bound;
-//! only then is it converted. JSON text is measured before it is parsed.
+//! reference each other twice expand exponentially into JSON. So a Lua value that
+//! becomes a `Value` ([`to_json`]) is walked first, depth and JSON size counted as it
+//! would be written (shared tables once per reference, as the writer will), and refused
+//! at the first step past a bound; only then is it converted. One written straight to
+//! text ([`to_json_text`]) is refused at the first level or byte past its bound as it is
+//! written. JSON text is measured before it is parsed.
 //!
 //! Events cross between text and the VM directly ([`from_json_text`], [`to_json_text`],
 //! on Luau's stack: see [`raw`]), with no `serde_json::Value` in between: per event and
