@@ -26,6 +26,7 @@ const DEPENDENCY_RETRIES: &str = "ingest_dependency_retries_total";
 const READY: &str = "ingest_ready";
 const CLICKHOUSE_ROWS: &str = "ingest_clickhouse_rows_total";
 const CLICKHOUSE_REFUSED: &str = "ingest_clickhouse_refused_rows_total";
+const CLICKHOUSE_TEXT_INSERTS: &str = "ingest_clickhouse_text_inserts_total";
 const PERSON_WRITES: &str = "ingest_person_writes_total";
 const PLUGIN_CALLS: &str = "ingest_plugin_calls_total";
 const PLUGIN_ERRORS: &str = "ingest_plugin_errors_total";
@@ -85,6 +86,12 @@ const METRICS: &[Metric] = &[
         CLICKHOUSE_REFUSED,
         Kind::Counter,
         "Rows ClickHouse refused for their data (their events are dead-lettered), by table.",
+    ),
+    (
+        CLICKHOUSE_TEXT_INSERTS,
+        Kind::Counter,
+        "Inserts sent as JSONEachRow instead of RowBinary because the table's columns are not the types ingest \
+         writes (changed by an operator), by table.",
     ),
     (PERSON_WRITES, Kind::Counter, "Person-side writes to Postgres, by kind."),
     (
@@ -180,6 +187,11 @@ pub fn clickhouse_rows(table: &'static str, n: usize) {
 /// A row ClickHouse refused for its data; its event went to the dead letters.
 pub fn clickhouse_refused(table: &'static str, n: usize) {
     counter!(CLICKHOUSE_REFUSED, "table" => table).increment(n as u64);
+}
+
+/// An insert that went as `JSONEachRow`: its table's columns are not the rows' types.
+pub fn clickhouse_text_insert(table: &'static str) {
+    counter!(CLICKHOUSE_TEXT_INSERTS, "table" => table).increment(1);
 }
 
 pub fn consumer_lag(lane: &'static str, topic: &str, partition: i32, lag: i64) {

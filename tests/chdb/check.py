@@ -1,7 +1,11 @@
 """Applies Sluice's modern ClickHouse DDL to an embedded modern ClickHouse (chdb),
-inserts rows as ingest formats them, and prints what a query reads back, as JSON.
+inserts rows as ingest writes them (RowBinary), and prints what a query reads back,
+as JSON.
 
-Usage: check.py DDL_FILE ROWS_DIR   (ROWS_DIR holds TABLE.jsonl files)
+Usage: check.py DDL_FILE ROWS_DIR
+  ROWS_DIR holds, per table, TABLE.sql (the insert's head, as ingest sends it) and
+  TABLE.bin (the rows' bytes). Then changes a column's type and inserts again, to show
+  what the server answers to a header that no longer matches.
 """
 import json
 import os
@@ -16,10 +20,25 @@ for statement in open(ddl_file).read().split(";\n"):
         s.query(statement)
 out = {"version": s.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')}
 for name in sorted(os.listdir(rows_dir)):
-    table = name.removesuffix(".jsonl")
-    rows = open(os.path.join(rows_dir, name)).read()
-    s.query(f"INSERT INTO {table} FORMAT JSONEachRow {rows}")
-    result = s.query(f"SELECT * FROM {table} FINAL FORMAT JSONEachRow").bytes().decode()
+    if not name.endswith(".sql"):
+        continue
+    table = name.removesuffix(".sql")
+    head, fmt = open(os.path.join(rows_dir, name)).read().strip().rsplit(" FORMAT ", 1)
+    s.query(f"{head} FROM INFILE '{os.path.join(rows_dir, table + '.bin')}' FORMAT {fmt}")
+    engine = s.query(f"SELECT engine FROM system.tables WHERE database || '.' || name = '{table}'", "CSV").bytes().decode()
+    final = "FINAL" if "Replacing" in engine else ""
+    result = s.query(
+        f"SELECT * FROM {table} {final} SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
+    ).bytes().decode()
     types = s.query(f"SELECT name, type FROM system.columns WHERE database || '.' || table = '{table}' FORMAT JSONEachRow").bytes().decode()
     out[table] = {"rows": [json.loads(l) for l in result.splitlines() if l], "types": {c["name"]: c["type"] for c in map(json.loads, types.splitlines()) if c}}
+# A column changed under ingest: the binary header's types no longer match the table's.
+drift = "sluice_modern.person_distinct_ids"
+s.query(f"ALTER TABLE {drift} MODIFY COLUMN is_deleted UInt64")
+head, fmt = open(os.path.join(rows_dir, drift + ".sql")).read().strip().rsplit(" FORMAT ", 1)
+try:
+    s.query(f"{head} FROM INFILE '{os.path.join(rows_dir, drift + '.bin')}' FORMAT {fmt}")
+    out["drift_error"] = None
+except Exception as e:
+    out["drift_error"] = str(e)
 print(json.dumps(out))

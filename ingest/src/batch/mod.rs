@@ -19,10 +19,10 @@ use crate::dlq::{DeadLetter, DeadLetters};
 use crate::exports::{ExportsTopic, Written};
 use crate::plugins::AfterPlugins;
 use crate::process::{self, DependencyDown, Deps, Fate, Prepared};
-use crate::rows::Table;
+use crate::rows::{Encoded, Table};
 use crate::stores::Stores;
 use crate::telemetry;
-use crate::write::{row_text, ClickHouse, ClickHouseError, SourcedRow};
+use crate::write::{ClickHouse, ClickHouseError, SourcedRow};
 
 mod plan;
 
@@ -88,7 +88,7 @@ pub(crate) async fn handle<S: Stores>(
         telemetry::dead_lettered(d.stage);
     }
     if let (Some(plugins), Some(exports)) = (deps.plugins, exports) {
-        let written = for_export(plugins, &sorted, &refused);
+        let written = for_export(plugins, ch.flavor, &sorted, &refused);
         exports.publish(&written).await.map_err(BatchError::Exports)?;
         telemetry::exports_published(written.len());
     }
@@ -185,17 +185,17 @@ impl From<Vec<(usize, Fate)>> for Sorted {
                 Fate::Row { event, team_id, rows: side, warnings, captured_at: at } => {
                     sorted.team_of.insert(i, team_id);
                     let rows = &mut sorted.rows;
-                    let text = |r: Value| (i, row_text(&r));
+                    let sourced = |r: Encoded| (i, r);
                     rows.events.push((i, event));
-                    rows.persons.extend(side.persons.into_iter().map(text));
-                    rows.distinct_ids.extend(side.distinct_ids.into_iter().map(text));
-                    rows.groups.extend(side.groups.into_iter().map(text));
-                    rows.warnings.extend(warnings.into_iter().map(text));
+                    rows.persons.extend(side.persons.into_iter().map(sourced));
+                    rows.distinct_ids.extend(side.distinct_ids.into_iter().map(sourced));
+                    rows.groups.extend(side.groups.into_iter().map(sourced));
+                    rows.warnings.extend(warnings.into_iter().map(sourced));
                     sorted.captured_at.push((i, at));
                 }
                 Fate::Drop { cause, warnings } => {
                     telemetry::dropped(cause);
-                    sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, row_text(&r))));
+                    sorted.rows.warnings.extend(warnings.into_iter().map(|r| (i, r)));
                 }
                 Fate::Dead(d) => sorted.dead.push((i, d)),
             }
@@ -249,11 +249,11 @@ async fn write_rows(ch: &ClickHouse, rows: &Rows, token: &str) -> Result<HashMap
 
 /// The plugins' log lines. They are the plugins', not the events': one ClickHouse refuses
 /// is counted, not dead-lettered.
-async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Result<(), ClickHouseError> {
+async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Encoded>, token: &str) -> Result<(), ClickHouseError> {
     if logs.is_empty() {
         return Ok(());
     }
-    let rows: Vec<SourcedRow> = logs.iter().map(|r| (usize::MAX, row_text(r))).collect();
+    let rows: Vec<SourcedRow> = logs.into_iter().map(|r| (usize::MAX, r)).collect();
     let refused = ch.insert(Table::PluginLogEntries, &rows, &format!("{token}-plugin-logs")).await?;
     telemetry::clickhouse_refused(Table::PluginLogEntries.name(), refused.len());
     Ok(())
@@ -261,15 +261,20 @@ async fn write_plugin_logs(ch: &ClickHouse, logs: Vec<Value>, token: &str) -> Re
 
 /// Step 12: the written events of teams with export plugins, as plugins see them, for
 /// the exports lane.
-fn for_export(plugins: &crate::plugins::Plugins, sorted: &Sorted, refused: &HashMap<usize, String>) -> Vec<Written> {
+fn for_export(
+    plugins: &crate::plugins::Plugins,
+    flavor: sluice_schema::clickhouse::Flavor,
+    sorted: &Sorted,
+    refused: &HashMap<usize, String>,
+) -> Vec<Written> {
     let mut out = Vec::new();
     for (i, row) in &sorted.rows.events {
         let Some(team) = sorted.team_of.get(i).copied().filter(|t| plugins.has_exports(*t)) else { continue };
         if refused.contains_key(i) {
             continue;
         }
-        // Only exported events are read back from their text.
-        let row: Value = serde_json::from_str(row).expect("ingest's own row reads");
+        // Only exported events are read back from their bytes.
+        let row = Value::Object(Table::Events.decode(flavor, row).expect("ingest's own row reads"));
         let distinct_id = row.get("distinct_id").and_then(Value::as_str).unwrap_or_default();
         let payload = crate::plugins::on_event_payload(&row).to_string().into_bytes();
         out.push(Written { team, key: format!("{team}:{distinct_id}"), payload });
@@ -301,7 +306,7 @@ async fn run_plugins<S: Stores>(
     parsed: &mut [Parsed],
     deps: &Deps<'_, S>,
     plugins: &crate::plugins::Plugins,
-) -> Result<Vec<Value>, sqlx::Error> {
+) -> Result<Vec<Encoded>, sqlx::Error> {
     let tokens: Vec<&str> = parsed.iter().filter_map(Parsed::event).map(|c| c.token.as_str()).collect();
     deps.stores.load_teams(&tokens).await?;
     let mut by_team: HashMap<i64, Vec<usize>> = HashMap::new();

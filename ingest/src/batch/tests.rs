@@ -9,12 +9,12 @@ use crate::process::SideRows;
 use crate::resolve::Team;
 use crate::stores::memory::Memory;
 
-fn row(team: i64, n: u32) -> Fate {
+fn row(team: i64, n: u8) -> Fate {
     Fate::Row {
-        event: json!({"team_id": team, "n": n}).to_string(),
+        event: format!("event {team} {n}").into_bytes(),
         team_id: team,
-        rows: SideRows { persons: vec![json!({"p": n})], distinct_ids: vec![], groups: vec![json!({"g": n})] },
-        warnings: vec![json!({"w": n})],
+        rows: SideRows { persons: vec![vec![1, n]], distinct_ids: vec![], groups: vec![vec![2, n]] },
+        warnings: vec![vec![3, n]],
         captured_at: time::OffsetDateTime::UNIX_EPOCH,
     }
 }
@@ -27,7 +27,7 @@ fn dead(stage: &'static str) -> DeadLetter {
 fn outcomes_become_rows_per_table_dead_letters_and_drops_each_under_its_message() {
     let outcomes = vec![
         (0, row(7, 0)),
-        (1, Fate::Drop { cause: "restricted", warnings: vec![json!({"w": "drop"})] }),
+        (1, Fate::Drop { cause: "restricted", warnings: vec![vec![3, 9]] }),
         (2, Fate::Dead(dead("parse"))),
         (3, row(8, 3)),
     ];

@@ -28,7 +28,7 @@ pub(crate) struct Applied {
     /// Per event, in order.
     pub events: Vec<AfterPlugins>,
     /// Rows for ClickHouse `plugin_log_entries`.
-    pub logs: Vec<Value>,
+    pub logs: Vec<crate::rows::Encoded>,
 }
 
 impl Plugins {

@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
 use sluice_plugin_runtime::WorkerEnv;
 use sluice_plugin_runtime::{Hook, Limits};
 use sluice_plugin_runtime::{Supervisor, SupervisorSettings};
@@ -188,7 +187,7 @@ pub(crate) struct PluginLogs {
     team: i64,
     flavor: Flavor,
     at: OffsetDateTime,
-    rows: Vec<Value>,
+    rows: Vec<crate::rows::Encoded>,
 }
 
 impl PluginLogs {
@@ -198,10 +197,10 @@ impl PluginLogs {
 
     fn push(&mut self, plugin_config_id: i64, level: &str, message: &str) {
         let row = PluginLogRow { team_id: self.team, plugin_config_id, level, message, timestamp: self.at };
-        self.rows.push(row.to_json(self.flavor));
+        self.rows.push(row.encode(self.flavor));
     }
 
-    fn into_rows(self) -> Vec<Value> {
+    fn into_rows(self) -> Vec<crate::rows::Encoded> {
         self.rows
     }
 
@@ -210,7 +209,7 @@ impl PluginLogs {
         if self.rows.is_empty() {
             return;
         }
-        let rows: Vec<(usize, String)> = self.rows.iter().map(|r| (usize::MAX, crate::write::row_text(r))).collect();
+        let rows: Vec<(usize, crate::rows::Encoded)> = self.rows.into_iter().map(|r| (usize::MAX, r)).collect();
         if let Err(e) =
             ch.insert(crate::rows::Table::PluginLogEntries, &rows, &format!("{what}-{}", uuid::Uuid::now_v7())).await
         {

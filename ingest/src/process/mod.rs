@@ -17,7 +17,7 @@ use crate::normalize;
 use crate::persons::PersonEvent;
 use crate::resolve::Team;
 use crate::restrict::Restrictions;
-use crate::rows::{DistinctIdRow, EventRow, GroupRow, PersonRow, WarningRow};
+use crate::rows::{DistinctIdRow, Encoded, EventRow, GroupRow, PersonRow, WarningRow};
 use crate::stores::{Postgres, Stores};
 use crate::{elements, telemetry, timestamp};
 
@@ -25,17 +25,17 @@ use crate::{elements, telemetry, timestamp};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Fate {
     Row {
-        /// The `events` row as `JSONEachRow` text.
-        event: String,
+        /// The `events` row.
+        event: Encoded,
         team_id: i64,
         rows: SideRows,
-        warnings: Vec<Value>,
+        warnings: Vec<Encoded>,
         captured_at: OffsetDateTime,
     },
     /// Dropped on purpose, counted with this cause; the warnings still get written.
     Drop {
         cause: &'static str,
-        warnings: Vec<Value>,
+        warnings: Vec<Encoded>,
     },
     Dead(DeadLetter),
 }
@@ -43,9 +43,9 @@ pub(crate) enum Fate {
 /// Person, distinct-id and group rows an event produced, for ClickHouse.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SideRows {
-    pub persons: Vec<Value>,
-    pub distinct_ids: Vec<Value>,
-    pub groups: Vec<Value>,
+    pub persons: Vec<Encoded>,
+    pub distinct_ids: Vec<Encoded>,
+    pub groups: Vec<Encoded>,
 }
 
 /// What the steps need from outside.
@@ -84,7 +84,7 @@ pub(crate) struct Ready {
     personless: bool,
     properties: Map<String, Value>,
     resolved: timestamp::Resolved,
-    warnings: Vec<Value>,
+    warnings: Vec<Encoded>,
 }
 
 impl Ready {
@@ -244,11 +244,11 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
                 version: p.version,
                 is_deleted: *deleted,
             };
-            rows.persons.push(row.to_json(flavor));
+            rows.persons.push(row.encode(flavor));
         }
         for (distinct_id, person_id, version) in &changes.distinct_ids {
             let row = DistinctIdRow { team_id: team.id, distinct_id, person_id: *person_id, version: *version };
-            rows.distinct_ids.push(row.to_json());
+            rows.distinct_ids.push(row.encode(flavor));
         }
         for (kind, details) in changes.warnings {
             warnings.push(warning(team.id, kind, details, flavor, captured.now));
@@ -282,7 +282,7 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
                         created_at: g.created_at,
                         version: g.version,
                     };
-                    rows.groups.push(row.to_json(flavor));
+                    rows.groups.push(row.encode(flavor));
                 }
             }
         }
@@ -315,7 +315,7 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
         captured_at: captured.now,
         groups: group_columns,
     }
-    .to_text(flavor);
+    .encode(flavor);
     Ok(Fate::Row { event, team_id: team.id, rows, warnings, captured_at: captured.now })
 }
 
@@ -328,8 +328,8 @@ fn group_key(v: &Value) -> Option<String> {
     }
 }
 
-fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Value {
-    WarningRow { team_id, kind, details, timestamp: at }.to_json(flavor)
+fn warning(team_id: i64, kind: &str, details: Value, flavor: Flavor, at: OffsetDateTime) -> Encoded {
+    WarningRow { team_id, kind, details, timestamp: at }.encode(flavor)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::{process, Deps, Fate, SideRows};
 use crate::resolve::Team;
 use crate::restrict::Restrictions;
+use crate::rows::{Encoded, Table};
 use crate::stores::memory::Memory;
 
 const TOKEN: &str = "phc_team";
@@ -49,10 +50,30 @@ fn no_restrictions() -> Restrictions {
     Restrictions::parse("", "", std::time::Duration::from_secs(60))
 }
 
-/// The event row and side rows of a written event.
-fn row(fate: Fate) -> (Value, SideRows, Vec<Value>) {
+/// Rows of `table` as ClickHouse would read them.
+fn read(table: Table, rows: &[Encoded]) -> Vec<Value> {
+    rows.iter().map(|r| Value::Object(table.decode(Flavor::Modern, r).unwrap())).collect()
+}
+
+/// The side rows of an event, read.
+#[derive(Debug, Default, PartialEq)]
+struct Side {
+    persons: Vec<Value>,
+    distinct_ids: Vec<Value>,
+    groups: Vec<Value>,
+}
+
+/// The event row, side rows and warnings of a written event, read.
+fn row(fate: Fate) -> (Value, Side, Vec<Value>) {
     match fate {
-        Fate::Row { event, rows, warnings, .. } => (serde_json::from_str(&event).unwrap(), rows, warnings),
+        Fate::Row { event, rows: SideRows { persons, distinct_ids, groups }, warnings, .. } => {
+            let side = Side {
+                persons: read(Table::Persons, &persons),
+                distinct_ids: read(Table::PersonDistinctIds, &distinct_ids),
+                groups: read(Table::Groups, &groups),
+            };
+            (read(Table::Events, &[event]).remove(0), side, read(Table::IngestionWarnings, &warnings))
+        }
         other => panic!("expected a row, got {other:?}"),
     }
 }
@@ -80,7 +101,7 @@ async fn restricted_keys_are_dropped_and_skip_persons_keys_are_written_personles
         row(run(&stores, &restrictions, event("$pageview", "crawler", json!({}))).await.unwrap());
     assert_eq!(event_row["person_mode"], "propertyless");
     assert_eq!(event_row["person_id"], json!(person_uuid(7, "crawler")), "the uuid a later person will share");
-    assert_eq!(side, SideRows::default());
+    assert_eq!(side, Side::default());
     assert_eq!(stores.person_calls.load(Ordering::Relaxed), 0);
 }
 
@@ -92,6 +113,7 @@ async fn a_person_event_without_person_processing_is_dropped_with_a_warning() {
     ] {
         let fate = run(&stores, &no_restrictions(), event("$identify", "u1", props.clone())).await.unwrap();
         let Fate::Drop { cause: "personless_person_event", warnings } = fate else { panic!("{fate:?}") };
+        let warnings = read(Table::IngestionWarnings, &warnings);
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0]["type"], "personless_person_event");
         assert_eq!(warnings[0]["team_id"], 7);
@@ -155,7 +177,7 @@ async fn person_properties_reach_the_event_row_and_the_person_rows() {
 
     let again = event("$pageview", "u1", json!({"$set": {"plan": "free"}}));
     let (_, side, _) = row(run(&stores, &no_restrictions(), again).await.unwrap());
-    assert_eq!(side, SideRows::default(), "nothing changed, nothing written");
+    assert_eq!(side, Side::default(), "nothing changed, nothing written");
 
     let upgrade = event("$pageview", "u1", json!({"$set": {"plan": "pro"}, "$set_once": {"first": "b"}}));
     let (event_row, side, _) = row(run(&stores, &no_restrictions(), upgrade).await.unwrap());

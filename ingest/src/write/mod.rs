@@ -4,15 +4,20 @@
 //! and is retried whole) and ClickHouse refusing the *data* of some rows (those rows are
 //! found by halving the insert and handed back, so one bad row cannot stall a lane).
 
+mod access;
+
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use flate2::write::GzEncoder;
-use serde_json::Value;
 use sluice_schema::clickhouse::{create_statements, Flavor};
+use tracing::warn;
 
-use crate::rows::Table;
+pub(crate) use access::ClickHouseAccess;
+
+use crate::rows::{Encoded, Table};
+use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
@@ -26,72 +31,6 @@ pub enum ClickHouseError {
     CaFile { path: PathBuf, reason: String },
 }
 
-/// Where ClickHouse is and who Sluice is to it.
-#[derive(Clone)]
-pub struct ClickHouseAccess {
-    /// Without user info: reqwest quotes the URL in its errors, and those are logged.
-    url: String,
-    user: Option<String>,
-    password: Option<String>,
-    ca_file: Option<PathBuf>,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for ClickHouseAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClickHouseAccess").field("url", &self.url).field("user", &self.user).finish_non_exhaustive()
-    }
-}
-
-impl ClickHouseAccess {
-    /// `url` may carry the user and password (`https://user:password@host:8443`);
-    /// `user` and `password`, when not empty, take their place.
-    pub fn new(
-        url: &str,
-        user: &str,
-        password: &str,
-        ca_file: Option<PathBuf>,
-        timeout: Duration,
-    ) -> Result<ClickHouseAccess, ClickHouseError> {
-        let unusable = |reason: String| ClickHouseError::Setting { url: sluice_connect::redact::url(url), reason };
-        let mut parsed = reqwest::Url::parse(url).map_err(|e| unusable(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(unusable("the scheme must be http or https".into()));
-        }
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-        let given = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
-        let user = given(user).or_else(|| given(&decode(parsed.username())));
-        let password = given(password).or_else(|| parsed.password().map(decode).filter(|p| !p.is_empty()));
-        if password.is_some() && user.is_none() {
-            return Err(unusable("a password without a user (set CLICKHOUSE_USER)".into()));
-        }
-        if ca_file.is_some() && parsed.scheme() != "https" {
-            return Err(unusable("CLICKHOUSE_CA_FILE is set but the URL is not https://".into()));
-        }
-        let _ = parsed.set_username("");
-        let _ = parsed.set_password(None);
-        let url = parsed.as_str().trim_end_matches('/').to_string();
-        Ok(ClickHouseAccess { url, user, password, ca_file, timeout })
-    }
-
-    fn client(&self) -> Result<reqwest::Client, ClickHouseError> {
-        // rustls, explicitly, with the public roots plus the operator's CA.
-        let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(self.timeout);
-        if let Some(path) = &self.ca_file {
-            let ca_error = |reason: String| ClickHouseError::CaFile { path: path.clone(), reason };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
-            if certificates.is_empty() {
-                return Err(ca_error("no certificate in it".into()));
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        Ok(builder.build()?)
-    }
-}
-
 /// Exception codes that blame the data of a row (a value that does not parse as its
 /// column's type), not the server, the schema or the query. Shared by 18.16 and modern
 /// servers: CANNOT_PARSE_TEXT, CANNOT_PARSE_ESCAPE_SEQUENCE, CANNOT_PARSE_QUOTED_STRING,
@@ -102,13 +41,16 @@ impl ClickHouseAccess {
 const ROW_DATA_CODES: [u32; 14] = [6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376];
 
 impl ClickHouseError {
-    /// Whether some rows' data caused this. An unknown field means the table is older
-    /// than the rows (a migration not applied): every row would fail, so that is an
-    /// operator's problem to wait out, not a reason to dead-letter.
+    /// Whether some rows' data caused this. A field the table lacks (a migration not
+    /// applied) fails every row, and so does a binary header whose types the table no
+    /// longer has (changed between the check and the insert): those are the operator's
+    /// to wait out, not reasons to dead-letter.
     pub fn blames_rows(&self) -> bool {
         match self {
             ClickHouseError::Refused { code: Some(code), body, .. } => {
-                ROW_DATA_CODES.contains(code) && !body.contains("Unknown field")
+                ROW_DATA_CODES.contains(code)
+                    && !body.contains("Unknown field")
+                    && !body.contains("while reading header")
             }
             _ => false,
         }
@@ -137,15 +79,13 @@ pub struct ClickHouse {
     compression: Compression,
     pub database: String,
     pub flavor: Flavor,
+    /// Tables last found with columns other than the rows' types, to log the change
+    /// once each way.
+    unlike: std::sync::Mutex<HashSet<Table>>,
 }
 
-/// A row as `JSONEachRow` text and the index of the message it came from.
-pub(crate) type SourcedRow = (usize, String);
-
-/// A row built as a `Value` (the few side rows) as `JSONEachRow` text.
-pub(crate) fn row_text(row: &Value) -> String {
-    serde_json::to_string(row).expect("JSON values serialize")
-}
+/// A row's bytes and the index of the message it came from.
+pub(crate) type SourcedRow = (usize, Encoded);
 
 impl ClickHouse {
     /// Connects and reads the server's version, which decides the column types.
@@ -160,6 +100,7 @@ impl ClickHouse {
             compression,
             database: database.to_string(),
             flavor: Flavor::Legacy,
+            unlike: Default::default(),
         };
         let version = ch.query("SELECT version()").await?;
         ch.flavor = Flavor::from_version(&version);
@@ -198,6 +139,11 @@ impl ClickHouse {
     /// reason, after writing all the others. `Err` means nothing can be said about the
     /// rows (unreachable, overloaded, schema missing): retry later.
     ///
+    /// Rows go as `RowBinary`, which the server reads by the column types the writer
+    /// assumed, unchecked on 18.16: so the table's columns are read first, and a table
+    /// whose types are not the rows' (an operator changed one) gets them as
+    /// `JSONEachRow`, which the server parses value by value, refusing what does not fit.
+    ///
     /// A refused insert is split in halves until the refused rows stand alone: a batch
     /// with one bad row costs about 2·log2(n) extra inserts, and only in that case.
     pub async fn insert(
@@ -206,27 +152,76 @@ impl ClickHouse {
         rows: &[SourcedRow],
         dedup_token: &str,
     ) -> Result<Vec<(usize, String)>, ClickHouseError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let binary = self.takes_binary(table).await?;
+        if !binary {
+            telemetry::clickhouse_text_insert(table.name());
+        }
         let refused = isolate_refused(rows.len(), dedup_token, |range, token| {
-            self.insert_rows(table.name(), &rows[range], token)
+            self.insert_rows(table, binary, &rows[range], token)
         })
         .await?;
         Ok(refused.into_iter().map(|(i, why)| (rows[i].0, why)).collect())
     }
 
-    /// One `JSONEachRow` insert. `dedup_token` identifies it, so a retried insert is
-    /// dropped by servers that support it; elsewhere ReplacingMergeTree by uuid hides
-    /// the repeat.
-    async fn insert_rows(&self, table: &str, rows: &[SourcedRow], dedup_token: String) -> Result<(), ClickHouseError> {
-        let mut body = format!("INSERT INTO {}.{table} FORMAT JSONEachRow\n", self.database).into_bytes();
-        for (_, row) in rows {
-            body.extend_from_slice(row.as_bytes());
-            body.push(b'\n');
+    /// Whether `table` has every column the rows carry, of the type they are written
+    /// as. Asked before each insert: a cached answer would let an `ALTER` made since
+    /// misread rows on 18.16 (modern servers check the binary header themselves).
+    async fn takes_binary(&self, table: Table) -> Result<bool, ClickHouseError> {
+        let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
+        let sql = format!(
+            "SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{}' FORMAT TSV",
+            quote(&self.database),
+            table.name()
+        );
+        let listed = self.query(&sql).await?;
+        let types: HashMap<&str, &str> = listed.lines().filter_map(|line| line.split_once('\t')).collect();
+        let fits = table.columns().iter().all(|(name, column)| types.get(name) == Some(&column.ddl(self.flavor)));
+        let mut unlike = self.unlike.lock().expect("not poisoned");
+        if !fits && unlike.insert(table) {
+            warn!(
+                table = table.name(),
+                columns = %listed.replace('\n', ", "),
+                "the table's columns are not the types ingest writes: its rows go as JSONEachRow, and \
+                 ClickHouse refuses (and ingest dead-letters) the values that do not fit, until they match"
+            );
+        } else if fits && unlike.remove(&table) {
+            warn!(table = table.name(), "the table's columns are the rows' types again: rows go as RowBinary");
         }
+        Ok(fits)
+    }
+
+    /// One insert, `RowBinary` or `JSONEachRow`. `dedup_token` identifies it, so a
+    /// retried insert is dropped by servers that support it; elsewhere
+    /// ReplacingMergeTree by uuid hides the repeat.
+    async fn insert_rows(
+        &self,
+        table: Table,
+        binary: bool,
+        rows: &[SourcedRow],
+        dedup_token: String,
+    ) -> Result<(), ClickHouseError> {
+        let body = if binary {
+            let mut body = table.binary_insert(&self.database, self.flavor);
+            body.reserve(rows.iter().map(|(_, row)| row.len()).sum());
+            for (_, row) in rows {
+                body.extend_from_slice(row);
+            }
+            body
+        } else {
+            let mut body = table.text_insert(&self.database);
+            for (_, row) in rows {
+                table.json_line(self.flavor, row, &mut body);
+            }
+            body
+        };
         let mut request = self.post();
         request = match self.compression {
             Compression::None => request.body(body),
             Compression::Gzip => {
-                // Level 1: most of gzip's saving on JSON rows at a fraction of its CPU.
+                // Level 1: most of gzip's saving on rows of JSON texts at a fraction of its CPU.
                 let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
                 gz.write_all(&body).expect("writing to memory");
                 request.header("Content-Encoding", "gzip").body(gz.finish().expect("writing to memory"))
@@ -288,31 +283,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_come_from_the_url_or_the_settings_and_leave_the_url() {
-        let t = Duration::from_secs(1);
-        let e = ClickHouseAccess::new("https://ch%40ops:p%2Fw@ch.example:8443/", "", "", None, t).unwrap();
-        assert_eq!(
-            (e.url.as_str(), e.user.as_deref(), e.password.as_deref()),
-            ("https://ch.example:8443", Some("ch@ops"), Some("p/w"))
-        );
-        let e = ClickHouseAccess::new("https://a:b@ch.example:8443", "sluice", "SECRETPW", None, t).unwrap();
-        assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("sluice"), Some("SECRETPW")));
-        assert!(!format!("{e:?}").contains("SECRETPW"));
-        let e = ClickHouseAccess::new("http://127.0.0.1:8123", "", "", None, t).unwrap();
-        assert_eq!((e.url.as_str(), e.user.as_deref()), ("http://127.0.0.1:8123", None));
-        let err = ClickHouseAccess::new("http://127.0.0.1:8123", "", "SECRETPW", None, t).unwrap_err().to_string();
-        assert!(err.contains("without a user") && !err.contains("SECRETPW"), "{err}");
-        let err = ClickHouseAccess::new("http://u:SECRETPW@ch:8123", "", "", Some("/ca.pem".into()), t)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "CLICKHOUSE_URL=http://u:***@ch:8123 is not usable: CLICKHOUSE_CA_FILE is set but the URL is not https://"
-        );
-        assert!(ClickHouseAccess::new("tcp://ch:9000", "", "", None, t).is_err());
-    }
-
-    #[test]
     fn data_errors_blame_rows_and_the_rest_do_not() {
         let legacy = "Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \" before: abc";
         assert!(ClickHouseError::refused(500, legacy.into()).blames_rows());
@@ -321,6 +291,8 @@ mod tests {
         let schema =
             "Code: 117, e.displayText() = DB::Exception: Unknown field found while parsing JSONEachRow format: x";
         assert!(!ClickHouseError::refused(500, schema.into()).blames_rows());
+        let changed = "Code: 117. DB::Exception: Type of 's' must be UInt64, not String: (while reading header)";
+        assert!(!ClickHouseError::refused(500, changed.into()).blames_rows());
         let missing = "Code: 60, e.displayText() = DB::Exception: Table sluice.events doesn't exist.";
         assert!(!ClickHouseError::refused(404, missing.into()).blames_rows());
         let busy = "Code: 252. DB::Exception: Too many parts (300).";
