@@ -74,11 +74,11 @@ pub(crate) fn properties(data: &mut Map<String, Value>, ctx: &Context<'_>) -> Ma
         props.insert("$sent_at".into(), Value::String(sent_at.to_string()));
     }
 
-    let copied: Vec<(String, Value)> = PERSON_PROPERTIES
-        .iter()
-        .chain(CAMPAIGN_PROPERTIES)
-        .filter_map(|k| props.get(*k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone())))
-        .collect();
+    // One pass over the event's properties (tens) rather than a lookup per listed name
+    // (35): this runs for every event.
+    let listed = |k: &str| PERSON_PROPERTIES.contains(&k) || CAMPAIGN_PROPERTIES.contains(&k);
+    let copied: Vec<(String, Value)> =
+        props.iter().filter(|(k, v)| !v.is_null() && listed(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     if !copied.is_empty() {
         for (k, v) in &copied {
             object_entry(&mut props, "$set").entry(k.clone()).or_insert_with(|| v.clone());
