@@ -17,11 +17,11 @@ build_release
 own_databases "formats$(date +%s)"
 [ -x .venv/bin/python ] || { log "no .venv: run ./dev test once for the test tooling (chdb)"; exit 1; }
 
-.venv/bin/python - "$CLICKHOUSE_URL" "$RUN" "$OUT" "$ROWS" "$REPEATS" "$(server_cpu clickhouse)" \
+.venv/bin/python - "$CLICKHOUSE_URL" "$RUN" "$OUT" "$ROWS" "$REPEATS" \
   "${SLUICE_STATE_DIR:-$ROOT/.sluice}/clickhouse.pid" <<'PY'
-import json, os, random, subprocess, sys, time, urllib.parse, urllib.request, uuid
+import json, os, re, subprocess, sys, urllib.parse, urllib.request, uuid
 
-url, db, out, rows, repeats, _, pidfile = sys.argv[1:8]
+url, db, out, rows, repeats, pidfile = sys.argv[1:7]
 rows, repeats = int(rows), int(repeats)
 tick = os.sysconf("SC_CLK_TCK")
 
@@ -89,7 +89,6 @@ for table in ("sink", "events"):
 
 # The modern engine: chdb in a child process, its own CPU time around each insert, on
 # the same table (its time columns DateTime64(6, 'UTC'), as the modern DDL has them).
-import re
 ddl = q(f"SHOW CREATE TABLE {db}.events FORMAT TSVRaw").decode().replace(f"{db}.events", "m.events")
 ddl = re.sub(r"\bDateTime\b(?!64)", "DateTime64(6, 'UTC')", ddl)
 open(f"{out}/formats-ddl.sql", "w").write(ddl)
