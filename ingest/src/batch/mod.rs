@@ -78,8 +78,7 @@ pub(crate) async fn handle<S: Stores>(
     let groups = plan::plan_batch(&prepared, deps).await?;
     let outcomes = process_groups(prepared, groups, deps, concurrency).await?;
     let mut sorted = Sorted::from(outcomes);
-    let first = batch.first().map(|m| (m.topic(), m.partition(), m.offset())).unwrap_or_default();
-    let token = format!("{lane}-{}-{}-{}", first.0, first.1, first.2);
+    let token = batch_token(lane, batch);
     let refused = write_rows(ch, &sorted.rows, &token).await?;
     write_plugin_logs(ch, plugin_logs, &token).await?;
     sorted.dead_letter_refused(&refused);
@@ -280,6 +279,22 @@ fn for_export(
         out.push(Written { team, key: format!("{team}:{distinct_id}"), payload });
     }
     out
+}
+
+/// What names this batch's inserts, which modern servers (and replicated tables on
+/// them) drop when repeated: each partition's first and last offset and count. Not the
+/// first message alone: a batch read again after a crash may start at the same offset
+/// and hold more messages, and must then be written (`FINAL` hides its repeated rows),
+/// not dropped whole as a repeat of the shorter one.
+fn batch_token(lane: &str, batch: &[OwnedMessage]) -> String {
+    let mut spans: std::collections::BTreeMap<(&str, i32), (i64, i64, usize)> = Default::default();
+    for m in batch {
+        let span = spans.entry((m.topic(), m.partition())).or_insert((m.offset(), m.offset(), 0));
+        *span = (span.0.min(m.offset()), span.1.max(m.offset()), span.2 + 1);
+    }
+    let parts: Vec<String> =
+        spans.iter().map(|((topic, p), (first, last, n))| format!("{topic}-{p}-{first}-{last}-{n}")).collect();
+    format!("{lane}-{}", parts.join("-"))
 }
 
 /// A message after step 1 (and 5, plugins).

@@ -64,6 +64,15 @@ fn each_failure_names_the_dependency_the_retry_is_counted_against() {
     assert_eq!(BatchError::from(kafka).dependency(), "kafka");
 }
 
+#[test]
+fn a_batch_read_again_with_more_messages_gets_a_token_of_its_own() {
+    let batch = |offsets: std::ops::Range<i64>| offsets.map(|o| message(o, b"{}")).collect::<Vec<_>>();
+    assert_eq!(batch_token("main", &batch(10..20)), batch_token("main", &batch(10..20)), "a retry is a repeat");
+    assert_eq!(batch_token("main", &batch(10..20)), "main-events-0-10-19-10");
+    assert_ne!(batch_token("main", &batch(10..20)), batch_token("main", &batch(10..25)), "same first offset");
+    assert_ne!(batch_token("main", &batch(10..20)), batch_token("overflow", &batch(10..20)));
+}
+
 fn message(offset: i64, payload: &[u8]) -> OwnedMessage {
     OwnedMessage::new(
         Some(payload.to_vec()),
