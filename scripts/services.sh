@@ -298,6 +298,9 @@ cmd_restart() {
   esac
 }
 
+# Sourced (scripts/cluster.sh uses the helpers above): define, do not run.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 case "${1:-up}" in
   up)
     install_missing

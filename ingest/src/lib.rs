@@ -296,7 +296,14 @@ async fn connect_clickhouse(config: &Config, endpoint: &ClickHouseAccess, health
     let mut backoff = Duration::from_millis(200);
     loop {
         health.tick();
-        match ClickHouse::connect(endpoint, &config.clickhouse.database, config.clickhouse.compression).await {
+        match ClickHouse::connect(
+            endpoint,
+            &config.clickhouse.database,
+            config.clickhouse.compression,
+            config.clickhouse.topology(),
+        )
+        .await
+        {
             Ok(ch) => return ch,
             Err(e) => {
                 warn!(error = %e, "clickhouse not reachable yet");

@@ -85,19 +85,47 @@ fn push_digits(out: &mut String, mut n: u32, width: usize) {
     out.push_str(std::str::from_utf8(&buf[..width]).expect("ASCII digits"));
 }
 
-/// `CREATE` statements for every table, in order.
-pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
+/// Where the tables live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server: each table is a (Replacing)MergeTree.
+    Single,
+    /// A cluster of that name (in the servers' `remote_servers`): each table is
+    /// `sharded_<name>`, a Replicated(Replacing)MergeTree on every node, and `<name>`, a
+    /// `Distributed` table over them that writes and reads go through.
+    Cluster(String),
+}
+
+/// How a table keeps its rows.
+enum Engine {
+    /// Rows with the same sorting key are one row after merges (and with `FINAL`): the
+    /// latest, or the highest `version`.
+    Replacing { version: Option<&'static str> },
+    /// Rows are kept as written (logs and warnings).
+    Log,
+}
+
+struct TableDdl {
+    name: &'static str,
+    columns: String,
+    engine: Engine,
+    /// `PARTITION BY` and `ORDER BY`.
+    keys: &'static str,
+    /// The `Distributed` table's sharding key: rows that replace each other share it,
+    /// so they meet on one shard, where `FINAL` and merges see them together; events go
+    /// by distinct id, so one person's events stay on one shard. Deterministic, so a
+    /// retried insert splits into the same blocks per shard and the replicas drop them
+    /// as repeats.
+    shard_by: &'static str,
+}
+
+fn tables(flavor: Flavor) -> Vec<TableDdl> {
     let dt = flavor.datetime();
-    // Retried inserts of a batch must not show twice: rows are replaced by uuid, and
-    // modern servers also drop a repeated insert by its deduplication token.
-    let dedup = match flavor {
-        Flavor::Legacy => "",
-        Flavor::Modern => " SETTINGS non_replicated_deduplication_window = 10000",
-    };
     vec![
-        format!("CREATE DATABASE IF NOT EXISTS {database}"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.events (
+        TableDdl {
+            name: "events",
+            columns: format!(
+                "
                 uuid UUID,
                 event String,
                 properties String,
@@ -115,66 +143,141 @@ pub fn create_statements(flavor: Flavor, database: &str) -> Vec<String> {
                 `$group_1` String,
                 `$group_2` String,
                 `$group_3` String,
-                `$group_4` String
-            ) ENGINE = ReplacingMergeTree
-            PARTITION BY toYYYYMM(timestamp)
-            ORDER BY (team_id, toDate(timestamp), event, uuid){dedup}"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.persons (
+                `$group_4` String"
+            ),
+            engine: Engine::Replacing { version: None },
+            keys: "PARTITION BY toYYYYMM(timestamp) ORDER BY (team_id, toDate(timestamp), event, uuid)",
+            shard_by: "sipHash64(distinct_id)",
+        },
+        TableDdl {
+            name: "persons",
+            columns: format!(
+                "
                 id UUID,
                 team_id Int64,
                 properties String,
                 is_identified UInt8,
                 created_at {dt},
                 version UInt64,
-                is_deleted UInt8
-            ) ENGINE = ReplacingMergeTree(version)
-            ORDER BY (team_id, id)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.person_distinct_ids (
+                is_deleted UInt8"
+            ),
+            engine: Engine::Replacing { version: Some("version") },
+            keys: "ORDER BY (team_id, id)",
+            shard_by: "sipHash64(toString(id))",
+        },
+        TableDdl {
+            name: "person_distinct_ids",
+            columns: String::from(
+                "
                 team_id Int64,
                 distinct_id String,
                 person_id UUID,
                 version Int64,
-                is_deleted UInt8
-            ) ENGINE = ReplacingMergeTree(version)
-            ORDER BY (team_id, distinct_id)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.groups (
+                is_deleted UInt8",
+            ),
+            engine: Engine::Replacing { version: Some("version") },
+            keys: "ORDER BY (team_id, distinct_id)",
+            shard_by: "sipHash64(distinct_id)",
+        },
+        TableDdl {
+            name: "groups",
+            columns: format!(
+                "
                 team_id Int64,
                 group_type_index UInt8,
                 group_key String,
                 group_properties String,
                 created_at {dt},
-                version Int64
-            ) ENGINE = ReplacingMergeTree(version)
-            ORDER BY (team_id, group_type_index, group_key)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.ingestion_warnings (
+                version Int64"
+            ),
+            engine: Engine::Replacing { version: Some("version") },
+            keys: "ORDER BY (team_id, group_type_index, group_key)",
+            shard_by: "sipHash64(group_key)",
+        },
+        TableDdl {
+            name: "ingestion_warnings",
+            columns: format!(
+                "
                 team_id Int64,
                 type String,
                 details String,
-                timestamp {dt}
-            ) ENGINE = MergeTree
-            PARTITION BY toYYYYMM(timestamp)
-            ORDER BY (team_id, timestamp)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {database}.plugin_log_entries (
+                timestamp {dt}"
+            ),
+            engine: Engine::Log,
+            keys: "PARTITION BY toYYYYMM(timestamp) ORDER BY (team_id, timestamp)",
+            shard_by: "sipHash64(team_id)",
+        },
+        TableDdl {
+            name: "plugin_log_entries",
+            columns: format!(
+                "
                 team_id Int64,
                 plugin_config_id Int64,
                 level String,
                 message String,
-                timestamp {dt}
-            ) ENGINE = MergeTree
-            PARTITION BY toYYYYMM(timestamp)
-            ORDER BY (team_id, plugin_config_id, timestamp)"
-        ),
+                timestamp {dt}"
+            ),
+            engine: Engine::Log,
+            keys: "PARTITION BY toYYYYMM(timestamp) ORDER BY (team_id, plugin_config_id, timestamp)",
+            shard_by: "sipHash64(plugin_config_id)",
+        },
     ]
+}
+
+/// `CREATE` statements for every table, in order.
+pub fn create_statements(flavor: Flavor, database: &str, topology: &Topology) -> Vec<String> {
+    let mut statements = Vec::new();
+    match topology {
+        Topology::Single => {
+            // Retried inserts of a batch must not show twice: rows are replaced by uuid,
+            // and modern servers also drop a repeated insert by its deduplication token.
+            let dedup = match flavor {
+                Flavor::Legacy => "",
+                Flavor::Modern => " SETTINGS non_replicated_deduplication_window = 10000",
+            };
+            statements.push(format!("CREATE DATABASE IF NOT EXISTS {database}"));
+            for t in tables(flavor) {
+                let engine = match t.engine {
+                    Engine::Replacing { version: Some(v) } => format!("ReplacingMergeTree({v})"),
+                    Engine::Replacing { version: None } => "ReplacingMergeTree".to_string(),
+                    Engine::Log => "MergeTree".to_string(),
+                };
+                let settings = if t.name == "events" { dedup } else { "" };
+                statements.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {database}.{} ({}\n            ) ENGINE = {engine}\n            {}{settings}",
+                    t.name, t.columns, t.keys
+                ));
+            }
+        }
+        Topology::Cluster(cluster) => {
+            statements.push(format!("CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}"));
+            for t in tables(flavor) {
+                // Replicas of a shard share a ZooKeeper path ({shard} and {replica} are
+                // each server's macros); a repeated block is dropped by its checksum, and
+                // on modern servers by the insert's deduplication token.
+                let path = format!("'/clickhouse/tables/{{shard}}/{database}.{}', '{{replica}}'", t.name);
+                let engine = match t.engine {
+                    Engine::Replacing { version: Some(v) } => format!("ReplicatedReplacingMergeTree({path}, {v})"),
+                    Engine::Replacing { version: None } => format!("ReplicatedReplacingMergeTree({path})"),
+                    Engine::Log => format!("ReplicatedMergeTree({path})"),
+                };
+                statements.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {database}.sharded_{name} ON CLUSTER {cluster} ({}\n            ) \
+                     ENGINE = {engine}\n            {}",
+                    t.columns,
+                    t.keys,
+                    name = t.name
+                ));
+                statements.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS {database}.sharded_{name} \
+                     ENGINE = Distributed({cluster}, {database}, sharded_{name}, {})",
+                    t.shard_by,
+                    name = t.name
+                ));
+            }
+        }
+    }
+    statements
 }
 
 #[cfg(test)]
@@ -199,10 +302,37 @@ mod tests {
 
     #[test]
     fn ddl_uses_the_flavor_types() {
-        let legacy = create_statements(Flavor::Legacy, "db").join("\n");
+        let legacy = create_statements(Flavor::Legacy, "db", &Topology::Single).join("\n");
         assert!(legacy.contains("timestamp DateTime,") && !legacy.contains("DateTime64"));
-        let modern = create_statements(Flavor::Modern, "db").join("\n");
+        let modern = create_statements(Flavor::Modern, "db", &Topology::Single).join("\n");
         assert!(modern.contains("DateTime64(6, 'UTC')") && modern.contains("non_replicated_deduplication_window"));
+    }
+
+    #[test]
+    fn a_cluster_gets_each_table_replicated_on_every_node_behind_a_distributed_one() {
+        let single = create_statements(Flavor::Legacy, "db", &Topology::Single);
+        let cluster = create_statements(Flavor::Legacy, "db", &Topology::Cluster("c".into()));
+        assert_eq!(cluster[0], "CREATE DATABASE IF NOT EXISTS db ON CLUSTER c");
+        let names: Vec<&str> = tables(Flavor::Legacy).iter().map(|t| t.name).collect();
+        assert_eq!(single.len(), 1 + names.len());
+        assert_eq!(cluster.len(), 1 + 2 * names.len());
+        for (i, name) in names.iter().enumerate() {
+            let (sharded, distributed) = (&cluster[1 + 2 * i], &cluster[2 + 2 * i]);
+            assert!(sharded.starts_with(&format!("CREATE TABLE IF NOT EXISTS db.sharded_{name} ON CLUSTER c (")));
+            assert!(
+                sharded.contains("Replicated")
+                    && sharded.contains(&format!("'/clickhouse/tables/{{shard}}/db.{name}', '{{replica}}'")),
+                "{sharded}"
+            );
+            assert!(
+                distributed.contains(&format!(
+                    "db.{name} ON CLUSTER c AS db.sharded_{name} ENGINE = Distributed(c, db, sharded_{name}, "
+                )),
+                "{distributed}"
+            );
+        }
+        assert!(cluster[2].ends_with("sipHash64(distinct_id))"), "one person's events on one shard: {}", cluster[2]);
+        assert!(cluster.iter().all(|s| !s.contains("non_replicated_deduplication_window")));
     }
 
     #[test]

@@ -3,6 +3,9 @@ inserts rows as ingest writes them (RowBinary), and prints what a query reads ba
 as JSON.
 
 Usage: check.py DDL_FILE ROWS_DIR
+       check.py --parse DDL_FILE   (prints, as JSON, the statements the modern parser
+                                    refuses, with why: for DDL chdb cannot run, such as
+                                    replicated tables, which need ZooKeeper)
   ROWS_DIR holds, per table, TABLE.sql (the insert's head, as ingest sends it) and
   TABLE.bin (the rows' bytes). Then changes a column's type and inserts again, to show
   what the server answers to a header that no longer matches.
@@ -13,8 +16,18 @@ import sys
 
 from chdb import session
 
-ddl_file, rows_dir = sys.argv[1:3]
 s = session.Session()
+if sys.argv[1] == "--parse":
+    refused = []
+    for statement in open(sys.argv[2]).read().split(";\n"):
+        if statement.strip():
+            try:
+                s.query(f"EXPLAIN AST {statement}")
+            except Exception as e:
+                refused.append({"statement": statement, "error": str(e)})
+    print(json.dumps(refused))
+    sys.exit(0)
+ddl_file, rows_dir = sys.argv[1:3]
 for statement in open(ddl_file).read().split(";\n"):
     if statement.strip():
         s.query(statement)

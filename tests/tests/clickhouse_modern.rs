@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use sluice_ingest::rows::{example, Table};
-use sluice_schema::clickhouse::{create_statements, Flavor};
+use sluice_schema::clickhouse::{create_statements, Flavor, Topology};
 use sluice_tests::{clickhouse_url, http, repo_root};
 
 #[test]
@@ -17,7 +17,7 @@ fn every_tables_rows_load_into_a_modern_clickhouse() {
     let rows_dir = dir.join("rows");
     std::fs::create_dir_all(&rows_dir).unwrap();
     let database = "sluice_modern";
-    let ddl = create_statements(Flavor::Modern, database).join(";\n");
+    let ddl = create_statements(Flavor::Modern, database, &Topology::Single).join(";\n");
     std::fs::write(dir.join("ddl.sql"), format!("{ddl};\n")).unwrap();
     let mut expected = Vec::new();
     for table in Table::ALL {
@@ -33,11 +33,7 @@ fn every_tables_rows_load_into_a_modern_clickhouse() {
         expected.push((table, name, read));
     }
 
-    let python = std::env::var("SLUICE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".venv"))
-        .join("bin/python");
-    let out = Command::new(python)
+    let out = Command::new(python())
         .arg(repo_root().join("tests/chdb/check.py"))
         .arg(dir.join("ddl.sql"))
         .arg(&rows_dir)
@@ -62,6 +58,36 @@ fn every_tables_rows_load_into_a_modern_clickhouse() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The cluster DDL on a modern server: chdb cannot create replicated tables (they need
+/// ZooKeeper) nor reach a cluster, so the modern parser reads each statement (engines,
+/// their arguments, `ON CLUSTER`); the cluster tests run the legacy DDL on a real cluster.
+#[test]
+fn the_modern_cluster_ddl_parses_on_a_modern_clickhouse() {
+    let dir = std::env::temp_dir().join(sluice_tests::unique("chdb-cluster"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let statements = create_statements(Flavor::Modern, "sluice_modern", &Topology::Cluster("sluice".into()));
+    assert!(statements.iter().any(|s| s.contains("ReplicatedReplacingMergeTree(")));
+    assert!(statements.iter().any(|s| s.contains("ENGINE = Distributed(sluice, sluice_modern, sharded_events")));
+    std::fs::write(dir.join("ddl.sql"), format!("{};\n", statements.join(";\n"))).unwrap();
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/chdb/check.py"))
+        .arg("--parse")
+        .arg(dir.join("ddl.sql"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chdb check failed: {}", String::from_utf8_lossy(&out.stderr));
+    let refused: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(refused, serde_json::json!([]), "statements a modern parser refuses");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn python() -> std::path::PathBuf {
+    std::env::var("SLUICE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv"))
+        .join("bin/python")
+}
+
 #[test]
 fn every_tables_rows_load_into_the_local_legacy_clickhouse() {
     let database = sluice_tests::unique("rowbinary").replace('-', "_");
@@ -78,7 +104,7 @@ fn every_tables_rows_load_into_the_local_legacy_clickhouse() {
         eprintln!("the local server is {version}: the modern check covers it");
         return;
     }
-    for sql in create_statements(Flavor::Legacy, &database) {
+    for sql in create_statements(Flavor::Legacy, &database, &Topology::Single) {
         run(&sql, vec![]);
     }
     for table in Table::ALL {

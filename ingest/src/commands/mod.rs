@@ -25,11 +25,16 @@ pub async fn pool(config: &Config) -> anyhow::Result<PgPool> {
 
 /// ClickHouse for an operator command.
 pub async fn clickhouse(config: &Config) -> anyhow::Result<ClickHouse> {
-    ClickHouse::connect(&config.clickhouse.access()?, &config.clickhouse.database, config.clickhouse.compression)
-        .await
-        .with_context(|| {
-            format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse.url))
-        })
+    ClickHouse::connect(
+        &config.clickhouse.access()?,
+        &config.clickhouse.database,
+        config.clickhouse.compression,
+        config.clickhouse.topology(),
+    )
+    .await
+    .with_context(|| {
+        format!("cannot reach ClickHouse at CLICKHOUSE_URL={}", sluice_connect::redact::url(&config.clickhouse.url))
+    })
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use sluice_connect::redis::RedisTls;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::write::{ClickHouseAccess, ClickHouseError};
+use sluice_schema::clickhouse::Topology;
 
 mod commands;
 mod exports;
@@ -322,6 +323,16 @@ pub struct ClickHouseSettings {
         global = true
     )]
     pub database: String,
+    /// ClickHouse cluster (a name in the servers' remote_servers) to create the tables on and write
+    /// through, sharded by distinct id behind Distributed tables; empty for one server.
+    #[arg(
+        id = "clickhouse_cluster",
+        long = "clickhouse-cluster",
+        env = "CLICKHOUSE_CLUSTER",
+        default_value = "",
+        global = true
+    )]
+    pub cluster: String,
     /// Encoding of insert bodies.
     #[arg(
         id = "clickhouse_compression",
@@ -381,6 +392,13 @@ impl RedisSettings {
 impl ClickHouseSettings {
     pub fn access(&self) -> Result<ClickHouseAccess, ClickHouseError> {
         ClickHouseAccess::new(&self.url, &self.user, &self.password, self.ca_file.clone(), self.timeout)
+    }
+
+    pub fn topology(&self) -> Topology {
+        match self.cluster.trim() {
+            "" => Topology::Single,
+            name => Topology::Cluster(name.to_string()),
+        }
     }
 }
 

@@ -326,7 +326,7 @@ mod tests {
 
     /// The columns of `table` and their types, in order, as the DDL declares them.
     fn ddl_columns(table: Table, flavor: Flavor) -> Vec<(String, String)> {
-        let ddl = create_statements(flavor, "db")
+        let ddl = create_statements(flavor, "db", &sluice_schema::clickhouse::Topology::Single)
             .into_iter()
             .find(|sql| sql.contains(&format!("db.{} (", table.name())))
             .unwrap_or_else(|| panic!("no DDL for {}", table.name()));

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use flate2::write::GzEncoder;
-use sluice_schema::clickhouse::{create_statements, Flavor};
+use sluice_schema::clickhouse::{create_statements, Flavor, Topology};
 use tracing::warn;
 
 pub(crate) use access::ClickHouseAccess;
@@ -79,6 +79,7 @@ pub struct ClickHouse {
     compression: Compression,
     pub database: String,
     pub flavor: Flavor,
+    pub topology: Topology,
     /// Tables last found with columns other than the rows' types, to log the change
     /// once each way.
     unlike: std::sync::Mutex<HashSet<Table>>,
@@ -93,6 +94,7 @@ impl ClickHouse {
         endpoint: &ClickHouseAccess,
         database: &str,
         compression: Compression,
+        topology: Topology,
     ) -> Result<Self, ClickHouseError> {
         let mut ch = ClickHouse {
             http: endpoint.client()?,
@@ -100,6 +102,7 @@ impl ClickHouse {
             compression,
             database: database.to_string(),
             flavor: Flavor::Legacy,
+            topology,
             unlike: Default::default(),
         };
         let version = ch.query("SELECT version()").await?;
@@ -128,7 +131,7 @@ impl ClickHouse {
     }
 
     pub async fn migrate(&self) -> Result<usize, ClickHouseError> {
-        let statements = create_statements(self.flavor, &self.database);
+        let statements = create_statements(self.flavor, &self.database, &self.topology);
         for sql in &statements {
             self.query(sql).await?;
         }
@@ -229,6 +232,14 @@ impl ClickHouse {
         };
         if self.flavor == Flavor::Modern {
             request = request.query(&[("insert_deduplication_token", &dedup_token)]);
+        }
+        if let Topology::Cluster(_) = self.topology {
+            // The Distributed table answers after every shard's replica has the rows
+            // (not after parking them on this node's disk to forward later), so an
+            // acknowledged insert is as durable as on one server, and its blocks reach
+            // each shard as this insert split them: a retry splits the same way, and the
+            // replicas drop the repeated blocks.
+            request = request.query(&[("insert_distributed_sync", "1")]);
         }
         let response = request.send().await?;
         let status = response.status();
