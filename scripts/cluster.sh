@@ -47,7 +47,7 @@ node_config() { # N
     replicas+="</shard>"
   done
   mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
-  cp "$STATE/clickhouse/users.xml" "$dir/users.xml"
+  clickhouse_users "$dir/users.xml"
   cat >"$dir/config.xml" <<XML
 <yandex>
   <logger><level>warning</level><log>$dir/server.log</log><errorlog>$dir/error.log</errorlog><size>50M</size><count>2</count></logger>
@@ -91,7 +91,6 @@ cmd_cluster_down() {
 cmd_cluster_up() {
   command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ] || apt_install zookeeper
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
-  [ -f "$STATE/clickhouse/users.xml" ] || clickhouse_up # writes the users file the nodes share
   cmd_cluster_down
   rm -rf "$DIR"
   mkdir -p "$DIR"

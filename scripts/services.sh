@@ -198,6 +198,20 @@ redis_up() {
 }
 
 # --- ClickHouse -------------------------------------------------------------------------
+# clickhouse_users FILE: the local servers' one user, default, with no password, from
+# loopback only (scripts/cluster.sh's nodes use it too).
+clickhouse_users() {
+  cat >"$1" <<EOF
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+}
+
 clickhouse_up() {
   local host port dir; host="$(host_of "$CLICKHOUSE_URL")"; port="$(port_of "$CLICKHOUSE_URL")"
   if answers "$host" "$port"; then
@@ -208,15 +222,7 @@ clickhouse_up() {
   fi
   dir="$STATE/clickhouse"
   mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
-  cat >"$dir/users.xml" <<EOF
-<yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
-  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
-    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-EOF
+  clickhouse_users "$dir/users.xml"
   cat >"$dir/config.xml" <<EOF
 <yandex>
   <logger><level>warning</level><log>$dir/server.log</log><errorlog>$dir/error.log</errorlog><size>50M</size><count>2</count></logger>
