@@ -46,31 +46,13 @@ node_config() { # N
     done
     replicas+="</shard>"
   done
-  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
-  clickhouse_users "$dir/users.xml"
-  cat >"$dir/config.xml" <<XML
-<yandex>
-  <logger><level>warning</level><log>$dir/server.log</log><errorlog>$dir/error.log</errorlog><size>50M</size><count>2</count></logger>
-  <http_port>$(http_port "$n")</http_port>
-  <tcp_port>$(tcp_port "$n")</tcp_port>
+  clickhouse_files "$dir" 127.0.0.1 "$(http_port "$n")" "$(tcp_port "$n")" "
   <interserver_http_port>$((CLUSTER_PORT + 200 + n))</interserver_http_port>
   <interserver_http_host>127.0.0.1</interserver_http_host>
-  <listen_host>127.0.0.1</listen_host>
-  <path>$dir/data/</path>
-  <tmp_path>$dir/tmp/</tmp_path>
-  <user_files_path>$dir/user_files/</user_files_path>
-  <format_schema_path>$dir/format_schemas/</format_schema_path>
-  <users_config>$dir/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>134217728</mark_cache_size>
-  <max_concurrent_queries>100</max_concurrent_queries>
   <remote_servers><sluice>$replicas</sluice></remote_servers>
   <zookeeper><node><host>127.0.0.1</host><port>$ZK_PORT</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>
   <macros><shard>$(shard_of "$n")</shard><replica>node$n</replica></macros>
-  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
-</yandex>
-XML
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>"
 }
 
 node_start() { # N

@@ -212,23 +212,18 @@ clickhouse_users() {
 EOF
 }
 
-clickhouse_up() {
-  local host port dir; host="$(host_of "$CLICKHOUSE_URL")"; port="$(port_of "$CLICKHOUSE_URL")"
-  if answers "$host" "$port"; then
-    log "clickhouse: already answering on $host:$port"
-    return
-  elif ! is_local "$host"; then
-    die "clickhouse: nothing answers on $host:$port"
-  fi
-  dir="$STATE/clickhouse"
+# clickhouse_files DIR HOST HTTP_PORT TCP_PORT [XML]: a local server's directories, user
+# file and config (with XML added inside it), all under DIR.
+clickhouse_files() {
+  local dir="$1"
   mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
   clickhouse_users "$dir/users.xml"
   cat >"$dir/config.xml" <<EOF
 <yandex>
   <logger><level>warning</level><log>$dir/server.log</log><errorlog>$dir/error.log</errorlog><size>50M</size><count>2</count></logger>
-  <http_port>$port</http_port>
-  <tcp_port>${CLICKHOUSE_TCP_PORT:-19000}</tcp_port>
-  <listen_host>$host</listen_host>
+  <http_port>$3</http_port>
+  <tcp_port>$4</tcp_port>
+  <listen_host>$2</listen_host>
   <path>$dir/data/</path>
   <tmp_path>$dir/tmp/</tmp_path>
   <user_files_path>$dir/user_files/</user_files_path>
@@ -238,8 +233,21 @@ clickhouse_up() {
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  ${5:-}
 </yandex>
 EOF
+}
+
+clickhouse_up() {
+  local host port dir; host="$(host_of "$CLICKHOUSE_URL")"; port="$(port_of "$CLICKHOUSE_URL")"
+  if answers "$host" "$port"; then
+    log "clickhouse: already answering on $host:$port"
+    return
+  elif ! is_local "$host"; then
+    die "clickhouse: nothing answers on $host:$port"
+  fi
+  dir="$STATE/clickhouse"
+  clickhouse_files "$dir" "$host" "$port" "${CLICKHOUSE_TCP_PORT:-19000}"
   nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/stdout.log" 2>&1 &
   echo $! >"$STATE/clickhouse.pid"
   wait_for clickhouse "$host" "$port" 60
