@@ -87,7 +87,7 @@ cmd_env() {
   local urls=() n
   for n in "${NODES[@]}"; do urls+=("http://127.0.0.1:$(http_port "$n")"); done
   echo "export SLUICE_CLUSTER_URLS=$(IFS=,; echo "${urls[*]}") SLUICE_CLUSTER_NAME=sluice" \
-    "SLUICE_CLUSTER_SCRIPT=$ROOT/scripts/cluster.sh"
+    "SLUICE_CLUSTER_SCRIPT=$ROOT/scripts/cluster.sh SLUICE_CLUSTER_ZOOKEEPER=127.0.0.1:$ZK_PORT"
 }
 
 case "${1:-up}" in

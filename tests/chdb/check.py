@@ -4,8 +4,12 @@ as JSON.
 
 Usage: check.py DDL_FILE ROWS_DIR
        check.py --parse DDL_FILE   (prints, as JSON, the statements the modern parser
-                                    refuses, with why: for DDL chdb cannot run, such as
-                                    replicated tables, which need ZooKeeper)
+                                    refuses, with why)
+       check.py --create CONFIG DATA_DIR DDL_FILE
+                                   (runs cluster DDL with the engine's config, which names
+                                    a ZooKeeper, its macros and the cluster; chdb runs no
+                                    distributed DDL, so ON CLUSTER is taken out; prints each
+                                    table's engine and columns, as JSON)
   ROWS_DIR holds, per table, TABLE.sql (the insert's head, as ingest sends it) and
   TABLE.bin (the rows' bytes). Then changes a column's type and inserts again, to show
   what the server answers to a header that no longer matches.
@@ -16,6 +20,31 @@ import sys
 
 from chdb import session
 
+if sys.argv[1] == "--create":
+    import re
+    config, data, ddl = sys.argv[2:5]
+    s = session.Session(f"file:{data}?config-file={config}")
+    databases = set()
+    for statement in open(ddl).read().split(";\n"):
+        if statement.strip():
+            statement = re.sub(r" ON CLUSTER \w+", "", statement)
+            s.query(statement)
+            databases.update(re.findall(r"CREATE DATABASE IF NOT EXISTS (\w+)", statement))
+    out = {}
+    for db in databases:
+        tables = s.query(f"SELECT name, engine_full FROM system.tables WHERE database = '{db}'", "JSONEachRow")
+        for t in map(json.loads, tables.bytes().decode().splitlines()):
+            columns = s.query(
+                f"SELECT name, type FROM system.columns WHERE database = '{db}' AND table = '{t['name']}'", "JSONEachRow"
+            )
+            out[t["name"]] = {
+                "engine": t["engine_full"],
+                "columns": [[c["name"], c["type"]] for c in map(json.loads, columns.bytes().decode().splitlines())],
+            }
+    print(json.dumps(out), flush=True)
+    # The embedded engine's teardown waits on its replicated tables' ZooKeeper session
+    # and then aborts; what was asked is printed, so leave without it.
+    os._exit(0)
 s = session.Session()
 if sys.argv[1] == "--parse":
     refused = []

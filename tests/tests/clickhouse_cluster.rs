@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_tests::{create_team, http, unique, Capture, Ingest};
+use sluice_ingest::rows::Table;
+use sluice_schema::clickhouse::{create_statements, Flavor, Topology};
+use sluice_tests::{create_team, http, repo_root, unique, Capture, Ingest};
 
 const NEEDS: &str = "needs the local cluster: ./dev test cluster";
 
@@ -256,4 +258,54 @@ fn kill_9_between_write_and_commit_shows_every_event_once_through_the_distribute
     assert!(count(1, &raw).unwrap() >= total as u64);
     drop(ingest);
     drop_database(&db);
+}
+
+/// The modern cluster DDL run by a modern engine (chdb) on the cluster's ZooKeeper, as
+/// the single-node modern DDL is run in `clickhouse_modern`: every table replicated with
+/// the columns ingest writes, behind a Distributed table with the same columns. (chdb
+/// runs no distributed DDL, so `ON CLUSTER` is taken out, and its replicated inserts wait
+/// for a replication its embedded engine does not run, so no rows are loaded.)
+#[test]
+#[ignore = "needs the local cluster: ./dev test cluster"]
+fn the_modern_cluster_ddl_makes_replicated_and_distributed_tables_on_a_modern_engine() {
+    let zookeeper = std::env::var("SLUICE_CLUSTER_ZOOKEEPER").expect(NEEDS);
+    let (host, port) = zookeeper.split_once(':').unwrap();
+    let dir = std::env::temp_dir().join(unique("chdb-cluster"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let replica = unique("chdb");
+    std::fs::write(
+        dir.join("config.xml"),
+        format!(
+            "<clickhouse><zookeeper><node><host>{host}</host><port>{port}</port></node></zookeeper>\
+             <macros><shard>1</shard><replica>{replica}</replica></macros>\
+             <remote_servers><sluice><shard><replica><host>127.0.0.1</host><port>9</port></replica></shard>\
+             </sluice></remote_servers></clickhouse>"
+        ),
+    )
+    .unwrap();
+    let database = unique("modern_cluster").replace('-', "_");
+    let ddl = create_statements(Flavor::Modern, &database, &Topology::Cluster(cluster_name()));
+    std::fs::write(dir.join("ddl.sql"), format!("{};\n", ddl.join(";\n"))).unwrap();
+    let python = repo_root().join(".venv/bin/python");
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/chdb/check.py"))
+        .args(["--create", &dir.join("config.xml").to_string_lossy(), &dir.join("data").to_string_lossy()])
+        .arg(dir.join("ddl.sql"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chdb: {}", String::from_utf8_lossy(&out.stderr));
+    let tables: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for table in Table::ALL {
+        let columns: Vec<Value> =
+            table.columns().iter().map(|(name, c)| json!([name, c.ddl(Flavor::Modern)])).collect();
+        let sharded = &tables[format!("sharded_{}", table.name())];
+        let engine = sharded["engine"].as_str().unwrap_or_else(|| panic!("no sharded_{}: {tables}", table.name()));
+        assert!(engine.starts_with("Replicated"), "{engine}");
+        assert!(engine.contains(&format!("/clickhouse/tables/{{shard}}/{database}.{}", table.name())), "{engine}");
+        assert_eq!(sharded["columns"], json!(columns), "sharded_{}", table.name());
+        let distributed = &tables[table.name()];
+        assert!(distributed["engine"].as_str().unwrap().starts_with("Distributed('sluice'"), "{distributed}");
+        assert_eq!(distributed["columns"], json!(columns), "{}", table.name());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
