@@ -33,6 +33,12 @@ return {
 }
 "#;
 
+/// The test tooling's Python (`SLUICE_VENV`, or the virtualenv `./dev test` makes).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
+    venv.join("bin/python")
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_path_buf()
 }
@@ -678,9 +684,7 @@ impl Sdk {
         let gzip = if gzip { "1" } else { "0" };
         match self {
             Sdk::Python => {
-                let venv =
-                    std::env::var("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
-                let py = venv.join("bin/python");
+                let py = venv_python();
                 assert!(py.exists(), "{} missing: the test command (./dev test) creates the virtualenv", py.display());
                 let mut c = Command::new(py);
                 c.arg(repo_root().join("tests/sdk/python/send.py")).args([host, token, run, gzip]);

@@ -286,8 +286,7 @@ fn the_modern_cluster_ddl_makes_replicated_and_distributed_tables_on_a_modern_en
     let database = unique("modern_cluster").replace('-', "_");
     let ddl = create_statements(Flavor::Modern, &database, &Topology::Cluster(cluster_name()));
     std::fs::write(dir.join("ddl.sql"), format!("{};\n", ddl.join(";\n"))).unwrap();
-    let python = repo_root().join(".venv/bin/python");
-    let out = Command::new(python)
+    let out = Command::new(sluice_tests::venv_python())
         .arg(repo_root().join("tests/chdb/check.py"))
         .args(["--create", &dir.join("config.xml").to_string_lossy(), &dir.join("data").to_string_lossy()])
         .arg(dir.join("ddl.sql"))

@@ -33,7 +33,7 @@ fn every_tables_rows_load_into_a_modern_clickhouse() {
         expected.push((table, name, read));
     }
 
-    let out = Command::new(python())
+    let out = Command::new(sluice_tests::venv_python())
         .arg(repo_root().join("tests/chdb/check.py"))
         .arg(dir.join("ddl.sql"))
         .arg(&rows_dir)
@@ -69,7 +69,7 @@ fn the_modern_cluster_ddl_parses_on_a_modern_clickhouse() {
     assert!(statements.iter().any(|s| s.contains("ReplicatedReplacingMergeTree(")));
     assert!(statements.iter().any(|s| s.contains("ENGINE = Distributed(sluice, sluice_modern, sharded_events")));
     std::fs::write(dir.join("ddl.sql"), format!("{};\n", statements.join(";\n"))).unwrap();
-    let out = Command::new(python())
+    let out = Command::new(sluice_tests::venv_python())
         .arg(repo_root().join("tests/chdb/check.py"))
         .arg("--parse")
         .arg(dir.join("ddl.sql"))
@@ -79,13 +79,6 @@ fn the_modern_cluster_ddl_parses_on_a_modern_clickhouse() {
     let refused: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(refused, serde_json::json!([]), "statements a modern parser refuses");
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn python() -> std::path::PathBuf {
-    std::env::var("SLUICE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".venv"))
-        .join("bin/python")
 }
 
 #[test]

@@ -30,9 +30,7 @@ struct Rogue {
 
 impl Rogue {
     fn lead(group: &str, topic: &str) -> Rogue {
-        let venv =
-            std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| repo_root().join(".venv"));
-        let mut child = Command::new(venv.join("bin/python"))
+        let mut child = Command::new(sluice_tests::venv_python())
             .arg(repo_root().join("tests/group/rogue_leader.py"))
             .args([&kafka_hosts(), group, topic, &SKIPPED.to_string()])
             .stdin(Stdio::null())

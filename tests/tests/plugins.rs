@@ -338,7 +338,7 @@ fn cache_and_storage_are_real_and_kept_apart_per_plugin_config() {
 #[test]
 fn geoip_enriches_events_and_persons() {
     let mmdb = std::env::temp_dir().join(format!("{}.mmdb", unique("geoip")));
-    let status = std::process::Command::new(sluice_tests::repo_root().join(".venv/bin/python"))
+    let status = std::process::Command::new(sluice_tests::venv_python())
         .arg(sluice_tests::repo_root().join("tests/geoip/make_mmdb.py"))
         .arg(&mmdb)
         .status()

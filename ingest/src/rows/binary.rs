@@ -137,7 +137,11 @@ pub struct Unreadable(usize);
 /// One row's values read back by its columns, as `JSONEachRow` would have shown them:
 /// uuids and times as text, numbers as numbers. For what reads rows after they are
 /// written (the exports lane's events) and for the tests that hold writers to columns.
-pub fn decode(columns: &[(&str, Column)], flavor: Flavor, bytes: &[u8]) -> Result<Map<String, Value>, Unreadable> {
+pub(super) fn decode(
+    columns: &[(&str, Column)],
+    flavor: Flavor,
+    bytes: &[u8],
+) -> Result<Map<String, Value>, Unreadable> {
     let mut r = Reader { bytes, at: 0 };
     let mut row = Map::new();
     for (name, column) in columns {

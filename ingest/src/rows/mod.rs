@@ -10,8 +10,9 @@ use sluice_schema::clickhouse::Flavor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use binary::decode;
 use binary::RowWriter;
-pub use binary::{decode, Column, Unreadable};
+pub use binary::{Column, Unreadable};
 pub use examples::example;
 
 /// A row as `RowBinary` bytes, in its table's column order.
