@@ -542,9 +542,14 @@ fn io_from_a_coroutine_does_not_stop_the_clock() {
          function p.on_event(e, ctx) if ctx.config.where == 'on_event' then escape(ctx) while true do end end end \
          return p"
     );
+    // The clock under test is the wall clock: with the tick budgets out of reach, a
+    // plugin whose clock stopped would run on. (With the default 2,000,000 ticks, a fast
+    // machine spins through them before 50 ms, and the test would prove nothing.)
     let mut limits = Limits {
         hook_wall: Duration::from_millis(300),
         process_event_wall: Duration::from_millis(50),
+        process_event_ticks: u64::MAX,
+        hook_ticks: u64::MAX,
         ..Limits::default()
     };
     limits.http.allow_private_addresses = true;
