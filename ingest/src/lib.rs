@@ -185,7 +185,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.kafka.session_timeout.as_millis().to_string())
-        .create_with_context(LaneContext::new(config.kafka.gap_rewind_messages, lane))
+        .create_with_context(LaneContext::new(
+            config.kafka.gap_rewind_messages,
+            config.kafka.quiet_partition_check,
+            lane,
+        ))
         .map(Arc::new)?;
     consumer.subscribe(&[&config.topic()])?;
     let stall_after = Some(config.kafka.stalled_partition_rejoin).filter(|after| !after.is_zero());

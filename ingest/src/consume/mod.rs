@@ -17,8 +17,17 @@
 //! started yet, asynchronously and without telling the caller, so whether the rewind
 //! happened depended on a race with the consumer's own committed-offset fetch. A check
 //! on what actually arrives holds whatever the broker, the race or the reason.
+//!
+//! The same broker leaves a fetch inside the *last* batch of a partition unanswered
+//! until another batch comes, so there is nothing to check: a lane resuming in the middle
+//! of a quiet partition's last batch would wait for new traffic before it sent that
+//! batch's tail on (seen when the exports lane restarted). A partition that sends nothing
+//! for `KAFKA_QUIET_PARTITION_CHECK_MS` of reading is therefore compared with its log's
+//! end: past where it is done, it is sought back as for a gap; otherwise the first
+//! offset of its last batch is read again, because Tansu reports as the log's end one
+//! past that offset, not past the batch (for Kafka that re-reads one message, skipped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,7 +36,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::telemetry;
 
@@ -52,13 +61,16 @@ pub(crate) struct LaneContext {
     /// How far before a missing offset the first search for it starts (see
     /// `KAFKA_GAP_REWIND_MESSAGES`).
     rewind: i64,
+    /// Reading time after which a partition that sent nothing is checked for messages
+    /// the broker holds back (see `KAFKA_QUIET_PARTITION_CHECK_MS`); zero: never.
+    quiet_check: Duration,
     lane: &'static str,
     rejoin: AtomicBool,
 }
 
 impl LaneContext {
-    pub(crate) fn new(rewind: i64, lane: &'static str) -> Self {
-        LaneContext { positions: Mutex::default(), rewind, lane, rejoin: AtomicBool::new(false) }
+    pub(crate) fn new(rewind: i64, quiet_check: Duration, lane: &'static str) -> Self {
+        LaneContext { positions: Mutex::default(), rewind, quiet_check, lane, rejoin: AtomicBool::new(false) }
     }
 
     fn positions(&self) -> std::sync::MutexGuard<'_, Positions> {
@@ -157,6 +169,7 @@ pub(crate) async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) ->
     let mut epochs: HashMap<Partition, u64> = HashMap::new();
     let mut bytes = 0;
     let mut revocations = context.positions().revocations;
+    let mut heard: HashSet<Partition> = HashSet::new();
     while batch.len() < limits.max_events && bytes < limits.max_bytes {
         let left = limits.max_wait.saturating_sub(started.elapsed());
         if left.is_zero() {
@@ -184,6 +197,9 @@ pub(crate) async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) ->
             });
             bytes = batch.iter().map(|m| m.payload().map_or(0, <[u8]>::len)).sum();
         }
+        if !heard.contains(&(m.topic().to_string(), m.partition())) {
+            heard.insert((m.topic().to_string(), m.partition()));
+        }
         if admit(consumer, &m) {
             let p = (m.topic().to_string(), m.partition());
             if let Some(epoch) = context.positions().epoch(&p) {
@@ -193,7 +209,72 @@ pub(crate) async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) ->
             batch.push(m);
         }
     }
+    let quiet = context.positions().quiet(started.elapsed(), &heard, context.quiet_check);
+    for partition in quiet {
+        tokio::task::block_in_place(|| unstick(consumer, &partition));
+    }
     batch
+}
+
+/// A partition that sent nothing for a while: if its log holds messages past where it
+/// is done, the broker is holding them back; seek back to have them sent.
+fn unstick(consumer: &LaneConsumer, partition: &Partition) {
+    let context = consumer.context();
+    let Some(known) = context.positions().owned.get(partition).map(|t| t.next) else { return };
+    let next = match known {
+        Some(next) => next,
+        None => match committed_offset(consumer, partition) {
+            Ok(Some(done)) => done,
+            // Nothing committed: read from the log start, which no batch straddles.
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, partition = partition.1, "could not read the committed offset of a quiet partition");
+                return;
+            }
+        },
+    };
+    let (low, high) = match consumer.fetch_watermarks(&partition.0, partition.1, BROKER_CALL_TIMEOUT) {
+        Ok(ends) => ends,
+        Err(e) => {
+            warn!(error = %e, partition = partition.1, "could not read the log ends of a quiet partition");
+            return;
+        }
+    };
+    let to = if high > next {
+        // The broker says messages wait past `next`, and none came.
+        let Some(to) = context.positions().unstick(partition, next, context.rewind) else {
+            warn!(
+                partition = partition.1,
+                next,
+                log_end = high,
+                "messages wait in the log and none arrive, even from its start"
+            );
+            return;
+        };
+        warn!(
+            partition = partition.1,
+            next,
+            log_end = high,
+            to,
+            "messages wait in the log past where this partition is done and none arrived; seeking back"
+        );
+        telemetry::offset_gap(context.lane, "quiet_sought_back");
+        to.max(low)
+    } else if low < high {
+        // Tansu 0.6 reports as the log's end one past the *first* offset of the last
+        // record batch, so it cannot tell whether that batch holds more than was done.
+        // Its first offset is read again (for Kafka, one message that is skipped), which
+        // sends the whole batch on.
+        debug!(partition = partition.1, next, log_end = high, "quiet partition: reading its last batch again");
+        context.positions().reread(partition, next, high - 1);
+        high - 1
+    } else {
+        return;
+    };
+    if let Err(e) = consumer.seek(&partition.0, partition.1, Offset::Offset(to), BROKER_CALL_TIMEOUT) {
+        warn!(error = %e, partition = partition.1, "seek failed; tried again when it stays quiet");
+        context.positions().seek_failed(partition);
+    }
 }
 
 /// Whether `m` goes into the batch; seeks back when messages before it are missing.
@@ -278,12 +359,8 @@ fn log_ends_before_next(context: &LaneContext, partition: &Partition, high: i64)
 /// nothing was committed, or `first` when the log no longer reaches the committed offset
 /// (it was emptied or cut; waiting for offsets that will never come would stop the lane).
 fn resume_offset(consumer: &LaneConsumer, partition: &Partition, first: i64) -> Result<i64, KafkaError> {
-    let mut list = TopicPartitionList::new();
-    list.add_partition(&partition.0, partition.1);
-    let committed = consumer.committed_offsets(list, BROKER_CALL_TIMEOUT)?;
-    let committed = committed.elements().first().map(|p| p.offset());
-    match committed {
-        Some(Offset::Offset(done)) if done >= 0 => {
+    match committed_offset(consumer, partition)? {
+        Some(done) => {
             if first < done {
                 let (_, high) = consumer.fetch_watermarks(&partition.0, partition.1, BROKER_CALL_TIMEOUT)?;
                 if high < done {
@@ -299,6 +376,17 @@ fn resume_offset(consumer: &LaneConsumer, partition: &Partition, first: i64) -> 
             }
             Ok(done)
         }
-        _ => Ok(consumer.fetch_watermarks(&partition.0, partition.1, BROKER_CALL_TIMEOUT)?.0),
+        None => Ok(consumer.fetch_watermarks(&partition.0, partition.1, BROKER_CALL_TIMEOUT)?.0),
     }
+}
+
+/// The group's committed offset of `partition`, if it has one.
+fn committed_offset(consumer: &LaneConsumer, partition: &Partition) -> Result<Option<i64>, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&partition.0, partition.1);
+    let committed = consumer.committed_offsets(list, BROKER_CALL_TIMEOUT)?;
+    Ok(match committed.elements().first().map(|p| p.offset()) {
+        Some(Offset::Offset(done)) if done >= 0 => Some(done),
+        _ => None,
+    })
 }

@@ -2,8 +2,8 @@
 //! that keeps a batch an unbroken run of offsets from where the partition was done (see
 //! `consume` for why).
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use super::Partition;
 
@@ -18,6 +18,8 @@ pub(super) struct Track {
     sought: Option<i64>,
     /// Which assignment this is, so messages read under an earlier one are told apart.
     epoch: u64,
+    /// Time the lane spent waiting for messages while none of this partition's came.
+    quiet: Duration,
 }
 
 /// What to do with one message.
@@ -56,7 +58,7 @@ pub(super) struct Positions {
 impl Positions {
     pub(super) fn assign(&mut self, partition: Partition) {
         self.epochs += 1;
-        self.owned.insert(partition, Track { next: None, sought: None, epoch: self.epochs });
+        self.owned.insert(partition, Track { next: None, sought: None, epoch: self.epochs, quiet: Duration::ZERO });
         self.changed = Some(Instant::now());
     }
 
@@ -99,6 +101,51 @@ impl Positions {
                 track.sought = None;
                 Verdict::AcceptGap { from: next }
             }
+        }
+    }
+
+    /// Counts `waited` (time the lane spent reading) towards every owned partition that
+    /// sent nothing in it; returns those that have been quiet for `after` of reading,
+    /// each of which starts counting again. `after` zero: never.
+    pub(super) fn quiet(&mut self, waited: Duration, heard: &HashSet<Partition>, after: Duration) -> Vec<Partition> {
+        let mut due = Vec::new();
+        for (partition, track) in &mut self.owned {
+            if heard.contains(partition) || after.is_zero() {
+                track.quiet = Duration::ZERO;
+                continue;
+            }
+            track.quiet += waited;
+            if track.quiet >= after {
+                track.quiet = Duration::ZERO;
+                due.push(partition.clone());
+            }
+        }
+        due
+    }
+
+    /// A quiet partition whose log's end is past `next`: the broker holds messages back.
+    /// Where to seek to have them sent: first `rewind` before `next`, then twice as far
+    /// each time it stays quiet, down to the log start; `None` when even that was tried.
+    /// Offsets read again below `next` are then skipped as done.
+    pub(super) fn unstick(&mut self, partition: &Partition, next: i64, rewind: i64) -> Option<i64> {
+        let track = self.owned.get_mut(partition)?;
+        let next = *track.next.get_or_insert(next);
+        let to = match track.sought {
+            Some(from) if from <= 0 => return None,
+            Some(from) if from < next => (next - 2 * (next - from)).max(0),
+            _ => (next - rewind.max(0)).max(0),
+        };
+        track.sought = Some(to);
+        Some(to)
+    }
+
+    /// Reads `partition` again from `from` (below `next`), skipping what is done: for a
+    /// quiet partition whose last record batch may hold messages past `next` that the
+    /// broker does not send (see `consume`).
+    pub(super) fn reread(&mut self, partition: &Partition, next: i64, from: i64) {
+        if let Some(track) = self.owned.get_mut(partition) {
+            track.next.get_or_insert(next);
+            track.sought = Some(from);
         }
     }
 
@@ -183,6 +230,39 @@ mod tests {
         assert_eq!(positions.check(&p(0), 52, 0), Verdict::SeekBack { to: 50 });
         assert_eq!(positions.check(&p(0), 52, 0), Verdict::AcceptGap { from: 50 });
         assert_eq!(positions.check(&p(0), 53, 0), Verdict::Take);
+    }
+
+    /// The tail of the last batch, resumed inside it: nothing arrives. After `after` of
+    /// reading the partition is due, is sought back further each time it stays quiet,
+    /// and what is read again below `next` is skipped.
+    #[test]
+    fn a_quiet_partition_is_due_after_reading_time_and_sought_back_further_each_time() {
+        let after = Duration::from_secs(5);
+        let mut positions = Positions::default();
+        positions.assign(p(0));
+        positions.assign(p(1));
+        let heard: HashSet<Partition> = [p(1)].into();
+        assert!(positions.quiet(Duration::from_secs(3), &heard, after).is_empty());
+        assert_eq!(positions.quiet(Duration::from_secs(3), &heard, after), vec![p(0)]);
+        assert!(positions.quiet(Duration::from_secs(3), &heard, after).is_empty(), "counts again from zero");
+        assert!(positions.quiet(Duration::from_secs(60), &HashSet::new(), Duration::ZERO).is_empty(), "off");
+
+        // Unverified until now: the committed offset becomes where it resumes.
+        assert_eq!(positions.unstick(&p(0), 1_500, 1_000), Some(500));
+        assert_eq!(positions.check(&p(0), 499, 1_000), Verdict::Done);
+        assert_eq!(positions.unstick(&p(0), 1_500, 1_000), Some(0), "twice as far, down to the log start");
+        assert_eq!(positions.unstick(&p(0), 1_500, 1_000), None, "nothing further back");
+        assert_eq!(positions.check(&p(0), 1_499, 1_000), Verdict::Done);
+        assert_eq!(positions.check(&p(0), 1_500, 1_000), Verdict::Take);
+        assert_eq!(positions.unstick(&p(0), 1_501, 1_000), Some(501), "found: the search starts afresh");
+        assert_eq!(positions.unstick(&p(2), 7, 1_000), None, "not owned");
+
+        // Read again from a batch's start: skipped up to where it was done.
+        positions.assign(p(3));
+        positions.reread(&p(3), 9, 7);
+        assert_eq!(positions.check(&p(3), 7, 1_000), Verdict::Done);
+        assert_eq!(positions.check(&p(3), 8, 1_000), Verdict::Done);
+        assert_eq!(positions.check(&p(3), 9, 1_000), Verdict::Take);
     }
 
     #[test]
