@@ -197,17 +197,15 @@ pub(crate) async fn next_batch(consumer: &LaneConsumer, limits: &BatchLimits) ->
             });
             bytes = batch.iter().map(|m| m.payload().map_or(0, <[u8]>::len)).sum();
         }
-        if !heard.contains(&(m.topic().to_string(), m.partition())) {
-            heard.insert((m.topic().to_string(), m.partition()));
-        }
+        let p = (m.topic().to_string(), m.partition());
         if admit(consumer, &m) {
-            let p = (m.topic().to_string(), m.partition());
             if let Some(epoch) = context.positions().epoch(&p) {
-                epochs.insert(p, epoch);
+                epochs.insert(p.clone(), epoch);
             }
             bytes += m.payload().map_or(0, <[u8]>::len);
             batch.push(m);
         }
+        heard.insert(p);
     }
     let quiet = context.positions().quiet(started.elapsed(), &heard, context.quiet_check);
     for partition in quiet {

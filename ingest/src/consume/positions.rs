@@ -84,12 +84,11 @@ impl Positions {
             track.sought = None;
             return Verdict::Take;
         }
+        // Sought back before and still jumped over `next`: look further back. Nothing
+        // further back to look at (or a search made at `next` itself) means the gap is real.
         let to = match track.sought {
-            // Sought back before and still jumped over `next`: look further back, twice
-            // as far each time. Nothing further back to look at means the gap is real.
-            Some(from) if from <= 0 || from >= next => None,
-            Some(from) => Some((next - 2 * (next - from)).max(0)),
-            None => Some((next - rewind.max(0)).max(0)),
+            Some(from) if from >= next => None,
+            sought => search_from(sought, next, rewind),
         };
         match to {
             Some(to) => {
@@ -130,11 +129,7 @@ impl Positions {
     pub(super) fn unstick(&mut self, partition: &Partition, next: i64, rewind: i64) -> Option<i64> {
         let track = self.owned.get_mut(partition)?;
         let next = *track.next.get_or_insert(next);
-        let to = match track.sought {
-            Some(from) if from <= 0 => return None,
-            Some(from) if from < next => (next - 2 * (next - from)).max(0),
-            _ => (next - rewind.max(0)).max(0),
-        };
+        let to = search_from(track.sought, next, rewind)?;
         track.sought = Some(to);
         Some(to)
     }
@@ -162,6 +157,17 @@ impl Positions {
         if let Some(track) = self.owned.get_mut(partition) {
             track.sought = None;
         }
+    }
+}
+
+/// Where the next search for offset `next` starts, after one from `sought` (if any)
+/// did not find it: `rewind` before it, then twice as far back each time, down to the
+/// log start; `None` once the log start was searched from.
+fn search_from(sought: Option<i64>, next: i64, rewind: i64) -> Option<i64> {
+    match sought {
+        Some(from) if from <= 0 => None,
+        Some(from) if from < next => Some((next - 2 * (next - from)).max(0)),
+        _ => Some((next - rewind.max(0)).max(0)),
     }
 }
 
