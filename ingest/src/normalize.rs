@@ -4,47 +4,50 @@
 
 use serde_json::{Map, Value};
 
-/// Properties copied into `$set` and, as `$initial_*`, into `$set_once`.
-const PERSON_PROPERTIES: &[&str] = &[
-    "$browser",
-    "$browser_version",
-    "$os",
-    "$os_version",
-    "$device_type",
-    "$current_url",
-    "$pathname",
-    "$referrer",
-    "$referring_domain",
-    "$screen_height",
-    "$screen_width",
-    "$viewport_height",
-    "$viewport_width",
-    "$app_version",
-    "$app_build",
-    "$app_name",
-    "$app_namespace",
-    "$raw_user_agent",
-];
-
-const CAMPAIGN_PROPERTIES: &[&str] = &[
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-    "gclid",
-    "gad_source",
-    "fbclid",
-    "msclkid",
-    "ttclid",
-    "li_fat_id",
-    "twclid",
-    "mc_cid",
-    "igshid",
-    "dclid",
-    "wbraid",
-    "gbraid",
-];
+/// Whether a property is copied into `$set` and, as `$initial_*`, into `$set_once`: the
+/// person's device and page, then the campaign's utm and click ids. A `match` (a branch
+/// on the length, then the bytes) rather than a scan of a list: it is asked of every
+/// property of every event.
+fn copied_to_person(key: &str) -> bool {
+    matches!(
+        key,
+        "$browser"
+            | "$browser_version"
+            | "$os"
+            | "$os_version"
+            | "$device_type"
+            | "$current_url"
+            | "$pathname"
+            | "$referrer"
+            | "$referring_domain"
+            | "$screen_height"
+            | "$screen_width"
+            | "$viewport_height"
+            | "$viewport_width"
+            | "$app_version"
+            | "$app_build"
+            | "$app_name"
+            | "$app_namespace"
+            | "$raw_user_agent"
+            | "utm_source"
+            | "utm_medium"
+            | "utm_campaign"
+            | "utm_content"
+            | "utm_term"
+            | "gclid"
+            | "gad_source"
+            | "fbclid"
+            | "msclkid"
+            | "ttclid"
+            | "li_fat_id"
+            | "twclid"
+            | "mc_cid"
+            | "igshid"
+            | "dclid"
+            | "wbraid"
+            | "gbraid"
+    )
+}
 
 /// What normalization needs besides the event itself.
 pub(crate) struct Context<'a> {
@@ -76,9 +79,11 @@ pub(crate) fn properties(data: &mut Map<String, Value>, ctx: &Context<'_>) -> Ma
 
     // One pass over the event's properties (tens) rather than a lookup per listed name
     // (35): this runs for every event.
-    let listed = |k: &str| PERSON_PROPERTIES.contains(&k) || CAMPAIGN_PROPERTIES.contains(&k);
-    let copied: Vec<(String, Value)> =
-        props.iter().filter(|(k, v)| !v.is_null() && listed(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let copied: Vec<(String, Value)> = props
+        .iter()
+        .filter(|(k, v)| !v.is_null() && copied_to_person(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if !copied.is_empty() {
         for (k, v) in &copied {
             object_entry(&mut props, "$set").entry(k.clone()).or_insert_with(|| v.clone());
@@ -146,6 +151,26 @@ mod tests {
         assert_eq!(p["$set_once"]["$initial_browser"], "Firefox");
         assert_eq!(p["$set_once"]["$initial_utm_source"], "news");
         assert_eq!(p["$sent_at"], "2024-05-01T10:00:00Z");
+    }
+
+    /// PostHog's two lists, name for name; names beside them are not copied.
+    #[test]
+    fn exactly_the_person_and_campaign_properties_are_copied() {
+        let person = "$browser $browser_version $os $os_version $device_type $current_url $pathname $referrer \
+            $referring_domain $screen_height $screen_width $viewport_height $viewport_width $app_version $app_build \
+            $app_name $app_namespace $raw_user_agent";
+        let campaign = "utm_source utm_medium utm_campaign utm_content utm_term gclid gad_source fbclid msclkid \
+            ttclid li_fat_id twclid mc_cid igshid dclid wbraid gbraid";
+        let listed: Vec<&str> = person.split_whitespace().chain(campaign.split_whitespace()).collect();
+        assert_eq!(listed.len(), 35);
+        for name in &listed {
+            assert!(copied_to_person(name), "{name}");
+            let p = run(json!({"properties": {*name: "v"}}), None);
+            assert_eq!(p["$set_once"][format!("$initial_{}", name.trim_start_matches('$'))], "v", "{name}");
+        }
+        for name in ["$browser_language", "$os_name", "utm", "utm_sourcex", "", "$current_url ", "GCLID", "$lib"] {
+            assert!(!copied_to_person(name), "{name:?}");
+        }
     }
 
     #[test]
