@@ -8,6 +8,7 @@
 //! size and however the groups were scheduled.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::message::OwnedMessage;
@@ -74,13 +75,17 @@ pub(crate) async fn handle<S: Stores>(
         Some(plugins) => run_plugins(&mut parsed, deps, plugins).await?,
         None => Vec::new(),
     };
+    let step = Instant::now();
     let prepared = prepare(parsed, deps).await?;
+    let step = timed("prepare", step);
     let groups = plan::plan_batch(&prepared, deps).await?;
     let outcomes = process_groups(prepared, groups, deps, concurrency).await?;
+    let step = timed("persons", step);
     let mut sorted = Sorted::from(outcomes);
     let token = batch_token(lane, batch);
     let refused = write_rows(ch, &sorted.rows, &token).await?;
     write_plugin_logs(ch, plugin_logs, &token).await?;
+    timed("write", step);
     sorted.dead_letter_refused(&refused);
     for (i, d) in &sorted.dead {
         dead_letters.send(&batch[*i], d, 1).await?;
@@ -92,11 +97,17 @@ pub(crate) async fn handle<S: Stores>(
         telemetry::exports_published(written.len());
     }
     let now = time::OffsetDateTime::now_utc();
-    for (_, at) in sorted.captured_at.iter().filter(|(i, _)| !refused.contains_key(i)) {
-        telemetry::end_to_end_lag((now - *at).as_seconds_f64());
-    }
+    let written = sorted.captured_at.iter().filter(|(i, _)| !refused.contains_key(i));
+    telemetry::end_to_end_lags(written.map(|(_, at)| (now - *at).as_seconds_f64()));
     telemetry::processed(lane, sorted.rows.events.iter().filter(|(i, _)| !refused.contains_key(i)).count());
     Ok(())
+}
+
+/// Records the time since `started` as the batch's time in `step`; the next step's start.
+fn timed(step: &'static str, started: Instant) -> Instant {
+    let now = Instant::now();
+    telemetry::step(step, (now - started).as_secs_f64());
+    now
 }
 
 /// Step 1 for every message: the capture message, or why it is a dead letter.

@@ -1,6 +1,8 @@
 //! The person SQL: rows read, created, saved, merged; distinct ids added. Called inside
 //! the transaction [`super::PersonStore`] holds for one event.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use sluice_schema::person_uuid;
 use sqlx::{Postgres, Row, Transaction};
@@ -52,10 +54,10 @@ pub(super) fn person_from_row(r: sqlx::postgres::PgRow) -> Person {
     Person {
         id: r.get("id"),
         uuid: r.get("uuid"),
-        properties: match r.get::<sqlx::types::Json<Value>, _>("properties").0 {
+        properties: Arc::new(match r.get::<sqlx::types::Json<Value>, _>("properties").0 {
             Value::Object(m) => m,
             _ => Map::new(),
-        },
+        }),
         is_identified: r.get("is_identified"),
         created_at: r.get("created_at"),
         version: r.get("version"),
@@ -87,12 +89,13 @@ pub(super) async fn create(
     )
     .bind(uuid)
     .bind(ev.team_id)
-    .bind(sqlx::types::Json(Value::Object(properties.clone())))
+    .bind(sqlx::types::Json(&properties))
     .bind(is_identified)
     .bind(ev.timestamp)
     .fetch_one(&mut **tx)
     .await?;
-    let person = Person { id, uuid, properties, is_identified, created_at: ev.timestamp, version: 0 };
+    let person =
+        Person { id, uuid, properties: Arc::new(properties), is_identified, created_at: ev.timestamp, version: 0 };
     add_distinct_id(tx, ev.team_id, ev.distinct_id, id, uuid, changes).await?;
     changes.persons.push((person.clone(), false));
     Ok(person)
@@ -101,7 +104,7 @@ pub(super) async fn create(
 pub(super) async fn save(tx: &mut Transaction<'_, Postgres>, p: &Person) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE persons SET properties = $2, is_identified = $3, created_at = $4, version = $5 WHERE id = $1")
         .bind(p.id)
-        .bind(sqlx::types::Json(Value::Object(p.properties.clone())))
+        .bind(sqlx::types::Json(&*p.properties))
         .bind(p.is_identified)
         .bind(p.created_at)
         .bind(p.version)
@@ -149,11 +152,11 @@ pub(super) async fn merge_persons(
     for row in moved {
         changes.distinct_ids.push((row.get("distinct_id"), target.uuid, row.get("version")));
     }
-    let mut properties = source.properties.clone();
-    for (k, v) in std::mem::take(&mut target.properties) {
-        properties.insert(k, v);
+    let mut properties = (*source.properties).clone();
+    for (k, v) in target.properties.iter() {
+        properties.insert(k.clone(), v.clone());
     }
-    target.properties = properties;
+    target.properties = Arc::new(properties);
     target.created_at = target.created_at.min(source.created_at);
     target.version = target.version.max(source.version) + 1;
     target.is_identified = true;

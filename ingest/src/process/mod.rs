@@ -148,9 +148,7 @@ pub(crate) async fn prepare<S: Stores>(
     captured.data = String::new();
 
     // 2. Team.
-    let step = std::time::Instant::now();
     let team = deps.stores.team(&captured.token).await?;
-    telemetry::step("resolve_team", step.elapsed().as_secs_f64());
     let Some(team) = team else {
         return done(Fate::Drop { cause: "invalid_token", warnings: Vec::new() });
     };
@@ -219,7 +217,6 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
     let person = if personless {
         None
     } else {
-        let step = std::time::Instant::now();
         let (person, changes) = deps
             .stores
             .person(&PersonEvent {
@@ -230,7 +227,6 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
                 timestamp: resolved.timestamp,
             })
             .await?;
-        telemetry::step("persons", step.elapsed().as_secs_f64());
         telemetry::person_writes("person_rows", changes.persons.len());
         telemetry::person_writes("distinct_id_rows", changes.distinct_ids.len());
         telemetry::person_writes("merges", changes.persons.iter().filter(|(_, deleted)| *deleted).count());
@@ -297,7 +293,7 @@ pub(crate) async fn finish<S: Stores>(ready: Ready, deps: &Deps<'_, S>) -> Resul
     let elements_chain = elements::take_chain(&mut properties);
     let (person_id, person_properties, person_created_at, person_mode) = match person {
         Some(p) => (p.uuid, p.properties, p.created_at, "full"),
-        None => (person_uuid(team.id, &captured.distinct_id), Map::new(), resolved.timestamp, "propertyless"),
+        None => (person_uuid(team.id, &captured.distinct_id), Default::default(), resolved.timestamp, "propertyless"),
     };
     let event = EventRow {
         uuid: captured.uuid,

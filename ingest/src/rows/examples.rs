@@ -1,7 +1,7 @@
 //! One example row of each table, with what it reads back as: what the unit tests hold
 //! each row's writer to, and what the server checks (18.16 and a modern engine) load.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sluice_schema::clickhouse::Flavor;
 use time::macros::datetime;
 use uuid::Uuid;
@@ -30,7 +30,7 @@ pub fn example(table: Table, flavor: Flavor) -> (Encoded, Value) {
                 created_at: t + time::Duration::seconds(1),
                 captured_at: t + time::Duration::seconds(2),
                 person_id: other,
-                person_properties: Map::new(),
+                person_properties: Default::default(),
                 person_created_at: t + time::Duration::seconds(3),
                 person_mode: "full",
                 groups: ["g0".into(), "g1".into(), "g2".into(), "g3".into(), "g4".into()],

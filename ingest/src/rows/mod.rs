@@ -165,7 +165,8 @@ pub struct EventRow {
     pub created_at: OffsetDateTime,
     pub captured_at: OffsetDateTime,
     pub person_id: Uuid,
-    pub person_properties: Map<String, Value>,
+    /// Shared with the batch's view of the person (see `persons::Person`).
+    pub person_properties: std::sync::Arc<Map<String, Value>>,
     pub person_created_at: OffsetDateTime,
     /// `full` when persons were processed, `propertyless` when not.
     pub person_mode: &'static str,

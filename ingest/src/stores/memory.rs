@@ -87,7 +87,7 @@ impl Stores for Memory {
         let mut changes = Changes::default();
         let person = match persons.get_mut(&key) {
             Some(p) => {
-                if updates.apply(&mut p.properties) {
+                if updates.apply(std::sync::Arc::make_mut(&mut p.properties)) {
                     p.version += 1;
                     changes.persons.push((p.clone(), false));
                 }
