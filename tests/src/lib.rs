@@ -422,12 +422,26 @@ pub fn wait_for_rows(sql: &str, min: usize, timeout: Duration) -> Vec<Value> {
     }
 }
 
-/// Runs an operator command of `sluice-ingest` and returns its stdout.
+/// Runs an operator command of `sluice-ingest` and returns its stdout. A command on the
+/// shared Postgres (no `DATABASE_URL` of its own) finds it migrated.
 pub fn ingest_command(args: &[&str], env: &[(&str, &str)]) -> String {
+    if args.first() != Some(&"migrate") && !env.iter().any(|(k, _)| *k == "DATABASE_URL") {
+        shared_databases_migrated();
+    }
     let out =
         Command::new(bin_path("sluice-ingest")).args(args).envs(env.iter().copied()).output().expect("sluice-ingest");
     assert!(out.status.success(), "sluice-ingest {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Migrates the shared databases once per test process: a test that made its team before
+/// starting an ingest (which migrates) found no `teams` table on a new machine, where
+/// nothing had migrated Postgres yet.
+fn shared_databases_migrated() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        ingest_command(&["migrate"], &[]);
+    });
 }
 
 /// Creates a team and returns its token.
