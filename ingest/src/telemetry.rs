@@ -209,10 +209,13 @@ pub fn group_rejoin(lane: &'static str) {
     counter!(GROUP_REJOINS, "lane" => lane).increment(1);
 }
 
-/// Time one batch (or one plugin call) spent in a step: timed per batch, as a clock
-/// read and a registry lookup per event cost more than the steps they timed.
-pub fn step(step: &'static str, seconds: f64) {
-    histogram!(STEP_DURATION, "step" => step).record(seconds);
+/// Records the time since `started` as one batch's (or one plugin call's) time in
+/// `step`, and returns now, where a next step starts. Timed per batch: a clock read and
+/// a registry lookup per event cost more than the steps they timed.
+pub fn step(step: &'static str, started: std::time::Instant) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    histogram!(STEP_DURATION, "step" => step).record((now - started).as_secs_f64());
+    now
 }
 
 /// Person-side writes by kind: `person_rows`, `distinct_id_rows`, `merges`.

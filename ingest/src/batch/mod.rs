@@ -77,15 +77,15 @@ pub(crate) async fn handle<S: Stores>(
     };
     let step = Instant::now();
     let prepared = prepare(parsed, deps).await?;
-    let step = timed("prepare", step);
+    let step = telemetry::step("prepare", step);
     let groups = plan::plan_batch(&prepared, deps).await?;
     let outcomes = process_groups(prepared, groups, deps, concurrency).await?;
-    let step = timed("persons", step);
+    let step = telemetry::step("persons", step);
     let mut sorted = Sorted::from(outcomes);
     let token = batch_token(lane, batch);
     let refused = write_rows(ch, &sorted.rows, &token).await?;
     write_plugin_logs(ch, plugin_logs, &token).await?;
-    timed("write", step);
+    telemetry::step("write", step);
     sorted.dead_letter_refused(&refused);
     for (i, d) in &sorted.dead {
         dead_letters.send(&batch[*i], d, 1).await?;
@@ -101,13 +101,6 @@ pub(crate) async fn handle<S: Stores>(
     telemetry::end_to_end_lags(written.map(|(_, at)| (now - *at).as_seconds_f64()));
     telemetry::processed(lane, sorted.rows.events.iter().filter(|(i, _)| !refused.contains_key(i)).count());
     Ok(())
-}
-
-/// Records the time since `started` as the batch's time in `step`; the next step's start.
-fn timed(step: &'static str, started: Instant) -> Instant {
-    let now = Instant::now();
-    telemetry::step(step, (now - started).as_secs_f64());
-    now
 }
 
 /// Step 1 for every message: the capture message, or why it is a dead letter.

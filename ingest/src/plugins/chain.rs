@@ -46,7 +46,7 @@ impl Plugins {
         let started = std::time::Instant::now();
         let ids: Vec<PluginConfigId> = chain.iter().map(|l| PluginConfigId(l.id)).collect();
         let outcome = self.supervisor.process(TeamId(team), &ids, inputs).await;
-        crate::telemetry::step("plugins", started.elapsed().as_secs_f64());
+        crate::telemetry::step("plugins", started);
         let label = |id: i64| chain.iter().find(|l| l.id == id).map_or_else(|| id.to_string(), |l| l.label.clone());
         let mut logs = PluginLogs::new(team, flavor);
 

@@ -94,7 +94,7 @@ impl Plugins {
                 (answers, run.strikes)
             }
         };
-        crate::telemetry::step(hook.name(), started.elapsed().as_secs_f64());
+        crate::telemetry::step(hook.name(), started);
         for strike in &strikes {
             crate::telemetry::plugin_error(strike.id.0, strike.hook.name(), strike.cause);
             logs.push(strike.id.0, "error", &strike.reason);

@@ -85,7 +85,7 @@ impl Plugins {
         let (id, team) = (job.plugin_config_id, job.team_id);
         let started = std::time::Instant::now();
         let run = self.exports.run_job(TeamId(team), PluginConfigId(id), job.name.clone(), job.payload).await;
-        crate::telemetry::step("job", started.elapsed().as_secs_f64());
+        crate::telemetry::step("job", started);
         let mut lines = PluginLogs::new(team, ch.flavor);
         lines.extend(id, &run.logs);
         let mut outcome = run.result.map_err(|e| {

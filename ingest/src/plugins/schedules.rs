@@ -142,7 +142,7 @@ impl Plugins {
         let started = std::time::Instant::now();
         let run = self.exports.schedule(TeamId(team), PluginConfigId(id), hook, info).await;
         let (result, logs, strike) = (run.result, run.logs, run.strike);
-        crate::telemetry::step("schedule", started.elapsed().as_secs_f64());
+        crate::telemetry::step("schedule", started);
         let mut lines = PluginLogs::new(team, ch.flavor);
         for entry in &logs {
             lines.push(id, &entry.level, &entry.message);
